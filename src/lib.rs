@@ -1,0 +1,21 @@
+//! walshift: keep a new schema shape in step with the old one through logical
+//! replication, during an expand/contract migration.
+//!
+//! ```text
+//!  PostgreSQL ──WAL──▶ replication (socket, CopyBoth) ──bytes──▶ pgoutput (decode)
+//!        ▲                                                        │ messages
+//!        │ confirmed LSN                                          ▼
+//!        └──────────── applier (recompute dirty keys) ◀── relcache + key batches
+//! ```
+//!
+//! The byte level (`pgoutput`, `replication::proto`) is pure: bytes in,
+//! values out. Everything that owns a socket lives in `replication`.
+
+pub mod cluster;
+pub mod conninfo;
+pub mod lsn;
+pub mod pgoutput;
+pub mod relcache;
+pub mod replication;
+
+pub use lsn::Lsn;
