@@ -1,1 +1,529 @@
-//! (in progress)
+//! Connection settings, in libpq's own forms.
+//!
+//! Operators already have a connection string for their database, so walshift
+//! takes it as libpq does: `key=value` pairs or a `postgres://` URL, with the
+//! usual `PG*` environment variables filling what the string leaves out.
+//! Parsing of everything but TLS is delegated to [`tokio_postgres::Config`];
+//! it does not know `sslmode=verify-ca`/`verify-full` or `sslrootcert`, so
+//! those are taken out of the string first and handled here (see [`crate::tls`]).
+//!
+//! The same [`ConnConfig`] opens both kinds of connection walshift needs: the
+//! replication connection (our own client, [`crate::replication`]) and
+//! ordinary SQL sessions ([`ConnConfig::connect_sql`]).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::config::Host;
+
+use crate::tls::{SslMode, TlsError, TlsSettings};
+
+/// Connection-string keys walshift handles itself rather than passing on.
+const OWN_KEYS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// The connection string could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnConfigError {
+    #[error("invalid connection string: {0} (expected libpq form, e.g. \"host=db user=app dbname=app\" or postgres://user@db/app)")]
+    Syntax(String),
+    #[error("invalid sslmode {0:?}: use disable, allow, prefer, require, verify-ca or verify-full")]
+    SslMode(String),
+    #[error("invalid {var}={value:?}: {why}")]
+    Env {
+        var: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+/// Where and how to connect: host(s), credentials, database, TLS.
+#[derive(Clone)]
+pub struct ConnConfig {
+    pg: tokio_postgres::Config,
+    tls: TlsSettings,
+}
+
+impl fmt::Debug for ConnConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the password: this ends up in logs and error reports.
+        f.write_str(&self.redacted())
+    }
+}
+
+impl ConnConfig {
+    /// Parses a libpq connection string or URL, then fills unset values from
+    /// the `PG*` environment variables and libpq's defaults.
+    pub fn parse(s: &str) -> Result<Self, ConnConfigError> {
+        Self::parse_with_env(s, |k| std::env::var(k).ok())
+    }
+
+    /// [`ConnConfig::parse`] with an explicit environment, for tests.
+    pub fn parse_with_env(
+        s: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConnConfigError> {
+        let (rest, own) = split_own_params(s)?;
+        let mut pg = if rest.trim().is_empty() {
+            tokio_postgres::Config::new()
+        } else {
+            tokio_postgres::Config::from_str(&rest)
+                .map_err(|e| ConnConfigError::Syntax(e.to_string()))?
+        };
+        let lookup = |key: &str| own.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+
+        // Environment defaults, as libpq applies them: only where unset.
+        if pg.get_hosts().is_empty() {
+            match env("PGHOST") {
+                Some(h) if !h.is_empty() => {
+                    for h in h.split(',') {
+                        pg.host(h);
+                    }
+                }
+                _ => {
+                    pg.host_path(default_socket_dir());
+                }
+            }
+        }
+        if pg.get_ports().is_empty() {
+            if let Some(p) = env("PGPORT").filter(|p| !p.is_empty()) {
+                for p in p.split(',') {
+                    let port = p.trim().parse().map_err(|_| ConnConfigError::Env {
+                        var: "PGPORT",
+                        value: p.to_string(),
+                        why: "not a port number".into(),
+                    })?;
+                    pg.port(port);
+                }
+            }
+        }
+        if pg.get_user().is_none() {
+            let user = env("PGUSER")
+                .filter(|u| !u.is_empty())
+                .or_else(os_user_name)
+                .unwrap_or_else(|| "postgres".into());
+            pg.user(user);
+        }
+        if pg.get_dbname().is_none() {
+            let db = env("PGDATABASE")
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| pg.get_user().unwrap_or("postgres").to_string());
+            pg.dbname(db);
+        }
+        if pg.get_password().is_none() {
+            if let Some(pw) = env("PGPASSWORD") {
+                pg.password(pw);
+            }
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name(env("PGAPPNAME").unwrap_or_else(|| "walshift".into()));
+        }
+        if pg.get_connect_timeout().is_none() {
+            if let Some(t) = env("PGCONNECT_TIMEOUT").filter(|t| !t.is_empty()) {
+                let secs: u64 = t.trim().parse().map_err(|_| ConnConfigError::Env {
+                    var: "PGCONNECT_TIMEOUT",
+                    value: t.clone(),
+                    why: "not a whole number of seconds".into(),
+                })?;
+                if secs > 0 {
+                    pg.connect_timeout(Duration::from_secs(secs.max(2)));
+                }
+            }
+        }
+
+        let mode_text = lookup("sslmode").or_else(|| env("PGSSLMODE").filter(|m| !m.is_empty()));
+        let mode = match mode_text {
+            Some(m) => m.parse::<SslMode>().map_err(|_| ConnConfigError::SslMode(m))?,
+            None => SslMode::Prefer,
+        };
+        let path = |key: &str, var: &str| {
+            lookup(key)
+                .or_else(|| env(var).filter(|v| !v.is_empty()))
+                .map(PathBuf::from)
+        };
+        let tls = TlsSettings {
+            mode,
+            root_cert: path("sslrootcert", "PGSSLROOTCERT"),
+            client_cert: path("sslcert", "PGSSLCERT"),
+            client_key: path("sslkey", "PGSSLKEY"),
+        };
+        // tokio-postgres only knows disable/prefer/require; our TLS connector
+        // does the verification that verify-ca/verify-full ask for.
+        pg.ssl_mode(match tls.mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+        Ok(ConnConfig { pg, tls })
+    }
+
+    /// The settings as tokio-postgres sees them.
+    pub fn pg(&self) -> &tokio_postgres::Config {
+        &self.pg
+    }
+
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    pub fn user(&self) -> &str {
+        self.pg.get_user().unwrap_or("postgres")
+    }
+
+    pub fn dbname(&self) -> &str {
+        self.pg.get_dbname().unwrap_or("postgres")
+    }
+
+    pub fn password(&self) -> Option<&[u8]> {
+        self.pg.get_password()
+    }
+
+    pub fn application_name(&self) -> &str {
+        self.pg.get_application_name().unwrap_or("walshift")
+    }
+
+    /// (host, port) pairs to try in order, as libpq pairs them: one port for
+    /// all hosts, or one port per host; 5432 when none is given.
+    pub fn targets(&self) -> Vec<(Host, u16)> {
+        let ports = self.pg.get_ports();
+        self.pg
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let port = match ports.len() {
+                    0 => 5432,
+                    1 => ports[0],
+                    _ => ports.get(i).copied().unwrap_or(5432),
+                };
+                (h.clone(), port)
+            })
+            .collect()
+    }
+
+    /// A copy with another database name (state lives in the same database,
+    /// but tests and the demo switch databases).
+    pub fn with_dbname(&self, dbname: &str) -> Self {
+        let mut c = self.clone();
+        c.pg.dbname(dbname);
+        c
+    }
+
+    /// A copy with another application name, so each of walshift's sessions
+    /// is recognisable in `pg_stat_activity`.
+    pub fn with_application_name(&self, name: &str) -> Self {
+        let mut c = self.clone();
+        c.pg.application_name(name);
+        c
+    }
+
+    /// Describes the target without secrets: safe for logs and errors.
+    pub fn redacted(&self) -> String {
+        let hosts: Vec<String> = self
+            .targets()
+            .iter()
+            .map(|(h, p)| match h {
+                Host::Tcp(h) => format!("{h}:{p}"),
+                Host::Unix(path) => format!("{}/.s.PGSQL.{p}", path.display()),
+            })
+            .collect();
+        format!(
+            "user={} dbname={} host={} sslmode={}",
+            self.user(),
+            self.dbname(),
+            hosts.join(","),
+            self.tls.mode
+        )
+    }
+
+    /// Opens an ordinary SQL session with the configured TLS mode, and spawns
+    /// the task that drives it. Errors from that task after connecting are
+    /// logged at debug level; the client then reports itself closed.
+    pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, SqlConnectError> {
+        // libpq never uses TLS over unix sockets; neither do we.
+        let client = if self.tls.mode == SslMode::Disable || self.all_unix() {
+            let (client, conn) = self.pg.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(drive(conn));
+            client
+        } else {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls.client_config()?);
+            let (client, conn) = self.pg.connect(tls).await?;
+            tokio::spawn(drive(conn));
+            client
+        };
+        Ok(client)
+    }
+
+    fn all_unix(&self) -> bool {
+        self.pg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)))
+    }
+}
+
+async fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio_postgres::tls::TlsStream + Unpin,
+{
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "SQL connection ended");
+    }
+}
+
+/// An ordinary SQL session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlConnectError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl FromStr for ConnConfig {
+    type Err = ConnConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ConnConfig::parse(s)
+    }
+}
+
+/// libpq's default socket directory. Debian patches it to
+/// `/var/run/postgresql`; upstream builds use `/tmp`.
+fn default_socket_dir() -> &'static str {
+    if std::path::Path::new("/var/run/postgresql").is_dir() {
+        "/var/run/postgresql"
+    } else {
+        "/tmp"
+    }
+}
+
+fn os_user_name() -> Option<String> {
+    if let Ok(u) = std::env::var("USER") {
+        if !u.is_empty() {
+            return Some(u);
+        }
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or null; we copy
+    // the name out before any other call could overwrite it.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
+    }
+}
+
+/// Splits the keys walshift handles itself out of a connection string,
+/// returning the rest (same form: URL or key=value) and the taken pairs.
+fn split_own_params(s: &str) -> Result<(String, Vec<(String, String)>), ConnConfigError> {
+    let trimmed = s.trim();
+    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        let Some((base, query)) = trimmed.split_once('?') else {
+            return Ok((trimmed.to_string(), Vec::new()));
+        };
+        let mut kept = Vec::new();
+        let mut own = Vec::new();
+        for part in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            if OWN_KEYS.contains(&k) {
+                own.push((k.to_string(), percent_decode(v)?));
+            } else {
+                kept.push(part);
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return Ok((rest, own));
+    }
+    let pairs = parse_key_values(trimmed)?;
+    let mut rest = String::new();
+    let mut own = Vec::new();
+    for (k, v) in pairs {
+        if OWN_KEYS.contains(&k.as_str()) {
+            own.push((k, v));
+        } else {
+            if !rest.is_empty() {
+                rest.push(' ');
+            }
+            rest.push_str(&k);
+            rest.push_str("='");
+            for c in v.chars() {
+                if c == '\'' || c == '\\' {
+                    rest.push('\\');
+                }
+                rest.push(c);
+            }
+            rest.push('\'');
+        }
+    }
+    Ok((rest, own))
+}
+
+/// Tokenizes libpq's `key = value` form: values are bare words or single
+/// quoted, and a backslash escapes the next character in either.
+fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, ConnConfigError> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(ConnConfigError::Syntax(format!(
+                "missing \"=\" after {key:?}"
+            )));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    None => {
+                        return Err(ConnConfigError::Syntax(format!(
+                            "unterminated quoted value for {key:?}"
+                        )));
+                    }
+                    Some('\\') => {
+                        if let Some(c) = chars.next() {
+                            value.push(c);
+                        }
+                    }
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    if let Some(c) = chars.next() {
+                        value.push(c);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, ConnConfigError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ConnConfigError::Syntax(format!("bad percent-encoding in {s:?}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ConnConfigError::Syntax(format!("{s:?} is not UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str, env: &[(&str, &str)]) -> ConnConfig {
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        ConnConfig::parse_with_env(s, |k| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone()))
+            .unwrap()
+    }
+
+    #[test]
+    fn key_value_form_with_quotes_and_tls_keys() {
+        let c = parse(
+            r"host=db.example port=6543 user=app password='it\'s a \\secret' dbname=shop sslmode=verify-full sslrootcert=/etc/ca.pem",
+            &[],
+        );
+        assert_eq!(c.user(), "app");
+        assert_eq!(c.password(), Some(&br"it's a \secret"[..]));
+        assert_eq!(c.dbname(), "shop");
+        assert_eq!(c.targets(), vec![(Host::Tcp("db.example".into()), 6543)]);
+        assert_eq!(c.tls().mode, SslMode::VerifyFull);
+        assert_eq!(c.tls().root_cert.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+    }
+
+    #[test]
+    fn url_form_takes_tls_keys_out_of_the_query() {
+        let c = parse(
+            "postgresql://app:pw@db:5433/shop?sslmode=verify-ca&sslrootcert=%2Ftmp%2Fca.pem&application_name=x",
+            &[],
+        );
+        assert_eq!(c.user(), "app");
+        assert_eq!(c.dbname(), "shop");
+        assert_eq!(c.application_name(), "x");
+        assert_eq!(c.tls().mode, SslMode::VerifyCa);
+        assert_eq!(c.tls().root_cert.as_deref(), Some(std::path::Path::new("/tmp/ca.pem")));
+    }
+
+    #[test]
+    fn environment_fills_only_what_is_unset() {
+        let env = [
+            ("PGHOST", "envhost"),
+            ("PGPORT", "7777"),
+            ("PGUSER", "envuser"),
+            ("PGPASSWORD", "envpw"),
+            ("PGDATABASE", "envdb"),
+            ("PGSSLMODE", "require"),
+        ];
+        let c = parse("user=given", &env);
+        assert_eq!(c.user(), "given");
+        assert_eq!(c.dbname(), "envdb");
+        assert_eq!(c.password(), Some(&b"envpw"[..]));
+        assert_eq!(c.targets(), vec![(Host::Tcp("envhost".into()), 7777)]);
+        assert_eq!(c.tls().mode, SslMode::Require);
+        let c = parse("dbname=given sslmode=disable", &env);
+        assert_eq!(c.dbname(), "given");
+        assert_eq!(c.tls().mode, SslMode::Disable);
+    }
+
+    #[test]
+    fn dbname_defaults_to_user_and_host_to_socket_dir() {
+        let c = parse("user=alice", &[]);
+        assert_eq!(c.dbname(), "alice");
+        assert!(matches!(c.targets()[0].0, Host::Unix(_)));
+        assert_eq!(c.targets()[0].1, 5432);
+    }
+
+    #[test]
+    fn bad_input_is_one_clear_error() {
+        let e = ConnConfig::parse_with_env("host=x sslmode=sometimes", |_| None).unwrap_err();
+        assert!(e.to_string().contains("verify-full"), "{e}");
+        let e = ConnConfig::parse_with_env("host", |_| None).unwrap_err();
+        assert!(e.to_string().starts_with("invalid connection string"), "{e}");
+        let e = ConnConfig::parse_with_env("password='open", |_| None).unwrap_err();
+        assert!(e.to_string().contains("unterminated"), "{e}");
+        let e = ConnConfig::parse_with_env("", |k| (k == "PGPORT").then(|| "abc".into())).unwrap_err();
+        assert!(e.to_string().contains("PGPORT"), "{e}");
+    }
+
+    #[test]
+    fn debug_and_redacted_never_show_the_password() {
+        let c = parse("host=db user=app password=hunter2", &[]);
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.redacted().contains("hunter2"));
+        let c = parse("postgres://app:hunter2@db/x", &[]);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

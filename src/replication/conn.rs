@@ -1,0 +1,542 @@
+//! The replication connection: socket, TLS, startup, authentication, and the
+//! replication commands that run before streaming starts.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::message::backend::{ErrorResponseBody, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_postgres::config::Host;
+
+use super::proto::{self, BackendFrame, SlotOptions};
+use super::{DbError, ReplicationError};
+use crate::conninfo::ConnConfig;
+use crate::tls::SslMode;
+use crate::Lsn;
+
+/// The byte stream under a connection.
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A row returned by a simple query: text values by column.
+#[derive(Debug, Clone)]
+pub struct Row {
+    columns: Arc<Vec<String>>,
+    values: Vec<Option<String>>,
+}
+
+impl Row {
+    /// The value of `column`, `None` if NULL or absent.
+    pub fn get(&self, column: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.values.get(i)?.as_deref()
+    }
+
+    pub fn values(&self) -> &[Option<String>] {
+        &self.values
+    }
+}
+
+/// Reply to `IDENTIFY_SYSTEM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifySystem {
+    pub systemid: String,
+    pub timeline: u32,
+    pub xlogpos: Lsn,
+    pub dbname: Option<String>,
+}
+
+/// Reply to `CREATE_REPLICATION_SLOT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    pub slot_name: String,
+    /// Changes committed after this position are decoded by the slot; a
+    /// snapshot taken after the slot exists sees everything before it (I1).
+    pub consistent_point: Lsn,
+    /// Set with `SnapshotAction::Export`.
+    pub snapshot_name: Option<String>,
+    pub output_plugin: Option<String>,
+}
+
+/// A connection in replication mode (`replication=database`), before or
+/// instead of streaming.
+pub struct ReplicationClient {
+    pub(crate) socket: Socket,
+    pub(crate) read_buf: BytesMut,
+    write_buf: BytesMut,
+    parameters: HashMap<String, String>,
+    server_version_num: u32,
+}
+
+impl ReplicationClient {
+    /// Connects to the first reachable host of `config`, negotiating TLS as
+    /// its `sslmode` says, and authenticates (trust, password, MD5 or
+    /// SCRAM-SHA-256).
+    pub async fn connect(config: &ConnConfig) -> Result<Self, ReplicationError> {
+        let timeout = config.pg().get_connect_timeout().copied();
+        let mut last_err = None;
+        for (host, port) in config.targets() {
+            let attempt = Self::connect_one(config, &host, port);
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ReplicationError::Connect {
+                        target: describe(&host, port),
+                        source: io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {t:?}")),
+                    }),
+                },
+                None => attempt.await,
+            };
+            match result {
+                Ok(c) => return Ok(c),
+                // Try the next host only when this one could not be reached;
+                // a refused login would be refused by its peers too.
+                Err(e @ ReplicationError::Connect { .. }) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ReplicationError::Protocol("no host to connect to".into())))
+    }
+
+    async fn connect_one(config: &ConnConfig, host: &Host, port: u16) -> Result<Self, ReplicationError> {
+        let target = describe(host, port);
+        let connect_err = |source| ReplicationError::Connect {
+            target: target.clone(),
+            source,
+        };
+        let socket = match host {
+            // libpq does not use TLS on unix sockets: the kernel is the channel.
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                Socket::Unix(UnixStream::connect(&path).await.map_err(connect_err)?)
+            }
+            Host::Tcp(name) => {
+                let tcp = TcpStream::connect((name.as_str(), port)).await.map_err(connect_err)?;
+                tcp.set_nodelay(true).map_err(connect_err)?;
+                negotiate_tls(config, name, tcp).await?
+            }
+        };
+        let mut client = ReplicationClient {
+            socket,
+            read_buf: BytesMut::with_capacity(64 * 1024),
+            write_buf: BytesMut::with_capacity(1024),
+            parameters: HashMap::new(),
+            server_version_num: 0,
+        };
+        client.startup(config).await?;
+        Ok(client)
+    }
+
+    async fn startup(&mut self, config: &ConnConfig) -> Result<(), ReplicationError> {
+        let mut params = vec![
+            ("user", config.user()),
+            ("database", config.dbname()),
+            ("replication", "database"),
+            ("application_name", config.application_name()),
+            ("client_encoding", "UTF8"),
+        ];
+        if let Some(options) = config.pg().get_options() {
+            params.push(("options", options));
+        }
+        frontend::startup_message(params.iter().copied(), &mut self.write_buf)?;
+        self.flush_write().await?;
+
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.read_message().await? {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    let pw = need_password(config)?;
+                    frontend::password_message(pw, &mut self.write_buf)?;
+                    self.flush_write().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let pw = need_password(config)?;
+                    let hashed = md5_hash(config.user().as_bytes(), pw, body.salt());
+                    frontend::password_message(hashed.as_bytes(), &mut self.write_buf)?;
+                    self.flush_write().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut has_scram = false;
+                    while let Some(m) = mechanisms.next()? {
+                        has_scram |= m == sasl::SCRAM_SHA_256;
+                    }
+                    if !has_scram {
+                        return Err(ReplicationError::Auth(
+                            "the server offers no SASL mechanism walshift supports (SCRAM-SHA-256)".into(),
+                        ));
+                    }
+                    let pw = need_password(config)?;
+                    // Channel binding (SCRAM-SHA-256-PLUS) is not offered by us:
+                    // 'n' tells the server we do not support it, which every
+                    // server accepts.
+                    let s = ScramSha256::new(pw, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.write_buf)?;
+                    self.flush_write().await?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ReplicationError::Protocol("SASL continue without SASL start".into()))?;
+                    s.update(body.data()).map_err(|e| ReplicationError::Auth(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut self.write_buf)?;
+                    self.flush_write().await?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ReplicationError::Protocol("SASL final without SASL start".into()))?;
+                    s.finish(body.data()).map_err(|e| {
+                        ReplicationError::Auth(format!("the server's SCRAM proof is invalid: {e}"))
+                    })?;
+                }
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationSspi
+                | Message::AuthenticationGssContinue(_) => {
+                    return Err(ReplicationError::Auth(
+                        "the server asks for Kerberos/GSS/SSPI authentication, which walshift does not support; use scram-sha-256 in pg_hba.conf".into(),
+                    ));
+                }
+                Message::ParameterStatus(body) => {
+                    self.parameters.insert(body.name()?.to_string(), body.value()?.to_string());
+                }
+                Message::BackendKeyData(_) => {}
+                Message::NoticeResponse(body) => log_notice(&body_error(body.fields())?),
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(body) => return Err(db_error(&body)?),
+                other => return Err(unexpected("startup", &other)),
+            }
+        }
+        self.server_version_num = self
+            .parameters
+            .get("server_version")
+            .and_then(|v| proto::parse_server_version(v))
+            .ok_or_else(|| ReplicationError::Protocol("the server did not report server_version".into()))?;
+        Ok(())
+    }
+
+    /// `server_version_num` of the server, e.g. 150018.
+    pub fn server_version_num(&self) -> u32 {
+        self.server_version_num
+    }
+
+    /// A parameter the server reported (`server_version`, `TimeZone`, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// Runs one command through the simple query protocol and returns its
+    /// rows as text. Replication connections accept replication commands,
+    /// `SHOW`, and (with `replication=database`) plain SQL.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>, ReplicationError> {
+        tracing::debug!(command = sql, "replication command");
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush_write().await?;
+        let mut rows = Vec::new();
+        let mut columns = Arc::new(Vec::new());
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                Message::RowDescription(body) => {
+                    columns = Arc::new(
+                        body.fields()
+                            .map(|f| Ok(f.name().to_string()))
+                            .collect::<Vec<_>>()?,
+                    );
+                }
+                Message::DataRow(body) => {
+                    let buf = body.buffer();
+                    let values = body
+                        .ranges()
+                        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
+                        .collect::<Vec<_>>()?;
+                    rows.push(Row {
+                        columns: columns.clone(),
+                        values,
+                    });
+                }
+                Message::CommandComplete(_) | Message::EmptyQueryResponse => {}
+                Message::NoticeResponse(body) => log_notice(&body_error(body.fields())?),
+                Message::ParameterStatus(body) => {
+                    self.parameters.insert(body.name()?.to_string(), body.value()?.to_string());
+                }
+                Message::ErrorResponse(body) => error = Some(db_error(&body)?),
+                Message::ReadyForQuery(_) => break,
+                other => return Err(unexpected(sql, &other)),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    /// `IDENTIFY_SYSTEM`.
+    pub async fn identify_system(&mut self) -> Result<IdentifySystem, ReplicationError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = one_row("IDENTIFY_SYSTEM", &rows)?;
+        Ok(IdentifySystem {
+            systemid: field(row, "systemid")?.to_string(),
+            timeline: parse_field(row, "timeline")?,
+            xlogpos: parse_field(row, "xlogpos")?,
+            dbname: row.get("dbname").map(str::to_string),
+        })
+    }
+
+    /// `CREATE_REPLICATION_SLOT name LOGICAL pgoutput ...`.
+    pub async fn create_logical_slot(
+        &mut self,
+        name: &str,
+        opts: SlotOptions,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        let cmd = proto::create_logical_slot_command(name, opts, self.server_version_num);
+        let rows = self.simple_query(&cmd).await?;
+        let row = one_row("CREATE_REPLICATION_SLOT", &rows)?;
+        Ok(CreatedSlot {
+            slot_name: field(row, "slot_name")?.to_string(),
+            consistent_point: parse_field(row, "consistent_point")?,
+            snapshot_name: row.get("snapshot_name").map(str::to_string),
+            output_plugin: row.get("output_plugin").map(str::to_string),
+        })
+    }
+
+    /// `DROP_REPLICATION_SLOT name [WAIT]`; with `wait`, waits for an active
+    /// slot to be released instead of failing.
+    pub async fn drop_slot(&mut self, name: &str, wait: bool) -> Result<(), ReplicationError> {
+        self.simple_query(&proto::drop_slot_command(name, wait)).await.map(drop)
+    }
+
+    /// How long the server waits for a status update before it drops us
+    /// (`wal_sender_timeout`); `None` when the timeout is disabled.
+    pub async fn wal_sender_timeout(&mut self) -> Result<Option<Duration>, ReplicationError> {
+        let rows = self.simple_query("SHOW wal_sender_timeout").await?;
+        let row = one_row("SHOW wal_sender_timeout", &rows)?;
+        Ok(row.values().first().cloned().flatten().and_then(|v| proto::parse_show_duration(&v)))
+    }
+
+    /// Sends `START_REPLICATION` and waits for the server to enter CopyBoth.
+    pub(crate) async fn enter_copy_both(&mut self, command: &str) -> Result<(), ReplicationError> {
+        tracing::debug!(command, "replication command");
+        frontend::query(command, &mut self.write_buf)?;
+        self.flush_write().await?;
+        loop {
+            match self.read_frame().await? {
+                BackendFrame::CopyBothResponse => return Ok(()),
+                BackendFrame::Message(Message::NoticeResponse(body)) => log_notice(&body_error(body.fields())?),
+                BackendFrame::Message(Message::ParameterStatus(_)) => {}
+                BackendFrame::Message(Message::ErrorResponse(body)) => {
+                    let err = db_error(&body)?;
+                    // The server follows an error with ReadyForQuery; consume
+                    // it so the connection stays usable.
+                    while !matches!(self.read_frame().await?, BackendFrame::Message(Message::ReadyForQuery(_))) {}
+                    return Err(err);
+                }
+                BackendFrame::Message(other) => return Err(unexpected(command, &other)),
+                BackendFrame::CopyData(_) => {
+                    return Err(ReplicationError::Protocol(
+                        "CopyData before CopyBothResponse".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Ends the session politely (`Terminate`).
+    pub async fn close(mut self) -> Result<(), ReplicationError> {
+        frontend::terminate(&mut self.write_buf);
+        self.flush_write().await?;
+        let _ = self.socket.shutdown().await;
+        Ok(())
+    }
+
+    async fn flush_write(&mut self) -> Result<(), ReplicationError> {
+        self.socket.write_all(&self.write_buf).await?;
+        self.socket.flush().await?;
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    async fn read_frame(&mut self) -> Result<BackendFrame, ReplicationError> {
+        loop {
+            if let Some(frame) = proto::read_frame(&mut self.read_buf)? {
+                return Ok(frame);
+            }
+            if self.socket.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(ReplicationError::Closed);
+            }
+        }
+    }
+
+    async fn read_message(&mut self) -> Result<Message, ReplicationError> {
+        match self.read_frame().await? {
+            BackendFrame::Message(m) => Ok(m),
+            BackendFrame::CopyBothResponse => Err(ReplicationError::Protocol(
+                "unexpected CopyBothResponse".into(),
+            )),
+            BackendFrame::CopyData(_) => Err(ReplicationError::Protocol("unexpected CopyData".into())),
+        }
+    }
+}
+
+/// Sends `SSLRequest` and wraps the socket in TLS when the server agrees.
+async fn negotiate_tls(config: &ConnConfig, host: &str, mut tcp: TcpStream) -> Result<Socket, ReplicationError> {
+    let mode = config.tls().mode;
+    if mode == SslMode::Disable {
+        return Ok(Socket::Tcp(tcp));
+    }
+    // Build the configuration before talking, so a bad certificate path is
+    // reported as such rather than as a handshake failure.
+    let tls_config = config.tls().client_config()?;
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    tcp.write_all(&req).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let server_name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+                ReplicationError::Protocol(format!("{host:?} is not a valid TLS server name"))
+            })?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config));
+            let tls = connector
+                .connect(server_name, tcp)
+                .await
+                .map_err(|source| ReplicationError::TlsHandshake {
+                    host: host.to_string(),
+                    source,
+                })?;
+            Ok(Socket::Tls(Box::new(tls)))
+        }
+        b'N' if mode.requires_tls() => Err(ReplicationError::TlsUnavailable {
+            host: host.to_string(),
+            mode,
+        }),
+        b'N' => Ok(Socket::Tcp(tcp)),
+        other => Err(ReplicationError::Protocol(format!(
+            "unexpected answer {:?} to SSLRequest",
+            other as char
+        ))),
+    }
+}
+
+fn describe(host: &Host, port: u16) -> String {
+    match host {
+        Host::Tcp(h) => format!("{h}:{port}"),
+        Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+    }
+}
+
+fn need_password(config: &ConnConfig) -> Result<&[u8], ReplicationError> {
+    config.password().ok_or_else(|| {
+        ReplicationError::Auth(format!(
+            "the server asks for a password for user {:?} but none was given: set PGPASSWORD or password= in the connection string",
+            config.user()
+        ))
+    })
+}
+
+fn one_row<'a>(what: &str, rows: &'a [Row]) -> Result<&'a Row, ReplicationError> {
+    rows.first()
+        .ok_or_else(|| ReplicationError::Protocol(format!("{what} returned no row")))
+}
+
+fn field<'a>(row: &'a Row, name: &str) -> Result<&'a str, ReplicationError> {
+    row.get(name)
+        .ok_or_else(|| ReplicationError::Protocol(format!("reply has no {name}")))
+}
+
+fn parse_field<T: std::str::FromStr>(row: &Row, name: &str) -> Result<T, ReplicationError> {
+    let v = field(row, name)?;
+    v.parse()
+        .map_err(|_| ReplicationError::Protocol(format!("cannot read {name} {v:?}")))
+}
+
+fn unexpected(during: &str, m: &Message) -> ReplicationError {
+    let kind = match m {
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::CopyData(_) => "CopyData",
+        Message::CopyDone => "CopyDone",
+        Message::NotificationResponse(_) => "NotificationResponse",
+        _ => "message",
+    };
+    ReplicationError::Protocol(format!("unexpected {kind} during {during}"))
+}
+
+pub(crate) fn db_error(body: &ErrorResponseBody) -> Result<ReplicationError, ReplicationError> {
+    Ok(ReplicationError::Db(Box::new(body_error(body.fields())?)))
+}
+
+pub(crate) fn body_error(
+    mut fields: postgres_protocol::message::backend::ErrorFields<'_>,
+) -> Result<DbError, ReplicationError> {
+    let mut e = DbError::default();
+    while let Some(f) = fields.next()? {
+        let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'V' => e.severity = v,
+            b'S' if e.severity.is_empty() => e.severity = v,
+            b'C' => e.code = v,
+            b'M' => e.message = v,
+            b'D' => e.detail = Some(v),
+            b'H' => e.hint = Some(v),
+            _ => {}
+        }
+    }
+    Ok(e)
+}
+
+pub(crate) fn log_notice(e: &DbError) {
+    tracing::info!(severity = %e.severity, code = %e.code, "server notice: {}", e.message);
+}

@@ -1,0 +1,447 @@
+//! The CopyBoth stream of a logical replication session.
+//!
+//! One task owns the socket (STYLE: "one task owns a socket"). It reads
+//! frames, hands stream events to the consumer through a bounded channel,
+//! and writes standby status updates. Its loop never waits on the consumer
+//! alone: while the channel is full it stops *reading* (so memory stays
+//! bounded) but keeps *writing* status updates on a timer, which is what
+//! keeps the walsender from dropping us after `wal_sender_timeout` (I7). The
+//! walsender reads our replies even while its own send buffer is full.
+//!
+//! ```text
+//!  socket ──frames──▶ reader task ──ReplicationEvent──▶ consumer (bounded)
+//!     ▲                   │  ▲                               │
+//!     └─status updates────┘  └──── Feedback (atomics) ◀──────┘ confirm(lsn)
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use super::conn::{body_error, db_error, log_notice, ReplicationClient, Socket};
+use super::proto::{self, BackendFrame, ReplicationMessage, StandbyStatus};
+use super::ReplicationError;
+use crate::Lsn;
+
+/// Events handed to the consumer, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicationEvent {
+    /// One output-plugin message (for pgoutput: one logical message).
+    XLogData {
+        wal_start: Lsn,
+        wal_end: Lsn,
+        send_time: i64,
+        data: Bytes,
+    },
+    /// The server's keepalive. In stream order, so a consumer with no
+    /// transaction pending may confirm `wal_end`: every change before it has
+    /// already been delivered. That keeps an idle slot from pinning WAL.
+    Keepalive { wal_end: Lsn, send_time: i64 },
+}
+
+/// Options for [`LogicalStream::start`].
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Events buffered between the reader and the consumer. The reader stops
+    /// reading (but keeps answering) when this many are waiting.
+    pub channel_capacity: usize,
+    /// Status updates are sent at this interval even with nothing new;
+    /// `None` derives it from the server's `wal_sender_timeout`.
+    pub status_interval: Option<Duration>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            channel_capacity: 1024,
+            status_interval: None,
+        }
+    }
+}
+
+/// The positions the consumer reports; shared between the consumer and
+/// the reader task. Each only moves forward.
+#[derive(Debug, Default)]
+struct Positions {
+    write: AtomicU64,
+    flush: AtomicU64,
+    apply: AtomicU64,
+    /// Wakes the reader to send an update now.
+    wake: Notify,
+}
+
+/// The consumer's side of status updates. Cheap to clone; positions never
+/// move backwards, whatever order calls arrive in.
+#[derive(Debug, Clone)]
+pub struct Feedback(Arc<Positions>);
+
+impl Feedback {
+    /// Everything up to `lsn` is durably processed: the server may advance
+    /// the slot's `confirmed_flush_lsn` to it and recycle older WAL. Only
+    /// call it once the work up to `lsn` is committed (I4).
+    pub fn confirm(&self, lsn: Lsn) {
+        self.0.flush.fetch_max(lsn.0, Ordering::AcqRel);
+        self.0.apply.fetch_max(lsn.0, Ordering::AcqRel);
+        self.0.write.fetch_max(lsn.0, Ordering::AcqRel);
+        self.0.wake.notify_one();
+    }
+
+    /// Sets only the write (received) position.
+    pub fn set_write(&self, lsn: Lsn) {
+        self.0.write.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+
+    /// Sets only the flush position.
+    pub fn set_flush(&self, lsn: Lsn) {
+        self.0.flush.fetch_max(lsn.0, Ordering::AcqRel);
+        self.0.wake.notify_one();
+    }
+
+    /// Sets only the apply position.
+    pub fn set_apply(&self, lsn: Lsn) {
+        self.0.apply.fetch_max(lsn.0, Ordering::AcqRel);
+        self.0.wake.notify_one();
+    }
+
+    /// The positions the next status update will carry.
+    pub fn status(&self) -> StandbyStatus {
+        StandbyStatus {
+            write: Lsn(self.0.write.load(Ordering::Acquire)),
+            flush: Lsn(self.0.flush.load(Ordering::Acquire)),
+            apply: Lsn(self.0.apply.load(Ordering::Acquire)),
+        }
+    }
+}
+
+enum Control {
+    Close(oneshot::Sender<Result<(), ReplicationError>>),
+}
+
+/// A running logical replication stream.
+pub struct LogicalStream {
+    events: mpsc::Receiver<Result<ReplicationEvent, ReplicationError>>,
+    feedback: Feedback,
+    control: mpsc::Sender<Control>,
+    task: JoinHandle<()>,
+    status_interval: Duration,
+}
+
+impl LogicalStream {
+    /// Sends `START_REPLICATION SLOT slot LOGICAL start (options)` on
+    /// `client` and hands the socket to a reader task.
+    ///
+    /// `start` may be `Lsn::INVALID`: the server then resumes at the slot's
+    /// `confirmed_flush_lsn`.
+    pub async fn start(
+        mut client: ReplicationClient,
+        slot: &str,
+        start: Lsn,
+        plugin_options: &[(String, String)],
+        options: StreamOptions,
+    ) -> Result<Self, ReplicationError> {
+        let status_interval = match options.status_interval {
+            Some(i) => i,
+            None => status_interval_for(client.wal_sender_timeout().await?),
+        };
+        client
+            .enter_copy_both(&proto::start_logical_command(slot, start, plugin_options))
+            .await?;
+        let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
+        let (control_tx, control_rx) = mpsc::channel(1);
+        let positions = Arc::new(Positions::default());
+        let reader = Reader {
+            socket: client.socket,
+            read_buf: client.read_buf,
+            write_buf: BytesMut::with_capacity(64),
+            events: tx,
+            positions: positions.clone(),
+            control: control_rx,
+            status_interval,
+        };
+        let task = tokio::spawn(reader.run());
+        Ok(LogicalStream {
+            events: rx,
+            feedback: Feedback(positions),
+            control: control_tx,
+            task,
+            status_interval,
+        })
+    }
+
+    /// The next event; `None` once the stream has ended (after an error was
+    /// delivered, or after [`LogicalStream::close`]).
+    pub async fn recv(&mut self) -> Option<Result<ReplicationEvent, ReplicationError>> {
+        self.events.recv().await
+    }
+
+    /// A handle for reporting progress, usable from other tasks.
+    pub fn feedback(&self) -> Feedback {
+        self.feedback.clone()
+    }
+
+    /// The interval of unsolicited status updates.
+    pub fn status_interval(&self) -> Duration {
+        self.status_interval
+    }
+
+    /// Sends a last status update with the current positions, then ends the
+    /// session. Confirmed positions reach the server before the socket closes.
+    pub async fn close(self) -> Result<(), ReplicationError> {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Close(tx)).await.is_err() {
+            // The reader already ended (the server closed the stream).
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for LogicalStream {
+    fn drop(&mut self) {
+        // Dropping without close() is an abrupt disconnect, as a crash would be.
+        self.task.abort();
+    }
+}
+
+/// Unsolicited updates at 40% of `wal_sender_timeout`, at most every 10 s
+/// (`wal_receiver_status_interval`'s default). The server asks for a reply at
+/// half its timeout; replying earlier on our own means a reply request that
+/// sits unread behind a full socket buffer (slow consumer) never matters,
+/// with room for one late tick.
+fn status_interval_for(wal_sender_timeout: Option<Duration>) -> Duration {
+    let max = Duration::from_secs(10);
+    match wal_sender_timeout {
+        Some(t) => (t.mul_f64(0.4)).clamp(Duration::from_millis(100), max),
+        None => max,
+    }
+}
+
+struct Reader {
+    socket: Socket,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    events: mpsc::Sender<Result<ReplicationEvent, ReplicationError>>,
+    positions: Arc<Positions>,
+    control: mpsc::Receiver<Control>,
+    status_interval: Duration,
+}
+
+/// What woke the reader's loop.
+enum Wake {
+    Close(oneshot::Sender<Result<(), ReplicationError>>),
+    SendStatus,
+    Delivered,
+    Read(std::io::Result<usize>),
+}
+
+/// What handling one frame produced.
+enum Step {
+    Event(ReplicationEvent),
+    Nothing,
+    /// The server ended the stream (CopyDone) or sent an error.
+    End(Result<(), ReplicationError>),
+}
+
+impl Reader {
+    async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.status_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One event decoded but not yet accepted by the consumer. While it
+        // waits, nothing more is read: memory stays bounded by the channel.
+        let mut pending: Option<Result<ReplicationEvent, ReplicationError>> = None;
+        let mut ending = false;
+        loop {
+            // Decode what is already buffered, handing events over directly
+            // while the consumer has room.
+            while pending.is_none() && !ending {
+                match proto::read_frame(&mut self.read_buf) {
+                    Ok(Some(frame)) => match self.handle(frame).await {
+                        Ok(Step::Event(ev)) => {
+                            if let Err(mpsc::error::TrySendError::Full(ev)) = self.events.try_send(Ok(ev)) {
+                                pending = Some(ev);
+                            }
+                        }
+                        Ok(Step::Nothing) => {}
+                        Ok(Step::End(r)) => {
+                            ending = true;
+                            if let Err(e) = r {
+                                pending = Some(Err(e));
+                            }
+                        }
+                        Err(e) => {
+                            ending = true;
+                            pending = Some(Err(e));
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        ending = true;
+                        pending = Some(Err(e.into()));
+                    }
+                }
+            }
+            if ending && pending.is_none() {
+                return;
+            }
+
+            let positions = self.positions.clone();
+            let wake = tokio::select! {
+                biased;
+                // 1. The consumer asked to close: report positions, then leave.
+                Some(Control::Close(reply)) = self.control.recv() => Wake::Close(reply),
+                // 2. The timer: answer the server even if the consumer is slow
+                //    and nothing is being read (I7). Before delivery, so a
+                //    busy stream cannot starve it.
+                _ = ticker.tick() => Wake::SendStatus,
+                // 3. The consumer confirmed progress: tell the server soon,
+                //    so the slot releases WAL without waiting for the tick.
+                _ = positions.wake.notified() => Wake::SendStatus,
+                // 4. Hand the waiting event over once there is room.
+                permit = self.events.reserve(), if pending.is_some() => match permit {
+                    Ok(permit) => {
+                        permit.send(pending.take().expect("guarded by is_some"));
+                        Wake::Delivered
+                    }
+                    // The consumer is gone; nobody to stream for.
+                    Err(_) => return,
+                },
+                // 5. Read more, only when nothing is waiting.
+                read = self.socket.read_buf(&mut self.read_buf), if pending.is_none() && !ending => {
+                    Wake::Read(read)
+                }
+            };
+            match wake {
+                Wake::Close(reply) => {
+                    let r = self.finish().await;
+                    let _ = reply.send(r);
+                    return;
+                }
+                Wake::SendStatus => {
+                    if let Err(e) = self.send_status(false).await {
+                        let _ = self.events.send(Err(e)).await;
+                        return;
+                    }
+                }
+                Wake::Delivered => {}
+                Wake::Read(Ok(0)) => {
+                    ending = true;
+                    pending = Some(Err(ReplicationError::Closed));
+                }
+                Wake::Read(Ok(_)) => {}
+                Wake::Read(Err(e)) => {
+                    ending = true;
+                    pending = Some(Err(e.into()));
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: BackendFrame) -> Result<Step, ReplicationError> {
+        match frame {
+            BackendFrame::CopyData(payload) => match proto::parse_replication_message(payload)? {
+                ReplicationMessage::XLogData {
+                    wal_start,
+                    wal_end,
+                    send_time,
+                    data,
+                } => {
+                    // Received is "written" for us: the consumer reports
+                    // flush/apply once the change is committed in the target.
+                    self.positions.write.fetch_max(wal_end.0, Ordering::AcqRel);
+                    Ok(Step::Event(ReplicationEvent::XLogData {
+                        wal_start,
+                        wal_end,
+                        send_time,
+                        data,
+                    }))
+                }
+                ReplicationMessage::PrimaryKeepalive {
+                    wal_end,
+                    send_time,
+                    reply_requested,
+                } => {
+                    if reply_requested {
+                        self.send_status(false).await?;
+                    }
+                    Ok(Step::Event(ReplicationEvent::Keepalive { wal_end, send_time }))
+                }
+            },
+            BackendFrame::Message(Message::CopyDone) => Ok(Step::End(Ok(()))),
+            BackendFrame::Message(Message::ErrorResponse(body)) => Ok(Step::End(Err(db_error(&body)?))),
+            BackendFrame::Message(Message::NoticeResponse(body)) => {
+                log_notice(&body_error(body.fields())?);
+                Ok(Step::Nothing)
+            }
+            BackendFrame::Message(Message::ParameterStatus(_)) => Ok(Step::Nothing),
+            BackendFrame::Message(Message::CommandComplete(_) | Message::ReadyForQuery(_)) => {
+                Ok(Step::End(Ok(())))
+            }
+            BackendFrame::Message(_) | BackendFrame::CopyBothResponse => Err(ReplicationError::Protocol(
+                "unexpected message in the replication stream".into(),
+            )),
+        }
+    }
+
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), ReplicationError> {
+        let status = Feedback(self.positions.clone()).status();
+        self.write_buf.clear();
+        proto::write_standby_status_update(status, SystemTime::now(), reply_requested, &mut self.write_buf);
+        self.socket.write_all(&self.write_buf).await?;
+        self.socket.flush().await?;
+        tracing::trace!(write = %status.write, flush = %status.flush, apply = %status.apply, "standby status update");
+        Ok(())
+    }
+
+    /// Last status update, CopyDone, Terminate. The walsender processes the
+    /// update before it sees Terminate, so confirmed positions are kept.
+    async fn finish(&mut self) -> Result<(), ReplicationError> {
+        self.send_status(false).await?;
+        self.write_buf.clear();
+        frontend::copy_done(&mut self.write_buf);
+        frontend::terminate(&mut self.write_buf);
+        self.socket.write_all(&self.write_buf).await?;
+        self.socket.flush().await?;
+        let _ = self.socket.shutdown().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_interval_is_a_fraction_of_the_timeout() {
+        assert_eq!(status_interval_for(Some(Duration::from_secs(60))), Duration::from_secs(10));
+        assert_eq!(status_interval_for(Some(Duration::from_secs(5))), Duration::from_secs(2));
+        assert_eq!(status_interval_for(Some(Duration::from_millis(10))), Duration::from_millis(100));
+        assert_eq!(status_interval_for(None), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn feedback_never_moves_backwards() {
+        let f = Feedback(Arc::new(Positions::default()));
+        f.confirm(Lsn(100));
+        f.confirm(Lsn(50));
+        f.set_flush(Lsn(10));
+        assert_eq!(f.status().flush, Lsn(100));
+        assert_eq!(f.status().apply, Lsn(100));
+        f.set_write(Lsn(200));
+        f.set_apply(Lsn(150));
+        assert_eq!(
+            f.status(),
+            StandbyStatus {
+                write: Lsn(200),
+                flush: Lsn(100),
+                apply: Lsn(150)
+            }
+        );
+    }
+}
