@@ -13,9 +13,13 @@
 
 pub mod cluster;
 pub mod conninfo;
+pub mod ident;
 pub mod lsn;
+pub mod mirror;
 pub mod pgoutput;
 pub mod relcache;
 pub mod replication;
+pub mod spec;
+pub mod tls;
 
 pub use lsn::Lsn;

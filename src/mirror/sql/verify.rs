@@ -1,0 +1,191 @@
+//! Queries for `verify` (and the catalog's `check`): which source keys in a
+//! scope are not mirrored as the mapping says. Read-only; one statement, one
+//! snapshot, so a key listed here differed at one instant (possibly only
+//! because its change was not applied yet: the caller re-checks after lag).
+
+use super::rows::{same_copy, source_lateral};
+use super::{
+    Param, RowsPlan, Scope, SetPlan, Statement, col, key_list, key_texts, place, row, set_differs,
+};
+
+/// What a verification query returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyOutput {
+    /// One row, `count bigint`: how many keys differ.
+    Count,
+    /// The differing keys in key order, each as its key columns as text, at
+    /// most [`Param::Limit`] of them (the last parameter).
+    Keys,
+}
+
+/// Set mode: keys in `scope` whose stored columns differ from what the
+/// expressions compute now — exactly the rows [`super::set_apply`] would write.
+///
+/// ```sql
+/// SELECT src."id"::text
+/// FROM "public"."users" AS src
+/// WHERE src."id" > $1::text::bigint
+///   AND src."id" <= $2::text::bigint
+///   AND src."status" IS DISTINCT FROM (<expr>)
+/// ORDER BY src."id"
+/// LIMIT $3::bigint
+/// ```
+pub fn set_verify(plan: &SetPlan, scope: Scope, output: VerifyOutput) -> Statement {
+    debug_assert_eq!(plan.check(), Ok(()));
+    let mut params = Vec::new();
+    let placed = place(scope, plan.key.len(), &mut params);
+    let mut conditions = placed.conditions("src", &plan.key);
+    conditions.push(set_differs(plan));
+    let head = match output {
+        VerifyOutput::Count => "count(*)".to_string(),
+        VerifyOutput::Keys => key_texts("src", &plan.key),
+    };
+    let mut sql = format!(
+        "SELECT {head}\nFROM {} AS src\nWHERE {}",
+        plan.source,
+        conditions.join("\n  AND ")
+    );
+    if output == VerifyOutput::Keys {
+        params.push(Param::Limit);
+        sql.push_str(&format!(
+            "\nORDER BY {}\nLIMIT ${}::bigint",
+            key_list("src", &plan.key),
+            params.len()
+        ));
+    }
+    Statement { sql, params }
+}
+
+/// Rows mode: keys in `scope` whose desired rows and owned target rows
+/// differ, compared both ways as multisets of whole rows (so a missing row,
+/// an extra row, a changed column and a duplicated row all count).
+///
+/// Desired rows come from the select over the scope's source rows and are
+/// attributed to the source key that yielded them, *without* the owner filter
+/// of [`super::rows_apply`]: a select whose owner columns are not its source
+/// key is reported here instead of being silently dropped. Target rows are
+/// those whose owner columns fall in the scope, attributed to their owner.
+/// Rows are numbered within groups of identical rows, so
+/// `(columns, copy number)` identifies one copy; owner equality comes first in
+/// each match so the comparison is hashed per owner.
+pub fn rows_verify(plan: &RowsPlan, scope: Scope, output: VerifyOutput) -> Statement {
+    debug_assert_eq!(plan.check(), Ok(()));
+    let mut params = Vec::new();
+    let placed = place(scope, plan.key.len(), &mut params);
+    let n_cols = plan.columns.len();
+    let ks: Vec<String> = (1..=plan.key.len()).map(|i| format!("k{i}")).collect();
+    let ms: Vec<String> = (1..=n_cols).map(|i| format!("m.c{i}")).collect();
+    let ds: Vec<String> = (1..=n_cols).map(|i| format!("d.c{i}")).collect();
+    let es: Vec<String> = (1..=n_cols).map(|i| format!("e.c{i}")).collect();
+    let src_keys: Vec<String> = plan
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} AS k{}", col("src", &k.name), i + 1))
+        .collect();
+    // The owner, read back as the source key it holds (through text, as
+    // every key travels), so both sides report keys of one type.
+    let owner_keys: Vec<String> = plan
+        .owner
+        .iter()
+        .zip(&plan.key)
+        .enumerate()
+        .map(|(i, (o, k))| format!("{}::text::{} AS k{}", col("t", &o.name), k.type_name, i + 1))
+        .collect();
+    let t_cols: Vec<String> = plan.columns.iter().map(|c| col("t", c)).collect();
+    let aliased: Vec<String> = t_cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} AS c{}", i + 1))
+        .collect();
+    let mut src_conditions = placed.conditions("src", &plan.key);
+    if src_conditions.is_empty() {
+        src_conditions.push("TRUE".into());
+    }
+    let mut owned = placed.conditions("t", &plan.owner);
+    if owned.is_empty() {
+        owned.push("TRUE".into());
+    }
+    let d_ks: Vec<String> = ks.iter().map(|k| format!("d.{k}")).collect();
+    let e_ks: Vec<String> = ks.iter().map(|k| format!("e.{k}")).collect();
+    let same = same_copy(plan, &ds.join(", "), &es.join(", "), "      ");
+    let mut sql = format!(
+        "WITH desired AS (\n  SELECT {src_keys}, {ms},\n    row_number() OVER (PARTITION BY {ms}) AS n\n\
+         {lateral}\n  WHERE {src_conditions}\n),\n\
+         existing AS (\n  SELECT {owner_keys}, {aliased},\n    row_number() OVER (PARTITION BY {t_cols}) AS n\n  \
+         FROM {target} AS t\n  WHERE {owned}\n),\n\
+         differing AS (\n  SELECT {d_ks}\n  FROM desired AS d\n  WHERE NOT EXISTS (\n    SELECT FROM existing AS e\n    \
+         WHERE {same})\n  UNION\n  SELECT {e_ks}\n  FROM existing AS e\n  WHERE NOT EXISTS (\n    \
+         SELECT FROM desired AS d\n    WHERE {same})\n)\n",
+        src_keys = src_keys.join(", "),
+        ms = ms.join(", "),
+        lateral = source_lateral(plan),
+        src_conditions = src_conditions.join("\n    AND "),
+        owner_keys = owner_keys.join(", "),
+        aliased = aliased.join(", "),
+        t_cols = t_cols.join(", "),
+        target = plan.target,
+        owned = owned.join("\n    AND "),
+        d_ks = d_ks.join(", "),
+        e_ks = e_ks.join(", "),
+    );
+    match output {
+        VerifyOutput::Count => sql.push_str("SELECT count(*) FROM differing"),
+        VerifyOutput::Keys => {
+            params.push(Param::Limit);
+            // Qualified: a bare `ORDER BY k1` would name the text output
+            // column and sort 10 before 9.
+            let texts: Vec<String> = ks.iter().map(|k| format!("f.{k}::text")).collect();
+            let order: Vec<String> = ks.iter().map(|k| format!("f.{k}")).collect();
+            sql.push_str(&format!(
+                "SELECT {}\nFROM differing AS f\nORDER BY {}\nLIMIT ${}::bigint",
+                texts.join(", "),
+                order.join(", "),
+                params.len()
+            ));
+        }
+    }
+    Statement { sql, params }
+}
+
+/// For `check` (on a sample range) and to explain a `verify` failure: source
+/// keys in `scope` whose select yields a row whose owner columns are not that
+/// source key. [`super::rows_apply`] ignores such rows.
+///
+/// Params: the scope's, then [`Param::Limit`]. Returns the keys as text, in
+/// key order.
+pub fn rows_owner_mismatch(plan: &RowsPlan, scope: Scope) -> Statement {
+    debug_assert_eq!(plan.check(), Ok(()));
+    let mut params = Vec::new();
+    let placed = place(scope, plan.key.len(), &mut params);
+    let owners: Vec<String> = plan
+        .owner
+        .iter()
+        .map(|o| format!("m.{}::text", plan.column_alias(&o.name)))
+        .collect();
+    let keys: Vec<String> = plan
+        .key
+        .iter()
+        .map(|k| format!("{}::text", col("src", &k.name)))
+        .collect();
+    let cs: Vec<String> = (1..=plan.columns.len()).map(|i| format!("c{i}")).collect();
+    let mut conditions = placed.conditions("src", &plan.key);
+    // IS DISTINCT FROM: an owner column left NULL is a mismatch too.
+    conditions.push(format!(
+        "EXISTS (\n    SELECT FROM (\n{}\n    ) AS m({})\n    WHERE {} IS DISTINCT FROM {})",
+        plan.select,
+        cs.join(", "),
+        row(&owners),
+        row(&keys)
+    ));
+    params.push(Param::Limit);
+    let sql = format!(
+        "SELECT {}\nFROM {} AS src\nWHERE {}\nORDER BY {}\nLIMIT ${}::bigint",
+        key_texts("src", &plan.key),
+        plan.source,
+        conditions.join("\n  AND "),
+        key_list("src", &plan.key),
+        params.len()
+    );
+    Statement { sql, params }
+}

@@ -1,0 +1,251 @@
+//! The spec file: what to mirror, how to throttle the backfill, which gates
+//! must hold and what to run at cut-over (DESIGN.md section 2).
+//!
+//! ```text
+//!  spec.toml ──toml──▶ raw (every field optional, spanned) ──validate──▶ Spec
+//!                                                         └─▶ SpecError: one line per problem,
+//!                                                             file:line:column: field: what to do
+//! ```
+//!
+//! This module checks only the spec's own shape. Whether the tables, columns,
+//! keys and expression types exist and fit is the catalog's job (`check`).
+//!
+//! Column names (`key`, `owner`, the left side of `set`) are read as SQL
+//! identifiers, like table names: `Status` means the column `status`, and
+//! `'"Status"'` the column `Status`.
+
+mod check;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod units;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::ident::QualifiedName;
+use check::Checker;
+use raw::RawSpec;
+pub use units::{parse_duration, parse_size};
+
+/// Longest `name`: `walshift_` + 40 stays far below the 63 bytes of a slot name.
+pub const MAX_NAME_LEN: usize = 40;
+
+/// A validated spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    /// The file it was read from, for messages.
+    pub file: String,
+    pub name: String,
+    pub mirrors: Vec<Mirror>,
+    pub backfill: Backfill,
+    pub gates: Vec<Gate>,
+    pub cutover: Cutover,
+}
+
+/// One `[[mirror]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mirror {
+    /// 1-based position among the `[[mirror]]` tables, as messages name it.
+    pub number: usize,
+    /// Line of its `[[mirror]]` header.
+    pub line: usize,
+    pub source: QualifiedName,
+    /// `None`: the source's primary key.
+    pub key: Option<Vec<String>>,
+    pub mode: MirrorMode,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum MirrorMode {
+    /// Same-row columns: `(column, expression)`, sorted by column.
+    Set { columns: Vec<(String, String)> },
+    /// A new table: `select` yields the target rows of one source row `src`;
+    /// `owner` are the target columns holding the source key, in key order.
+    Rows {
+        target: QualifiedName,
+        owner: Vec<String>,
+        select: String,
+    },
+}
+
+/// `[backfill]`: when history copying pauses and how big a chunk is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backfill {
+    /// Pause while any standby's replay lag is above this. Default 5s.
+    pub max_replica_lag: Duration,
+    /// Pause while any standby is this many bytes of WAL behind.
+    pub max_replica_lag_bytes: Option<u64>,
+    /// Pause while other replication slots retain more WAL than this.
+    pub max_retained_wal: Option<u64>,
+    /// Pause while walshift's own live apply lags more than this, so history
+    /// never starves live changes. Default 5s.
+    pub max_apply_lag: Duration,
+    pub throttle_query: Option<ThrottleQuery>,
+    pub max_rows_per_second: Option<u64>,
+    /// Chunk size adapts so one chunk statement takes about this long. Default 200ms.
+    pub chunk_target_time: Duration,
+    /// Default 100.
+    pub min_chunk_rows: u64,
+    /// Default 50000.
+    pub max_chunk_rows: u64,
+}
+
+/// The operator's own throttle: pause while `sql` returns more than `max`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThrottleQuery {
+    pub sql: String,
+    pub max: f64,
+}
+
+/// A `[[gate]]`: a query that must return true before `verify` passes and
+/// inside the cut-over transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gate {
+    pub name: String,
+    pub sql: String,
+}
+
+/// `[cutover]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cutover {
+    /// Run in the cut-over transaction; `None` only freezes, drains and checks.
+    pub sql: Option<String>,
+    /// How long to wait for the source locks before backing off. Default 200ms.
+    pub lock_timeout: Duration,
+    /// Default 10.
+    pub max_attempts: u32,
+}
+
+impl Default for Backfill {
+    fn default() -> Self {
+        Backfill {
+            max_replica_lag: Duration::from_secs(5),
+            max_replica_lag_bytes: None,
+            max_retained_wal: None,
+            max_apply_lag: Duration::from_secs(5),
+            throttle_query: None,
+            max_rows_per_second: None,
+            chunk_target_time: Duration::from_millis(200),
+            min_chunk_rows: 100,
+            max_chunk_rows: 50_000,
+        }
+    }
+}
+
+impl Default for Cutover {
+    fn default() -> Self {
+        Cutover {
+            sql: None,
+            lock_timeout: Duration::from_millis(200),
+            max_attempts: 10,
+        }
+    }
+}
+
+/// The name walshift gives its replication slot, publication and replication
+/// origin for spec `name`: `walshift_` + name with `-` as `_` (slot names allow
+/// only `[a-z0-9_]`). Note that `a-b` and `a_b` therefore share objects.
+pub fn object_name(spec_name: &str) -> String {
+    format!("walshift_{}", spec_name.replace('-', "_"))
+}
+
+impl Spec {
+    /// Read and validate a spec file.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Spec, SpecError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Spec::from_str_named(&text, &file)
+    }
+
+    /// Validate spec text; `file_name` is only used in messages.
+    pub fn from_str_named(text: &str, file_name: &str) -> Result<Spec, SpecError> {
+        let mut checker = Checker {
+            text,
+            problems: Vec::new(),
+        };
+        let spec = match toml::from_str::<RawSpec>(text) {
+            Ok(raw) => checker.spec(raw, file_name),
+            Err(err) => {
+                // toml's messages may span lines ("invalid string\nexpected ...").
+                let message = err.message().trim().replace('\n', "; ");
+                match err.span() {
+                    Some(span) => checker.at(span, message),
+                    None => checker.nowhere(message),
+                }
+                None
+            }
+        };
+        match spec {
+            Some(spec) if checker.problems.is_empty() => Ok(spec),
+            _ => Err(SpecError::Invalid {
+                file: file_name.to_string(),
+                problems: checker.problems,
+            }),
+        }
+    }
+
+    /// The logical replication slot: `walshift_<name>`.
+    pub fn slot_name(&self) -> String {
+        object_name(&self.name)
+    }
+
+    /// The publication listing the sources: `walshift_<name>`.
+    pub fn publication_name(&self) -> String {
+        object_name(&self.name)
+    }
+
+    /// The replication origin of walshift's own writes: `walshift_<name>`.
+    pub fn origin_name(&self) -> String {
+        object_name(&self.name)
+    }
+}
+
+/// A spec that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{file}: cannot read the spec: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(file, problems))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One thing wrong with the spec, with where it is (1-based line and column,
+/// in characters) when that is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+fn render_problems(file: &str, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| match p.at {
+            Some((line, column)) => format!("{file}:{line}:{column}: {}", p.message),
+            None => format!("{file}: {}", p.message),
+        })
+        .collect();
+    lines.join("\n")
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, column)) => write!(f, "{line}:{column}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The spec file exactly as TOML gives it, before validation.
+//!
+//! Every field is optional and spanned so that validation, not serde, decides
+//! what is missing, and every problem can point at a line. `deny_unknown_fields`
+//! everywhere: a misspelt `max_replica_lag` must not silently mean "no limit".
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpec {
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub mirror: Vec<Spanned<RawMirror>>,
+    pub backfill: Option<RawBackfill>,
+    #[serde(default)]
+    pub gate: Vec<Spanned<RawGate>>,
+    pub cutover: Option<RawCutover>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMirror {
+    pub source: Option<Spanned<String>>,
+    pub key: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Column -> expression. A `BTreeMap` because assignments in one UPDATE
+    /// are simultaneous: file order carries no meaning, sorted order makes the
+    /// generated SQL deterministic.
+    pub set: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub target: Option<Spanned<String>>,
+    pub owner: Option<Spanned<Vec<Spanned<String>>>>,
+    pub select: Option<Spanned<String>>,
+}
+
+/// Durations and sizes arrive as any TOML value so that `max_replica_lag = 5`
+/// gets "the unit is missing" rather than serde's "expected a string".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackfill {
+    pub max_replica_lag: Option<Spanned<toml::Value>>,
+    pub max_replica_lag_bytes: Option<Spanned<toml::Value>>,
+    pub max_retained_wal: Option<Spanned<toml::Value>>,
+    pub max_apply_lag: Option<Spanned<toml::Value>>,
+    pub throttle_query: Option<Spanned<String>>,
+    pub throttle_query_max: Option<Spanned<f64>>,
+    pub max_rows_per_second: Option<Spanned<i64>>,
+    pub chunk_target_time: Option<Spanned<toml::Value>>,
+    pub min_chunk_rows: Option<Spanned<i64>>,
+    pub max_chunk_rows: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGate {
+    pub name: Option<Spanned<String>>,
+    pub sql: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCutover {
+    pub sql: Option<Spanned<String>>,
+    pub lock_timeout: Option<Spanned<toml::Value>>,
+    pub max_attempts: Option<Spanned<i64>>,
+}
