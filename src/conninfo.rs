@@ -26,7 +26,9 @@ const OWN_KEYS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
 /// The connection string could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnConfigError {
-    #[error("invalid connection string: {0} (expected libpq form, e.g. \"host=db user=app dbname=app\" or postgres://user@db/app)")]
+    #[error(
+        "invalid connection string: {0} (expected libpq form, e.g. \"host=db user=app dbname=app\" or postgres://user@db/app)"
+    )]
     Syntax(String),
     #[error("invalid sslmode {0:?}: use disable, allow, prefer, require, verify-ca or verify-full")]
     SslMode(String),
@@ -71,7 +73,12 @@ impl ConnConfig {
             tokio_postgres::Config::from_str(&rest)
                 .map_err(|e| ConnConfigError::Syntax(e.to_string()))?
         };
-        let lookup = |key: &str| own.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let lookup = |key: &str| {
+            own.iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
 
         // Environment defaults, as libpq applies them: only where unset.
         if pg.get_hosts().is_empty() {
@@ -134,7 +141,9 @@ impl ConnConfig {
 
         let mode_text = lookup("sslmode").or_else(|| env("PGSSLMODE").filter(|m| !m.is_empty()));
         let mode = match mode_text {
-            Some(m) => m.parse::<SslMode>().map_err(|_| ConnConfigError::SslMode(m))?,
+            Some(m) => m
+                .parse::<SslMode>()
+                .map_err(|_| ConnConfigError::SslMode(m))?,
             None => SslMode::Prefer,
         };
         let path = |key: &str, var: &str| {
@@ -258,7 +267,10 @@ impl ConnConfig {
     }
 
     fn all_unix(&self) -> bool {
-        self.pg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)))
+        self.pg
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)))
     }
 }
 
@@ -311,7 +323,11 @@ fn os_user_name() -> Option<String> {
         if pw.is_null() || (*pw).pw_name.is_null() {
             return None;
         }
-        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
+        Some(
+            std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }
 
@@ -444,10 +460,14 @@ mod tests {
     use super::*;
 
     fn parse(s: &str, env: &[(&str, &str)]) -> ConnConfig {
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        ConnConfig::parse_with_env(s, |k| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone()))
-            .unwrap()
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ConnConfig::parse_with_env(s, |k| {
+            env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone())
+        })
+        .unwrap()
     }
 
     #[test]
@@ -461,7 +481,10 @@ mod tests {
         assert_eq!(c.dbname(), "shop");
         assert_eq!(c.targets(), vec![(Host::Tcp("db.example".into()), 6543)]);
         assert_eq!(c.tls().mode, SslMode::VerifyFull);
-        assert_eq!(c.tls().root_cert.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert_eq!(
+            c.tls().root_cert.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
     }
 
     #[test]
@@ -474,7 +497,10 @@ mod tests {
         assert_eq!(c.dbname(), "shop");
         assert_eq!(c.application_name(), "x");
         assert_eq!(c.tls().mode, SslMode::VerifyCa);
-        assert_eq!(c.tls().root_cert.as_deref(), Some(std::path::Path::new("/tmp/ca.pem")));
+        assert_eq!(
+            c.tls().root_cert.as_deref(),
+            Some(std::path::Path::new("/tmp/ca.pem"))
+        );
     }
 
     #[test]
@@ -511,10 +537,14 @@ mod tests {
         let e = ConnConfig::parse_with_env("host=x sslmode=sometimes", |_| None).unwrap_err();
         assert!(e.to_string().contains("verify-full"), "{e}");
         let e = ConnConfig::parse_with_env("host", |_| None).unwrap_err();
-        assert!(e.to_string().starts_with("invalid connection string"), "{e}");
+        assert!(
+            e.to_string().starts_with("invalid connection string"),
+            "{e}"
+        );
         let e = ConnConfig::parse_with_env("password='open", |_| None).unwrap_err();
         assert!(e.to_string().contains("unterminated"), "{e}");
-        let e = ConnConfig::parse_with_env("", |k| (k == "PGPORT").then(|| "abc".into())).unwrap_err();
+        let e =
+            ConnConfig::parse_with_env("", |k| (k == "PGPORT").then(|| "abc".into())).unwrap_err();
         assert!(e.to_string().contains("PGPORT"), "{e}");
     }
 

@@ -16,12 +16,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 /// libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +39,10 @@ pub enum SslMode {
 impl SslMode {
     /// Whether the connection fails when the server does not offer TLS.
     pub fn requires_tls(self) -> bool {
-        matches!(self, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
+        matches!(
+            self,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
     }
 }
 
@@ -81,7 +86,9 @@ pub struct TlsSettings {
 /// TLS could not be set up; the text says which file or setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {path}: {source} (fix the path in {key} or the file's permissions)")]
+    #[error(
+        "cannot read {what} {path}: {source} (fix the path in {key} or the file's permissions)"
+    )]
     File {
         what: &'static str,
         key: &'static str,
@@ -113,9 +120,10 @@ impl TlsSettings {
         let verifier: Arc<dyn ServerCertVerifier> = match effective {
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 let roots = roots.ok_or(TlsError::NoRoots(self.mode))?;
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+                let webpki =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
                 if effective == SslMode::VerifyFull {
                     webpki
                 } else {
@@ -124,7 +132,9 @@ impl TlsSettings {
             }
             _ => Arc::new(Unverified(provider)),
         };
-        let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
         let config = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
                 let certs = load_certs(cert, "client certificate", "sslcert")?;
@@ -317,7 +327,14 @@ mod tests {
 
     #[test]
     fn modes_parse_and_print_as_libpq_spells_them() {
-        for m in ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] {
+        for m in [
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ] {
             assert_eq!(m.parse::<SslMode>().unwrap().to_string(), m);
         }
         assert!("verify_full".parse::<SslMode>().is_err());
@@ -329,7 +346,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // SAFETY: tests in this module do not read HOME concurrently.
         unsafe { std::env::set_var("HOME", dir.path()) };
-        let e = settings(SslMode::VerifyFull, None).client_config().unwrap_err();
+        let e = settings(SslMode::VerifyFull, None)
+            .client_config()
+            .unwrap_err();
         assert!(e.to_string().contains("sslrootcert"), "{e}");
         assert!(settings(SslMode::Require, None).client_config().is_ok());
     }

@@ -20,9 +20,9 @@ use tokio_postgres::config::Host;
 
 use super::proto::{self, BackendFrame, SlotOptions};
 use super::{DbError, ReplicationError};
+use crate::Lsn;
 use crate::conninfo::ConnConfig;
 use crate::tls::SslMode;
-use crate::Lsn;
 
 /// The byte stream under a connection.
 pub(crate) enum Socket {
@@ -32,7 +32,11 @@ pub(crate) enum Socket {
 }
 
 impl AsyncRead for Socket {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -42,7 +46,11 @@ impl AsyncRead for Socket {
 }
 
 impl AsyncWrite for Socket {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -120,16 +128,29 @@ impl ReplicationClient {
     /// its `sslmode` says, and authenticates (trust, password, MD5 or
     /// SCRAM-SHA-256).
     pub async fn connect(config: &ConnConfig) -> Result<Self, ReplicationError> {
+        Self::connect_with_params(config, &[]).await
+    }
+
+    /// [`ReplicationClient::connect`] with extra startup parameters: any
+    /// setting (`DateStyle`, `TimeZone`, ...) the walsender session should
+    /// use. pgoutput prints values with the walsender's settings.
+    pub async fn connect_with_params(
+        config: &ConnConfig,
+        params: &[(&str, &str)],
+    ) -> Result<Self, ReplicationError> {
         let timeout = config.pg().get_connect_timeout().copied();
         let mut last_err = None;
         for (host, port) in config.targets() {
-            let attempt = Self::connect_one(config, &host, port);
+            let attempt = Self::connect_one(config, &host, port, params);
             let result = match timeout {
                 Some(t) => match tokio::time::timeout(t, attempt).await {
                     Ok(r) => r,
                     Err(_) => Err(ReplicationError::Connect {
                         target: describe(&host, port),
-                        source: io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {t:?}")),
+                        source: io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no answer within {t:?}"),
+                        ),
                     }),
                 },
                 None => attempt.await,
@@ -145,7 +166,12 @@ impl ReplicationClient {
         Err(last_err.unwrap_or_else(|| ReplicationError::Protocol("no host to connect to".into())))
     }
 
-    async fn connect_one(config: &ConnConfig, host: &Host, port: u16) -> Result<Self, ReplicationError> {
+    async fn connect_one(
+        config: &ConnConfig,
+        host: &Host,
+        port: u16,
+        extra: &[(&str, &str)],
+    ) -> Result<Self, ReplicationError> {
         let target = describe(host, port);
         let connect_err = |source| ReplicationError::Connect {
             target: target.clone(),
@@ -158,7 +184,9 @@ impl ReplicationClient {
                 Socket::Unix(UnixStream::connect(&path).await.map_err(connect_err)?)
             }
             Host::Tcp(name) => {
-                let tcp = TcpStream::connect((name.as_str(), port)).await.map_err(connect_err)?;
+                let tcp = TcpStream::connect((name.as_str(), port))
+                    .await
+                    .map_err(connect_err)?;
                 tcp.set_nodelay(true).map_err(connect_err)?;
                 negotiate_tls(config, name, tcp).await?
             }
@@ -170,11 +198,15 @@ impl ReplicationClient {
             parameters: HashMap::new(),
             server_version_num: 0,
         };
-        client.startup(config).await?;
+        client.startup(config, extra).await?;
         Ok(client)
     }
 
-    async fn startup(&mut self, config: &ConnConfig) -> Result<(), ReplicationError> {
+    async fn startup(
+        &mut self,
+        config: &ConnConfig,
+        extra: &[(&str, &str)],
+    ) -> Result<(), ReplicationError> {
         let mut params = vec![
             ("user", config.user()),
             ("database", config.dbname()),
@@ -185,6 +217,7 @@ impl ReplicationClient {
         if let Some(options) = config.pg().get_options() {
             params.push(("options", options));
         }
+        params.extend_from_slice(extra);
         frontend::startup_message(params.iter().copied(), &mut self.write_buf)?;
         self.flush_write().await?;
 
@@ -211,7 +244,8 @@ impl ReplicationClient {
                     }
                     if !has_scram {
                         return Err(ReplicationError::Auth(
-                            "the server offers no SASL mechanism walshift supports (SCRAM-SHA-256)".into(),
+                            "the server offers no SASL mechanism walshift supports (SCRAM-SHA-256)"
+                                .into(),
                         ));
                     }
                     let pw = need_password(config)?;
@@ -219,22 +253,27 @@ impl ReplicationClient {
                     // 'n' tells the server we do not support it, which every
                     // server accepts.
                     let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.write_buf)?;
+                    frontend::sasl_initial_response(
+                        sasl::SCRAM_SHA_256,
+                        s.message(),
+                        &mut self.write_buf,
+                    )?;
                     self.flush_write().await?;
                     scram = Some(s);
                 }
                 Message::AuthenticationSaslContinue(body) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| ReplicationError::Protocol("SASL continue without SASL start".into()))?;
-                    s.update(body.data()).map_err(|e| ReplicationError::Auth(e.to_string()))?;
+                    let s = scram.as_mut().ok_or_else(|| {
+                        ReplicationError::Protocol("SASL continue without SASL start".into())
+                    })?;
+                    s.update(body.data())
+                        .map_err(|e| ReplicationError::Auth(e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut self.write_buf)?;
                     self.flush_write().await?;
                 }
                 Message::AuthenticationSaslFinal(body) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| ReplicationError::Protocol("SASL final without SASL start".into()))?;
+                    let s = scram.as_mut().ok_or_else(|| {
+                        ReplicationError::Protocol("SASL final without SASL start".into())
+                    })?;
                     s.finish(body.data()).map_err(|e| {
                         ReplicationError::Auth(format!("the server's SCRAM proof is invalid: {e}"))
                     })?;
@@ -249,7 +288,8 @@ impl ReplicationClient {
                     ));
                 }
                 Message::ParameterStatus(body) => {
-                    self.parameters.insert(body.name()?.to_string(), body.value()?.to_string());
+                    self.parameters
+                        .insert(body.name()?.to_string(), body.value()?.to_string());
                 }
                 Message::BackendKeyData(_) => {}
                 Message::NoticeResponse(body) => log_notice(&body_error(body.fields())?),
@@ -262,7 +302,9 @@ impl ReplicationClient {
             .parameters
             .get("server_version")
             .and_then(|v| proto::parse_server_version(v))
-            .ok_or_else(|| ReplicationError::Protocol("the server did not report server_version".into()))?;
+            .ok_or_else(|| {
+                ReplicationError::Protocol("the server did not report server_version".into())
+            })?;
         Ok(())
     }
 
@@ -309,7 +351,8 @@ impl ReplicationClient {
                 Message::CommandComplete(_) | Message::EmptyQueryResponse => {}
                 Message::NoticeResponse(body) => log_notice(&body_error(body.fields())?),
                 Message::ParameterStatus(body) => {
-                    self.parameters.insert(body.name()?.to_string(), body.value()?.to_string());
+                    self.parameters
+                        .insert(body.name()?.to_string(), body.value()?.to_string());
                 }
                 Message::ErrorResponse(body) => error = Some(db_error(&body)?),
                 Message::ReadyForQuery(_) => break,
@@ -354,7 +397,9 @@ impl ReplicationClient {
     /// `DROP_REPLICATION_SLOT name [WAIT]`; with `wait`, waits for an active
     /// slot to be released instead of failing.
     pub async fn drop_slot(&mut self, name: &str, wait: bool) -> Result<(), ReplicationError> {
-        self.simple_query(&proto::drop_slot_command(name, wait)).await.map(drop)
+        self.simple_query(&proto::drop_slot_command(name, wait))
+            .await
+            .map(drop)
     }
 
     /// How long the server waits for a status update before it drops us
@@ -362,7 +407,12 @@ impl ReplicationClient {
     pub async fn wal_sender_timeout(&mut self) -> Result<Option<Duration>, ReplicationError> {
         let rows = self.simple_query("SHOW wal_sender_timeout").await?;
         let row = one_row("SHOW wal_sender_timeout", &rows)?;
-        Ok(row.values().first().cloned().flatten().and_then(|v| proto::parse_show_duration(&v)))
+        Ok(row
+            .values()
+            .first()
+            .cloned()
+            .flatten()
+            .and_then(|v| proto::parse_show_duration(&v)))
     }
 
     /// Sends `START_REPLICATION` and waits for the server to enter CopyBoth.
@@ -373,13 +423,18 @@ impl ReplicationClient {
         loop {
             match self.read_frame().await? {
                 BackendFrame::CopyBothResponse => return Ok(()),
-                BackendFrame::Message(Message::NoticeResponse(body)) => log_notice(&body_error(body.fields())?),
+                BackendFrame::Message(Message::NoticeResponse(body)) => {
+                    log_notice(&body_error(body.fields())?)
+                }
                 BackendFrame::Message(Message::ParameterStatus(_)) => {}
                 BackendFrame::Message(Message::ErrorResponse(body)) => {
                     let err = db_error(&body)?;
                     // The server follows an error with ReadyForQuery; consume
                     // it so the connection stays usable.
-                    while !matches!(self.read_frame().await?, BackendFrame::Message(Message::ReadyForQuery(_))) {}
+                    while !matches!(
+                        self.read_frame().await?,
+                        BackendFrame::Message(Message::ReadyForQuery(_))
+                    ) {}
                     return Err(err);
                 }
                 BackendFrame::Message(other) => return Err(unexpected(command, &other)),
@@ -424,13 +479,19 @@ impl ReplicationClient {
             BackendFrame::CopyBothResponse => Err(ReplicationError::Protocol(
                 "unexpected CopyBothResponse".into(),
             )),
-            BackendFrame::CopyData(_) => Err(ReplicationError::Protocol("unexpected CopyData".into())),
+            BackendFrame::CopyData(_) => {
+                Err(ReplicationError::Protocol("unexpected CopyData".into()))
+            }
         }
     }
 }
 
 /// Sends `SSLRequest` and wraps the socket in TLS when the server agrees.
-async fn negotiate_tls(config: &ConnConfig, host: &str, mut tcp: TcpStream) -> Result<Socket, ReplicationError> {
+async fn negotiate_tls(
+    config: &ConnConfig,
+    host: &str,
+    mut tcp: TcpStream,
+) -> Result<Socket, ReplicationError> {
     let mode = config.tls().mode;
     if mode == SslMode::Disable {
         return Ok(Socket::Tcp(tcp));
@@ -445,9 +506,10 @@ async fn negotiate_tls(config: &ConnConfig, host: &str, mut tcp: TcpStream) -> R
     tcp.read_exact(&mut answer).await?;
     match answer[0] {
         b'S' => {
-            let server_name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
-                ReplicationError::Protocol(format!("{host:?} is not a valid TLS server name"))
-            })?;
+            let server_name =
+                rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+                    ReplicationError::Protocol(format!("{host:?} is not a valid TLS server name"))
+                })?;
             let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config));
             let tls = connector
                 .connect(server_name, tcp)

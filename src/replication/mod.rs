@@ -90,7 +90,9 @@ impl ReplicationError {
     /// backend): such errors are worth a reconnect.
     pub fn is_closed(&self) -> bool {
         match self {
-            ReplicationError::Closed | ReplicationError::Io(_) | ReplicationError::Connect { .. } => true,
+            ReplicationError::Closed
+            | ReplicationError::Io(_)
+            | ReplicationError::Connect { .. } => true,
             // 57P01 admin_shutdown (pg_terminate_backend, fast shutdown),
             // 57P02 crash_shutdown, 57P03 cannot_connect_now (starting up).
             ReplicationError::Db(e) => matches!(e.code.as_str(), "57P01" | "57P02" | "57P03"),

@@ -222,7 +222,11 @@ impl Default for SlotOptions {
 
 /// `CREATE_REPLICATION_SLOT ... LOGICAL pgoutput`, in the syntax the server
 /// understands: parenthesized options from PG 15, keywords before that.
-pub fn create_logical_slot_command(name: &str, opts: SlotOptions, server_version_num: u32) -> String {
+pub fn create_logical_slot_command(
+    name: &str,
+    opts: SlotOptions,
+    server_version_num: u32,
+) -> String {
     let temporary = if opts.temporary { " TEMPORARY" } else { "" };
     if server_version_num >= 150000 {
         let snapshot = match opts.snapshot {
@@ -253,7 +257,10 @@ pub fn create_logical_slot_command(name: &str, opts: SlotOptions, server_version
 
 /// `START_REPLICATION SLOT ... LOGICAL lsn (options)`.
 pub fn start_logical_command(slot: &str, start: Lsn, options: &[(String, String)]) -> String {
-    let mut cmd = format!("START_REPLICATION SLOT {} LOGICAL {start}", quote_ident(slot));
+    let mut cmd = format!(
+        "START_REPLICATION SLOT {} LOGICAL {start}",
+        quote_ident(slot)
+    );
     if !options.is_empty() {
         let opts: Vec<String> = options
             .iter()
@@ -430,12 +437,18 @@ mod tests {
             ),
             "START_REPLICATION SLOT \"s\" LOGICAL 1/10 (\"proto_version\" '2', \"publication_names\" '\"p''1\"')"
         );
-        assert_eq!(drop_slot_command("a\"b", true), "DROP_REPLICATION_SLOT \"a\"\"b\" WAIT");
+        assert_eq!(
+            drop_slot_command("a\"b", true),
+            "DROP_REPLICATION_SLOT \"a\"\"b\" WAIT"
+        );
     }
 
     #[test]
     fn server_versions() {
-        assert_eq!(parse_server_version("15.18 (Debian 15.18-0+deb12u1)"), Some(150018));
+        assert_eq!(
+            parse_server_version("15.18 (Debian 15.18-0+deb12u1)"),
+            Some(150018)
+        );
         assert_eq!(parse_server_version("17beta1"), Some(170000));
         assert_eq!(parse_server_version("9.6.24"), Some(90624));
         assert_eq!(parse_server_version("x"), None);
@@ -445,7 +458,10 @@ mod tests {
     fn show_durations() {
         assert_eq!(parse_show_duration("1min"), Some(Duration::from_secs(60)));
         assert_eq!(parse_show_duration("60s"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_show_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_show_duration("500ms"),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(parse_show_duration("0"), None);
         assert_eq!(parse_show_duration("soon"), None);
     }

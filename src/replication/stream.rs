@@ -22,12 +22,12 @@ use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::conn::{body_error, db_error, log_notice, ReplicationClient, Socket};
-use super::proto::{self, BackendFrame, ReplicationMessage, StandbyStatus};
 use super::ReplicationError;
+use super::conn::{ReplicationClient, Socket, body_error, db_error, log_notice};
+use super::proto::{self, BackendFrame, ReplicationMessage, StandbyStatus};
 use crate::Lsn;
 
 /// Events handed to the consumer, in stream order.
@@ -264,7 +264,9 @@ impl Reader {
                 match proto::read_frame(&mut self.read_buf) {
                     Ok(Some(frame)) => match self.handle(frame).await {
                         Ok(Step::Event(ev)) => {
-                            if let Err(mpsc::error::TrySendError::Full(ev)) = self.events.try_send(Ok(ev)) {
+                            if let Err(mpsc::error::TrySendError::Full(ev)) =
+                                self.events.try_send(Ok(ev))
+                            {
                                 pending = Some(ev);
                             }
                         }
@@ -370,11 +372,16 @@ impl Reader {
                     if reply_requested {
                         self.send_status(false).await?;
                     }
-                    Ok(Step::Event(ReplicationEvent::Keepalive { wal_end, send_time }))
+                    Ok(Step::Event(ReplicationEvent::Keepalive {
+                        wal_end,
+                        send_time,
+                    }))
                 }
             },
             BackendFrame::Message(Message::CopyDone) => Ok(Step::End(Ok(()))),
-            BackendFrame::Message(Message::ErrorResponse(body)) => Ok(Step::End(Err(db_error(&body)?))),
+            BackendFrame::Message(Message::ErrorResponse(body)) => {
+                Ok(Step::End(Err(db_error(&body)?)))
+            }
             BackendFrame::Message(Message::NoticeResponse(body)) => {
                 log_notice(&body_error(body.fields())?);
                 Ok(Step::Nothing)
@@ -383,16 +390,21 @@ impl Reader {
             BackendFrame::Message(Message::CommandComplete(_) | Message::ReadyForQuery(_)) => {
                 Ok(Step::End(Ok(())))
             }
-            BackendFrame::Message(_) | BackendFrame::CopyBothResponse => Err(ReplicationError::Protocol(
-                "unexpected message in the replication stream".into(),
-            )),
+            BackendFrame::Message(_) | BackendFrame::CopyBothResponse => Err(
+                ReplicationError::Protocol("unexpected message in the replication stream".into()),
+            ),
         }
     }
 
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), ReplicationError> {
         let status = Feedback(self.positions.clone()).status();
         self.write_buf.clear();
-        proto::write_standby_status_update(status, SystemTime::now(), reply_requested, &mut self.write_buf);
+        proto::write_standby_status_update(
+            status,
+            SystemTime::now(),
+            reply_requested,
+            &mut self.write_buf,
+        );
         self.socket.write_all(&self.write_buf).await?;
         self.socket.flush().await?;
         tracing::trace!(write = %status.write, flush = %status.flush, apply = %status.apply, "standby status update");
@@ -419,9 +431,18 @@ mod tests {
 
     #[test]
     fn status_interval_is_a_fraction_of_the_timeout() {
-        assert_eq!(status_interval_for(Some(Duration::from_secs(60))), Duration::from_secs(10));
-        assert_eq!(status_interval_for(Some(Duration::from_secs(5))), Duration::from_secs(2));
-        assert_eq!(status_interval_for(Some(Duration::from_millis(10))), Duration::from_millis(100));
+        assert_eq!(
+            status_interval_for(Some(Duration::from_secs(60))),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            status_interval_for(Some(Duration::from_secs(5))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            status_interval_for(Some(Duration::from_millis(10))),
+            Duration::from_millis(100)
+        );
         assert_eq!(status_interval_for(None), Duration::from_secs(10));
     }
 

@@ -1,0 +1,248 @@
+//! Finding the PostgreSQL server binaries (initdb and postgres; pg_ctl is not needed).
+//!
+//! Order: the builder's `bin_dir`, then `PG_BIN`, then the newest Debian-style
+//! `/usr/lib/postgresql/<major>/bin`, then `pg_config --bindir`. A directory named explicitly
+//! (builder or `PG_BIN`) that lacks a binary is an error, never a silent fall-through: a test
+//! run meant for PostgreSQL 16 must not quietly run against 15.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::Error;
+
+/// The programs a cluster runs. The postmaster is started and signalled directly rather than
+/// through pg_ctl, and standbys are made without pg_basebackup, so these two are all: the npm
+/// `@embedded-postgres` builds (initdb, pg_ctl, postgres) and any server package have them.
+pub(crate) const REQUIRED: [&str; 2] = ["initdb", "postgres"];
+
+/// Where Debian and Ubuntu put one directory per installed major version.
+const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
+
+/// What to tell someone who has no binaries at all.
+const INSTALL_HINT: &str = "install the server (Debian/Ubuntu: `apt-get install postgresql`), \
+    or run `scripts/fetch-pg 16` and set PG_BIN to the directory it prints, \
+    or set PG_BIN to any directory holding initdb and postgres";
+
+/// A directory of server binaries and the version they report.
+#[derive(Clone, Debug)]
+pub(crate) struct Bins {
+    pub(crate) dir: PathBuf,
+    /// `postgres --version`, e.g. "postgres (PostgreSQL) 16.4". Part of the template key, so a
+    /// package upgrade in place gets a fresh template.
+    pub(crate) version: String,
+}
+
+impl Bins {
+    pub(crate) fn program(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Resolve the binaries for a cluster; `explicit` is the builder's `bin_dir`.
+pub(crate) fn resolve(explicit: Option<&Path>) -> Result<Bins, Error> {
+    let dir = find_dir(
+        explicit,
+        std::env::var_os("PG_BIN").map(PathBuf::from),
+        Path::new(DEBIAN_ROOT),
+    )?;
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let output = Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .map_err(|e| Error::Binaries(format!("cannot run {}/postgres: {e}", dir.display())))?;
+    if !output.status.success() {
+        return Err(Error::Binaries(format!(
+            "{}/postgres --version failed ({}): {}",
+            dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    Ok(Bins { dir, version })
+}
+
+/// The directory to use; `debian_root` is a parameter so tests can fake the layout.
+pub(crate) fn find_dir(
+    explicit: Option<&Path>,
+    pg_bin_env: Option<PathBuf>,
+    debian_root: &Path,
+) -> Result<PathBuf, Error> {
+    if let Some(dir) = explicit {
+        return check(dir)
+            .map(|()| dir.to_owned())
+            .map_err(|missing| Error::Binaries(format!("bin_dir {} {missing}", dir.display())));
+    }
+    if let Some(dir) = pg_bin_env.filter(|d| !d.as_os_str().is_empty()) {
+        return check(&dir).map(|()| dir.clone()).map_err(|missing| {
+            Error::Binaries(format!(
+                "PG_BIN={} {missing}; point PG_BIN at a directory holding initdb and postgres, or unset it",
+                dir.display()
+            ))
+        });
+    }
+    let mut searched = Vec::new();
+    if let Some(dir) = newest_debian_dir(debian_root) {
+        return Ok(dir);
+    }
+    searched.push(format!("{}/<major>/bin", debian_root.display()));
+    if let Some(dir) = pg_config_bindir() {
+        if check(&dir).is_ok() {
+            return Ok(dir);
+        }
+        searched.push(format!("pg_config --bindir ({})", dir.display()));
+    } else {
+        searched.push("pg_config --bindir (no pg_config on PATH)".to_owned());
+    }
+    Err(Error::Binaries(format!(
+        "no PostgreSQL server binaries found (PG_BIN is unset; searched {}); {INSTALL_HINT}",
+        searched.join(", ")
+    )))
+}
+
+/// `Ok` when `dir` holds every required program, else a phrase naming what is missing.
+fn check(dir: &Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err("is not a directory".to_owned());
+    }
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .copied()
+        .filter(|name| !is_executable(&dir.join(name)))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("has no executable {}", missing.join(", ")))
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// The bin directory of the newest major under `root` that has all required programs.
+fn newest_debian_dir(root: &Path) -> Option<PathBuf> {
+    let names = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok());
+    let mut majors: Vec<((u32, u32), String)> = names
+        .filter_map(|name| Some((parse_major(&name)?, name)))
+        .collect();
+    majors.sort();
+    majors
+        .into_iter()
+        .rev()
+        .map(|(_, name)| root.join(name).join("bin"))
+        .find(|dir| check(dir).is_ok())
+}
+
+/// "16" -> (16, 0); "9.6" -> (9, 6) (majors before 10 had two parts); anything else -> None.
+pub(crate) fn parse_major(name: &str) -> Option<(u32, u32)> {
+    let mut parts = name.splitn(2, '.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = match parts.next() {
+        Some(minor) => minor.parse().ok()?,
+        None => 0,
+    };
+    Some((major, minor))
+}
+
+fn pg_config_bindir() -> Option<PathBuf> {
+    let output = Command::new("pg_config").arg("--bindir").output().ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let dir = String::from_utf8(output.stdout).ok()?;
+    Some(PathBuf::from(dir.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fake_bin(root: &Path, major: &str, programs: &[&str]) -> PathBuf {
+        let bin = root.join(major).join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for p in programs {
+            let path = bin.join(p);
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        bin
+    }
+
+    #[test]
+    fn majors_parse_old_and_new_style() {
+        assert_eq!(parse_major("16"), Some((16, 0)));
+        assert_eq!(parse_major("9.6"), Some((9, 6)));
+        assert_eq!(parse_major("bin"), None);
+        assert_eq!(parse_major("16.x"), None);
+    }
+
+    #[test]
+    fn newest_complete_major_wins() {
+        let root = tempfile::tempdir().unwrap();
+        fake_bin(root.path(), "9.6", &REQUIRED);
+        let fifteen = fake_bin(root.path(), "15", &REQUIRED);
+        // 17 is newest but incomplete (a client-only install), so 15 is the one to use.
+        fake_bin(root.path(), "17", &["pg_ctl", "postgres"]);
+        std::fs::create_dir_all(root.path().join("not-a-version/bin")).unwrap();
+        assert_eq!(find_dir(None, None, root.path()).unwrap(), fifteen);
+        let sixteen = fake_bin(root.path(), "16", &REQUIRED);
+        assert_eq!(find_dir(None, None, root.path()).unwrap(), sixteen);
+    }
+
+    #[test]
+    fn explicit_dir_beats_env_and_env_beats_debian() {
+        let root = tempfile::tempdir().unwrap();
+        let debian = fake_bin(root.path(), "15", &REQUIRED);
+        let env = fake_bin(root.path(), "env", &REQUIRED);
+        let explicit = fake_bin(root.path(), "explicit", &REQUIRED);
+        assert_eq!(
+            find_dir(Some(&explicit), Some(env.clone()), root.path()).unwrap(),
+            explicit
+        );
+        assert_eq!(find_dir(None, Some(env.clone()), root.path()).unwrap(), env);
+        // An empty PG_BIN counts as unset.
+        assert_eq!(
+            find_dir(None, Some(PathBuf::new()), root.path()).unwrap(),
+            debian
+        );
+    }
+
+    #[test]
+    fn bogus_pg_bin_names_itself_and_what_is_missing() {
+        let root = tempfile::tempdir().unwrap();
+        fake_bin(root.path(), "15", &REQUIRED);
+        let partial = fake_bin(root.path(), "partial", &["initdb"]);
+        let err = find_dir(None, Some(partial.clone()), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("PG_BIN={}", partial.display())),
+            "{err}"
+        );
+        assert!(err.contains("has no executable postgres"), "{err}");
+        let err = find_dir(None, Some(root.path().join("nope")), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a directory"), "{err}");
+    }
+
+    #[test]
+    fn non_executable_files_do_not_count() {
+        let root = tempfile::tempdir().unwrap();
+        let bin = fake_bin(root.path(), "16", &REQUIRED);
+        std::fs::set_permissions(bin.join("postgres"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let err = find_dir(Some(&bin), None, root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no executable postgres"), "{err}");
+    }
+}
