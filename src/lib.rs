@@ -11,15 +11,21 @@
 //! The byte level (`pgoutput`, `replication::proto`) is pure: bytes in,
 //! values out. Everything that owns a socket lives in `replication`.
 
+pub mod backfill;
+pub mod catalog;
 pub mod cluster;
 pub mod conninfo;
+pub mod error_policy;
 pub mod ident;
 pub mod lsn;
 pub mod mirror;
 pub mod pgoutput;
 pub mod relcache;
 pub mod replication;
+pub mod run;
 pub mod spec;
+pub mod state;
+pub mod throttle;
 pub mod tls;
 
 pub use lsn::Lsn;

@@ -1,1 +1,221 @@
-fn main() {}
+//! The `walshift` command.
+//!
+//! Exit codes, for scripts:
+//! - 0: done (check passed; run stopped cleanly on SIGINT/SIGTERM)
+//! - 1: the answer is no (check found problems)
+//! - 2: could not do the job (bad spec or arguments, connection failed,
+//!   fatal error while running)
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use walshift::catalog;
+use walshift::conninfo::ConnConfig;
+use walshift::mirror::applier::ApplierOptions;
+use walshift::run::{self, RunError, RunOptions};
+use walshift::spec::Spec;
+
+#[derive(Parser)]
+#[command(
+    name = "walshift",
+    version,
+    about = "Mirror writes from the old schema shape to the new through logical replication, during expand/contract migrations"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More detail in logs (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct Db {
+    /// Connection string (libpq key=value or postgres:// URL). Unset values
+    /// come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, ...
+    #[arg(long, env = "WALSHIFT_DB", hide_env_values = true, default_value = "")]
+    db: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a spec against the live database and print the plan. Creates nothing.
+    Check {
+        /// The spec file (TOML).
+        spec: PathBuf,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Create publication, origin and slot if missing, then mirror live writes until SIGINT/SIGTERM.
+    Run {
+        spec: PathBuf,
+        #[command(flatten)]
+        db: Db,
+        /// Apply committed transactions before they are visible to other
+        /// sessions. Loses changes; exists only so a test can prove the
+        /// visibility barrier is needed.
+        #[arg(long, hide = true)]
+        unsafe_no_visibility_barrier: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("walshift: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async_main(cli.command))
+}
+
+async fn async_main(command: Command) -> ExitCode {
+    match command {
+        Command::Check { spec, db } => {
+            let (spec, config) = match load(&spec, &db) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let client = match config.connect_sql().await {
+                Ok(c) => c,
+                Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+            };
+            let report = match catalog::check(&client, &spec).await {
+                Ok(r) => r,
+                Err(e) => return fail(&format!("lost the connection during check: {e}")),
+            };
+            if report.problems.is_empty() {
+                print!("{}", report.render_plan());
+                println!(
+                    "check passed: {} mirror(s), nothing was created",
+                    spec.mirrors.len()
+                );
+                ExitCode::SUCCESS
+            } else {
+                for p in &report.problems {
+                    println!("{p}");
+                }
+                eprintln!(
+                    "walshift: check found {} problem(s) in {}; nothing was created",
+                    report.problems.len(),
+                    spec.file
+                );
+                ExitCode::from(1)
+            }
+        }
+        Command::Run {
+            spec,
+            db,
+            unsafe_no_visibility_barrier,
+        } => {
+            let (spec, config) = match load(&spec, &db) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let opts = RunOptions {
+                applier: ApplierOptions {
+                    visibility_barrier: !unsafe_no_visibility_barrier,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            if unsafe_no_visibility_barrier {
+                tracing::warn!(
+                    "the visibility barrier is OFF: changes can be lost; never do this outside tests"
+                );
+            }
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("stopping after the batch in flight");
+                let _ = tx.send(true);
+            });
+            match run::run(&config, &spec, opts, rx).await {
+                Ok(totals) => {
+                    tracing::info!(
+                        txns = totals.txns,
+                        echo_txns = totals.echo_txns,
+                        keys = totals.keys,
+                        rows_written = totals.rows_written,
+                        confirmed = %totals.confirmed,
+                        "walshift run stopped cleanly"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(RunError::Check { problems }) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!(
+                        "walshift: the spec does not fit the database (see above); nothing was created"
+                    );
+                    ExitCode::from(1)
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+    }
+}
+
+fn load(path: &std::path::Path, db: &Db) -> Result<(Spec, ConnConfig), ExitCode> {
+    let spec = Spec::from_path(path).map_err(|e| fail(&e.to_string()))?;
+    let config = ConnConfig::parse(&db.db).map_err(|e| fail(&e.to_string()))?;
+    Ok((spec, config))
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("walshift: {message}");
+    ExitCode::from(2)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "walshift=info",
+        1 => "walshift=debug",
+        _ => "walshift=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

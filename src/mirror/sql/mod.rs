@@ -317,6 +317,29 @@ pub fn chunk_upper_bound(
     Statement { sql, params }
 }
 
+/// How many source rows lie in `lower < key` (or in the whole table without
+/// `after_lower`): the size of a backfill's last chunk, whose upper bound is
+/// open, so progress counts rows and not guesses.
+///
+/// Params: `Lower(0..n)` when `after_lower`. Returns one `bigint`.
+pub fn range_count(source: &QualifiedName, key: &[KeyColumn], after_lower: bool) -> Statement {
+    let mut params = Vec::new();
+    let placed = place(
+        Scope::Range {
+            lower: after_lower,
+            upper: false,
+        },
+        key.len(),
+        &mut params,
+    );
+    let mut sql = format!("SELECT count(*)\nFROM {source} AS src");
+    let conditions = placed.conditions("src", key);
+    if !conditions.is_empty() {
+        sql.push_str(&format!("\nWHERE {}", conditions.join("\n  AND ")));
+    }
+    Statement { sql, params }
+}
+
 /// Where a scope's parameters landed: `$first` is key column 0.
 #[derive(Clone, Copy, Debug)]
 enum Placed {

@@ -538,3 +538,18 @@ fn fragments_and_rows() {
     assert_eq!(row(&strings(&["a"])), "a");
     assert_eq!(row(&strings(&["a", "b"])), "(a, b)");
 }
+
+#[test]
+fn range_count_counts_past_the_lower_bound() {
+    let source = QualifiedName::new("public", "users");
+    let key = vec![KeyColumn::new("id", "bigint")];
+    let s = range_count(&source, &key, true);
+    assert_eq!(
+        s.sql,
+        "SELECT count(*)\nFROM \"public\".\"users\" AS src\nWHERE src.\"id\" > $1::text::bigint"
+    );
+    assert_eq!(s.params, vec![Param::Lower(0)]);
+    let s = range_count(&source, &key, false);
+    assert_eq!(s.sql, "SELECT count(*)\nFROM \"public\".\"users\" AS src");
+    assert!(s.params.is_empty());
+}

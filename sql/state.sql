@@ -1,0 +1,42 @@
+-- walshift's own state, in the database it migrates. `walshift run` creates it
+-- idempotently; `walshift cleanup` drops it. One row per spec name.
+CREATE SCHEMA IF NOT EXISTS walshift;
+
+CREATE TABLE IF NOT EXISTS walshift.migration (
+    name             text PRIMARY KEY,
+    slot_name        text NOT NULL,
+    publication_name text NOT NULL,
+    origin_name      text NOT NULL,
+    -- The slot's consistent point: every change committed after it is in the
+    -- stream, so history read after it misses nothing (I1).
+    consistent_point pg_lsn,
+    -- End LSN of the last transaction whose keys are committed in the
+    -- targets. Written in the same transaction as the keys (I4); the
+    -- replication origin holds the same position when walshift may use it.
+    applied_lsn      pg_lsn,
+    applied_at       timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    spec_file        text
+);
+
+-- Operator's pause of the backfill (`walshift ctl SPEC pause|resume`).
+ALTER TABLE walshift.migration ADD COLUMN IF NOT EXISTS backfill_paused boolean NOT NULL DEFAULT false;
+
+-- Backfill checkpoints, one row per mirror. Each chunk updates its row in
+-- the same transaction as its writes (I6): a restart resumes after the last
+-- committed chunk and never copies a finished range again.
+CREATE TABLE IF NOT EXISTS walshift.backfill (
+    name          text NOT NULL REFERENCES walshift.migration (name) ON DELETE CASCADE,
+    mirror        int  NOT NULL,
+    -- Upper bound (key columns as text) of the last committed chunk; NULL
+    -- before the first chunk.
+    lower_key     text[],
+    done          boolean NOT NULL DEFAULT false,
+    rows_done     bigint  NOT NULL DEFAULT 0,
+    chunks        bigint  NOT NULL DEFAULT 0,
+    rows_estimate bigint,
+    started_at    timestamptz,
+    finished_at   timestamptz,
+    updated_at    timestamptz,
+    PRIMARY KEY (name, mirror)
+);

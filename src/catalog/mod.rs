@@ -1,0 +1,245 @@
+//! Introspection of the live database, and every check `walshift check` runs
+//! before `run` touches anything (DESIGN.md section 1, step 3).
+//!
+//! ```text
+//!  Spec ─▶ server: version, wal_level, free slot and WAL sender, role ──────────┐
+//!     └──▶ per mirror: source table ─▶ key ─▶ replica identity                  │
+//!                       ├─ set:  columns ─▶ types ─▶ each expression (prepare)   ├─▶ problems
+//!                       └─ rows: target ─▶ owner + index ─▶ select (describe)    │   (one line each)
+//!                                ─▶ output columns ─▶ types ─▶ assignability    │
+//!                       ─▶ SetPlan / RowsPlan ─▶ every generated statement      │
+//!                          prepared by Postgres ────────────────────────────────┘
+//!                       ─▶ row estimate                          └─▶ Plan (no problems)
+//! ```
+//!
+//! The catalog answers the structural questions (does it exist, is it unique,
+//! may this role write it); Postgres itself answers every question about SQL
+//! (does the expression compile, is its type assignable, does a type have
+//! equality) by preparing statements, so the answers are the server's own and
+//! not a re-implementation of its type rules.
+//!
+//! `check` creates nothing: it runs in one READ ONLY transaction that is
+//! rolled back (see [`session`]), prepares but never executes, and closes
+//! every statement it prepared. A refused statement is a [`Problem`]; `Err`
+//! means only that the connection failed.
+//!
+//! Checks that depend on an earlier one are skipped when it failed (no
+//! replica-identity verdict for a key that could not be resolved, no
+//! expression compile against a missing column), so each mistake is reported
+//! once, in the place the operator has to fix it.
+
+mod mirror;
+mod privileges;
+mod probe;
+mod relation;
+mod render;
+mod rows;
+mod server;
+mod session;
+mod set;
+mod source;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use tokio_postgres::{Client, Error};
+
+use crate::ident::{QualifiedName, quote_ident};
+use crate::mirror::sql::{KeyColumn, RowsPlan, SetPlan};
+use crate::spec::Spec;
+use privileges::Grants;
+use relation::Relation;
+use session::{Refusal, Session};
+
+/// What `run` will do, resolved against the live database.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub mirrors: Vec<MirrorPlan>,
+    pub server_version_num: u32,
+    /// Decisions the operator should know about, e.g. `mirror #2
+    /// (public.order_items): no unique key covered by the select;
+    /// replace-by-owner`.
+    pub notes: Vec<String>,
+}
+
+/// One mirror of the spec, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MirrorPlan {
+    /// The spec's mirror number (1-based).
+    pub number: usize,
+    pub source: QualifiedName,
+    pub source_oid: u32,
+    /// The source key (primary key, or the spec's `key`) with `format_type` names.
+    pub key: Vec<KeyColumn>,
+    pub kind: MirrorKind,
+    /// `pg_class.reltuples` (summed over partitions), an exact count for a
+    /// small never-analyzed table, or -1 when unknown.
+    pub estimated_rows: i64,
+    /// `pg_class.relreplident` of the source: `d`, `f` or `i`.
+    pub replica_identity: char,
+}
+
+/// The SQL generation plan of a mirror; both have passed their `check()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MirrorKind {
+    Set(SetPlan),
+    Rows(RowsPlan),
+}
+
+/// One thing that would stop `run` or make it wrong: what is wrong and what
+/// to do, on one line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// What it is about: `wal_level`, `role app`, `mirror #1 (public.users)`.
+    pub object: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// The outcome of [`check`]: every problem found, and the plan when there are none.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckReport {
+    pub problems: Vec<Problem>,
+    /// `Some` exactly when `problems` is empty.
+    pub plan: Option<Plan>,
+}
+
+/// Check `spec` against the database `client` is connected to, collecting
+/// every problem rather than stopping at the first. `client` must be idle
+/// (not inside a transaction); `check` leaves it as it found it.
+pub async fn check(client: &Client, spec: &Spec) -> Result<CheckReport, Error> {
+    let session = Session::begin(client).await?;
+    let outcome = run(&session, spec).await;
+    // End the transaction even when a check failed; a lost connection is the
+    // error to report either way.
+    let ended = session.end().await;
+    let report = outcome?;
+    ended?;
+    Ok(report)
+}
+
+async fn run(session: &Session<'_>, spec: &Spec) -> Result<CheckReport, Error> {
+    let mut ctx = Ctx::new(session);
+    let server = server::check(&mut ctx, spec).await?;
+    let mut mirrors = Vec::new();
+    for m in &spec.mirrors {
+        if let Some(plan) = mirror::check(&mut ctx, m, server.as_ref()).await? {
+            mirrors.push(plan);
+        }
+    }
+    if let Some(problem) = ctx.grants.problem() {
+        ctx.problems.push(problem);
+    }
+    if ctx.problems.is_empty()
+        && let Some(server) = server
+    {
+        if let Some(note) = render::eta_note(&mirrors, spec.backfill.max_rows_per_second) {
+            ctx.notes.push(note);
+        }
+        return Ok(CheckReport {
+            problems: Vec::new(),
+            plan: Some(Plan {
+                mirrors,
+                server_version_num: server.version_num,
+                notes: ctx.notes,
+            }),
+        });
+    }
+    Ok(CheckReport {
+        problems: ctx.problems,
+        plan: None,
+    })
+}
+
+/// A catalog lookup of a table by name.
+enum Lookup {
+    Found(Box<Relation>),
+    Missing,
+    /// The catalog query itself was refused; already reported.
+    Failed,
+}
+
+/// What the checks share: the session, the problems and notes so far, the
+/// privileges the role lacks (reported together, as one line), and the
+/// answers of type probes (many columns share a type).
+struct Ctx<'a> {
+    session: &'a Session<'a>,
+    problems: Vec<Problem>,
+    notes: Vec<String>,
+    grants: Grants,
+    type_probes: HashMap<String, Option<Refusal>>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(session: &'a Session<'a>) -> Self {
+        Ctx {
+            session,
+            problems: Vec::new(),
+            notes: Vec::new(),
+            grants: Grants::default(),
+            type_probes: HashMap::new(),
+        }
+    }
+
+    fn problem(&mut self, object: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            object: object.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// A query of walshift's own was refused: not the operator's mistake,
+    /// but nothing after it can be trusted either.
+    fn query_failed(&mut self, what: &str, refusal: &Refusal) {
+        self.problem(
+            "catalog",
+            format!(
+                "reading {what} failed: {}; check that the role can read pg_catalog, and \
+                 report this if it persists",
+                refusal.describe(None)
+            ),
+        );
+    }
+
+    async fn relation(&mut self, name: &QualifiedName) -> Result<Lookup, Error> {
+        Ok(match relation::load(self.session, name).await? {
+            Ok(Some(rel)) => Lookup::Found(Box::new(rel)),
+            Ok(None) => Lookup::Missing,
+            Err(refusal) => {
+                self.query_failed(&format!("the catalog entry of {}", pretty(name)), &refusal);
+                Lookup::Failed
+            }
+        })
+    }
+}
+
+/// A table name as the operator would write it: parts bare when they are
+/// plain lower-case identifiers, quoted otherwise. For labels only; SQL in
+/// fixes uses names Postgres quoted ([`Relation::display`]).
+fn pretty(name: &QualifiedName) -> String {
+    format!(
+        "{}.{}",
+        pretty_ident(&name.schema),
+        pretty_ident(&name.name)
+    )
+}
+
+fn pretty_ident(name: &str) -> String {
+    let mut chars = name.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        quote_ident(name)
+    }
+}

@@ -1,0 +1,251 @@
+//! Server-wide checks: version, `wal_level`, a free replication slot and WAL
+//! sender, and what the role needs beyond the tables (REPLICATION, CREATE on
+//! the database, replication-origin functions).
+
+use tokio_postgres::Error;
+
+use super::Ctx;
+use crate::spec::Spec;
+
+/// The oldest server walshift supports.
+pub(super) const MIN_VERSION_NUM: u32 = 140_000;
+
+/// Name of walshift's state schema (created by `run`).
+const STATE_SCHEMA: &str = "walshift";
+
+/// Replication-origin functions the applier calls (DESIGN.md I4, I5). They
+/// are revoked from PUBLIC by default, so a non-superuser needs explicit
+/// grants; matched by name so that signature changes across versions do
+/// not matter.
+const ORIGIN_FUNCTIONS: &[&str] = &[
+    "pg_replication_origin_create",
+    "pg_replication_origin_oid",
+    "pg_replication_origin_session_setup",
+    "pg_replication_origin_xact_setup",
+    "pg_replication_origin_progress",
+];
+
+/// What later checks need from the server-wide facts.
+#[derive(Debug)]
+pub(super) struct Server {
+    pub version_num: u32,
+    /// The publication `walshift_<name>` when it already exists (a run
+    /// started before): `(all_tables, published tables as (schema, name))`.
+    pub publication: Option<(bool, Vec<(String, String)>)>,
+}
+
+impl Server {
+    /// Whether `run` must add `source` to the publication, which needs
+    /// ownership of the table.
+    pub(super) fn must_publish(&self, schema: &str, name: &str) -> bool {
+        match &self.publication {
+            None => true,
+            Some((true, _)) => false,
+            Some((false, tables)) => !tables.iter().any(|(s, n)| s == schema && n == name),
+        }
+    }
+}
+
+const FACTS: &str = "\
+SELECT current_setting('server_version_num')::int4 AS version_num,
+       current_setting('server_version') AS version,
+       current_setting('wal_level') AS wal_level,
+       current_setting('max_replication_slots')::int4 AS max_slots,
+       (SELECT count(*) FROM pg_catalog.pg_replication_slots) AS slots,
+       current_setting('max_wal_senders')::int4 AS max_senders,
+       (SELECT count(*) FROM pg_catalog.pg_stat_get_wal_senders()) AS senders,
+       quote_ident(current_user) AS role, r.rolsuper, r.rolreplication,
+       quote_ident(current_database()) AS database,
+       has_database_privilege(current_database(), 'CREATE') AS db_create,
+       (SELECT has_schema_privilege(n.oid, 'CREATE') AND has_schema_privilege(n.oid, 'USAGE')
+          FROM pg_catalog.pg_namespace AS n WHERE n.nspname = $1) AS state_schema_ok,
+       (SELECT array_agg(p.oid::regprocedure::text ORDER BY p.proname)
+          FROM pg_catalog.pg_proc AS p
+         WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY ($2)
+           AND NOT has_function_privilege(p.oid, 'EXECUTE')) AS origin_functions_denied
+FROM pg_catalog.pg_roles AS r
+WHERE r.rolname = current_user";
+
+const OWN_SLOT: &str = "\
+SELECT plugin, slot_type, database = current_database() AS here, quote_ident(database) AS database,
+       active
+FROM pg_catalog.pg_replication_slots WHERE slot_name = $1";
+
+const PUBLICATION: &str = "\
+SELECT p.puballtables,
+       ARRAY(SELECT t.schemaname::text FROM pg_catalog.pg_publication_tables AS t
+             WHERE t.pubname = p.pubname ORDER BY 1, t.tablename) AS schemas,
+       ARRAY(SELECT t.tablename::text FROM pg_catalog.pg_publication_tables AS t
+             WHERE t.pubname = p.pubname ORDER BY t.schemaname, 1) AS tables
+FROM pg_catalog.pg_publication AS p WHERE p.pubname = $1";
+
+/// Run the server-wide checks; `None` when the facts could not be read
+/// (already reported).
+pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Server>, Error> {
+    let functions: Vec<&str> = ORIGIN_FUNCTIONS.to_vec();
+    let rows = match ctx
+        .session
+        .query(FACTS, &[&STATE_SCHEMA, &functions])
+        .await?
+    {
+        Ok(rows) => rows,
+        Err(refusal) => {
+            ctx.query_failed("server settings and the current role", &refusal);
+            return Ok(None);
+        }
+    };
+    let Some(facts) = rows.first() else {
+        ctx.problem(
+            "role",
+            "current_user has no pg_roles entry; connect as an ordinary login role",
+        );
+        return Ok(None);
+    };
+    let version_num = facts.get::<_, i32>("version_num") as u32;
+    let version: String = facts.get("version");
+    if version_num < MIN_VERSION_NUM {
+        ctx.problem(
+            "server",
+            format!(
+                "PostgreSQL {version} is too old; walshift needs PostgreSQL 14 or newer \
+                 (upgrade the server)"
+            ),
+        );
+    }
+    let wal_level: String = facts.get("wal_level");
+    if wal_level != "logical" {
+        ctx.problem(
+            "wal_level",
+            format!(
+                "is {wal_level}, so the WAL cannot be decoded; set wal_level = logical in \
+                 postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart the server"
+            ),
+        );
+    }
+
+    let slot = spec.slot_name();
+    let own_slot = match ctx.session.query(OWN_SLOT, &[&slot]).await? {
+        Ok(rows) => rows.into_iter().next(),
+        Err(refusal) => {
+            ctx.query_failed("pg_replication_slots", &refusal);
+            return Ok(None);
+        }
+    };
+    match own_slot {
+        Some(row) => {
+            let plugin: Option<String> = row.get("plugin");
+            let kind: String = row.get("slot_type");
+            let here: Option<bool> = row.get("here");
+            if kind != "logical" || plugin.as_deref() != Some("pgoutput") || here != Some(true) {
+                let database: Option<String> = row.get("database");
+                ctx.problem(
+                    &format!("slot {slot}"),
+                    format!(
+                        "exists but is a {kind} slot{} in database {}, not walshift's pgoutput \
+                         slot for this database; drop it (SELECT pg_drop_replication_slot('{slot}')) \
+                         or give the spec another name",
+                        plugin.map(|p| format!(" for {p}")).unwrap_or_default(),
+                        database.unwrap_or_else(|| "(none)".into())
+                    ),
+                );
+            } else if row.get::<_, bool>("active") {
+                ctx.notes.push(format!(
+                    "slot {slot} is in use: a walshift run for this spec seems to be running"
+                ));
+            } else {
+                ctx.notes
+                    .push(format!("slot {slot} already exists; run resumes from it"));
+            }
+        }
+        None => {
+            let max: i32 = facts.get("max_slots");
+            let used: i64 = facts.get("slots");
+            if i64::from(max) - used < 1 {
+                ctx.problem(
+                    "max_replication_slots",
+                    format!(
+                        "is {max} and {used} slot(s) exist, so none is free for walshift's slot \
+                         {slot}; raise max_replication_slots in postgresql.conf and restart, \
+                         or drop an unused slot (SELECT pg_drop_replication_slot('<name>'))"
+                    ),
+                );
+            }
+        }
+    }
+    let max: i32 = facts.get("max_senders");
+    let used: i64 = facts.get("senders");
+    if i64::from(max) - used < 1 {
+        ctx.problem(
+            "max_wal_senders",
+            format!(
+                "is {max} and {used} WAL sender(s) are running, so none is free for walshift's \
+                 replication connection; raise max_wal_senders in postgresql.conf and restart, or \
+                 stop an unused replication client"
+            ),
+        );
+    }
+
+    let role: String = facts.get("role");
+    let database: String = facts.get("database");
+    ctx.grants.set_role(&role);
+    let superuser: bool = facts.get("rolsuper");
+    if !superuser && !facts.get::<_, bool>("rolreplication") {
+        ctx.grants.need(
+            "REPLICATION",
+            "to stream the WAL",
+            format!("ALTER ROLE {role} REPLICATION"),
+        );
+    }
+    let publication = match ctx
+        .session
+        .query(PUBLICATION, &[&spec.publication_name()])
+        .await?
+    {
+        Ok(rows) => rows.first().map(|row| {
+            let schemas: Vec<String> = row.get("schemas");
+            let tables: Vec<String> = row.get("tables");
+            (
+                row.get::<_, bool>("puballtables"),
+                schemas.into_iter().zip(tables).collect(),
+            )
+        }),
+        Err(refusal) => {
+            ctx.query_failed("pg_publication", &refusal);
+            return Ok(None);
+        }
+    };
+    let db_create: bool = facts.get("db_create");
+    let grant_create = format!("GRANT CREATE ON DATABASE {database} TO {role}");
+    if publication.is_none() && !db_create {
+        ctx.grants.need(
+            format!("CREATE on database {database}"),
+            "for the publication",
+            grant_create.clone(),
+        );
+    }
+    match facts.get::<_, Option<bool>>("state_schema_ok") {
+        None if !db_create => ctx.grants.need(
+            format!("CREATE on database {database}"),
+            format!("for the {STATE_SCHEMA} schema"),
+            grant_create,
+        ),
+        Some(false) => ctx.grants.need(
+            format!("CREATE and USAGE on schema {STATE_SCHEMA}"),
+            "for walshift's state",
+            format!("GRANT CREATE, USAGE ON SCHEMA {STATE_SCHEMA} TO {role}"),
+        ),
+        _ => {}
+    }
+    let denied: Option<Vec<String>> = facts.get("origin_functions_denied");
+    if let Some(denied) = denied.filter(|d| !d.is_empty()) {
+        ctx.grants.need(
+            "EXECUTE on the replication origin functions",
+            "to skip its own changes and record progress",
+            format!("GRANT EXECUTE ON FUNCTION {} TO {role}", denied.join(", ")),
+        );
+    }
+    Ok(Some(Server {
+        version_num,
+        publication,
+    }))
+}

@@ -1,0 +1,112 @@
+//! One table that decides what a failure means operationally.
+//!
+//! Every error from a database session lands in one of two buckets: retry
+//! after a delay (the connection or the server's state will come back), or
+//! stop and tell the operator what to do (retrying the same statement would
+//! fail the same way). Unknown errors are assumed transient: a pause costs
+//! little, a sidecar that quits on a hiccup costs a page.
+
+use std::time::Duration;
+
+/// What to do about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Reconnect and resume from the last committed position after a delay.
+    Retry,
+    /// Stop with the error: only the operator can fix it.
+    Stop,
+}
+
+/// Decides by SQLSTATE class, as Postgres documents them (Appendix A).
+pub fn for_sqlstate(code: &str) -> Action {
+    match code.get(..2).unwrap_or("") {
+        // connection_exception
+        "08" => Action::Retry,
+        // transaction_rollback: serialization_failure, deadlock_detected
+        "40" => Action::Retry,
+        // insufficient_resources: disk full, out of memory, too many connections
+        "53" => Action::Retry,
+        // operator_intervention: admin/crash shutdown, cannot_connect_now,
+        // query_canceled (statement_timeout, pg_cancel_backend)
+        "57" => Action::Retry,
+        // system_error: I/O error
+        "58" => Action::Retry,
+        // object_not_in_prerequisite_state: lock_not_available (55P03) and
+        // "replication slot is active for PID" (55006) clear by themselves.
+        "55" => Action::Retry,
+        // XX: internal_error — could be anything; assume transient.
+        "XX" => Action::Retry,
+        // Data exceptions, integrity violations, syntax errors, privileges,
+        // undefined objects: the mapping or the database must change.
+        _ => Action::Stop,
+    }
+}
+
+/// For tokio-postgres errors: a closed connection or an error without a
+/// SQLSTATE (I/O, TLS, protocol) is retried.
+pub fn for_pg(e: &tokio_postgres::Error) -> Action {
+    if e.is_closed() {
+        return Action::Retry;
+    }
+    match e.code() {
+        Some(code) => for_sqlstate(code.code()),
+        None => Action::Retry,
+    }
+}
+
+/// Capped exponential backoff: 0.5s, 1s, 2s, ... up to 30s.
+pub fn backoff(attempt: u32) -> Duration {
+    let ms = 500u64.saturating_mul(1u64 << attempt.min(6));
+    Duration::from_millis(ms.min(30_000))
+}
+
+/// The database's own message, without tokio-postgres's "db error: " prefix,
+/// with detail and hint when the server gave them.
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = db.message().to_string();
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!(" hint: {h}"));
+            }
+            s.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        assert_eq!(for_sqlstate("08006"), Action::Retry);
+        assert_eq!(for_sqlstate("57P01"), Action::Retry);
+        assert_eq!(for_sqlstate("40P01"), Action::Retry);
+        assert_eq!(for_sqlstate("55P03"), Action::Retry);
+        assert_eq!(
+            for_sqlstate("22012"),
+            Action::Stop,
+            "division by zero in a mapping"
+        );
+        assert_eq!(
+            for_sqlstate("23505"),
+            Action::Stop,
+            "unique violation in a target"
+        );
+        assert_eq!(for_sqlstate("42501"), Action::Stop, "permission denied");
+        assert_eq!(for_sqlstate("42P01"), Action::Stop, "table dropped");
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(500));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(20), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,621 @@
+//! The applier: one SQL session that recomputes dirty keys.
+//!
+//! ```text
+//!  Batch (keys per mirror, xids, end LSN)
+//!    │ 1. visibility barrier: every xid visible in pg_current_snapshot() (I2)
+//!    │ 2. BEGIN; pg_replication_origin_xact_setup(end LSN)       (I4, I5)
+//!    │ 3. one statement per mirror: keys as text[] cast by Postgres
+//!    │ 4. progress row; COMMIT
+//!    ▼
+//!  end LSN may now be confirmed to the server (by the caller)
+//! ```
+//!
+//! The applier is the only writer of the targets (I3): live batches and
+//! whole-mirror passes run through the same session, one after the other.
+//! Its session has walshift's replication origin set up, so its own writes
+//! come back through the stream marked with it and are skipped (I5).
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use super::sql::{self, Param, Scope};
+use super::txn::{CommittedTxn, Key, MirrorKeys};
+use super::visibility::Snapshot;
+use crate::Lsn;
+use crate::catalog::{MirrorKind, MirrorPlan};
+use crate::error_policy::{self, Action, pg_message};
+use crate::pgoutput::pg_timestamp_to_system_time;
+use crate::state;
+
+/// Settings every walshift session shares with the replication connection:
+/// keys travel as Postgres's text output, which depends on them.
+pub const SESSION_SETTINGS: &str = "SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
+     SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'";
+
+/// Work collected from committed transactions, applied in one go.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub mirrors: Vec<MirrorKeys>,
+    pub xids: Vec<u32>,
+    /// End LSN of the last transaction in the batch.
+    pub end_lsn: Lsn,
+    pub commit_time: i64,
+    pub txns: usize,
+}
+
+impl Batch {
+    pub fn new(mirrors: usize) -> Self {
+        Batch {
+            mirrors: vec![MirrorKeys::default(); mirrors],
+            ..Default::default()
+        }
+    }
+
+    /// Adds a committed transaction. Echoes only move the end LSN.
+    pub fn add(&mut self, txn: CommittedTxn, max_keys_per_mirror: usize) {
+        self.end_lsn = self.end_lsn.max(txn.end_lsn);
+        self.commit_time = txn.commit_time;
+        self.txns += 1;
+        if txn.echo {
+            return;
+        }
+        let mut any = false;
+        for (mine, theirs) in self.mirrors.iter_mut().zip(txn.mirrors) {
+            if !theirs.is_empty() {
+                any = true;
+                mine.merge(theirs, max_keys_per_mirror);
+            }
+        }
+        if any {
+            self.xids.push(txn.xid);
+        }
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.mirrors.iter().any(|m| !m.is_empty())
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.mirrors.iter().map(|m| m.keys.len()).sum()
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub keys: usize,
+    pub rows_written: u64,
+    pub rows_deleted: u64,
+    /// Mirrors recomputed over their whole key range (a transaction had too
+    /// many keys to hold).
+    pub full_passes: usize,
+    /// Times the barrier found a transaction not yet visible.
+    pub visibility_waits: u32,
+}
+
+/// Why a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{mirror}: {message}")]
+    Mirror {
+        mirror: String,
+        message: String,
+        action: Action,
+    },
+    #[error("apply session: {message}")]
+    Session { message: String, action: Action },
+}
+
+impl ApplyError {
+    pub fn action(&self) -> Action {
+        match self {
+            ApplyError::Mirror { action, .. } | ApplyError::Session { action, .. } => *action,
+        }
+    }
+
+    fn session(e: tokio_postgres::Error) -> Self {
+        ApplyError::Session {
+            action: error_policy::for_pg(&e),
+            message: pg_message(&e),
+        }
+    }
+}
+
+/// What one backfill chunk did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkOutcome {
+    /// The chunk's upper key: the next chunk's lower bound. `None`: the
+    /// mirror's backfill is complete.
+    pub upper: Option<Vec<String>>,
+    /// Source rows the chunk covered.
+    pub rows: u64,
+    pub written: u64,
+    pub deleted: u64,
+    /// Time of the recompute statement alone (what chunk sizing steers).
+    pub elapsed: Duration,
+}
+
+/// Options of the applier.
+#[derive(Debug, Clone)]
+pub struct ApplierOptions {
+    /// Hold I2. Only the test that proves the barrier is needed turns it off.
+    pub visibility_barrier: bool,
+    /// Rows per chunk of a whole-mirror pass.
+    pub full_pass_chunk_rows: i64,
+}
+
+impl Default for ApplierOptions {
+    fn default() -> Self {
+        ApplierOptions {
+            visibility_barrier: true,
+            full_pass_chunk_rows: 10_000,
+        }
+    }
+}
+
+struct PreparedMirror {
+    label: String,
+    plan: MirrorPlan,
+    keys: tokio_postgres::Statement,
+    keys_params: Vec<Param>,
+    truncate: Option<(tokio_postgres::Statement, Vec<Param>)>,
+}
+
+/// The single writer of the targets.
+pub struct Applier {
+    client: Client,
+    spec_name: String,
+    mirrors: Vec<PreparedMirror>,
+    /// walshift's origin is set up on this session (else progress is kept
+    /// only in the state table, and echoes are recomputed once).
+    origin: bool,
+    opts: ApplierOptions,
+}
+
+impl Applier {
+    /// Prepares the statements of every mirror on `client`, which must
+    /// already have [`SESSION_SETTINGS`] applied and, if `origin`, walshift's
+    /// origin set up with `pg_replication_origin_session_setup`.
+    pub async fn new(
+        client: Client,
+        spec_name: &str,
+        plans: &[MirrorPlan],
+        origin: bool,
+        opts: ApplierOptions,
+    ) -> Result<Self, ApplyError> {
+        let mut mirrors = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let (stmt, truncate) = match &plan.kind {
+                MirrorKind::Set(p) => (sql::set_apply(p, Scope::Keys), None),
+                MirrorKind::Rows(p) => {
+                    (sql::rows_apply(p, Scope::Keys), Some(sql::rows_truncate(p)))
+                }
+            };
+            let keys = client
+                .prepare(&stmt.sql)
+                .await
+                .map_err(ApplyError::session)?;
+            let truncate = match truncate {
+                Some(t) => Some((
+                    client.prepare(&t.sql).await.map_err(ApplyError::session)?,
+                    t.params,
+                )),
+                None => None,
+            };
+            mirrors.push(PreparedMirror {
+                label: label(plan),
+                plan: plan.clone(),
+                keys,
+                keys_params: stmt.params,
+                truncate,
+            });
+        }
+        Ok(Applier {
+            client,
+            spec_name: spec_name.to_string(),
+            mirrors,
+            origin,
+            opts,
+        })
+    }
+
+    /// Recomputes every dirty key of `batch` and commits, with the batch's end
+    /// LSN recorded in the same transaction. The caller confirms the LSN to
+    /// the server only after this returns `Ok` (I4).
+    pub async fn apply(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        let mut stats = ApplyStats::default();
+        if self.opts.visibility_barrier && !batch.xids.is_empty() {
+            stats.visibility_waits = self.wait_visible(&batch.xids).await?;
+        }
+        // Whole-mirror passes run first, in chunks of their own: one huge
+        // transaction would hold locks on the whole target. They are
+        // recomputes like any other, so running them before the keyed part
+        // (or twice, after a crash) changes nothing.
+        for (i, work) in batch.mirrors.iter().enumerate() {
+            if work.overflowed {
+                let (w, d) = self.full_pass(i).await?;
+                stats.rows_written += w;
+                stats.rows_deleted += d;
+                stats.full_passes += 1;
+            }
+        }
+
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(ApplyError::session)?;
+        if self.origin {
+            let ts = pg_timestamp_to_system_time(batch.commit_time);
+            tx.execute(
+                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
+                &[&batch.end_lsn.to_string(), &ts],
+            )
+            .await
+            .map_err(ApplyError::session)?;
+        }
+        for (m, work) in self.mirrors.iter().zip(&batch.mirrors) {
+            if !work.keys.is_empty() && !work.overflowed {
+                stats.keys += work.keys.len();
+                let keys: Vec<&Key> = work.keys.iter().collect();
+                let args = Args::keys(&keys, m.plan.key.len());
+                let params = bind(&m.keys_params, &args);
+                match &m.plan.kind {
+                    MirrorKind::Set(_) => {
+                        let n = tx
+                            .execute(&m.keys, &params)
+                            .await
+                            .map_err(|e| mirror_err(&m.label, e))?;
+                        stats.rows_written += n;
+                    }
+                    MirrorKind::Rows(_) => {
+                        let row = tx
+                            .query_one(&m.keys, &params)
+                            .await
+                            .map_err(|e| mirror_err(&m.label, e))?;
+                        stats.rows_deleted += row.get::<_, i64>(0) as u64;
+                        stats.rows_written += row.get::<_, i64>(1) as u64;
+                    }
+                }
+            }
+            if work.truncated {
+                if let Some((stmt, params)) = &m.truncate {
+                    let none = Args::default();
+                    let params = bind(params, &none);
+                    stats.rows_deleted += tx
+                        .execute(stmt, &params)
+                        .await
+                        .map_err(|e| mirror_err(&m.label, e))?;
+                }
+            }
+        }
+        tx.execute(
+            state::RECORD_APPLIED,
+            &[&self.spec_name, &batch.end_lsn.to_string()],
+        )
+        .await
+        .map_err(ApplyError::session)?;
+        tx.commit().await.map_err(ApplyError::session)?;
+        Ok(stats)
+    }
+
+    /// I2: waits until every xid is visible to a new snapshot. Returns how
+    /// many times it had to wait.
+    async fn wait_visible(&self, xids: &[u32]) -> Result<u32, ApplyError> {
+        let started = Instant::now();
+        let mut pending = xids.to_vec();
+        let mut waits = 0u32;
+        let mut pause = Duration::from_micros(500);
+        let mut warned = false;
+        loop {
+            let row = self
+                .client
+                .query_one("SELECT pg_current_snapshot()::text", &[])
+                .await
+                .map_err(ApplyError::session)?;
+            let text: String = row.get(0);
+            let snap = Snapshot::parse(&text).ok_or_else(|| ApplyError::Session {
+                message: format!("cannot read snapshot {text:?}"),
+                action: Action::Stop,
+            })?;
+            pending = snap.invisible(&pending);
+            if pending.is_empty() {
+                return Ok(waits);
+            }
+            waits += 1;
+            if !warned && started.elapsed() > Duration::from_secs(5) {
+                warned = true;
+                tracing::warn!(
+                    xids = ?pending,
+                    "committed transactions are in the WAL but not yet visible after 5s \
+                     (synchronous replication waiting for a standby?); waiting before applying them"
+                );
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Recomputes mirror `i` over its whole key range, chunk by chunk.
+    async fn full_pass(&mut self, i: usize) -> Result<(u64, u64), ApplyError> {
+        let m = &self.mirrors[i];
+        let label = m.label.clone();
+        let plan = m.plan.clone();
+        let err = |e| mirror_err(&label, e);
+        let mut lower: Option<Vec<String>> = None;
+        let (mut written, mut deleted) = (0u64, 0u64);
+        loop {
+            let bound = sql::chunk_upper_bound(&plan.source, &plan.key, lower.is_some());
+            let args = Args {
+                lower: lower.as_deref(),
+                chunk_rows: self.opts.full_pass_chunk_rows,
+                ..Default::default()
+            };
+            let upper: Option<Vec<String>> = self
+                .client
+                .query_opt(&bound.sql, &bind(&bound.params, &args))
+                .await
+                .map_err(err)?
+                .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
+            let scope = Scope::Range {
+                lower: lower.is_some(),
+                upper: upper.is_some(),
+            };
+            let args = Args {
+                lower: lower.as_deref(),
+                upper: upper.as_deref(),
+                ..Default::default()
+            };
+            match &plan.kind {
+                MirrorKind::Set(p) => {
+                    let s = sql::set_apply(p, scope);
+                    written += self
+                        .client
+                        .execute(&s.sql, &bind(&s.params, &args))
+                        .await
+                        .map_err(err)?;
+                }
+                MirrorKind::Rows(p) => {
+                    let s = sql::rows_apply(p, scope);
+                    let row = self
+                        .client
+                        .query_one(&s.sql, &bind(&s.params, &args))
+                        .await
+                        .map_err(err)?;
+                    deleted += row.get::<_, i64>(0) as u64;
+                    written += row.get::<_, i64>(1) as u64;
+                }
+            }
+            match upper {
+                Some(u) => lower = Some(u),
+                None => return Ok((written, deleted)),
+            }
+        }
+    }
+
+    /// One backfill chunk of mirror `i`: the keys in `(lower, upper]` where
+    /// `upper` is the key `rows` rows past `lower` (open at the end of the
+    /// table), recomputed like any live key and committed together with the
+    /// mirror's checkpoint (I6). Runs on the applier's session, so it never
+    /// overlaps a live batch (I3).
+    pub async fn backfill_chunk(
+        &mut self,
+        i: usize,
+        lower: Option<&[String]>,
+        rows: i64,
+    ) -> Result<ChunkOutcome, ApplyError> {
+        let m = &self.mirrors[i];
+        let label = m.label.clone();
+        let plan = m.plan.clone();
+        let err = |e| mirror_err(&label, e);
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(ApplyError::session)?;
+        let bound = sql::chunk_upper_bound(&plan.source, &plan.key, lower.is_some());
+        let args = Args {
+            lower,
+            chunk_rows: rows.max(1),
+            ..Default::default()
+        };
+        let upper: Option<Vec<String>> = tx
+            .query_opt(&bound.sql, &bind(&bound.params, &args))
+            .await
+            .map_err(err)?
+            .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
+        let covered = match upper {
+            Some(_) => rows.max(1),
+            None => {
+                let count = sql::range_count(&plan.source, &plan.key, lower.is_some());
+                tx.query_one(&count.sql, &bind(&count.params, &args))
+                    .await
+                    .map_err(err)?
+                    .get::<_, i64>(0)
+            }
+        };
+        let scope = Scope::Range {
+            lower: lower.is_some(),
+            upper: upper.is_some(),
+        };
+        let args = Args {
+            lower,
+            upper: upper.as_deref(),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let (written, deleted) = match &plan.kind {
+            MirrorKind::Set(p) => {
+                let s = sql::set_apply(p, scope);
+                (
+                    tx.execute(&s.sql, &bind(&s.params, &args))
+                        .await
+                        .map_err(err)?,
+                    0,
+                )
+            }
+            MirrorKind::Rows(p) => {
+                let s = sql::rows_apply(p, scope);
+                let row = tx
+                    .query_one(&s.sql, &bind(&s.params, &args))
+                    .await
+                    .map_err(err)?;
+                (row.get::<_, i64>(1) as u64, row.get::<_, i64>(0) as u64)
+            }
+        };
+        let elapsed = started.elapsed();
+        tx.execute(
+            state::RECORD_CHUNK,
+            &[&self.spec_name, &(plan.number as i32), &upper, &covered],
+        )
+        .await
+        .map_err(ApplyError::session)?;
+        tx.commit().await.map_err(ApplyError::session)?;
+        Ok(ChunkOutcome {
+            upper,
+            rows: covered.max(0) as u64,
+            written,
+            deleted,
+            elapsed,
+        })
+    }
+
+    /// Each mirror's label ("mirror 1 (public.users set status)").
+    pub fn labels(&self) -> Vec<String> {
+        self.mirrors.iter().map(|m| m.label.clone()).collect()
+    }
+
+    /// The session, for callers that share it between batches (status queries).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+fn label(plan: &MirrorPlan) -> String {
+    match &plan.kind {
+        MirrorKind::Set(p) => {
+            let cols: Vec<&str> = p.set.iter().map(|(c, _)| c.as_str()).collect();
+            format!(
+                "mirror {} ({} set {})",
+                plan.number,
+                plan.source,
+                cols.join(", ")
+            )
+        }
+        MirrorKind::Rows(p) => format!("mirror {} ({} -> {})", plan.number, plan.source, p.target),
+    }
+}
+
+fn mirror_err(label: &str, e: tokio_postgres::Error) -> ApplyError {
+    let action = error_policy::for_pg(&e);
+    let mut message = pg_message(&e);
+    if action == Action::Stop {
+        message.push_str(
+            ": fix the mapping in the spec (or the data it fails on), then restart walshift",
+        );
+    }
+    ApplyError::Mirror {
+        mirror: label.to_string(),
+        message,
+        action,
+    }
+}
+
+/// Values for a statement's parameters.
+#[derive(Default)]
+struct Args<'a> {
+    /// One array per key column.
+    key_arrays: Vec<Vec<&'a str>>,
+    lower: Option<&'a [String]>,
+    upper: Option<&'a [String]>,
+    chunk_rows: i64,
+}
+
+impl<'a> Args<'a> {
+    fn keys(keys: &[&'a Key], columns: usize) -> Self {
+        let key_arrays = (0..columns)
+            .map(|c| keys.iter().map(|k| &*k[c]).collect())
+            .collect();
+        Args {
+            key_arrays,
+            ..Default::default()
+        }
+    }
+}
+
+fn bind<'a>(params: &[Param], args: &'a Args<'a>) -> Vec<&'a (dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| -> &'a (dyn ToSql + Sync) {
+            match *p {
+                Param::KeyArray(i) => &args.key_arrays[i],
+                Param::Lower(i) => &args.lower.expect("a lower bound for a lower-bounded range")[i],
+                Param::Upper(i) => &args
+                    .upper
+                    .expect("an upper bound for an upper-bounded range")[i],
+                Param::ChunkRows | Param::Limit => &args.chunk_rows,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn txn(xid: u32, end: u64, keys: &[&str], echo: bool) -> CommittedTxn {
+        CommittedTxn {
+            xid,
+            end_lsn: Lsn(end),
+            commit_time: end as i64,
+            echo,
+            mirrors: vec![MirrorKeys {
+                keys: keys
+                    .iter()
+                    .map(|k| vec![Box::<str>::from(*k)].into_boxed_slice())
+                    .collect(),
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn batch_merges_keys_and_tracks_the_last_commit() {
+        let mut b = Batch::new(1);
+        b.add(txn(1, 10, &["a", "b"], false), 100);
+        b.add(txn(2, 20, &[], true), 100);
+        b.add(txn(3, 30, &["b", "c"], false), 100);
+        assert_eq!(b.end_lsn, Lsn(30));
+        assert_eq!(b.txns, 3);
+        assert_eq!(
+            b.xids,
+            vec![1, 3],
+            "echoes and empty transactions need no barrier"
+        );
+        assert_eq!(b.key_count(), 3);
+        let keys: HashSet<&str> = b.mirrors[0].keys.iter().map(|k| &*k[0]).collect();
+        assert_eq!(keys, ["a", "b", "c"].into());
+        assert!(b.has_work());
+    }
+
+    #[test]
+    fn a_batch_of_echoes_has_no_work_but_an_lsn() {
+        let mut b = Batch::new(1);
+        b.add(txn(1, 10, &["a"], true), 100);
+        assert!(!b.has_work());
+        assert_eq!(b.end_lsn, Lsn(10));
+    }
+
+    #[test]
+    fn binding_follows_the_param_list() {
+        let k1: Key = vec!["1".into(), "x".into()].into_boxed_slice();
+        let k2: Key = vec!["2".into(), "y".into()].into_boxed_slice();
+        let args = Args::keys(&[&k1, &k2], 2);
+        assert_eq!(args.key_arrays, vec![vec!["1", "2"], vec!["x", "y"]]);
+        let bound = bind(&[Param::KeyArray(1), Param::KeyArray(0)], &args);
+        assert_eq!(bound.len(), 2);
+    }
+}

@@ -1,0 +1,233 @@
+//! Creating (idempotently) what `run` needs: state schema, publication,
+//! replication origin, slot — in that order, because pgoutput looks the
+//! publication up with the snapshot of the change it decodes: a publication
+//! created after the slot is unknown to the slot's earliest changes.
+//!
+//! On failure, whatever this call created is dropped again: a failed `run`
+//! leaves no orphan publication or origin behind.
+
+use tokio_postgres::Client;
+
+use crate::catalog::Plan;
+use crate::conninfo::ConnConfig;
+use crate::error_policy::pg_message;
+use crate::ident::QualifiedName;
+use crate::replication::{ReplicationClient, SlotOptions};
+use crate::spec::Spec;
+use crate::state;
+
+/// What setup found or made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Objects {
+    /// walshift may use its replication origin (echo suppression, exact
+    /// resume position). Without it, its own writes are recomputed once.
+    pub origin: bool,
+    pub created_slot: bool,
+}
+
+/// Every source table, once, in spec order.
+pub fn sources(plan: &Plan) -> Vec<QualifiedName> {
+    let mut out: Vec<QualifiedName> = Vec::new();
+    for m in &plan.mirrors {
+        if !out.contains(&m.source) {
+            out.push(m.source.clone());
+        }
+    }
+    out
+}
+
+pub async fn ensure(
+    client: &Client,
+    config: &ConnConfig,
+    spec: &Spec,
+    plan: &Plan,
+) -> Result<Objects, String> {
+    let mut created_publication = false;
+    let mut created_origin = false;
+    let result = ensure_inner(
+        client,
+        config,
+        spec,
+        plan,
+        &mut created_publication,
+        &mut created_origin,
+    )
+    .await;
+    if result.is_err() {
+        // Undo only what this call made.
+        if created_publication {
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP PUBLICATION IF EXISTS {}",
+                    crate::ident::quote_ident(&spec.publication_name())
+                ))
+                .await;
+        }
+        if created_origin {
+            let _ = client
+                .execute(
+                    "SELECT pg_replication_origin_drop($1)",
+                    &[&spec.origin_name()],
+                )
+                .await;
+        }
+    }
+    result
+}
+
+async fn ensure_inner(
+    client: &Client,
+    config: &ConnConfig,
+    spec: &Spec,
+    plan: &Plan,
+    created_publication: &mut bool,
+    created_origin: &mut bool,
+) -> Result<Objects, String> {
+    let fail = |what: &str, e: tokio_postgres::Error| format!("{what}: {}", pg_message(&e));
+    state::ensure_schema(client)
+        .await
+        .map_err(|e| fail("creating the walshift state schema", e))?;
+
+    // Publication over the sources.
+    let pubname = spec.publication_name();
+    let tables: Vec<String> = sources(plan).iter().map(|t| t.to_string()).collect();
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&pubname],
+        )
+        .await
+        .map_err(|e| fail("looking up the publication", e))?
+        .is_some();
+    let quoted = crate::ident::quote_ident(&pubname);
+    if !exists {
+        // Partitioned sources publish changes as their root, so keys map to
+        // the table the spec names.
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {quoted} FOR TABLE {} WITH (publish_via_partition_root = true)",
+                tables.join(", ")
+            ))
+            .await
+            .map_err(|e| fail(&format!("creating publication {pubname}"), e))?;
+        *created_publication = true;
+        tracing::info!(publication = %pubname, "created publication");
+    } else {
+        let mut have: Vec<(String, String)> = client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                &[&pubname],
+            )
+            .await
+            .map_err(|e| fail("reading the publication's tables", e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut want: Vec<(String, String)> = sources(plan)
+            .into_iter()
+            .map(|t| (t.schema, t.name))
+            .collect();
+        have.sort();
+        want.sort();
+        if have != want {
+            tracing::warn!(publication = %pubname, ?have, ?want, "publication tables differ from the spec; updating it");
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {quoted} SET TABLE {}",
+                    tables.join(", ")
+                ))
+                .await
+                .map_err(|e| fail(&format!("updating publication {pubname}"), e))?;
+        }
+    }
+
+    // Replication origin: optional. Creating and using one needs superuser
+    // or granted EXECUTE on the origin functions.
+    let origin_name = spec.origin_name();
+    let origin_exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_origin WHERE roname = $1",
+            &[&origin_name],
+        )
+        .await
+        .map_err(|e| fail("looking up the replication origin", e))?
+        .is_some();
+    let origin = if origin_exists {
+        true
+    } else {
+        match client
+            .execute("SELECT pg_replication_origin_create($1)", &[&origin_name])
+            .await
+        {
+            Ok(_) => {
+                *created_origin = true;
+                true
+            }
+            Err(e) if e.code().map(|c| c.code()) == Some("42501") => {
+                tracing::warn!(
+                    "replication origin functions are not permitted for {}: walshift still works, but its own \
+                     writes come back through the stream and are recomputed once (no-ops), and progress is kept \
+                     only in walshift.migration. To avoid that: GRANT EXECUTE ON FUNCTION \
+                     pg_replication_origin_create(text), pg_replication_origin_session_setup(text), \
+                     pg_replication_origin_xact_setup(pg_lsn, timestamptz), pg_replication_origin_progress(text, boolean) TO {}",
+                    config.user(),
+                    config.user()
+                );
+                false
+            }
+            Err(e) => return Err(fail("creating the replication origin", e)),
+        }
+    };
+
+    // The slot, last: the publication exists before its consistent point.
+    let slot = spec.slot_name();
+    let slot_row = client
+        .query_opt(
+            "SELECT database = current_database() FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| fail("looking up the replication slot", e))?;
+    let mut consistent_point = None;
+    let created_slot = match slot_row {
+        Some(row) if row.get::<_, Option<bool>>(0) == Some(true) => false,
+        Some(_) => {
+            return Err(format!(
+                "replication slot {slot} exists but belongs to another database: rename the spec or drop that slot"
+            ));
+        }
+        None => {
+            let mut repl =
+                ReplicationClient::connect(&config.with_application_name("walshift-setup"))
+                    .await
+                    .map_err(|e| {
+                        format!("opening a replication connection to create slot {slot}: {e}")
+                    })?;
+            let created = repl
+                .create_logical_slot(&slot, SlotOptions::default())
+                .await
+                .map_err(|e| format!("creating replication slot {slot}: {e}"))?;
+            let _ = repl.close().await;
+            tracing::info!(slot = %slot, consistent_point = %created.consistent_point, "created replication slot");
+            consistent_point = Some(created.consistent_point);
+            true
+        }
+    };
+    if let Err(e) = state::register(client, spec, consistent_point).await {
+        if created_slot {
+            drop_slot(config, &slot).await;
+        }
+        return Err(fail("recording walshift's state", e));
+    }
+    Ok(Objects {
+        origin,
+        created_slot,
+    })
+}
+
+async fn drop_slot(config: &ConnConfig, slot: &str) {
+    if let Ok(mut repl) = ReplicationClient::connect(config).await {
+        let _ = repl.drop_slot(slot, false).await;
+        let _ = repl.close().await;
+    }
+}

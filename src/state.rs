@@ -1,0 +1,142 @@
+//! walshift's own state in the migrated database (`sql/state.sql`).
+
+use crate::Lsn;
+use crate::spec::Spec;
+
+/// The state schema's DDL; idempotent.
+pub const STATE_SQL: &str = include_str!("../sql/state.sql");
+
+/// Creates the state schema if missing.
+pub async fn ensure_schema(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(STATE_SQL).await
+}
+
+/// Records the spec's objects (once; later runs keep the first row).
+pub async fn register(
+    client: &tokio_postgres::Client,
+    spec: &Spec,
+    consistent_point: Option<Lsn>,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO walshift.migration
+                 (name, slot_name, publication_name, origin_name, consistent_point, spec_file)
+             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)
+             ON CONFLICT (name) DO UPDATE
+                 SET consistent_point = coalesce(walshift.migration.consistent_point, EXCLUDED.consistent_point),
+                     spec_file = EXCLUDED.spec_file",
+            &[
+                &spec.name,
+                &spec.slot_name(),
+                &spec.publication_name(),
+                &spec.origin_name(),
+                &consistent_point.map(|l| l.to_string()),
+                &spec.file,
+            ],
+        )
+        .await
+        .map(drop)
+}
+
+/// The last applied end LSN recorded in the state table.
+pub async fn applied_lsn(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT applied_lsn::text FROM walshift.migration WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|s| s.parse().ok()))
+}
+
+/// The statement that records progress inside an apply transaction.
+pub const RECORD_APPLIED: &str = "UPDATE walshift.migration SET applied_lsn = $2::text::pg_lsn, applied_at = now() WHERE name = $1";
+
+/// A mirror's backfill checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackfillRow {
+    pub mirror: i32,
+    pub lower_key: Option<Vec<String>>,
+    pub done: bool,
+    pub rows_done: i64,
+    pub chunks: i64,
+    pub rows_estimate: Option<i64>,
+}
+
+/// Reads (creating missing rows for) the checkpoints of mirrors `1..=n`.
+pub async fn backfill_rows(
+    client: &tokio_postgres::Client,
+    name: &str,
+    estimates: &[i64],
+) -> Result<Vec<BackfillRow>, tokio_postgres::Error> {
+    for (i, est) in estimates.iter().enumerate() {
+        client
+            .execute(
+                "INSERT INTO walshift.backfill (name, mirror, rows_estimate, started_at)
+                 VALUES ($1, $2, $3, now())
+                 ON CONFLICT (name, mirror) DO UPDATE SET rows_estimate = EXCLUDED.rows_estimate",
+                &[&name, &(i as i32 + 1), &(*est).max(0)],
+            )
+            .await?;
+    }
+    let rows = client
+        .query(
+            "SELECT mirror, lower_key, done, rows_done, chunks, rows_estimate
+             FROM walshift.backfill WHERE name = $1 ORDER BY mirror",
+            &[&name],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| BackfillRow {
+            mirror: r.get(0),
+            lower_key: r.get(1),
+            done: r.get(2),
+            rows_done: r.get(3),
+            chunks: r.get(4),
+            rows_estimate: r.get(5),
+        })
+        .collect())
+}
+
+/// Records a committed chunk; runs inside the chunk's transaction (I6).
+/// Params: name, mirror, new lower key (NULL when the mirror is done), rows.
+pub const RECORD_CHUNK: &str = "UPDATE walshift.backfill
+    SET lower_key = $3::text[], done = ($3::text[] IS NULL), rows_done = rows_done + $4::bigint,
+        chunks = chunks + 1, updated_at = now(),
+        finished_at = CASE WHEN $3::text[] IS NULL THEN now() END
+    WHERE name = $1 AND mirror = $2";
+
+/// Whether the operator paused the backfill.
+pub async fn backfill_paused(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT backfill_paused FROM walshift.migration WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)).unwrap_or(false))
+}
+
+/// Sets the operator's pause flag; false when walshift has no state for `name`.
+pub async fn set_backfill_paused(
+    client: &tokio_postgres::Client,
+    name: &str,
+    paused: bool,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "UPDATE walshift.migration SET backfill_paused = $2 WHERE name = $1",
+            &[&name, &paused],
+        )
+        .await?;
+    Ok(n == 1)
+}
