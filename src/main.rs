@@ -70,6 +70,22 @@ enum Command {
         #[arg(long, hide = true)]
         unsafe_no_visibility_barrier: bool,
     },
+    /// Control a running `walshift run` through the database (works from any host).
+    Ctl {
+        spec: PathBuf,
+        #[arg(value_enum)]
+        action: CtlAction,
+        #[command(flatten)]
+        db: Db,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+enum CtlAction {
+    /// Pause the backfill of history (live mirroring continues).
+    Pause,
+    /// Resume the backfill.
+    Resume,
 }
 
 fn main() -> ExitCode {
@@ -122,6 +138,13 @@ async fn async_main(command: Command) -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        Command::Ctl { spec, action, db } => {
+            let (spec, config) = match load(&spec, &db) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            ctl(&spec, &config, action).await
+        }
         Command::Run {
             spec,
             db,
@@ -173,6 +196,39 @@ async fn async_main(command: Command) -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+    }
+}
+
+async fn ctl(spec: &Spec, config: &ConnConfig, action: CtlAction) -> ExitCode {
+    let client = match config.connect_sql().await {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+    };
+    let paused = matches!(action, CtlAction::Pause);
+    match walshift::state::set_backfill_paused(&client, &spec.name, paused).await {
+        Ok(true) => {
+            println!(
+                "backfill of {} {}",
+                spec.name,
+                if paused {
+                    "paused (live mirroring continues)"
+                } else {
+                    "resumed"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(false) => fail(&format!(
+            "no walshift state for {:?} in this database: start `walshift run {}` first",
+            spec.name, spec.file
+        )),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            fail(&format!(
+                "no walshift state in this database: start `walshift run {}` first",
+                spec.file
+            ))
+        }
+        Err(e) => fail(&walshift::error_policy::pg_message(&e)),
     }
 }
 
