@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod conninfo;
 pub mod error_policy;
+pub mod estimate;
 pub mod ident;
 pub mod lsn;
 pub mod mirror;

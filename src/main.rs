@@ -111,7 +111,7 @@ async fn async_main(command: Command) -> ExitCode {
                 Ok(v) => v,
                 Err(code) => return code,
             };
-            let client = match config.connect_sql().await {
+            let mut client = match config.connect_sql().await {
                 Ok(c) => c,
                 Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
             };
@@ -121,6 +121,9 @@ async fn async_main(command: Command) -> ExitCode {
             };
             if report.problems.is_empty() {
                 print!("{}", report.render_plan());
+                if let Some(plan) = &report.plan {
+                    print_estimates(&mut client, plan).await;
+                }
                 println!(
                     "check passed: {} mirror(s), nothing was created",
                     spec.mirrors.len()
@@ -197,6 +200,48 @@ async fn async_main(command: Command) -> ExitCode {
             }
         }
     }
+}
+
+/// The backfill ETA per mirror, from a timed, rolled-back sample chunk.
+async fn print_estimates(client: &mut tokio_postgres::Client, plan: &catalog::Plan) {
+    use walshift::estimate::{estimate, human_eta};
+    let mut total = std::time::Duration::ZERO;
+    for m in &plan.mirrors {
+        match estimate(client, m).await {
+            Ok(e) => {
+                let rate = e
+                    .rows_per_second()
+                    .map(|r| format!("{r:.0} rows/s"))
+                    .unwrap_or_else(|| "no rows to sample".into());
+                match e.eta {
+                    Some(eta) => {
+                        total += eta;
+                        println!(
+                            "backfill estimate, mirror {}: ~{} for ~{} rows ({} rows timed in {:.1} ms, rolled back: {rate})",
+                            e.mirror,
+                            human_eta(eta),
+                            e.rows_estimate.max(e.sample_rows),
+                            e.sample_rows,
+                            e.sample_time.as_secs_f64() * 1000.0
+                        );
+                    }
+                    None => println!(
+                        "backfill estimate, mirror {}: nothing to backfill (empty table)",
+                        e.mirror
+                    ),
+                }
+            }
+            Err(e) => println!(
+                "backfill estimate, mirror {}: could not time a sample chunk: {}",
+                m.number,
+                walshift::error_policy::pg_message(&e)
+            ),
+        }
+    }
+    println!(
+        "backfill estimate, all mirrors: ~{} unthrottled",
+        walshift::estimate::human_eta(total)
+    );
 }
 
 async fn ctl(spec: &Spec, config: &ConnConfig, action: CtlAction) -> ExitCode {
