@@ -138,13 +138,15 @@ pub struct Backfill {
 }
 
 impl Backfill {
-    /// Loads (or creates) the checkpoints of every mirror.
+    /// Loads (or creates) the checkpoints of every mirror; `progress` is
+    /// filled here and kept current by [`Backfill::step`].
     pub async fn load(
         client: &Client,
         spec: &spec::Spec,
         plans: &[MirrorPlan],
         labels: Vec<String>,
         live_lag: Arc<LiveLag>,
+        progress: SharedProgress,
     ) -> Result<Self, tokio_postgres::Error> {
         let estimates: Vec<i64> = plans.iter().map(|p| p.estimated_rows).collect();
         let rows = state::backfill_rows(client, &spec.name, &estimates).await?;
@@ -178,10 +180,13 @@ impl Backfill {
             limits: spec.backfill.clone(),
             slot: spec.slot_name(),
             states,
-            progress: Arc::new(Mutex::new(Progress {
-                mirrors,
-                ..Default::default()
-            })),
+            progress: {
+                *progress.lock().expect("progress lock") = Progress {
+                    mirrors,
+                    ..Default::default()
+                };
+                progress
+            },
             live_lag,
             last_signals: None,
         })
@@ -293,7 +298,12 @@ impl Backfill {
             return Ok(());
         };
         let st = &mut self.states[i];
-        let rows = st.sizer.rows();
+        // Under a rate cap a chunk holds at most one second's worth of rows,
+        // so the pace is even rather than bursts followed by long sleeps.
+        let rows = match self.limits.max_rows_per_second.filter(|c| *c > 0) {
+            Some(cap) => st.sizer.rows().min(cap),
+            None => st.sizer.rows(),
+        };
         let started = Instant::now();
         let out = applier
             .backfill_chunk(i, st.lower.as_deref(), rows as i64)

@@ -27,6 +27,7 @@ pub mod run;
 pub mod spec;
 pub mod state;
 pub mod throttle;
+pub mod terminal;
 pub mod tls;
 
 pub use lsn::Lsn;

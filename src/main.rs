@@ -89,8 +89,14 @@ enum CtlAction {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.verbose);
+    // Progress bars only for a person at a terminal, with human logs.
+    let bars = (matches!(cli.command, Command::Run { .. })
+        && matches!(cli.log_format, LogFormat::Text)
+        && std::io::stderr().is_terminal())
+    .then(walshift::terminal::multi);
+    init_logging(cli.log_format, cli.verbose, bars.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,10 +107,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(async_main(cli.command))
+    runtime.block_on(async_main(cli.command, bars))
 }
 
-async fn async_main(command: Command) -> ExitCode {
+async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) -> ExitCode {
     match command {
         Command::Check { spec, db } => {
             let (spec, config) = match load(&spec, &db) {
@@ -175,7 +181,14 @@ async fn async_main(command: Command) -> ExitCode {
                 tracing::info!("stopping after the batch in flight");
                 let _ = tx.send(true);
             });
-            match run::run(&config, &spec, opts, rx).await {
+            let observed = run::Observed::default();
+            let _ui = bars.map(|multi| {
+                AbortOnDrop(tokio::spawn(walshift::terminal::draw(
+                    multi,
+                    observed.progress.clone(),
+                )))
+            });
+            match run::run(&config, &spec, opts, rx, observed).await {
                 Ok(totals) => {
                     tracing::info!(
                         txns = totals.txns,
@@ -303,7 +316,15 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_logging(format: LogFormat, verbose: u8) {
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn init_logging(format: LogFormat, verbose: u8, bars: Option<indicatif::MultiProgress>) {
     let default = match verbose {
         0 => "walshift=info",
         1 => "walshift=debug",
@@ -313,10 +334,12 @@ fn init_logging(format: LogFormat, verbose: u8) {
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        .with_ansi(std::io::stderr().is_terminal());
+    match (format, bars) {
+        (LogFormat::Text, Some(multi)) => builder
+            .with_writer(move || walshift::terminal::AboveBars(multi.clone()))
+            .init(),
+        (LogFormat::Text, None) => builder.with_writer(std::io::stderr).init(),
+        (LogFormat::Json, _) => builder.json().with_writer(std::io::stderr).init(),
     }
 }

@@ -149,6 +149,13 @@ pub struct Totals {
     pub confirmed: Lsn,
 }
 
+/// What a running `run` shows its observers (the terminal's progress bars
+/// now; status and HTTP read the same handles).
+#[derive(Clone, Default)]
+pub struct Observed {
+    pub progress: SharedProgress,
+}
+
 /// Checks the spec against the database, creates what is missing, and
 /// mirrors until `shutdown` turns true.
 pub async fn run(
@@ -156,6 +163,7 @@ pub async fn run(
     spec: &Spec,
     opts: RunOptions,
     mut shutdown: watch::Receiver<bool>,
+    observed: Observed,
 ) -> Result<Totals, RunError> {
     let client = config
         .with_application_name("walshift")
@@ -193,6 +201,7 @@ pub async fn run(
             &opts,
             &mut shutdown,
             &mut totals,
+            &observed,
         )
         .await
         {
@@ -214,6 +223,7 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     config: &ConnConfig,
     spec: &Spec,
@@ -222,6 +232,7 @@ async fn session(
     opts: &RunOptions,
     shutdown: &mut watch::Receiver<bool>,
     totals: &mut Totals,
+    observed: &Observed,
 ) -> Result<(), SessionError> {
     // The apply session.
     let client = config
@@ -271,6 +282,7 @@ async fn session(
         &plan.mirrors,
         applier.labels(),
         live_lag.clone(),
+        observed.progress.clone(),
     )
     .await?;
     let progress = backfill.progress();
