@@ -6,6 +6,8 @@
 //! - 2: could not do the job (bad spec or arguments, connection failed,
 //!   fatal error while running)
 
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -70,6 +72,9 @@ enum Command {
         #[arg(long, hide = true)]
         unsafe_no_visibility_barrier: bool,
     },
+    /// The whole story on a throwaway local PostgreSQL: fill, expand, check, mirror under
+    /// load with backfill, catch up, verify, summary. Needs only the server binaries.
+    Demo(demo::DemoOptions),
     /// Control a running `walshift run` through the database (works from any host).
     Ctl {
         spec: PathBuf,
@@ -92,7 +97,7 @@ fn main() -> ExitCode {
     use std::io::IsTerminal;
     let cli = Cli::parse();
     // Progress bars only for a person at a terminal, with human logs.
-    let bars = (matches!(cli.command, Command::Run { .. })
+    let bars = (matches!(cli.command, Command::Run { .. } | Command::Demo(_))
         && matches!(cli.log_format, LogFormat::Text)
         && std::io::stderr().is_terminal())
     .then(walshift::terminal::multi);
@@ -147,6 +152,10 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 ExitCode::from(1)
             }
         }
+        Command::Demo(opts) => match demo::demo(opts, bars).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("demo failed: {e:#}")),
+        },
         Command::Ctl { spec, action, db } => {
             let (spec, config) = match load(&spec, &db) {
                 Ok(v) => v,

@@ -196,16 +196,17 @@ impl<'a> Ctx<'a> {
     }
 
     /// A query of walshift's own was refused: not the operator's mistake,
-    /// but nothing after it can be trusted either.
+    /// but nothing after it can be trusted either. (Reading partitions locks
+    /// them, so a lock held elsewhere can be the reason.)
     fn query_failed(&mut self, what: &str, refusal: &Refusal) {
-        self.problem(
-            "catalog",
+        let label = "catalog";
+        self.refused(label, refusal, || {
             format!(
-                "reading {what} failed: {}; check that the role can read pg_catalog, and \
-                 report this if it persists",
+                "reading {what} failed: {}; check that the role can read pg_catalog, and report \
+                 this if it persists",
                 refusal.describe(None)
-            ),
-        );
+            )
+        });
     }
 
     async fn relation(&mut self, name: &QualifiedName) -> Result<Lookup, Error> {

@@ -5,7 +5,7 @@
 
 use tokio_postgres::Error;
 
-use super::session::{Refusal, line_at, locate};
+use super::session::{LOCK_TIMEOUT, Refusal, line_at, locate};
 use super::{Ctx, MirrorKind};
 use crate::mirror::sql::{
     Scope, Statement, VerifyOutput, chunk_upper_bound, rows_apply, rows_owner_mismatch,
@@ -26,6 +26,28 @@ fn type_probe(type_name: &str) -> String {
 }
 
 impl Ctx<'_> {
+    /// Report a probe Postgres refused: `message` says what the refusal
+    /// means, unless the probe only gave up waiting for a lock, which says
+    /// nothing about the spec.
+    pub(super) fn refused(
+        &mut self,
+        label: &str,
+        refusal: &Refusal,
+        message: impl FnOnce() -> String,
+    ) {
+        let message = if refusal.is_lock_timeout() {
+            format!(
+                "another session held a lock on a table of this mirror for over {LOCK_TIMEOUT} \
+                 (DDL or a long transaction?), so check could not finish: {}; run check again \
+                 when it is done",
+                refusal.describe(None)
+            )
+        } else {
+            message()
+        };
+        self.problem(label, message);
+    }
+
     /// `None` when `type_name` has equality and ordering; otherwise
     /// Postgres's reason. Cached per type for the whole check.
     pub(super) async fn type_refusal(&mut self, type_name: &str) -> Result<Option<Refusal>, Error> {
@@ -106,15 +128,14 @@ pub(super) async fn prepare_generated(
                 .position
                 .and_then(|p| line_at(&statement.sql, p))
                 .map(|(line, text)| format!("at line {line} of it: {text}"));
-            ctx.problem(
-                label,
+            ctx.refused(label, &refusal, || {
                 format!(
                     "the generated {name} statement does not prepare: {}; the mapping compiles \
                      on its own, so check the types it produces, or report this as a walshift \
                      bug if they are right",
                     refusal.describe(near.as_deref())
-                ),
-            );
+                )
+            });
             return Ok(false);
         }
     }

@@ -267,13 +267,8 @@ async fn describe(
     let statement = match ctx.session.prepare(&sql).await? {
         Ok(statement) => statement,
         Err(refusal) => {
-            ctx.problem(
-                label,
-                format!(
-                    "select does not compile: {}",
-                    refusal_in(&refusal, select, head.chars().count(), "select")
-                ),
-            );
+            let at = refusal_in(&refusal, select, head.chars().count(), "select");
+            ctx.refused(label, &refusal, || format!("select does not compile: {at}"));
             return Ok(None);
         }
     };
@@ -471,14 +466,10 @@ async fn assignable(
     match ctx.session.prepare(&sql).await? {
         Ok(_) => Ok(true),
         Err(refusal) => {
-            ctx.problem(
-                label,
-                format!(
-                    "select: its rows do not fit {}: {}",
-                    t.display,
-                    refusal_in(&refusal, select, head.chars().count(), "select")
-                ),
-            );
+            let at = refusal_in(&refusal, select, head.chars().count(), "select");
+            ctx.refused(label, &refusal, || {
+                format!("select: its rows do not fit {}: {at}", t.display)
+            });
             Ok(false)
         }
     }

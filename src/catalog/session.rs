@@ -30,7 +30,7 @@ use tokio_postgres::{Client, Error, Row, Statement};
 /// instead of waiting: preparing a statement locks its tables, and a
 /// migration's DDL may hold them. Short, because a check that hangs behind a
 /// long transaction tells the operator nothing.
-const LOCK_TIMEOUT: &str = "2s";
+pub(super) const LOCK_TIMEOUT: &str = "2s";
 
 /// A backstop for the row count of small never-analyzed tables and for
 /// catalog queries on very large catalogs.
@@ -68,6 +68,12 @@ impl Refusal {
         }
     }
 
+    /// A lock another session holds made the statement give up: nothing is
+    /// wrong with the statement itself.
+    pub(super) fn is_lock_timeout(&self) -> bool {
+        self.code == LOCK_NOT_AVAILABLE
+    }
+
     /// `message (SQLSTATE code)` plus `; detail` and `; hint: ...` when present;
     /// `at` (e.g. "at line 1, column 5 of the expression") goes inside the
     /// parentheses.
@@ -78,19 +84,15 @@ impl Refusal {
             out.push_str(at);
         }
         out.push(')');
+        // Postgres ends details and hints with a period; mid-line, before
+        // walshift's own advice, it reads as ".;".
         if let Some(detail) = &self.detail {
             out.push_str("; ");
-            out.push_str(detail);
+            out.push_str(detail.trim_end_matches('.'));
         }
         if let Some(hint) = &self.hint {
             out.push_str("; hint: ");
-            out.push_str(hint);
-        }
-        if self.code == LOCK_NOT_AVAILABLE {
-            out.push_str(&format!(
-                "; another session held a lock on the table for over {LOCK_TIMEOUT} (DDL or a \
-                 long transaction?): run check again when it is done"
-            ));
+            out.push_str(hint.trim_end_matches('.'));
         }
         out
     }

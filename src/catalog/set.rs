@@ -34,9 +34,10 @@ pub(super) async fn check(
             ok = false;
             continue;
         };
-        let written_by = if key.iter().any(|k| k.name == *name) {
+        let unwritable = if key.iter().any(|k| k.name == *name) {
             Some(
-                "a key column; the key identifies the row being recomputed, so it cannot be computed itself",
+                "a key column; the key identifies the row being recomputed, so it cannot be \
+                 computed itself",
             )
         } else if column.generated {
             Some("a generated column; Postgres computes it, so it cannot be set")
@@ -45,7 +46,7 @@ pub(super) async fn check(
         } else {
             None
         };
-        if let Some(why) = written_by {
+        if let Some(why) = unwritable {
             ctx.problem(
                 label,
                 format!("{field}: {} is {why}; remove it from set", column.display),
@@ -120,24 +121,22 @@ async fn expression_compiles(
     let probe = format!("{head}{expr}\n) WHERE FALSE");
     if let Err(refusal) = ctx.session.prepare(&probe).await? {
         let at = refusal_in(&refusal, expr, head.chars().count(), "the expression");
-        ctx.problem(
-            label,
-            format!("{field}: the expression does not compile: {at}"),
-        );
+        ctx.refused(label, &refusal, || {
+            format!("{field}: the expression does not compile: {at}")
+        });
         return Ok(false);
     }
     let head = format!("SELECT src.{column} IS DISTINCT FROM (\n");
     let probe = format!("{head}{expr}\n) FROM {table} AS src");
     if let Err(refusal) = ctx.session.prepare(&probe).await? {
         let type_name = source.column(name).map_or("", |c| c.type_name.as_str());
-        ctx.problem(
-            label,
+        let at = refusal_in(&refusal, expr, head.chars().count(), "the expression");
+        ctx.refused(label, &refusal, || {
             format!(
-                "{field}: the stored value cannot be compared with the expression: {}; cast the \
-                 expression to the column's type: (...)::{type_name}",
-                refusal_in(&refusal, expr, head.chars().count(), "the expression")
-            ),
-        );
+                "{field}: the stored value cannot be compared with the expression: {at}; cast \
+                 the expression to the column's type: (...)::{type_name}"
+            )
+        });
         return Ok(false);
     }
     Ok(true)

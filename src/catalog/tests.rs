@@ -126,7 +126,7 @@ fn refusals_are_one_line() {
     assert_eq!(
         refusal.describe(Some("at line 1, column 1 of the expression")),
         "column \"n\" is of type integer but expression is of type text (SQLSTATE 42804, at line \
-         1, column 1 of the expression); hint: You will need to rewrite or cast the expression."
+         1, column 1 of the expression); hint: You will need to rewrite or cast the expression"
     );
     let with_detail = Refusal {
         detail: Some("Key (id)=(1) exists.".into()),
@@ -136,7 +136,7 @@ fn refusals_are_one_line() {
     assert!(
         with_detail
             .describe(None)
-            .ends_with("(SQLSTATE 42804); Key (id)=(1) exists.")
+            .ends_with("(SQLSTATE 42804); Key (id)=(1) exists")
     );
 }
 
