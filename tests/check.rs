@@ -500,6 +500,33 @@ async fn role_without_privileges() {
     );
 }
 
+/// Issue 3: where the replication origin functions are not permitted,
+/// walshift still works — so check must not refuse, only say what it costs
+/// and how to avoid it.
+#[tokio::test]
+async fn missing_origin_rights_are_a_note_not_a_problem() {
+    let db = fresh_db().await;
+    let role = format!("{}_app", db.name());
+    let setup = format!(
+        "{SHOP}CREATE ROLE {role} LOGIN REPLICATION;
+         GRANT CREATE ON DATABASE {db} TO {role};
+         ALTER TABLE users OWNER TO {role};",
+        db = db.name()
+    );
+    let conninfo = format!("{} user={role}", db.conninfo());
+    let report = check_as(&db, &conninfo, &setup, USERS_STATUS).await;
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    let notes = report.plan.expect("a plan").notes.join("\n");
+    assert_mentions(
+        &notes,
+        &[
+            &format!("role {role} may not execute the replication origin functions"),
+            "walshift works without them",
+            "GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text)",
+        ],
+    );
+}
+
 #[tokio::test]
 async fn every_problem_is_collected() {
     let text = format!(
