@@ -155,6 +155,12 @@ impl TxnAssembler {
         self.open.is_some()
     }
 
+    /// Whether the open transaction is walshift's own echo: its row changes
+    /// need not even be decoded (the Origin message comes right after Begin).
+    pub fn skipping(&self) -> bool {
+        self.open.as_ref().is_some_and(|t| t.echo)
+    }
+
     pub fn feed(&mut self, msg: LogicalMessage) -> Result<Assembled, AssembleError> {
         match msg {
             LogicalMessage::Begin(b) => {
@@ -269,6 +275,9 @@ impl TxnAssembler {
             .open
             .as_mut()
             .ok_or(AssembleError::OutsideTransaction { message: "change" })?;
+        if txn.echo {
+            return Ok(());
+        }
         for (mirror, cols) in positions {
             for tuple in tuples {
                 let key = extract(tuple, cols).map_err(|c| {
@@ -493,6 +502,31 @@ mod tests {
             vec![begin(2), origin("subscription_feed"), ins, commit(3)],
         );
         assert!(!c.echo && c.has_work());
+    }
+
+    #[test]
+    fn echo_transactions_are_skipped_from_the_origin_message_on() {
+        let mut a = users();
+        a.feed(begin(1)).unwrap();
+        assert!(!a.skipping());
+        a.feed(LogicalMessage::Origin(Origin {
+            origin_lsn: Lsn(0),
+            name: "walshift_x".into(),
+        }))
+        .unwrap();
+        assert!(a.skipping(), "the run loop may drop row changes undecoded");
+        a.feed(rel(10, &["id"])).unwrap();
+        a.feed(LogicalMessage::Insert(Insert {
+            xid: None,
+            relid: 10,
+            new_tuple: vec![t("1")],
+        }))
+        .unwrap();
+        let Assembled::Committed(c) = a.feed(commit(5)).unwrap() else {
+            panic!()
+        };
+        assert!(c.echo && c.mirrors[0].keys.is_empty());
+        assert!(!a.skipping());
     }
 
     #[test]
