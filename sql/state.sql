@@ -40,3 +40,14 @@ CREATE TABLE IF NOT EXISTS walshift.backfill (
     updated_at    timestamptz,
     PRIMARY KEY (name, mirror)
 );
+
+-- Written every second by a running `run`: lag measured end to end with a
+-- watermark through the stream, byte lag behind the server's WAL, and a
+-- heartbeat that tells `status` and `wait` whether a run is alive.
+ALTER TABLE walshift.migration
+    ADD COLUMN IF NOT EXISTS lag_seconds     float8,
+    ADD COLUMN IF NOT EXISTS lag_bytes       bigint,
+    ADD COLUMN IF NOT EXISTS lag_measured_at timestamptz,
+    ADD COLUMN IF NOT EXISTS run_heartbeat   timestamptz,
+    ADD COLUMN IF NOT EXISTS run_host        text,
+    ADD COLUMN IF NOT EXISTS run_pid         int;

@@ -18,6 +18,7 @@ pub mod conninfo;
 pub mod error_policy;
 pub mod estimate;
 pub mod ident;
+pub mod lag;
 pub mod lsn;
 pub mod mirror;
 pub mod pgoutput;

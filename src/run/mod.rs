@@ -17,6 +17,7 @@
 mod setup;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -34,7 +35,7 @@ use crate::mirror::txn::{Assembled, MirrorSource, TxnAssembler};
 use crate::pgoutput::{Decoder, DecoderOptions};
 use crate::replication::{LogicalStream, ReplicationClient, ReplicationEvent, StreamOptions};
 use crate::spec::Spec;
-use crate::{Lsn, state};
+use crate::{Lsn, lag, state};
 
 /// Startup parameters of the replication connection. Key values travel as
 /// the walsender prints them, and the apply session casts them back, so both
@@ -154,6 +155,73 @@ pub struct Totals {
 #[derive(Clone, Default)]
 pub struct Observed {
     pub progress: SharedProgress,
+    /// Watermark lag (emit -> applied).
+    pub watermarks: Arc<lag::Watermarks>,
+    /// The last LSN confirmed to the server.
+    pub confirmed: Arc<AtomicU64>,
+}
+
+impl Observed {
+    fn confirm(&self, feedback: &crate::replication::Feedback, totals: &mut Totals, lsn: Lsn) {
+        feedback.confirm(lsn);
+        totals.confirmed = totals.confirmed.max(lsn);
+        self.confirmed.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+}
+
+/// How often a watermark is emitted (and lag and heartbeat recorded).
+pub const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Emits watermarks and records lag and heartbeat, on a session of its own so
+/// a busy applier does not delay the measurement.
+async fn emit_watermarks(config: ConnConfig, name: String, observed: Observed) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let pid = std::process::id() as i32;
+    let mut tick = tokio::time::interval(WATERMARK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        tick.tick().await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            match config
+                .with_application_name("walshift-lag")
+                .connect_sql()
+                .await
+            {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "watermark session: cannot connect");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let seq = observed.watermarks.emit(Instant::now());
+        if let Err(e) = c
+            .execute(
+                "SELECT pg_logical_emit_message(false, $1, $2)",
+                &[&lag::PREFIX, &lag::content(&name, seq)],
+            )
+            .await
+        {
+            observed.watermarks.cancel(seq);
+            tracing::debug!(error = %e, "cannot emit a watermark");
+            continue;
+        }
+        let lag = observed
+            .watermarks
+            .lag(Instant::now())
+            .map(|d| d.as_secs_f64());
+        let confirmed = Lsn(observed.confirmed.load(Ordering::Acquire)).to_string();
+        if let Err(e) = c
+            .execute(state::RECORD_LAG, &[&name, &lag, &confirmed, &host, &pid])
+            .await
+        {
+            tracing::debug!(error = %e, "cannot record lag");
+        }
+    }
 }
 
 /// Checks the spec against the database, creates what is missing, and
@@ -340,6 +408,14 @@ async fn session(
     let _abort_applier = AbortOnDrop(apply_task);
 
     let mut in_flight = false;
+    // Watermarks wait for the transactions received before them.
+    let mut watermarks = lag::Pending::default();
+    let (mut received_txns, mut applied_txns) = (0u64, 0u64);
+    let _emitter = AbortOnDrop(tokio::spawn(emit_watermarks(
+        config.clone(),
+        spec.name.clone(),
+        observed.clone(),
+    )));
     // Receive time of the oldest unapplied work, in flight and pending: the
     // live apply lag the backfill yields to.
     let mut in_flight_since: Option<Instant> = None;
@@ -358,8 +434,9 @@ async fn session(
                     return Err(SessionError::stop("the applier task ended unexpectedly"));
                 }
             } else {
-                feedback.confirm(batch.end_lsn);
-                totals.confirmed = totals.confirmed.max(batch.end_lsn);
+                observed.confirm(&feedback, totals, batch.end_lsn);
+                applied_txns += batch.txns as u64;
+                release_watermarks(&mut watermarks, applied_txns, observed);
             }
         }
         let may_read = !in_flight || pending.key_count() < opts.max_batch_keys;
@@ -394,8 +471,9 @@ async fn session(
                 live_lag.set(pending_since);
                 in_flight_since = None;
                 let stats = result?;
-                feedback.confirm(batch.end_lsn);
-                totals.confirmed = totals.confirmed.max(batch.end_lsn);
+                observed.confirm(&feedback, totals, batch.end_lsn);
+                applied_txns += batch.txns as u64;
+                release_watermarks(&mut watermarks, applied_txns, observed);
                 totals.batches += 1;
                 totals.keys += stats.keys as u64;
                 totals.rows_written += stats.rows_written;
@@ -426,10 +504,17 @@ async fn session(
                                     live_lag.set(in_flight_since.or(pending_since));
                                 }
                                 totals.txns += 1;
+                                received_txns += 1;
                                 totals.echo_txns += txn.echo as u64;
                                 pending.add(txn, opts.max_txn_keys);
                             }
-                            Assembled::Message { .. } | Assembled::Nothing => {}
+                            Assembled::Message { prefix, content, .. } => {
+                                if let Some(seq) = lag::parse(&spec.name, &prefix, &content) {
+                                    watermarks.arrived(seq, received_txns);
+                                    release_watermarks(&mut watermarks, applied_txns, observed);
+                                }
+                            }
+                            Assembled::Nothing => {}
                         }
                     }
                     Some(Ok(ReplicationEvent::Keepalive { wal_end, .. })) => {
@@ -437,8 +522,7 @@ async fn session(
                         // keepalive is applied, so the slot may move on and
                         // an idle slot does not pin WAL.
                         if !in_flight && pending.txns == 0 && !assembler.in_transaction() {
-                            feedback.confirm(wal_end);
-                            totals.confirmed = totals.confirmed.max(wal_end);
+                            observed.confirm(&feedback, totals, wal_end);
                         }
                     }
                 }
@@ -456,6 +540,13 @@ async fn session(
                 );
             }
         }
+    }
+}
+
+fn release_watermarks(pending: &mut lag::Pending, applied_txns: u64, observed: &Observed) {
+    let now = Instant::now();
+    for seq in pending.release(applied_txns) {
+        observed.watermarks.applied(seq, now);
     }
 }
 

@@ -1,0 +1,180 @@
+//! Lag, measured end to end with watermarks (DESIGN.md §4).
+//!
+//! `run` emits `pg_logical_emit_message(false, 'walshift', '<name>:<n>')`
+//! every interval. The message travels through the WAL and the slot like any
+//! change; it counts as *applied* once every transaction received before it
+//! is committed in the targets. The time from emit to applied is the lag.
+//! Both ends are timed with this process's monotonic clock, so the figure
+//! holds whatever the server's clock says.
+//!
+//! A watermark that has not come back yet makes the lag grow with its age:
+//! a stalled stream shows as rising lag, not as the last good figure.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The logical message prefix of walshift's watermarks.
+pub const PREFIX: &str = "walshift";
+
+/// The content of watermark `seq` of spec `name`.
+pub fn content(name: &str, seq: u64) -> String {
+    format!("{name}:{seq}")
+}
+
+/// The sequence number of a watermark of spec `name`, if `content` is one.
+/// Other specs' watermarks pass through every slot of the database too.
+pub fn parse(name: &str, prefix: &str, content: &[u8]) -> Option<u64> {
+    if prefix != PREFIX {
+        return None;
+    }
+    let text = std::str::from_utf8(content).ok()?;
+    let (n, seq) = text.rsplit_once(':')?;
+    (n == name).then(|| seq.parse().ok()).flatten()
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Emitted, not yet applied: (seq, emitted at).
+    in_flight: VecDeque<(u64, Instant)>,
+    next: u64,
+    /// The last applied watermark's lag and when it was applied.
+    last: Option<(Duration, Instant)>,
+}
+
+/// Watermarks of one `run`.
+#[derive(Debug, Default)]
+pub struct Watermarks {
+    inner: Mutex<Inner>,
+}
+
+/// At most this many watermarks are remembered; older ones are dropped (a
+/// stream that stopped returning them still shows rising lag).
+const MAX_IN_FLIGHT: usize = 4096;
+
+impl Watermarks {
+    /// Takes the next sequence number and records its emit time.
+    pub fn emit(&self, now: Instant) -> u64 {
+        let mut i = self.inner.lock().expect("watermarks lock");
+        let seq = i.next;
+        i.next += 1;
+        i.in_flight.push_back((seq, now));
+        if i.in_flight.len() > MAX_IN_FLIGHT {
+            i.in_flight.pop_front();
+        }
+        seq
+    }
+
+    /// Forgets a watermark whose emit failed.
+    pub fn cancel(&self, seq: u64) {
+        let mut i = self.inner.lock().expect("watermarks lock");
+        i.in_flight.retain(|(s, _)| *s != seq);
+    }
+
+    /// Watermark `seq` is applied: returns its lag. Older watermarks still in
+    /// flight are dropped (they were lost, e.g. emitted before a reconnect).
+    pub fn applied(&self, seq: u64, now: Instant) -> Option<Duration> {
+        let mut i = self.inner.lock().expect("watermarks lock");
+        let pos = i.in_flight.iter().position(|(s, _)| *s == seq)?;
+        let (_, at) = i.in_flight[pos];
+        i.in_flight.drain(..=pos);
+        let lag = now.saturating_duration_since(at);
+        i.last = Some((lag, now));
+        Some(lag)
+    }
+
+    /// The lag now: the last measured one, or the age of the oldest
+    /// watermark still out if that is larger.
+    pub fn lag(&self, now: Instant) -> Option<Duration> {
+        let i = self.inner.lock().expect("watermarks lock");
+        let waiting = i
+            .in_flight
+            .front()
+            .map(|(_, at)| now.saturating_duration_since(*at));
+        match (i.last.map(|(l, _)| l), waiting) {
+            (Some(l), Some(w)) => Some(l.max(w)),
+            (Some(l), None) => Some(l),
+            (None, w) => w,
+        }
+    }
+}
+
+/// Watermarks in stream order, waiting for the transactions before them.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// (seq, transactions received before it).
+    queue: VecDeque<(u64, u64)>,
+}
+
+impl Pending {
+    /// Watermark `seq` arrived after `received` transactions.
+    pub fn arrived(&mut self, seq: u64, received: u64) {
+        self.queue.push_back((seq, received));
+    }
+
+    /// Pops the watermarks whose preceding transactions are all applied.
+    pub fn release(&mut self, applied: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(&(seq, before)) = self.queue.front() {
+            if before > applied {
+                break;
+            }
+            out.push(seq);
+            self.queue.pop_front();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_only_our_own_watermarks() {
+        assert_eq!(parse("users-status", PREFIX, b"users-status:42"), Some(42));
+        assert_eq!(parse("users-status", PREFIX, b"other:42"), None);
+        assert_eq!(
+            parse("users-status", "other-tool", b"users-status:42"),
+            None
+        );
+        assert_eq!(parse("a:b", PREFIX, content("a:b", 7).as_bytes()), Some(7));
+        assert_eq!(parse("x", PREFIX, b"x:notanumber"), None);
+    }
+
+    #[test]
+    fn lag_is_emit_to_applied_and_grows_while_waiting() {
+        let w = Watermarks::default();
+        let t0 = Instant::now();
+        let a = w.emit(t0);
+        let b = w.emit(t0 + Duration::from_millis(100));
+        assert_eq!(
+            w.applied(a, t0 + Duration::from_millis(30)),
+            Some(Duration::from_millis(30))
+        );
+        // b is still out: at t0+1s it has waited 900 ms.
+        assert_eq!(
+            w.lag(t0 + Duration::from_secs(1)),
+            Some(Duration::from_millis(900))
+        );
+        assert_eq!(
+            w.applied(b, t0 + Duration::from_millis(150)),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            w.lag(t0 + Duration::from_secs(5)),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(w.applied(b, t0), None, "applied once");
+    }
+
+    #[test]
+    fn a_watermark_waits_for_the_transactions_before_it() {
+        let mut p = Pending::default();
+        p.arrived(1, 10);
+        p.arrived(2, 12);
+        assert_eq!(p.release(9), Vec::<u64>::new());
+        assert_eq!(p.release(10), vec![1]);
+        assert_eq!(p.release(20), vec![2]);
+    }
+}
