@@ -51,3 +51,7 @@ ALTER TABLE walshift.migration
     ADD COLUMN IF NOT EXISTS run_heartbeat   timestamptz,
     ADD COLUMN IF NOT EXISTS run_host        text,
     ADD COLUMN IF NOT EXISTS run_pid         int;
+
+-- Also written every second by a running `run`.
+ALTER TABLE walshift.migration ADD COLUMN IF NOT EXISTS throttle_reason text;
+ALTER TABLE walshift.backfill ADD COLUMN IF NOT EXISTS rows_per_second float8;

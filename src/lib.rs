@@ -26,6 +26,7 @@ pub mod relcache;
 pub mod replication;
 pub mod run;
 pub mod spec;
+pub mod status;
 pub mod state;
 pub mod throttle;
 pub mod terminal;

@@ -75,6 +75,27 @@ enum Command {
     /// The whole story on a throwaway local PostgreSQL: fill, expand, check, mirror under
     /// load with backfill, catch up, verify, summary. Needs only the server binaries.
     Demo(demo::DemoOptions),
+    /// Phase, backfill progress and ETA, lag, throttle state, slot health, whether a run is alive.
+    Status {
+        spec: PathBuf,
+        /// Machine-readable output (stable; fields are only ever added).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Block until backfill is complete and lag is under the bound (exit 0), or time out (exit 1).
+    Wait {
+        spec: PathBuf,
+        /// Give up after this long (e.g. 10m); default: wait forever.
+        #[arg(long, value_parser = walshift::spec::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Lag bound for "ready".
+        #[arg(long, value_parser = walshift::spec::parse_duration, default_value = "1s")]
+        max_lag: std::time::Duration,
+        #[command(flatten)]
+        db: Db,
+    },
     /// Control a running `walshift run` through the database (works from any host).
     Ctl {
         spec: PathBuf,
@@ -156,6 +177,42 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("demo failed: {e:#}")),
         },
+        Command::Status { spec, json, db } => {
+            let (spec, config) = match load(&spec, &db) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let client = match config.connect_sql().await {
+                Ok(c) => c,
+                Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+            };
+            match walshift::status::read(&client, &spec).await {
+                Ok(s) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&s).expect("status serializes")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(s) => {
+                    print!("{}", s.render());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&walshift::error_policy::pg_message(&e)),
+            }
+        }
+        Command::Wait {
+            spec,
+            timeout,
+            max_lag,
+            db,
+        } => {
+            let (spec, config) = match load(&spec, &db) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            wait(&spec, &config, timeout, max_lag).await
+        }
         Command::Ctl { spec, action, db } => {
             let (spec, config) = match load(&spec, &db) {
                 Ok(v) => v,
@@ -264,6 +321,65 @@ async fn print_estimates(client: &mut tokio_postgres::Client, plan: &catalog::Pl
         "backfill estimate, all mirrors: ~{} unthrottled",
         walshift::estimate::human_eta(total)
     );
+}
+
+/// Polls status until ready; prints what it waits for whenever that changes.
+async fn wait(
+    spec: &Spec,
+    config: &ConnConfig,
+    timeout: Option<std::time::Duration>,
+    max_lag: std::time::Duration,
+) -> ExitCode {
+    let started = std::time::Instant::now();
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut last = String::new();
+    loop {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            match config.connect_sql().await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    let msg = format!("cannot connect to {}: {e}", config.redacted());
+                    if msg != last {
+                        eprintln!("walshift wait: {msg}; retrying");
+                        last = msg;
+                    }
+                }
+            }
+        }
+        if let Some(c) = &client {
+            match walshift::status::read(c, spec).await {
+                Ok(s) => match s.waiting_for(max_lag) {
+                    None => {
+                        println!(
+                            "ready: backfill complete, lag {:.0} ms <= {} ms",
+                            s.lag.seconds.unwrap_or(0.0) * 1000.0,
+                            max_lag.as_millis()
+                        );
+                        return ExitCode::SUCCESS;
+                    }
+                    Some(w) => {
+                        // Progress numbers change every poll; report the kind.
+                        let kind = w.split(':').next().unwrap_or(&w).to_string();
+                        if kind != last {
+                            eprintln!("walshift wait: waiting for {w}");
+                            last = kind;
+                        }
+                    }
+                },
+                Err(e) => {
+                    eprintln!("walshift wait: {}", walshift::error_policy::pg_message(&e));
+                    client = None;
+                }
+            }
+        }
+        if let Some(t) = timeout {
+            if started.elapsed() >= t {
+                eprintln!("walshift wait: timed out after {t:?} ({last})");
+                return ExitCode::from(1);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 async fn ctl(spec: &Spec, config: &ConnConfig, action: CtlAction) -> ExitCode {

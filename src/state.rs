@@ -141,11 +141,16 @@ pub async fn set_backfill_paused(
     Ok(n == 1)
 }
 
-/// Records the lag and the run's heartbeat (params: name, lag seconds or
-/// NULL, confirmed LSN as text, host, pid). Byte lag is measured here, on the
-/// server, against its current WAL position.
+/// Records the lag, the throttle state and the run's heartbeat (params: name,
+/// lag seconds or NULL, confirmed LSN as text, host, pid, throttle reason or
+/// NULL). Byte lag is measured here, on the server, against its current WAL
+/// position.
 pub const RECORD_LAG: &str = "UPDATE walshift.migration
     SET lag_seconds = $2::float8,
         lag_bytes = greatest(pg_wal_lsn_diff(pg_current_wal_lsn(), $3::text::pg_lsn), 0)::bigint,
-        lag_measured_at = now(), run_heartbeat = now(), run_host = $4, run_pid = $5
+        lag_measured_at = now(), run_heartbeat = now(), run_host = $4, run_pid = $5,
+        throttle_reason = $6
     WHERE name = $1";
+
+/// Records a mirror's backfill rate (params: name, mirror, rows per second).
+pub const RECORD_RATE: &str = "UPDATE walshift.backfill SET rows_per_second = $3::float8 WHERE name = $1 AND mirror = $2 AND NOT done";

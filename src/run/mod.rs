@@ -215,11 +215,20 @@ async fn emit_watermarks(config: ConnConfig, name: String, observed: Observed) {
             .lag(Instant::now())
             .map(|d| d.as_secs_f64());
         let confirmed = Lsn(observed.confirmed.load(Ordering::Acquire)).to_string();
+        let progress = observed.progress.lock().expect("progress lock").clone();
         if let Err(e) = c
-            .execute(state::RECORD_LAG, &[&name, &lag, &confirmed, &host, &pid])
+            .execute(
+                state::RECORD_LAG,
+                &[&name, &lag, &confirmed, &host, &pid, &progress.throttle],
+            )
             .await
         {
             tracing::debug!(error = %e, "cannot record lag");
+        }
+        for m in progress.mirrors.iter().filter(|m| !m.done) {
+            let _ = c
+                .execute(state::RECORD_RATE, &[&name, &(m.mirror as i32), &m.rate])
+                .await;
         }
     }
 }

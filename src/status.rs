@@ -1,0 +1,423 @@
+//! `walshift status` and the one definition of *ready* that `status`,
+//! `wait` (and `/readyz`) share: backfill complete, a `run` alive, and
+//! watermark lag under the bound.
+//!
+//! Everything here is read from the database (walshift's state, which a
+//! running `run` refreshes every second, and `pg_replication_slots`), so it
+//! works from any host and whether or not a `run` is alive.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::estimate::human_eta;
+use crate::spec::Spec;
+use crate::throttle::human_bytes;
+
+/// A heartbeat older than this means no `run` is alive (it writes one every
+/// second).
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(5);
+
+/// The documented `status --json` shape. Fields are only ever added.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Status {
+    pub name: String,
+    /// `not-started`, `backfilling`, `mirroring`, `stopped`.
+    pub phase: String,
+    /// Ready under the default bound (`wait` and `/readyz` may pass another).
+    pub ready: bool,
+    pub run: RunState,
+    pub lag: LagState,
+    pub backfill: BackfillState,
+    pub slot: SlotState,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct RunState {
+    /// A `run` wrote its heartbeat within the last 5 s and holds the slot.
+    pub alive: bool,
+    pub host: Option<String>,
+    pub pid: Option<i32>,
+    pub heartbeat_age_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct LagState {
+    /// Watermark round trip (emit -> applied), seconds.
+    pub seconds: Option<f64>,
+    /// Server WAL position minus walshift's confirmed position.
+    pub bytes: Option<i64>,
+    pub measured_age_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct BackfillState {
+    pub complete: bool,
+    pub paused: bool,
+    /// Why history waits right now (`None` while it runs or when done).
+    pub throttle: Option<String>,
+    pub mirrors: Vec<MirrorBackfill>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct MirrorBackfill {
+    pub mirror: i32,
+    pub rows_done: i64,
+    pub rows_estimate: i64,
+    pub chunks: i64,
+    pub done: bool,
+    pub rows_per_second: Option<f64>,
+    pub eta_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct SlotState {
+    pub name: String,
+    pub exists: bool,
+    pub active: bool,
+    /// `reserved`, `extended`, `unreserved`, `lost` (pg_replication_slots).
+    pub wal_status: Option<String>,
+    /// WAL the slot keeps from being recycled.
+    pub retained_bytes: Option<i64>,
+    pub confirmed_flush_lsn: Option<String>,
+}
+
+/// Default lag bound for `ready` in `status` (and `wait` without `--max-lag`).
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(1);
+
+impl Status {
+    /// The readiness definition, in one place.
+    pub fn is_ready(&self, max_lag: Duration) -> bool {
+        self.backfill.complete
+            && self.run.alive
+            && self.lag.seconds.is_some_and(|l| l <= max_lag.as_secs_f64())
+            && self
+                .lag
+                .measured_age_seconds
+                .is_some_and(|a| a <= HEARTBEAT_STALE.as_secs_f64())
+    }
+
+    /// What `wait` is waiting for, in words; `None` when ready.
+    pub fn waiting_for(&self, max_lag: Duration) -> Option<String> {
+        if self.phase == "not-started" {
+            return Some("walshift run has not started for this spec in this database".into());
+        }
+        if !self.run.alive {
+            return Some(
+                "no walshift run is alive (no heartbeat in 5s, or the slot is inactive)".into(),
+            );
+        }
+        if !self.backfill.complete {
+            let done: i64 = self.backfill.mirrors.iter().map(|m| m.rows_done).sum();
+            let est: i64 = self.backfill.mirrors.iter().map(|m| m.rows_estimate).sum();
+            let mut s = format!("backfill: {done} of ~{est} rows");
+            if let Some(t) = &self.backfill.throttle {
+                s.push_str(&format!(" (throttled: {t})"));
+            }
+            return Some(s);
+        }
+        match self.lag.seconds {
+            Some(l) if l <= max_lag.as_secs_f64() && self.is_ready(max_lag) => None,
+            Some(l) => Some(format!("lag {:.3}s > {:.3}s", l, max_lag.as_secs_f64())),
+            None => Some("no lag measured yet".into()),
+        }
+    }
+
+    /// The one-screen summary.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ready = if self.ready { "READY" } else { "not ready" };
+        out.push_str(&format!(
+            "walshift {}: {} ({ready})\n",
+            self.name, self.phase
+        ));
+        match (&self.run.host, self.run.pid, self.run.alive) {
+            (Some(h), Some(p), true) => {
+                out.push_str(&format!("  run:       alive (pid {p} on {h})\n"))
+            }
+            _ => out.push_str("  run:       not running\n"),
+        }
+        let lag = match (self.lag.seconds, self.lag.bytes) {
+            (Some(s), Some(b)) => format!(
+                "{:.0} ms, {} behind",
+                s * 1000.0,
+                human_bytes(b.max(0) as u64)
+            ),
+            _ => "not measured".into(),
+        };
+        out.push_str(&format!("  lag:       {lag}\n"));
+        let bf = if self.backfill.complete {
+            "complete".to_string()
+        } else if self.backfill.paused {
+            "paused by the operator".to_string()
+        } else if let Some(t) = &self.backfill.throttle {
+            format!("throttled: {t}")
+        } else {
+            "running".to_string()
+        };
+        out.push_str(&format!("  backfill:  {bf}\n"));
+        for m in &self.backfill.mirrors {
+            let pct = if m.rows_estimate > 0 {
+                100.0 * m.rows_done as f64 / m.rows_estimate as f64
+            } else if m.done {
+                100.0
+            } else {
+                0.0
+            };
+            let tail = if m.done {
+                "done".to_string()
+            } else {
+                let rate = m
+                    .rows_per_second
+                    .map(|r| format!("{r:.0} rows/s"))
+                    .unwrap_or_else(|| "-".into());
+                let eta = m
+                    .eta_seconds
+                    .map(|s| human_eta(Duration::from_secs_f64(s)))
+                    .unwrap_or_else(|| "?".into());
+                format!("{rate}, ETA {eta}")
+            };
+            out.push_str(&format!(
+                "    mirror {}: {}/{} rows ({:.1}%), {} chunks, {tail}\n",
+                m.mirror,
+                m.rows_done,
+                m.rows_estimate,
+                pct.min(100.0),
+                m.chunks
+            ));
+        }
+        let slot = if self.slot.exists {
+            format!(
+                "{} {}, wal_status {}, retains {}",
+                self.slot.name,
+                if self.slot.active {
+                    "active"
+                } else {
+                    "inactive"
+                },
+                self.slot.wal_status.as_deref().unwrap_or("?"),
+                self.slot
+                    .retained_bytes
+                    .map(|b| human_bytes(b.max(0) as u64))
+                    .unwrap_or_else(|| "?".into())
+            )
+        } else {
+            format!("{} does not exist", self.slot.name)
+        };
+        out.push_str(&format!("  slot:      {slot}\n"));
+        out
+    }
+}
+
+/// Reads the status of `spec` from the database.
+pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres::Error> {
+    let slot_name = spec.slot_name();
+    let slot = client
+        .query_opt(
+            "SELECT active, wal_status::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+                    confirmed_flush_lsn::text
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot_name],
+        )
+        .await?;
+    let slot = match slot {
+        Some(r) => SlotState {
+            name: slot_name.clone(),
+            exists: true,
+            active: r.get(0),
+            wal_status: r.get(1),
+            retained_bytes: r.get(2),
+            confirmed_flush_lsn: r.get(3),
+        },
+        None => SlotState {
+            name: slot_name.clone(),
+            ..Default::default()
+        },
+    };
+    let has_state = client
+        .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    // As JSON, so a state table written by an older walshift (fewer
+    // columns) still reads: missing fields are simply absent.
+    let row: Option<serde_json::Value> = if has_state {
+        client
+            .query_opt(
+                "SELECT (to_jsonb(m) || jsonb_build_object(
+                            'lag_age', extract(epoch FROM now() - (to_jsonb(m)->>'lag_measured_at')::timestamptz),
+                            'heartbeat_age', extract(epoch FROM now() - (to_jsonb(m)->>'run_heartbeat')::timestamptz)))::text
+                 FROM walshift.migration m WHERE name = $1",
+                &[&spec.name],
+            )
+            .await?
+            .and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok())
+    } else {
+        None
+    };
+    let Some(row) = row else {
+        return Ok(Status {
+            name: spec.name.clone(),
+            phase: "not-started".into(),
+            ready: false,
+            run: RunState::default(),
+            lag: LagState::default(),
+            backfill: BackfillState::default(),
+            slot,
+        });
+    };
+    let f64_of = |k: &str| {
+        row.get(k)
+            .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
+    };
+    let str_of = |k: &str| row.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let heartbeat_age = f64_of("heartbeat_age");
+    let alive = slot.active && heartbeat_age.is_some_and(|a| a <= HEARTBEAT_STALE.as_secs_f64());
+    let mirrors: Vec<MirrorBackfill> = client
+        .query(
+            "SELECT mirror, rows_done, coalesce(rows_estimate, 0), chunks, done,
+                    (to_jsonb(b)->>'rows_per_second')::float8
+             FROM walshift.backfill b WHERE name = $1 ORDER BY mirror",
+            &[&spec.name],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let (done_rows, est, done, rate): (i64, i64, bool, Option<f64>) =
+                (r.get(1), r.get(2), r.get(4), r.get(5));
+            let eta = if done {
+                Some(0.0)
+            } else {
+                rate.filter(|r| *r > 0.0)
+                    .map(|r| (est - done_rows).max(0) as f64 / r)
+            };
+            MirrorBackfill {
+                mirror: r.get(0),
+                rows_done: done_rows,
+                rows_estimate: est,
+                chunks: r.get(3),
+                done,
+                rows_per_second: rate.filter(|_| !done),
+                eta_seconds: eta,
+            }
+        })
+        .collect();
+    let complete = mirrors.len() == spec.mirrors.len() && mirrors.iter().all(|m| m.done);
+    let paused = row
+        .get("backfill_paused")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let mut status = Status {
+        name: spec.name.clone(),
+        phase: String::new(),
+        ready: false,
+        run: RunState {
+            alive,
+            host: str_of("run_host"),
+            pid: row
+                .get("run_pid")
+                .and_then(|v| v.as_i64())
+                .map(|p| p as i32),
+            heartbeat_age_seconds: heartbeat_age,
+        },
+        lag: LagState {
+            seconds: f64_of("lag_seconds"),
+            bytes: row.get("lag_bytes").and_then(|v| v.as_i64()),
+            measured_age_seconds: f64_of("lag_age"),
+        },
+        backfill: BackfillState {
+            complete,
+            paused,
+            throttle: if complete {
+                None
+            } else {
+                str_of("throttle_reason")
+            },
+            mirrors,
+        },
+        slot,
+    };
+    status.phase = if !alive {
+        "stopped"
+    } else if !complete {
+        "backfilling"
+    } else {
+        "mirroring"
+    }
+    .into();
+    status.ready = status.is_ready(DEFAULT_MAX_LAG);
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(complete: bool, alive: bool, lag: Option<f64>) -> Status {
+        Status {
+            name: "x".into(),
+            phase: "mirroring".into(),
+            ready: false,
+            run: RunState {
+                alive,
+                ..Default::default()
+            },
+            lag: LagState {
+                seconds: lag,
+                bytes: Some(0),
+                measured_age_seconds: Some(0.5),
+            },
+            backfill: BackfillState {
+                complete,
+                ..Default::default()
+            },
+            slot: SlotState::default(),
+        }
+    }
+
+    #[test]
+    fn ready_needs_backfill_a_live_run_and_small_lag() {
+        let bound = Duration::from_secs(1);
+        assert!(status(true, true, Some(0.2)).is_ready(bound));
+        assert!(!status(false, true, Some(0.2)).is_ready(bound));
+        assert!(!status(true, false, Some(0.2)).is_ready(bound));
+        assert!(!status(true, true, Some(1.5)).is_ready(bound));
+        assert!(!status(true, true, None).is_ready(bound));
+        let mut stale = status(true, true, Some(0.1));
+        stale.lag.measured_age_seconds = Some(30.0);
+        assert!(!stale.is_ready(bound), "an old measurement proves nothing");
+    }
+
+    #[test]
+    fn waiting_for_says_what_is_missing() {
+        let bound = Duration::from_secs(1);
+        assert!(
+            status(false, true, Some(0.1))
+                .waiting_for(bound)
+                .unwrap()
+                .starts_with("backfill")
+        );
+        assert!(
+            status(true, false, Some(0.1))
+                .waiting_for(bound)
+                .unwrap()
+                .contains("no walshift run")
+        );
+        assert_eq!(
+            status(true, true, Some(2.0)).waiting_for(bound).unwrap(),
+            "lag 2.000s > 1.000s"
+        );
+        assert_eq!(status(true, true, Some(0.1)).waiting_for(bound), None);
+    }
+
+    #[test]
+    fn json_shape_is_stable() {
+        let v = serde_json::to_value(status(true, true, Some(0.1))).unwrap();
+        for key in ["name", "phase", "ready", "run", "lag", "backfill", "slot"] {
+            assert!(v.get(key).is_some(), "{key} missing");
+        }
+        assert!(v["lag"].get("seconds").is_some() && v["lag"].get("bytes").is_some());
+        assert!(v["backfill"].get("mirrors").is_some());
+    }
+}
