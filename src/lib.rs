@@ -13,6 +13,7 @@
 
 pub mod backfill;
 pub mod catalog;
+pub mod cleanup;
 pub mod cluster;
 pub mod conninfo;
 pub mod error_policy;
@@ -31,5 +32,6 @@ pub mod state;
 pub mod throttle;
 pub mod terminal;
 pub mod tls;
+pub mod verify;
 
 pub use lsn::Lsn;

@@ -96,6 +96,28 @@ enum Command {
         #[command(flatten)]
         db: Db,
     },
+    /// Prove every target equals the mapping of its source (chunk by chunk), then run the gates.
+    /// Exit 0 only if everything matches and every gate passes.
+    Verify {
+        spec: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Example keys shown per mirror.
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Drop the slot, publication, origin and state of a spec (after the contract step).
+    Cleanup {
+        spec: PathBuf,
+        /// Terminate a running walshift's stream instead of refusing.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        db: Db,
+    },
     /// Control a running `walshift run` through the database (works from any host).
     Ctl {
         spec: PathBuf,
@@ -116,6 +138,12 @@ enum CtlAction {
 
 fn main() -> ExitCode {
     use std::io::IsTerminal;
+    // `walshift status | head` should end quietly like any Unix tool, not
+    // panic on a closed pipe: restore SIGPIPE's default action.
+    // SAFETY: called before any thread starts; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     // Progress bars only for a person at a terminal, with human logs.
     let bars = (matches!(cli.command, Command::Run { .. } | Command::Demo(_))
@@ -212,6 +240,77 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 Err(code) => return code,
             };
             wait(&spec, &config, timeout, max_lag).await
+        }
+        Command::Verify {
+            spec,
+            json,
+            examples,
+            db,
+        } => {
+            let (spec, config) = match load(&spec, &db) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let client = match config.connect_sql().await {
+                Ok(c) => c,
+                Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+            };
+            let plan = match catalog::check(&client, &spec).await {
+                Ok(r) if r.problems.is_empty() => r.plan.expect("a plan without problems"),
+                Ok(r) => {
+                    for p in &r.problems {
+                        eprintln!("{p}");
+                    }
+                    return fail(
+                        "the spec does not fit the database (see above); nothing to verify",
+                    );
+                }
+                Err(e) => return fail(&walshift::error_policy::pg_message(&e)),
+            };
+            match walshift::verify::verify(&client, &spec, &plan, examples).await {
+                Ok(report) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).expect("report serializes")
+                        );
+                    } else {
+                        print!("{}", report.render());
+                    }
+                    if report.passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(&format!(
+                    "verify failed: {}",
+                    walshift::error_policy::pg_message(&e)
+                )),
+            }
+        }
+        Command::Cleanup { spec, force, db } => {
+            let (spec, config) = match load(&spec, &db) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let client = match config.connect_sql().await {
+                Ok(c) => c,
+                Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+            };
+            match walshift::cleanup::cleanup(&client, &spec, force).await {
+                Ok(done) => {
+                    for line in &done {
+                        println!("{line}");
+                    }
+                    println!(
+                        "cleanup of {} complete: no walshift object remains for it",
+                        spec.name
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
         }
         Command::Ctl { spec, action, db } => {
             let (spec, config) = match load(&spec, &db) {

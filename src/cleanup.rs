@@ -1,0 +1,132 @@
+//! `walshift cleanup`: after the contract step, drop everything walshift made
+//! for a spec — slot, publication, replication origin, state rows, and the
+//! `walshift` schema once no spec uses it. Refuses while a `run` is alive,
+//! unless forced (then the run's stream is terminated first).
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::error_policy::pg_message;
+use crate::ident::quote_ident;
+use crate::spec::Spec;
+use crate::status;
+
+/// What cleanup did, one line each.
+pub async fn cleanup(client: &Client, spec: &Spec, force: bool) -> Result<Vec<String>, String> {
+    let err = |what: &str, e: tokio_postgres::Error| format!("{what}: {}", pg_message(&e));
+    let st = status::read(client, spec)
+        .await
+        .map_err(|e| err("reading status", e))?;
+    if st.run.alive && !force {
+        return Err(format!(
+            "a walshift run for {} is alive (pid {} on {}): stop it first, or pass --force to terminate its stream",
+            spec.name,
+            st.run
+                .pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into()),
+            st.run.host.as_deref().unwrap_or("?")
+        ));
+    }
+    let mut done = Vec::new();
+    let slot = spec.slot_name();
+    // A forced cleanup (or a walsender that outlived its run) holds the slot:
+    // end that session, then wait for the slot to be released.
+    let started = Instant::now();
+    loop {
+        let active: Option<Option<i32>> = client
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| err("reading the slot", e))?
+            .map(|r| r.get(0));
+        match active {
+            None => break,
+            Some(None) => {
+                client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                    .map_err(|e| err(&format!("dropping slot {slot}"), e))?;
+                done.push(format!("dropped replication slot {slot}"));
+                break;
+            }
+            Some(Some(pid)) => {
+                if started.elapsed() > Duration::from_secs(10) {
+                    return Err(format!(
+                        "slot {slot} is still in use by pid {pid} after 10s; stop that session and retry"
+                    ));
+                }
+                client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(|e| err("terminating the slot's session", e))?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let publication = spec.publication_name();
+    if client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| err("reading publications", e))?
+        .is_some()
+    {
+        client
+            .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(&publication)))
+            .await
+            .map_err(|e| err(&format!("dropping publication {publication}"), e))?;
+        done.push(format!("dropped publication {publication}"));
+    }
+    let origin = spec.origin_name();
+    if client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_origin WHERE roname = $1",
+            &[&origin],
+        )
+        .await
+        .map_err(|e| err("reading replication origins", e))?
+        .is_some()
+    {
+        client
+            .execute("SELECT pg_replication_origin_drop($1)", &[&origin])
+            .await
+            .map_err(|e| err(&format!("dropping replication origin {origin}"), e))?;
+        done.push(format!("dropped replication origin {origin}"));
+    }
+    let has_state: bool = client
+        .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
+        .await
+        .map_err(|e| err("reading the state schema", e))?
+        .get(0);
+    if has_state {
+        let n = client
+            .execute(
+                "DELETE FROM walshift.migration WHERE name = $1",
+                &[&spec.name],
+            )
+            .await
+            .map_err(|e| err("deleting walshift's state", e))?;
+        if n > 0 {
+            done.push(format!("deleted the state of {}", spec.name));
+        }
+        let others: i64 = client
+            .query_one("SELECT count(*) FROM walshift.migration", &[])
+            .await
+            .map_err(|e| err("reading walshift's state", e))?
+            .get(0);
+        if others == 0 {
+            client
+                .batch_execute("DROP SCHEMA walshift CASCADE")
+                .await
+                .map_err(|e| err("dropping the walshift schema", e))?;
+            done.push("dropped schema walshift (no other spec uses it)".into());
+        }
+    }
+    Ok(done)
+}

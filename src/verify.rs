@@ -1,0 +1,348 @@
+//! `walshift verify`: proves the new shape equals the mapping of the old,
+//! chunk by chunk, then runs the spec's gates.
+//!
+//! ```text
+//!  per mirror: key ranges of CHUNK rows ─▶ *_verify(range, Keys) ─▶ candidates
+//!  wait until walshift has applied everything up to now (watermark), if a run is alive
+//!  re-check candidates by key ─▶ still different = real differences
+//!  gates: each must return exactly one true
+//! ```
+//!
+//! Each chunk is one short read-only statement: no long locks, no long
+//! snapshot. A row that changes while the check runs may differ for a moment
+//! only because its change is not applied yet; it is re-checked after
+//! walshift has caught up, and reported only if it still differs.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::catalog::{MirrorKind, MirrorPlan, Plan};
+use crate::mirror::sql::{self, Param, Scope, VerifyOutput};
+use crate::spec::Spec;
+
+/// Source rows per verification chunk.
+pub const CHUNK_ROWS: i64 = 10_000;
+/// Candidate keys kept per mirror for the re-check (and examples).
+pub const MAX_CANDIDATES: i64 = 10_000;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MirrorReport {
+    pub mirror: usize,
+    pub label: String,
+    pub chunks: u64,
+    /// Keys that still differed after the re-check.
+    pub differing: u64,
+    /// Up to `examples` of them, key columns as text.
+    pub examples: Vec<Vec<String>>,
+    /// Keys that differed at first and matched once walshift caught up.
+    pub settled: u64,
+    /// More candidates than the re-check holds: the count is a lower bound.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GateReport {
+    pub name: String,
+    pub passed: bool,
+    /// What the query returned, or its error.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub name: String,
+    pub passed: bool,
+    pub mirrors: Vec<MirrorReport>,
+    pub gates: Vec<GateReport>,
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for m in &self.mirrors {
+            out.push_str(&format!(
+                "mirror {} ({}): {} differing key(s){} in {} chunk(s){}\n",
+                m.mirror,
+                m.label,
+                m.differing,
+                if m.truncated { " or more" } else { "" },
+                m.chunks,
+                if m.settled > 0 {
+                    format!(", {} settled once walshift caught up", m.settled)
+                } else {
+                    String::new()
+                }
+            ));
+            for k in &m.examples {
+                out.push_str(&format!("    key ({})\n", k.join(", ")));
+            }
+        }
+        for g in &self.gates {
+            out.push_str(&format!(
+                "gate {:?}: {} ({})\n",
+                g.name,
+                if g.passed { "passed" } else { "FAILED" },
+                g.detail
+            ));
+        }
+        out.push_str(&format!(
+            "verify {} in {:.1}s\n",
+            if self.passed { "passed" } else { "FAILED" },
+            self.seconds
+        ));
+        out
+    }
+}
+
+fn label(m: &MirrorPlan) -> String {
+    match &m.kind {
+        MirrorKind::Set(p) => {
+            let cols: Vec<&str> = p.set.iter().map(|(c, _)| c.as_str()).collect();
+            format!("{} set {}", m.source, cols.join(", "))
+        }
+        MirrorKind::Rows(p) => format!("{} -> {}", m.source, p.target),
+    }
+}
+
+/// Keys of `m` that differ in `(lower, upper]` (bounds as text).
+async fn differing_in_range(
+    client: &Client,
+    m: &MirrorPlan,
+    lower: Option<&[String]>,
+    upper: Option<&[String]>,
+    limit: i64,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let scope = Scope::Range {
+        lower: lower.is_some(),
+        upper: upper.is_some(),
+    };
+    let stmt = match &m.kind {
+        MirrorKind::Set(p) => sql::set_verify(p, scope, VerifyOutput::Keys),
+        MirrorKind::Rows(p) => sql::rows_verify(p, scope, VerifyOutput::Keys),
+    };
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = stmt
+        .params
+        .iter()
+        .map(|p| -> &(dyn tokio_postgres::types::ToSql + Sync) {
+            match *p {
+                Param::Lower(i) => &lower.expect("lower bound")[i],
+                Param::Upper(i) => &upper.expect("upper bound")[i],
+                Param::Limit | Param::ChunkRows => &limit,
+                Param::KeyArray(_) => unreachable!("range scope"),
+            }
+        })
+        .collect();
+    let rows = client.query(&stmt.sql, &params).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (0..m.key.len()).map(|i| r.get::<_, String>(i)).collect())
+        .collect())
+}
+
+/// Keys among `keys` that still differ.
+async fn differing_among(
+    client: &Client,
+    m: &MirrorPlan,
+    keys: &[Vec<String>],
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = match &m.kind {
+        MirrorKind::Set(p) => sql::set_verify(p, Scope::Keys, VerifyOutput::Keys),
+        MirrorKind::Rows(p) => sql::rows_verify(p, Scope::Keys, VerifyOutput::Keys),
+    };
+    let arrays: Vec<Vec<&str>> = (0..m.key.len())
+        .map(|c| keys.iter().map(|k| k[c].as_str()).collect())
+        .collect();
+    let limit = keys.len() as i64;
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = stmt
+        .params
+        .iter()
+        .map(|p| -> &(dyn tokio_postgres::types::ToSql + Sync) {
+            match *p {
+                Param::KeyArray(i) => &arrays[i],
+                Param::Limit | Param::ChunkRows => &limit,
+                Param::Lower(_) | Param::Upper(_) => unreachable!("key scope"),
+            }
+        })
+        .collect();
+    let rows = client.query(&stmt.sql, &params).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (0..m.key.len()).map(|i| r.get::<_, String>(i)).collect())
+        .collect())
+}
+
+/// Waits until walshift has confirmed everything written before now: a
+/// watermark is emitted and the slot's confirmed position must pass it. A
+/// run confirms only what it has applied. Returns false when no run is
+/// alive to catch up.
+pub async fn wait_caught_up(
+    client: &Client,
+    slot: &str,
+    timeout: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let active = client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false);
+    if !active {
+        return Ok(false);
+    }
+    let lsn: String = client
+        .query_one(
+            "SELECT pg_logical_emit_message(false, 'walshift-verify', 'sync')::text",
+            &[],
+        )
+        .await?
+        .get(0);
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        let done: Option<bool> = client
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&lsn, &slot],
+            )
+            .await?
+            .get(0);
+        if done == Some(true) {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(false)
+}
+
+/// Verifies every mirror of `plan` and runs the gates of `spec`.
+pub async fn verify(
+    client: &Client,
+    spec: &Spec,
+    plan: &Plan,
+    examples: usize,
+) -> Result<Report, tokio_postgres::Error> {
+    let started = Instant::now();
+    let mut mirrors = Vec::new();
+    let mut candidates: Vec<Vec<Vec<String>>> = Vec::new();
+    for m in &plan.mirrors {
+        let mut found: Vec<Vec<String>> = Vec::new();
+        let mut truncated = false;
+        let mut chunks = 0u64;
+        let mut lower: Option<Vec<String>> = None;
+        loop {
+            let bound = sql::chunk_upper_bound(&m.source, &m.key, lower.is_some());
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+            if let Some(l) = &lower {
+                for v in l {
+                    params.push(v);
+                }
+            }
+            params.push(&CHUNK_ROWS);
+            let upper: Option<Vec<String>> = client
+                .query_opt(&bound.sql, &params)
+                .await?
+                .map(|r| (0..m.key.len()).map(|i| r.get::<_, String>(i)).collect());
+            let room = (MAX_CANDIDATES - found.len() as i64).max(0);
+            if room == 0 {
+                truncated = true;
+            } else {
+                let keys =
+                    differing_in_range(client, m, lower.as_deref(), upper.as_deref(), room + 1)
+                        .await?;
+                if keys.len() as i64 > room {
+                    truncated = true;
+                }
+                found.extend(keys.into_iter().take(room as usize));
+            }
+            chunks += 1;
+            match upper {
+                Some(u) => lower = Some(u),
+                None => break,
+            }
+        }
+        mirrors.push(MirrorReport {
+            mirror: m.number,
+            label: label(m),
+            chunks,
+            differing: 0,
+            examples: Vec::new(),
+            settled: 0,
+            truncated,
+        });
+        candidates.push(found);
+    }
+
+    // Re-check: what differed may only be in flight.
+    if candidates.iter().any(|c| !c.is_empty()) {
+        wait_caught_up(client, &spec.slot_name(), Duration::from_secs(60)).await?;
+    }
+    for ((m, report), found) in plan.mirrors.iter().zip(&mut mirrors).zip(&candidates) {
+        let still = differing_among(client, m, found).await?;
+        report.settled = (found.len() - still.len()) as u64;
+        report.differing = still.len() as u64;
+        report.examples = still.into_iter().take(examples).collect();
+    }
+
+    let mut gates = Vec::new();
+    for g in &spec.gates {
+        gates.push(run_gate(client, &g.name, &g.sql).await);
+    }
+    let passed =
+        mirrors.iter().all(|m| m.differing == 0 && !m.truncated) && gates.iter().all(|g| g.passed);
+    Ok(Report {
+        name: spec.name.clone(),
+        passed,
+        mirrors,
+        gates,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A gate passes when its query returns exactly one row of one true.
+pub async fn run_gate(client: &Client, name: &str, sql: &str) -> GateReport {
+    let report = |passed: bool, detail: String| GateReport {
+        name: name.to_string(),
+        passed,
+        detail,
+    };
+    match client.simple_query(sql).await {
+        Err(e) => report(
+            false,
+            format!("error: {}", crate::error_policy::pg_message(&e)),
+        ),
+        Ok(msgs) => {
+            let rows: Vec<Vec<Option<String>>> = msgs
+                .iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect();
+            match rows.as_slice() {
+                [row] if row.len() == 1 && row[0].as_deref() == Some("t") => {
+                    report(true, "returned true".into())
+                }
+                [row] if row.len() == 1 => report(
+                    false,
+                    format!("returned {}", row[0].as_deref().unwrap_or("NULL")),
+                ),
+                _ => report(
+                    false,
+                    format!(
+                        "returned {} row(s); a gate must return one row of one boolean",
+                        rows.len()
+                    ),
+                ),
+            }
+        }
+    }
+}
