@@ -174,7 +174,14 @@ pub const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Emits watermarks and records lag and heartbeat, on a session of its own so
 /// a busy applier does not delay the measurement.
-async fn emit_watermarks(config: ConnConfig, name: String, observed: Observed) {
+async fn emit_watermarks(
+    config: ConnConfig,
+    spec: Spec,
+    observed: Observed,
+    over_limit: mpsc::Sender<String>,
+) {
+    let name = spec.name.clone();
+    let mut last_warning: Option<Instant> = None;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -229,6 +236,12 @@ async fn emit_watermarks(config: ConnConfig, name: String, observed: Observed) {
             let _ = c
                 .execute(state::RECORD_RATE, &[&name, &(m.mirror as i32), &m.rate])
                 .await;
+        }
+        if let Some(max) = spec.safety.max_retained_wal {
+            if let Some(msg) = retained_wal_check(c, &spec, max, &mut last_warning).await {
+                let _ = over_limit.send(msg).await;
+                return;
+            }
         }
     }
 }
@@ -420,10 +433,12 @@ async fn session(
     // Watermarks wait for the transactions received before them.
     let mut watermarks = lag::Pending::default();
     let (mut received_txns, mut applied_txns) = (0u64, 0u64);
+    let (over_limit_tx, mut over_limit_rx) = mpsc::channel::<String>(1);
     let _emitter = AbortOnDrop(tokio::spawn(emit_watermarks(
         config.clone(),
-        spec.name.clone(),
+        spec.clone(),
         observed.clone(),
+        over_limit_tx,
     )));
     // Receive time of the oldest unapplied work, in flight and pending: the
     // live apply lag the backfill yields to.
@@ -469,7 +484,13 @@ async fn session(
                 tracing::info!(confirmed = %totals.confirmed, "stopped");
                 return Ok(());
             }
-            // 2. A batch is committed: now, and only now, confirm it (I4).
+            // 2. WAL safety: the slot retains more than the spec allows.
+            Some(reason) = over_limit_rx.recv() => {
+                let _ = stream.close().await;
+                drop_slot_after_safety_stop(config, spec).await;
+                return Err(SessionError::stop(reason));
+            }
+            // 3. A batch is committed: now, and only now, confirm it (I4).
             done = done_rx.recv() => {
                 let (batch, result) = match done {
                     Some(Done::Batch(batch, result)) => (batch, result),
@@ -491,7 +512,7 @@ async fn session(
                     tracing::info!(mirrors = stats.full_passes, "recomputed whole mirrors after a transaction too large to track key by key");
                 }
             }
-            // 3. The stream.
+            // 4. The stream.
             ev = stream.recv(), if may_read => {
                 match ev {
                     None => return Err(SessionError { message: "replication stream ended".into(), action: Action::Retry }),
@@ -536,7 +557,7 @@ async fn session(
                     }
                 }
             }
-            // 4. A progress line now and then.
+            // 5. A progress line now and then.
             _ = log_tick.tick() => {
                 log_backfill(&progress);
                 tracing::info!(
@@ -552,11 +573,85 @@ async fn session(
     }
 }
 
+/// WAL safety: warns (once a minute) from 80% of `max` on; past `max` with
+/// `on_max_retained_wal = "drop-slot"` returns the reason to stop.
+async fn retained_wal_check(
+    c: &tokio_postgres::Client,
+    spec: &Spec,
+    max: u64,
+    last_warning: &mut Option<Instant>,
+) -> Option<String> {
+    let row = c
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&spec.slot_name()],
+        )
+        .await
+        .ok()??;
+    let retained = row.get::<_, Option<f64>>(0)?.max(0.0) as u64;
+    let human = crate::throttle::human_bytes;
+    if retained > max && spec.safety.on_max_retained_wal == crate::spec::OnMaxRetainedWal::DropSlot
+    {
+        return Some(format!(
+            "slot {} retains {} of WAL, over safety.max_retained_wal = {}: walshift stopped and dropped its slot \
+             so the disk cannot fill; the backfill starts over with the next run",
+            spec.slot_name(),
+            human(retained),
+            human(max)
+        ));
+    }
+    if retained * 5 >= max * 4
+        && last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+    {
+        *last_warning = Some(Instant::now());
+        tracing::warn!(
+            slot = %spec.slot_name(),
+            retained = %human(retained),
+            max = %human(max),
+            "walshift's slot retains a lot of WAL (is walshift falling behind, or stopped for long?)"
+        );
+    }
+    None
+}
+
 fn release_watermarks(pending: &mut lag::Pending, applied_txns: u64, observed: &Observed) {
     let now = Instant::now();
     for seq in pending.release(applied_txns) {
         observed.watermarks.applied(seq, now);
     }
+}
+
+/// After a safety stop: drops the slot (waiting for its walsender to let go)
+/// and resets the backfill, which must start over with a new slot (I1).
+async fn drop_slot_after_safety_stop(config: &ConnConfig, spec: &Spec) {
+    let Ok(c) = config.with_application_name("walshift").connect_sql().await else {
+        tracing::error!("cannot connect to drop the slot after the safety stop; drop it by hand");
+        return;
+    };
+    for _ in 0..50 {
+        match c
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[&spec.slot_name()],
+            )
+            .await
+        {
+            Ok(1) => break,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let _ = c
+        .execute(
+            "DELETE FROM walshift.backfill WHERE name = $1",
+            &[&spec.name],
+        )
+        .await;
+    let _ = c
+        .execute(
+            "UPDATE walshift.migration SET applied_lsn = NULL, consistent_point = NULL WHERE name = $1",
+            &[&spec.name],
+        )
+        .await;
 }
 
 /// What the applier task reports.

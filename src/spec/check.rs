@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawBackfill, RawCutover, RawGate, RawMirror, RawSpec};
+use super::raw::{RawBackfill, RawCutover, RawGate, RawMirror, RawSafety, RawSpec};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Backfill, Cutover, Gate, MAX_NAME_LEN, Mirror, MirrorMode, Problem, Spec, ThrottleQuery,
+    Backfill, Cutover, Gate, MAX_NAME_LEN, Mirror, MirrorMode, OnMaxRetainedWal, Problem, Safety,
+    Spec, ThrottleQuery,
 };
 use crate::ident::{self, QualifiedName};
 
@@ -66,6 +67,7 @@ impl Checker<'_> {
         let backfill = self.backfill(raw.backfill.unwrap_or_default());
         let gates = self.gates(raw.gate);
         let cutover = self.cutover(raw.cutover.unwrap_or_default());
+        let safety = self.safety(raw.safety.unwrap_or_default());
         let mirrors: Vec<Mirror> = mirrors.into_iter().flatten().collect();
         self.across_mirrors(&mirrors);
         Some(Spec {
@@ -75,6 +77,31 @@ impl Checker<'_> {
             backfill: backfill?,
             gates: gates?,
             cutover: cutover?,
+            safety: safety?,
+        })
+    }
+
+    fn safety(&mut self, raw: RawSafety) -> Option<Safety> {
+        let max_retained_wal = self.size("safety.max_retained_wal", raw.max_retained_wal);
+        let on = match raw.on_max_retained_wal {
+            None => Some(OnMaxRetainedWal::Warn),
+            Some(v) => match v.get_ref().as_str() {
+                "warn" => Some(OnMaxRetainedWal::Warn),
+                "drop-slot" => Some(OnMaxRetainedWal::DropSlot),
+                other => {
+                    self.at(
+                        v.span(),
+                        format!(
+                            "safety.on_max_retained_wal: {other:?} is not an action; use \"warn\" or \"drop-slot\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        Some(Safety {
+            max_retained_wal: max_retained_wal?,
+            on_max_retained_wal: on?,
         })
     }
 

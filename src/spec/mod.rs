@@ -42,6 +42,7 @@ pub struct Spec {
     pub backfill: Backfill,
     pub gates: Vec<Gate>,
     pub cutover: Cutover,
+    pub safety: Safety,
 }
 
 /// One `[[mirror]]`.
@@ -132,6 +133,25 @@ impl Default for Backfill {
             max_chunk_rows: 50_000,
         }
     }
+}
+
+/// `[safety]`: what a forgotten sidecar may cost the database.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Safety {
+    /// WAL walshift's slot may retain. `run` warns from 80% of it on.
+    pub max_retained_wal: Option<u64>,
+    pub on_max_retained_wal: OnMaxRetainedWal,
+}
+
+/// What `run` does when its slot retains more than `max_retained_wal`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnMaxRetainedWal {
+    /// Keep going, warning every minute.
+    #[default]
+    Warn,
+    /// Stop and drop the slot, releasing the WAL. The migration's backfill
+    /// starts over on the next `run`.
+    DropSlot,
 }
 
 impl Default for Cutover {

@@ -19,6 +19,7 @@ pub(super) struct RawSpec {
     #[serde(default)]
     pub gate: Vec<Spanned<RawGate>>,
     pub cutover: Option<RawCutover>,
+    pub safety: Option<RawSafety>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,4 +66,11 @@ pub(super) struct RawCutover {
     pub sql: Option<Spanned<String>>,
     pub lock_timeout: Option<Spanned<toml::Value>>,
     pub max_attempts: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSafety {
+    pub max_retained_wal: Option<Spanned<toml::Value>>,
+    pub on_max_retained_wal: Option<Spanned<String>>,
 }

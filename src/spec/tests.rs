@@ -455,6 +455,24 @@ fn cutover_settings() {
 }
 
 #[test]
+fn safety_settings() {
+    let with = |body: &str| format!("{MINIMAL}\n[safety]\n{body}\n");
+    let spec = parse(&with(
+        "max_retained_wal = \"20GB\"\non_max_retained_wal = \"drop-slot\"",
+    ));
+    assert_eq!(spec.safety.max_retained_wal, Some(20 << 30));
+    assert_eq!(
+        spec.safety.on_max_retained_wal,
+        crate::spec::OnMaxRetainedWal::DropSlot
+    );
+    assert_eq!(parse(MINIMAL).safety, crate::spec::Safety::default());
+    assert_problem(
+        &with("on_max_retained_wal = \"panic\""),
+        "spec.toml:9:23: safety.on_max_retained_wal: \"panic\" is not an action; use \"warn\" or \"drop-slot\"",
+    );
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let text = r#"
 name = "Bad Name"
