@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::catalog::{MirrorKind, MirrorPlan};
-use crate::mirror::sql::{self, Param, Scope};
+use crate::mirror::bind::Args;
+use crate::mirror::sql::{self, Scope};
 
 /// Rows timed per mirror.
 pub const SAMPLE_ROWS: i64 = 2000;
@@ -50,7 +51,14 @@ pub async fn estimate(
     let tx = client.transaction().await?;
     let bound = sql::chunk_upper_bound(&plan.source, &plan.key, false);
     let upper: Option<Vec<String>> = tx
-        .query_opt(&bound.sql, &[&SAMPLE_ROWS])
+        .query_opt(
+            &bound.sql,
+            &Args {
+                count: SAMPLE_ROWS,
+                ..Default::default()
+            }
+            .bind(&bound.params),
+        )
         .await?
         .map(|r| (0..plan.key.len()).map(|i| r.get::<_, String>(i)).collect());
     // Fewer rows than the sample: the whole table is the sample.
@@ -69,18 +77,11 @@ pub async fn estimate(
         MirrorKind::Set(p) => sql::set_apply(p, scope),
         MirrorKind::Rows(p) => sql::rows_apply(p, scope),
     };
-    let empty = Vec::new();
-    let bounds = upper.as_ref().unwrap_or(&empty);
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = stmt
-        .params
-        .iter()
-        .map(|p| -> &(dyn tokio_postgres::types::ToSql + Sync) {
-            match p {
-                Param::Upper(i) => &bounds[*i],
-                _ => unreachable!("an upper-bounded range from the start has only upper params"),
-            }
-        })
-        .collect();
+    let args = Args {
+        upper: upper.as_deref(),
+        ..Default::default()
+    };
+    let params = args.bind(&stmt.params);
     let started = Instant::now();
     tx.execute(&stmt.sql, &params).await?;
     let sample_time = started.elapsed();

@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 use walshift::catalog;
 use walshift::conninfo::ConnConfig;
 use walshift::mirror::applier::ApplierOptions;
-use walshift::run::{self, RunError, RunOptions};
+use walshift::run::{self, AbortOnDrop, RunError, RunOptions};
 use walshift::spec::Spec;
 
 #[derive(Parser)]
@@ -171,9 +171,9 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 Ok(v) => v,
                 Err(code) => return code,
             };
-            let mut client = match config.connect_sql().await {
+            let mut client = match connect(&config).await {
                 Ok(c) => c,
-                Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+                Err(code) => return code,
             };
             let report = match catalog::check(&client, &spec).await {
                 Ok(r) => r,
@@ -210,9 +210,9 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 Ok(v) => v,
                 Err(code) => return code,
             };
-            let client = match config.connect_sql().await {
+            let client = match connect(&config).await {
                 Ok(c) => c,
-                Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+                Err(code) => return code,
             };
             match walshift::status::read(&client, &spec).await {
                 Ok(s) if json => {
@@ -251,9 +251,9 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 Ok(v) => v,
                 Err(code) => return code,
             };
-            let client = match config.connect_sql().await {
+            let client = match connect(&config).await {
                 Ok(c) => c,
-                Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+                Err(code) => return code,
             };
             let plan = match catalog::check(&client, &spec).await {
                 Ok(r) if r.problems.is_empty() => r.plan.expect("a plan without problems"),
@@ -294,9 +294,9 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 Ok(v) => v,
                 Err(code) => return code,
             };
-            let client = match config.connect_sql().await {
+            let client = match connect(&config).await {
                 Ok(c) => c,
-                Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+                Err(code) => return code,
             };
             match walshift::cleanup::cleanup(&client, &spec, force).await {
                 Ok(done) => {
@@ -482,9 +482,9 @@ async fn wait(
 }
 
 async fn ctl(spec: &Spec, config: &ConnConfig, action: CtlAction) -> ExitCode {
-    let client = match config.connect_sql().await {
+    let client = match connect(config).await {
         Ok(c) => c,
-        Err(e) => return fail(&format!("cannot connect to {}: {e}", config.redacted())),
+        Err(code) => return code,
     };
     let paused = matches!(action, CtlAction::Pause);
     match walshift::state::set_backfill_paused(&client, &spec.name, paused).await {
@@ -514,6 +514,14 @@ async fn ctl(spec: &Spec, config: &ConnConfig, action: CtlAction) -> ExitCode {
     }
 }
 
+/// An SQL session, or the one-line error and exit code.
+async fn connect(config: &ConnConfig) -> Result<tokio_postgres::Client, ExitCode> {
+    config
+        .connect_sql()
+        .await
+        .map_err(|e| fail(&format!("cannot connect to {}: {e}", config.redacted())))
+}
+
 fn load(path: &std::path::Path, db: &Db) -> Result<(Spec, ConnConfig), ExitCode> {
     let spec = Spec::from_path(path).map_err(|e| fail(&e.to_string()))?;
     let config = ConnConfig::parse(&db.db).map_err(|e| fail(&e.to_string()))?;
@@ -537,14 +545,6 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

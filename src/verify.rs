@@ -19,7 +19,8 @@ use serde::Serialize;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::catalog::{MirrorKind, MirrorPlan, Plan};
-use crate::mirror::sql::{self, Param, Scope, VerifyOutput};
+use crate::mirror::bind::Args;
+use crate::mirror::sql::{self, Scope, VerifyOutput};
 use crate::spec::Spec;
 
 /// Source rows per verification chunk.
@@ -107,6 +108,13 @@ fn label(m: &MirrorPlan) -> String {
     }
 }
 
+/// Rows of key columns as text.
+fn key_rows(rows: &[tokio_postgres::Row], columns: usize) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| (0..columns).map(|i| r.get::<_, String>(i)).collect())
+        .collect()
+}
+
 /// Keys of `m` that differ in `(lower, upper]` (bounds as text).
 async fn differing_in_range(
     client: &Client,
@@ -123,23 +131,17 @@ async fn differing_in_range(
         MirrorKind::Set(p) => sql::set_verify(p, scope, VerifyOutput::Keys),
         MirrorKind::Rows(p) => sql::rows_verify(p, scope, VerifyOutput::Keys),
     };
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = stmt
-        .params
-        .iter()
-        .map(|p| -> &(dyn tokio_postgres::types::ToSql + Sync) {
-            match *p {
-                Param::Lower(i) => &lower.expect("lower bound")[i],
-                Param::Upper(i) => &upper.expect("upper bound")[i],
-                Param::Limit | Param::ChunkRows => &limit,
-                Param::KeyArray(_) => unreachable!("range scope"),
-            }
-        })
-        .collect();
-    let rows = client.query(&stmt.sql, &params).await?;
-    Ok(rows
-        .iter()
-        .map(|r| (0..m.key.len()).map(|i| r.get::<_, String>(i)).collect())
-        .collect())
+    let args = Args {
+        lower,
+        upper,
+        count: limit,
+        ..Default::default()
+    };
+    let params = args.bind(&stmt.params);
+    Ok(key_rows(
+        &client.query(&stmt.sql, &params).await?,
+        m.key.len(),
+    ))
 }
 
 /// Keys among `keys` that still differ.
@@ -155,26 +157,13 @@ async fn differing_among(
         MirrorKind::Set(p) => sql::set_verify(p, Scope::Keys, VerifyOutput::Keys),
         MirrorKind::Rows(p) => sql::rows_verify(p, Scope::Keys, VerifyOutput::Keys),
     };
-    let arrays: Vec<Vec<&str>> = (0..m.key.len())
-        .map(|c| keys.iter().map(|k| k[c].as_str()).collect())
-        .collect();
-    let limit = keys.len() as i64;
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = stmt
-        .params
-        .iter()
-        .map(|p| -> &(dyn tokio_postgres::types::ToSql + Sync) {
-            match *p {
-                Param::KeyArray(i) => &arrays[i],
-                Param::Limit | Param::ChunkRows => &limit,
-                Param::Lower(_) | Param::Upper(_) => unreachable!("key scope"),
-            }
-        })
-        .collect();
-    let rows = client.query(&stmt.sql, &params).await?;
-    Ok(rows
-        .iter()
-        .map(|r| (0..m.key.len()).map(|i| r.get::<_, String>(i)).collect())
-        .collect())
+    let mut args = Args::keys(keys, m.key.len());
+    args.count = keys.len() as i64;
+    let params = args.bind(&stmt.params);
+    Ok(key_rows(
+        &client.query(&stmt.sql, &params).await?,
+        m.key.len(),
+    ))
 }
 
 /// Waits until walshift has confirmed everything written before now: a
@@ -238,15 +227,13 @@ pub async fn verify(
         let mut lower: Option<Vec<String>> = None;
         loop {
             let bound = sql::chunk_upper_bound(&m.source, &m.key, lower.is_some());
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
-            if let Some(l) = &lower {
-                for v in l {
-                    params.push(v);
-                }
-            }
-            params.push(&CHUNK_ROWS);
+            let args = Args {
+                lower: lower.as_deref(),
+                count: CHUNK_ROWS,
+                ..Default::default()
+            };
             let upper: Option<Vec<String>> = client
-                .query_opt(&bound.sql, &params)
+                .query_opt(&bound.sql, &args.bind(&bound.params))
                 .await?
                 .map(|r| (0..m.key.len()).map(|i| r.get::<_, String>(i)).collect());
             let room = (MAX_CANDIDATES - found.len() as i64).max(0);

@@ -18,8 +18,8 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use tokio_postgres::types::ToSql;
 
+use super::bind::Args;
 use super::sql::{self, Param, Scope};
 use super::txn::{CommittedTxn, Key, MirrorKeys};
 use super::visibility::Snapshot;
@@ -260,8 +260,8 @@ impl Applier {
             if !work.keys.is_empty() && !work.overflowed {
                 stats.keys += work.keys.len();
                 let keys: Vec<&Key> = work.keys.iter().collect();
-                let args = Args::keys(&keys, m.plan.key.len());
-                let params = bind(&m.keys_params, &args);
+                let args = Args::engine_keys(&keys, m.plan.key.len());
+                let params = args.bind(&m.keys_params);
                 match &m.plan.kind {
                     MirrorKind::Set(_) => {
                         let n = tx
@@ -283,7 +283,7 @@ impl Applier {
             if work.truncated {
                 if let Some((stmt, params)) = &m.truncate {
                     let none = Args::default();
-                    let params = bind(params, &none);
+                    let params = none.bind(params);
                     stats.rows_deleted += tx
                         .execute(stmt, &params)
                         .await
@@ -350,12 +350,12 @@ impl Applier {
             let bound = sql::chunk_upper_bound(&plan.source, &plan.key, lower.is_some());
             let args = Args {
                 lower: lower.as_deref(),
-                chunk_rows: self.opts.full_pass_chunk_rows,
+                count: self.opts.full_pass_chunk_rows,
                 ..Default::default()
             };
             let upper: Option<Vec<String>> = self
                 .client
-                .query_opt(&bound.sql, &bind(&bound.params, &args))
+                .query_opt(&bound.sql, &args.bind(&bound.params))
                 .await
                 .map_err(err)?
                 .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
@@ -373,7 +373,7 @@ impl Applier {
                     let s = sql::set_apply(p, scope);
                     written += self
                         .client
-                        .execute(&s.sql, &bind(&s.params, &args))
+                        .execute(&s.sql, &args.bind(&s.params))
                         .await
                         .map_err(err)?;
                 }
@@ -381,7 +381,7 @@ impl Applier {
                     let s = sql::rows_apply(p, scope);
                     let row = self
                         .client
-                        .query_one(&s.sql, &bind(&s.params, &args))
+                        .query_one(&s.sql, &args.bind(&s.params))
                         .await
                         .map_err(err)?;
                     deleted += row.get::<_, i64>(0) as u64;
@@ -418,11 +418,11 @@ impl Applier {
         let bound = sql::chunk_upper_bound(&plan.source, &plan.key, lower.is_some());
         let args = Args {
             lower,
-            chunk_rows: rows.max(1),
+            count: rows.max(1),
             ..Default::default()
         };
         let upper: Option<Vec<String>> = tx
-            .query_opt(&bound.sql, &bind(&bound.params, &args))
+            .query_opt(&bound.sql, &args.bind(&bound.params))
             .await
             .map_err(err)?
             .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
@@ -430,7 +430,7 @@ impl Applier {
             Some(_) => rows.max(1),
             None => {
                 let count = sql::range_count(&plan.source, &plan.key, lower.is_some());
-                tx.query_one(&count.sql, &bind(&count.params, &args))
+                tx.query_one(&count.sql, &args.bind(&count.params))
                     .await
                     .map_err(err)?
                     .get::<_, i64>(0)
@@ -450,7 +450,7 @@ impl Applier {
             MirrorKind::Set(p) => {
                 let s = sql::set_apply(p, scope);
                 (
-                    tx.execute(&s.sql, &bind(&s.params, &args))
+                    tx.execute(&s.sql, &args.bind(&s.params))
                         .await
                         .map_err(err)?,
                     0,
@@ -459,7 +459,7 @@ impl Applier {
             MirrorKind::Rows(p) => {
                 let s = sql::rows_apply(p, scope);
                 let row = tx
-                    .query_one(&s.sql, &bind(&s.params, &args))
+                    .query_one(&s.sql, &args.bind(&s.params))
                     .await
                     .map_err(err)?;
                 (row.get::<_, i64>(1) as u64, row.get::<_, i64>(0) as u64)
@@ -523,44 +523,6 @@ fn mirror_err(label: &str, e: tokio_postgres::Error) -> ApplyError {
     }
 }
 
-/// Values for a statement's parameters.
-#[derive(Default)]
-struct Args<'a> {
-    /// One array per key column.
-    key_arrays: Vec<Vec<&'a str>>,
-    lower: Option<&'a [String]>,
-    upper: Option<&'a [String]>,
-    chunk_rows: i64,
-}
-
-impl<'a> Args<'a> {
-    fn keys(keys: &[&'a Key], columns: usize) -> Self {
-        let key_arrays = (0..columns)
-            .map(|c| keys.iter().map(|k| &*k[c]).collect())
-            .collect();
-        Args {
-            key_arrays,
-            ..Default::default()
-        }
-    }
-}
-
-fn bind<'a>(params: &[Param], args: &'a Args<'a>) -> Vec<&'a (dyn ToSql + Sync)> {
-    params
-        .iter()
-        .map(|p| -> &'a (dyn ToSql + Sync) {
-            match *p {
-                Param::KeyArray(i) => &args.key_arrays[i],
-                Param::Lower(i) => &args.lower.expect("a lower bound for a lower-bounded range")[i],
-                Param::Upper(i) => &args
-                    .upper
-                    .expect("an upper bound for an upper-bounded range")[i],
-                Param::ChunkRows | Param::Limit => &args.chunk_rows,
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,15 +569,5 @@ mod tests {
         b.add(txn(1, 10, &["a"], true), 100);
         assert!(!b.has_work());
         assert_eq!(b.end_lsn, Lsn(10));
-    }
-
-    #[test]
-    fn binding_follows_the_param_list() {
-        let k1: Key = vec!["1".into(), "x".into()].into_boxed_slice();
-        let k2: Key = vec!["2".into(), "y".into()].into_boxed_slice();
-        let args = Args::keys(&[&k1, &k2], 2);
-        assert_eq!(args.key_arrays, vec![vec!["1", "2"], vec!["x", "y"]]);
-        let bound = bind(&[Param::KeyArray(1), Param::KeyArray(0)], &args);
-        assert_eq!(bound.len(), 2);
     }
 }

@@ -12,6 +12,7 @@
 //! - [`applier`]: the one session that runs them (I2-I5).
 
 pub mod applier;
+pub mod bind;
 pub mod sql;
 pub mod txn;
 pub mod visibility;

@@ -739,7 +739,9 @@ fn log_backfill(progress: &SharedProgress) {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A spawned task that is aborted when its handle is dropped: helper tasks
+/// end with the session or command that started them.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
