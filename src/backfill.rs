@@ -242,6 +242,7 @@ impl Backfill {
         let err = |e: tokio_postgres::Error| ApplyError::Session {
             action: error_policy::for_pg(&e),
             message: format!("reading throttle signals: {}", pg_message(&e)),
+            sqlstate: e.code().map(|c| c.code().to_string()),
         };
         let mut signals = Signals {
             apply_lag: self.live_lag.lag(),
@@ -352,6 +353,7 @@ async fn run_throttle_query(client: &Client, sql: &str) -> Result<f64, ApplyErro
         .map_err(|e| ApplyError::Session {
             action: error_policy::for_pg(&e),
             message: format!("throttle query failed: {}", pg_message(&e)),
+            sqlstate: e.code().map(|c| c.code().to_string()),
         })?;
     for m in msgs {
         if let SimpleQueryMessage::Row(row) = m {
@@ -359,12 +361,14 @@ async fn run_throttle_query(client: &Client, sql: &str) -> Result<f64, ApplyErro
             return text.trim().parse::<f64>().map_err(|_| ApplyError::Session {
                 action: error_policy::Action::Stop,
                 message: format!("throttle query returned {text:?}, not a number: make it return one numeric value"),
+                sqlstate: None,
             });
         }
     }
     Err(ApplyError::Session {
         action: error_policy::Action::Stop,
         message: "throttle query returned no row: make it return one numeric value".into(),
+        sqlstate: None,
     })
 }
 

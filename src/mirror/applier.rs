@@ -103,9 +103,14 @@ pub enum ApplyError {
         mirror: String,
         message: String,
         action: Action,
+        sqlstate: Option<String>,
     },
     #[error("apply session: {message}")]
-    Session { message: String, action: Action },
+    Session {
+        message: String,
+        action: Action,
+        sqlstate: Option<String>,
+    },
 }
 
 impl ApplyError {
@@ -119,9 +124,39 @@ impl ApplyError {
         ApplyError::Session {
             action: error_policy::for_pg(&e),
             message: pg_message(&e),
+            sqlstate: e.code().map(|c| c.code().to_string()),
         }
     }
+
+    /// Serialization failures and deadlocks: the transaction lost a race
+    /// with the application and is simply run again (a recompute is
+    /// idempotent), without tearing down the session and the stream.
+    pub fn retry_in_place(&self) -> bool {
+        let (ApplyError::Mirror { sqlstate, .. } | ApplyError::Session { sqlstate, .. }) = self;
+        matches!(sqlstate.as_deref(), Some("40001" | "40P01"))
+    }
 }
+
+/// Runs `attempt` again while it fails with a lost race (see
+/// [`ApplyError::retry_in_place`]), with a short growing pause.
+macro_rules! retrying_in_place {
+    ($what:literal, $attempt:expr) => {{
+        let mut tries = 0u32;
+        loop {
+            match $attempt {
+                Err(e) if e.retry_in_place() && tries < IN_PLACE_RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, concat!("retrying ", $what, " after a lost race"));
+                    tokio::time::sleep(Duration::from_millis(10 * tries as u64)).await;
+                }
+                r => break r,
+            }
+        }
+    }};
+}
+
+/// Attempts of one batch or chunk before a lost race becomes a session error.
+const IN_PLACE_RETRIES: u32 = 5;
 
 /// What one backfill chunk did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +260,10 @@ impl Applier {
     /// LSN recorded in the same transaction. The caller confirms the LSN to
     /// the server only after this returns `Ok` (I4).
     pub async fn apply(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        retrying_in_place!("a batch", self.apply_once(batch).await)
+    }
+
+    async fn apply_once(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
         let mut stats = ApplyStats::default();
         if self.opts.visibility_barrier && !batch.xids.is_empty() {
             stats.visibility_waits = self.wait_visible(&batch.xids).await?;
@@ -319,6 +358,7 @@ impl Applier {
             let snap = Snapshot::parse(&text).ok_or_else(|| ApplyError::Session {
                 message: format!("cannot read snapshot {text:?}"),
                 action: Action::Stop,
+                sqlstate: None,
             })?;
             pending = snap.invisible(&pending);
             if pending.is_empty() {
@@ -401,6 +441,18 @@ impl Applier {
     /// mirror's checkpoint (I6). Runs on the applier's session, so it never
     /// overlaps a live batch (I3).
     pub async fn backfill_chunk(
+        &mut self,
+        i: usize,
+        lower: Option<&[String]>,
+        rows: i64,
+    ) -> Result<ChunkOutcome, ApplyError> {
+        retrying_in_place!(
+            "a backfill chunk",
+            self.backfill_chunk_once(i, lower, rows).await
+        )
+    }
+
+    async fn backfill_chunk_once(
         &mut self,
         i: usize,
         lower: Option<&[String]>,
@@ -520,6 +572,7 @@ fn mirror_err(label: &str, e: tokio_postgres::Error) -> ApplyError {
         mirror: label.to_string(),
         message,
         action,
+        sqlstate: e.code().map(|c| c.code().to_string()),
     }
 }
 

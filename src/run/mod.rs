@@ -661,55 +661,65 @@ enum Done {
     Failed(ApplyError),
 }
 
-/// The applier task: live batches first; history when there are none and
-/// the throttle allows.
+/// History gets a turn at least this often, even while live batches keep
+/// arriving, so a saturating application load cannot starve the backfill
+/// forever (live apply lag above `max_apply_lag` still pauses it).
+const HISTORY_TURN: Duration = Duration::from_secs(1);
+
+/// The applier task: live batches first; history when there are none (or
+/// when its turn is due) and the throttle allows.
 async fn apply_loop(
     mut applier: Applier,
     mut backfill: Backfill,
     mut work_rx: mpsc::Receiver<Batch>,
     done_tx: mpsc::Sender<Done>,
 ) {
+    let mut last_chunk = Instant::now();
     loop {
-        let batch = if backfill.is_done() {
+        let live = if backfill.is_done() {
             match work_rx.recv().await {
-                Some(b) => b,
+                Some(b) => Some(b),
                 None => return,
             }
-        } else {
+        } else if last_chunk.elapsed() < HISTORY_TURN {
             match work_rx.try_recv() {
-                Ok(b) => b,
+                Ok(b) => Some(b),
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let step = match backfill.throttled(applier.client()).await {
-                        Ok(Some(_)) => {
-                            // Wait for live work or the next look at the signals.
-                            tokio::select! {
-                                b = work_rx.recv() => match b {
-                                    Some(b) => {
-                                        let r = applier.apply(&b).await;
-                                        if done_tx.send(Done::Batch(b, r)).await.is_err() {
-                                            return;
-                                        }
-                                        continue;
-                                    }
-                                    None => return,
-                                },
-                                _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                Err(mpsc::error::TryRecvError::Empty) => None,
+            }
+        } else {
+            None
+        };
+        if let Some(batch) = live {
+            let r = applier.apply(&batch).await;
+            if done_tx.send(Done::Batch(batch, r)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let step = match backfill.throttled(applier.client()).await {
+            Ok(Some(_)) => {
+                // Wait for live work or the next look at the signals.
+                tokio::select! {
+                    b = work_rx.recv() => match b {
+                        Some(b) => {
+                            let r = applier.apply(&b).await;
+                            if done_tx.send(Done::Batch(b, r)).await.is_err() {
+                                return;
                             }
+                            continue;
                         }
-                        Ok(None) => backfill.step(&mut applier).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = step {
-                        let _ = done_tx.send(Done::Failed(e)).await;
-                        return;
-                    }
-                    continue;
+                        None => return,
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
                 }
             }
+            Ok(None) => backfill.step(&mut applier).await,
+            Err(e) => Err(e),
         };
-        let r = applier.apply(&batch).await;
-        if done_tx.send(Done::Batch(batch, r)).await.is_err() {
+        last_chunk = Instant::now();
+        if let Err(e) = step {
+            let _ = done_tx.send(Done::Failed(e)).await;
             return;
         }
     }
