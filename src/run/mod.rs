@@ -91,6 +91,9 @@ pub enum RunError {
 struct SessionError {
     message: String,
     action: Action,
+    /// walshift stopped on purpose (a safety stop) and the message says
+    /// why; nothing else should reinterpret it.
+    deliberate: bool,
 }
 
 impl SessionError {
@@ -98,6 +101,7 @@ impl SessionError {
         SessionError {
             message: message.into(),
             action: Action::Stop,
+            deliberate: false,
         }
     }
 }
@@ -107,6 +111,7 @@ impl From<ApplyError> for SessionError {
         SessionError {
             action: e.action(),
             message: e.to_string(),
+            deliberate: false,
         }
     }
 }
@@ -124,6 +129,7 @@ impl From<crate::replication::ReplicationError> for SessionError {
         SessionError {
             message: format!("replication stream: {e}"),
             action,
+            deliberate: false,
         }
     }
 }
@@ -133,6 +139,7 @@ impl From<tokio_postgres::Error> for SessionError {
         SessionError {
             action: error_policy::for_pg(&e),
             message: pg_message(&e),
+            deliberate: false,
         }
     }
 }
@@ -295,7 +302,18 @@ pub async fn run(
         )
         .await
         {
-            Ok(()) => return Ok(totals),
+            Ok(()) => {
+                clear_heartbeat(config, spec).await;
+                return Ok(totals);
+            }
+            // Resuming needs the slot and the state: if they are gone
+            // (`walshift cleanup --force`, or by hand) there is nothing to
+            // resume, and any error (a terminated stream, a missing table)
+            // is only a symptom of that.
+            Err(e) if e.deliberate => return Err(RunError::Fatal(e.message)),
+            Err(_) if let Some(gone) = objects_gone(config, spec).await => {
+                return Err(RunError::Fatal(gone));
+            }
             Err(e) if e.action == Action::Retry => {
                 if started.elapsed() > Duration::from_secs(60) {
                     attempt = 0;
@@ -332,6 +350,7 @@ async fn session(
         .map_err(|e| SessionError {
             message: format!("connecting the apply session: {e}"),
             action: Action::Retry,
+            deliberate: false,
         })?;
     client.batch_execute(SESSION_SETTINGS).await?;
     let mut start = state::applied_lsn(&client, &spec.name)
@@ -488,7 +507,7 @@ async fn session(
             Some(reason) = over_limit_rx.recv() => {
                 let _ = stream.close().await;
                 drop_slot_after_safety_stop(config, spec).await;
-                return Err(SessionError::stop(reason));
+                return Err(SessionError { deliberate: true, ..SessionError::stop(reason) });
             }
             // 3. A batch is committed: now, and only now, confirm it (I4).
             done = done_rx.recv() => {
@@ -515,7 +534,7 @@ async fn session(
             // 4. The stream.
             ev = stream.recv(), if may_read => {
                 match ev {
-                    None => return Err(SessionError { message: "replication stream ended".into(), action: Action::Retry }),
+                    None => return Err(SessionError { message: "replication stream ended".into(), action: Action::Retry , deliberate: false}),
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(ReplicationEvent::XLogData { data, .. })) => {
                         // Row changes of walshift's own echoes are skipped
@@ -618,6 +637,51 @@ fn release_watermarks(pending: &mut lag::Pending, applied_txns: u64, observed: &
     let now = Instant::now();
     for seq in pending.release(applied_txns) {
         observed.watermarks.applied(seq, now);
+    }
+}
+
+/// Which of walshift's objects no longer exist, in words; `None` when all
+/// do or the database cannot be asked (then the retry will tell).
+async fn objects_gone(config: &ConnConfig, spec: &Spec) -> Option<String> {
+    let c = config
+        .with_application_name("walshift")
+        .connect_sql()
+        .await
+        .ok()?;
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                    to_regclass('walshift.migration') IS NOT NULL",
+            &[&spec.slot_name()],
+        )
+        .await
+        .ok()?;
+    let (slot, state): (bool, bool) = (row.get(0), row.get(1));
+    if slot && state {
+        return None;
+    }
+    Some(format!(
+        "walshift's {} {} removed while it ran (by walshift cleanup, or by hand), so there is nothing to resume: \
+         stopping; run walshift run again to start over",
+        match (slot, state) {
+            (false, false) => "slot and state",
+            (false, true) => "slot",
+            _ => "state",
+        },
+        if slot || state { "was" } else { "were" }
+    ))
+}
+
+/// After a clean stop: no heartbeat, so `status`, `wait` and `cleanup` see
+/// at once that no run is alive (instead of for up to 5 s).
+async fn clear_heartbeat(config: &ConnConfig, spec: &Spec) {
+    if let Ok(c) = config.with_application_name("walshift").connect_sql().await {
+        let _ = c
+            .execute(
+                "UPDATE walshift.migration SET run_heartbeat = NULL, run_pid = NULL, run_host = NULL WHERE name = $1",
+                &[&spec.name],
+            )
+            .await;
     }
 }
 

@@ -1,0 +1,808 @@
+//! The operator's commands around a running `walshift run`: `status`, `wait`,
+//! `verify`, `cleanup`, `ctl`, and the `[safety]` WAL limit — each driven
+//! through the real binary against a fresh database (DESIGN.md §4-5, README
+//! "Commands").
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Database, connect, fresh_db, wait_for, wait_for_some};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_walshift");
+
+/// `users` (set mode: `status` from `is_active`) and `orders` -> `order_items`
+/// (rows mode: one target row per JSON line item).
+const SCHEMA: &str = "
+CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean NOT NULL, pad text, status text);
+CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
+CREATE TABLE order_items (order_id bigint NOT NULL, line_no bigint NOT NULL, sku text, qty int,
+                          PRIMARY KEY (order_id, line_no));
+";
+
+const USERS_MIRROR: &str = r#"
+[[mirror]]
+source = "public.users"
+set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
+"#;
+
+const ORDERS_MIRROR: &str = r#"
+[[mirror]]
+source = "public.orders"
+target = "public.order_items"
+owner  = ["order_id"]
+select = """
+SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
+FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
+"""
+"#;
+
+/// A spec in its own temporary directory (the run's stderr goes there too).
+struct Spec {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    name: String,
+}
+
+impl Spec {
+    fn new(name: &str, body: &str) -> Spec {
+        let dir = tempfile::Builder::new()
+            .prefix("walshift-ops-")
+            .tempdir()
+            .expect("temporary directory");
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, format!("name = \"{name}\"\n{body}")).expect("write the spec");
+        Spec {
+            dir,
+            path,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Slot, publication and origin name.
+    fn object(&self) -> String {
+        format!("walshift_{}", self.name.replace('-', "_"))
+    }
+}
+
+/// What a finished command printed.
+struct Out {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.status.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+fn command(args: &[&str], spec: &Path, db: &Database) -> tokio::process::Command {
+    let (sub, rest) = args.split_first().expect("a subcommand");
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg(sub)
+        .arg(spec)
+        .args(rest)
+        .args(["--db", &db.conninfo()])
+        .env_remove("RUST_LOG")
+        .env_remove("WALSHIFT_DB")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// `walshift <args[0]> SPEC <args[1..]> --db ...`, to its end (at most 40 s).
+async fn cli(args: &[&str], spec: &Spec, db: &Database) -> Out {
+    let child = command(args, &spec.path, db).output();
+    let out = tokio::time::timeout(Duration::from_secs(40), child)
+        .await
+        .unwrap_or_else(|_| panic!("walshift {args:?} did not finish in 40s"))
+        .expect("run walshift");
+    Out {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn status_json(spec: &Spec, db: &Database) -> Value {
+    let out = cli(&["status", "--json"], spec, db).await;
+    assert_eq!(out.code(), Some(0), "status --json: {out}");
+    out.json()
+}
+
+/// A `walshift run` child; killed on drop, its stderr shown if the test fails.
+struct Run {
+    child: tokio::process::Child,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Run {
+    fn spawn(spec: &Spec, db: &Database) -> Run {
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        let log = spec.dir.path().join(format!("run-{n}.stderr"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("run log");
+        let mut cmd = command(&["run"], &spec.path, db);
+        cmd.stdout(Stdio::from(file.try_clone().expect("clone")))
+            .stderr(Stdio::from(file));
+        Run {
+            child: cmd.spawn().expect("spawn walshift run"),
+            log,
+            exited: None,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn sigterm(&self) {
+        let pid = self.child.id().expect("run still running") as i32;
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// Exit status, once the run ends by itself (within `timeout`).
+    async fn exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        let s = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "walshift run did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                )
+            })
+            .expect("wait for walshift run");
+        self.exited = Some(s);
+        s
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.exited.is_none() && self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- walshift run stderr\n{}", self.stderr());
+        }
+    }
+}
+
+/// A fresh database with the schema and `users` rows `1..=users`, `orders`
+/// `1..=orders` (each with 1-3 line items).
+async fn setup(users: i64, orders: i64) -> (Database, tokio_postgres::Client) {
+    let db = fresh_db().await;
+    let c = db.connect().await;
+    c.batch_execute(SCHEMA).await.expect("schema");
+    c.execute(
+        "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
+        &[&users],
+    )
+    .await
+    .expect("users");
+    c.execute(
+        "INSERT INTO orders SELECT g, (SELECT jsonb_agg(jsonb_build_object('sku', 's' || g || '-' || n, 'qty', n))
+                                        FROM generate_series(1, 1 + g % 3) n)
+         FROM generate_series(1, $1::bigint) g",
+        &[&orders],
+    )
+    .await
+    .expect("orders");
+    (db, c)
+}
+
+async fn one_i64(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// Whether the backfill of `name` has not (yet) completed every mirror.
+async fn backfill_incomplete(c: &tokio_postgres::Client, name: &str) -> bool {
+    if one_i64(
+        c,
+        "SELECT (to_regclass('walshift.backfill') IS NULL)::int::int8",
+    )
+    .await
+        == 1
+    {
+        return true;
+    }
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE NOT done), count(*) FROM walshift.backfill WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) > 0 || row.get::<_, i64>(1) == 0
+}
+
+/// Polls `status --json` until `cond` holds for it; returns that status.
+async fn status_until(
+    what: &str,
+    timeout: Duration,
+    spec: &Spec,
+    db: &Database,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for_some(what, timeout, || async {
+        let s = status_json(spec, db).await;
+        cond(&s).then_some(s)
+    })
+    .await
+}
+
+fn ready_mirroring(s: &Value) -> bool {
+    s["phase"] == "mirroring" && s["lag"]["seconds"].as_f64().is_some_and(|l| l < 1.0)
+}
+
+/// Guards: before any run, `status` answers (exit 0, phase `not-started`)
+/// instead of failing on missing state, `--json` has the documented keys, and
+/// `wait --timeout` gives up (exit 1) saying that no run has started.
+#[tokio::test]
+async fn status_before_any_run_is_not_started() {
+    let (db, _c) = setup(10, 0).await;
+    let spec = Spec::new("ops-before", USERS_MIRROR);
+    let out = cli(&["status"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("not-started"), "{out}");
+    let json = status_json(&spec, &db).await;
+    for key in ["name", "phase", "ready", "run", "lag", "backfill", "slot"] {
+        assert!(json.get(key).is_some(), "status --json lacks {key}: {json}");
+    }
+    assert_eq!(json["name"], "ops-before");
+    assert_eq!(json["phase"], "not-started");
+    assert_eq!(json["ready"], false);
+    assert_eq!(json["run"]["alive"], false);
+    assert_eq!(json["slot"]["exists"], false);
+    let out = cli(&["wait", "--timeout", "2s"], &spec, &db).await;
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr.contains("timed out") && out.stderr.contains("has not started"),
+        "wait should say it timed out and why: {out}"
+    );
+}
+
+/// Guards the deploy-script contract of `wait`: it returns 0 only once the
+/// backfill (running concurrently, throttled to take seconds) is complete,
+/// never before; `status` shows `backfilling` with a live run meanwhile; and
+/// with no run alive `wait --timeout` gives up with exit 1 and says why.
+#[tokio::test]
+async fn wait_returns_only_after_the_backfill_is_done() {
+    let (db, c) = setup(50_000, 0).await;
+    let spec = Spec::new(
+        "ops-wait",
+        &format!("{USERS_MIRROR}\n[backfill]\nmax_rows_per_second = 10000\n"),
+    );
+    let mut run = Run::spawn(&spec, &db);
+    let started = Instant::now();
+    let mut waiter = command(&["wait", "--timeout", "60s"], &spec.path, &db)
+        .spawn()
+        .expect("spawn wait");
+    let mut saw_waiting_while_incomplete = false;
+    let mut saw_backfilling_status = false;
+    let wait_status = loop {
+        if let Some(s) = waiter.try_wait().expect("try_wait") {
+            break s;
+        }
+        // Checked in this order: wait was running at the first, so if the
+        // backfill is still incomplete at the second, it was then too.
+        let incomplete = backfill_incomplete(&c, "ops-wait").await;
+        if incomplete {
+            saw_waiting_while_incomplete = true;
+            if !saw_backfilling_status {
+                let s = status_json(&spec, &db).await;
+                saw_backfilling_status =
+                    s["phase"] == "backfilling" && s["run"]["alive"] == true && s["ready"] == false;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(28),
+            "wait did not return in 28s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let done = one_i64(
+        &c,
+        "SELECT count(*) FILTER (WHERE NOT done) + (count(*) <> 1)::int FROM walshift.backfill WHERE name = 'ops-wait'",
+    )
+    .await;
+    let out = waiter.wait_with_output().await.expect("wait output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        wait_status.code(),
+        Some(0),
+        "wait: {stdout}\n{stderr}\nrun:\n{}",
+        run.stderr()
+    );
+    assert_eq!(
+        done, 0,
+        "wait returned while the backfill was not done: {stdout}"
+    );
+    assert!(
+        saw_waiting_while_incomplete,
+        "the backfill finished before it could be observed; slow it down"
+    );
+    assert!(
+        saw_backfilling_status,
+        "status never showed phase backfilling with a live run"
+    );
+    assert!(stdout.contains("ready"), "{stdout}");
+    assert_eq!(
+        one_i64(
+            &c,
+            "SELECT count(*) FROM users WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END"
+        )
+        .await,
+        0
+    );
+
+    run.sigterm();
+    let code = run.exit(Duration::from_secs(10)).await;
+    assert_eq!(code.code(), Some(0), "run: {}", run.stderr());
+    let out = cli(&["wait", "--timeout", "2s"], &spec, &db).await;
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr.contains("timed out") && out.stderr.contains("no walshift run is alive"),
+        "wait should say it timed out and why: {out}"
+    );
+}
+
+/// Guards `status` while a run mirrors: phase `mirroring`, run alive with its
+/// pid, lag measured end to end (under 1 s once caught up, and refreshed),
+/// slot active, `ready` true — and the human rendering says the same.
+#[tokio::test]
+async fn status_while_running_shows_live_run_lag_and_slot() {
+    let (db, c) = setup(1_000, 0).await;
+    let spec = Spec::new("ops-status", USERS_MIRROR);
+    let mut run = Run::spawn(&spec, &db);
+    let s = status_until(
+        "phase mirroring with lag < 1s",
+        Duration::from_secs(20),
+        &spec,
+        &db,
+        ready_mirroring,
+    )
+    .await;
+    assert_eq!(s["run"]["alive"], true, "{s}");
+    assert_eq!(
+        s["run"]["pid"].as_i64(),
+        run.child.id().map(i64::from),
+        "{s}"
+    );
+    assert_eq!(s["slot"]["exists"], true, "{s}");
+    assert_eq!(s["slot"]["active"], true, "{s}");
+    assert_eq!(s["slot"]["name"], spec.object(), "{s}");
+    assert!(s["lag"]["bytes"].as_i64().is_some(), "{s}");
+    assert!(
+        s["lag"]["measured_age_seconds"]
+            .as_f64()
+            .is_some_and(|a| a < 5.0),
+        "{s}"
+    );
+    assert_eq!(s["backfill"]["complete"], true, "{s}");
+    assert_eq!(s["ready"], true, "{s}");
+    // A live write is mirrored and the lag stays small.
+    c.execute(
+        "UPDATE users SET is_active = NOT is_active WHERE id = 7",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_for("the update mirrored", Duration::from_secs(10), || async {
+        one_i64(
+            &c,
+            "SELECT count(*) FROM users WHERE id = 7 AND status = CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let text = cli(&["status"], &spec, &db).await;
+    assert_eq!(text.code(), Some(0), "{text}");
+    assert!(text.stdout.contains("mirroring"), "{text}");
+    assert!(text.stdout.contains("alive"), "{text}");
+    assert!(text.stdout.contains(" active"), "{text}");
+    run.sigterm();
+    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+    let s = status_json(&spec, &db).await;
+    assert_eq!(s["phase"], "stopped", "{s}");
+    assert_eq!(s["run"]["alive"], false, "{s}");
+    assert_eq!(s["ready"], false, "{s}");
+}
+
+/// Application-like writes on `users` and `orders` until `stop`.
+fn write_load(db: &Database, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let conninfo = db.conninfo();
+    tokio::spawn(async move {
+        let c = connect(&conninfo).await;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let id = (n * 7919 % 2000 + 1) as i64;
+            c.execute(
+                "UPDATE users SET is_active = NOT is_active WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+            // Orders 101..=500 only: 1..=100 stay still for the corruption check.
+            let oid = (n * 104_729 % 400 + 101) as i64;
+            c.execute(
+                "UPDATE orders SET items = items || jsonb_build_array(jsonb_build_object('sku', 'x', 'qty', 1)) WHERE id = $1",
+                &[&oid],
+            )
+            .await
+            .unwrap();
+            c.execute(
+                "INSERT INTO orders VALUES (10000 + $1::bigint, '[{\"sku\":\"n\",\"qty\":2}]')",
+                &[&(n as i64)],
+            )
+            .await
+            .unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+/// Guards `verify`: exit 0 on a mirrored set + rows spec checked while writes
+/// continue (changing rows settle, no false alarm); exit 1 naming the key once
+/// a target row is corrupted behind walshift's back; exit 1 for a gate that
+/// returns false, and for a gate that returns two rows, even when data matches.
+#[tokio::test]
+async fn verify_passes_on_mirrored_data_and_fails_on_corruption_and_gates() {
+    let (db, c) = setup(2_000, 500).await;
+    let body = format!("{USERS_MIRROR}{ORDERS_MIRROR}");
+    let spec = Spec::new("ops-verify", &body);
+    let mut run = Run::spawn(&spec, &db);
+    status_until(
+        "ready",
+        Duration::from_secs(20),
+        &spec,
+        &db,
+        ready_mirroring,
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = write_load(&db, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let under_load = cli(&["verify"], &spec, &db).await;
+    stop.store(true, Ordering::Relaxed);
+    let writes = load.await.expect("load");
+    assert!(writes > 0);
+    assert_eq!(
+        under_load.code(),
+        Some(0),
+        "verify under load: {under_load}"
+    );
+    assert!(under_load.stdout.contains("verify passed"), "{under_load}");
+
+    // Corrupt one rows-mode target row; the target is not published, so
+    // walshift never hears of it.
+    let n = c
+        .execute(
+            "UPDATE order_items SET qty = qty + 100 WHERE order_id = 42 AND line_no = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let corrupt = cli(&["verify"], &spec, &db).await;
+    assert_eq!(corrupt.code(), Some(1), "{corrupt}");
+    assert!(
+        corrupt.stdout.contains("key (42)"),
+        "key not named: {corrupt}"
+    );
+    assert!(corrupt.stdout.contains("verify FAILED"), "{corrupt}");
+    let json = cli(&["verify", "--json"], &spec, &db).await;
+    assert_eq!(json.code(), Some(1), "{json}");
+    let report = json.json();
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["mirrors"][1]["differing"], 1, "{report}");
+    assert_eq!(report["mirrors"][0]["differing"], 0, "{report}");
+    c.execute(
+        "UPDATE order_items SET qty = qty - 100 WHERE order_id = 42 AND line_no = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(cli(&["verify"], &spec, &db).await.code(), Some(0));
+
+    // Gates: data matches, the gate decides.
+    let gate = |sql: &str| {
+        Spec::new(
+            "ops-verify",
+            &format!("{body}\n[[gate]]\nname = \"the gate\"\nsql = \"{sql}\"\n"),
+        )
+    };
+    let passing = gate("SELECT true");
+    let out = cli(&["verify"], &passing, &db).await;
+    assert_eq!(out.code(), Some(0), "a true gate: {out}");
+    let failing = gate("SELECT false");
+    let out = cli(&["verify"], &failing, &db).await;
+    assert_eq!(out.code(), Some(1), "a false gate: {out}");
+    assert!(out.stdout.contains("FAILED"), "{out}");
+    let two_rows = gate("SELECT true FROM generate_series(1, 2)");
+    let out = cli(&["verify"], &two_rows, &db).await;
+    assert_eq!(out.code(), Some(1), "a gate with two rows: {out}");
+    assert!(out.stdout.contains("FAILED"), "{out}");
+
+    run.sigterm();
+    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+}
+
+/// What walshift objects of `spec` remain, one word each.
+async fn leftovers(c: &tokio_postgres::Client, spec: &Spec) -> Vec<String> {
+    let name = spec.object();
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                    EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
+                    EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1),
+                    EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'walshift')",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    ["slot", "publication", "origin", "walshift schema"]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| row.get::<_, bool>(*i))
+        .map(|(_, w)| w.to_string())
+        .collect()
+}
+
+/// Guards `cleanup`: it refuses (exit 2, one line) while a run is alive;
+/// after the run stops it leaves no slot, publication, origin, state or
+/// schema; `--force` with a run alive leaves nothing either, and the run then
+/// stops by itself with a non-zero exit and a clear message (it must not
+/// quietly recreate what was just dropped).
+#[tokio::test]
+async fn cleanup_refuses_while_alive_and_leaves_nothing() {
+    let (db, c) = setup(500, 0).await;
+    let spec = Spec::new("ops-cleanup", USERS_MIRROR);
+    let mut run = Run::spawn(&spec, &db);
+    status_until(
+        "ready",
+        Duration::from_secs(20),
+        &spec,
+        &db,
+        ready_mirroring,
+    )
+    .await;
+    let refused = cli(&["cleanup"], &spec, &db).await;
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert_eq!(refused.stderr.trim().lines().count(), 1, "{refused}");
+    assert!(refused.stderr.contains("alive"), "{refused}");
+    assert!(
+        run.still_running(),
+        "a refused cleanup must not stop the run"
+    );
+    assert_eq!(leftovers(&c, &spec).await.len(), 4);
+
+    run.sigterm();
+    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+    let out = cli(&["cleanup"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(leftovers(&c, &spec).await, Vec::<String>::new(), "{out}");
+
+    // Again, forced, with the run alive.
+    let mut run = Run::spawn(&spec, &db);
+    status_until(
+        "ready again",
+        Duration::from_secs(20),
+        &spec,
+        &db,
+        ready_mirroring,
+    )
+    .await;
+    let out = cli(&["cleanup", "--force"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(leftovers(&c, &spec).await, Vec::<String>::new(), "{out}");
+    let code = run.exit(Duration::from_secs(15)).await;
+    let stderr = run.stderr();
+    assert_eq!(
+        leftovers(&c, &spec).await,
+        Vec::<String>::new(),
+        "the run recreated objects after the forced cleanup: {stderr}"
+    );
+    assert!(
+        code.code().is_some_and(|c| c != 0),
+        "the run should stop by itself with an error exit: {code:?}\n{stderr}"
+    );
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("slot") || last.contains("cleanup"),
+        "the run's last line should say its slot/state was removed (by cleanup), not: {last:?}\n{stderr}"
+    );
+}
+
+fn rows_done(s: &Value) -> i64 {
+    s["backfill"]["mirrors"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["rows_done"].as_i64()).sum())
+        .unwrap_or(0)
+}
+
+/// Guards `ctl pause|resume`: a paused backfill shows in `status` and stops
+/// advancing while live changes are still mirrored; resume lets it go on.
+#[tokio::test]
+async fn ctl_pause_stops_backfill_but_not_mirroring() {
+    let (db, c) = setup(50_000, 0).await;
+    let spec = Spec::new(
+        "ops-ctl",
+        &format!("{USERS_MIRROR}\n[backfill]\nmax_rows_per_second = 5000\n"),
+    );
+    let mut run = Run::spawn(&spec, &db);
+    status_until(
+        "the backfill under way",
+        Duration::from_secs(15),
+        &spec,
+        &db,
+        |s| s["run"]["alive"] == true && rows_done(s) > 0,
+    )
+    .await;
+    let out = cli(&["ctl", "pause"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    let s = status_json(&spec, &db).await;
+    assert_eq!(s["backfill"]["paused"], true, "{s}");
+    assert_eq!(s["backfill"]["complete"], false, "{s}");
+    let text = cli(&["status"], &spec, &db).await;
+    assert!(text.stdout.contains("paused"), "{text}");
+
+    // The chunk in flight may still land; then rows_done must hold still.
+    let prev = std::cell::Cell::new(rows_done(&s));
+    let last = wait_for_some("rows_done to hold still", Duration::from_secs(10), || {
+        let (spec, db, prev) = (&spec, &db, &prev);
+        async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let now = rows_done(&status_json(spec, db).await);
+            (now == prev.replace(now)).then_some(now)
+        }
+    })
+    .await;
+    // Live mirroring continues: a row far beyond the backfill's position.
+    c.execute(
+        "UPDATE users SET is_active = NOT is_active WHERE id = 49999",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "a live update mirrored while paused",
+        Duration::from_secs(10),
+        || async {
+            one_i64(
+                &c,
+                "SELECT count(*) FROM users WHERE id = 49999 AND status = CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = status_json(&spec, &db).await;
+    assert_eq!(
+        rows_done(&s),
+        last,
+        "the backfill advanced while paused: {s}"
+    );
+    assert_eq!(s["run"]["alive"], true, "{s}");
+
+    let out = cli(&["ctl", "resume"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    status_until(
+        "the backfill moving again",
+        Duration::from_secs(10),
+        &spec,
+        &db,
+        |s| s["backfill"]["paused"] == false && rows_done(s) > last,
+    )
+    .await;
+    run.sigterm();
+    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+}
+
+/// Guards `[safety] max_retained_wal` with `drop-slot`: when one long
+/// transaction makes the slot retain more WAL than allowed, the run stops
+/// with exit 2 and a line naming `safety.max_retained_wal`, and drops its slot
+/// so a forgotten sidecar cannot fill the disk.
+#[tokio::test]
+async fn safety_drops_the_slot_past_max_retained_wal() {
+    let (db, c) = setup(60_000, 0).await;
+    // History already mapped: the backfill writes no WAL of its own, so only
+    // the long transaction below can push the slot over the limit.
+    c.execute(
+        "UPDATE users SET status = CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("CHECKPOINT").await.unwrap();
+    let spec = Spec::new(
+        "ops-safety",
+        &format!(
+            "{USERS_MIRROR}\n[safety]\nmax_retained_wal = \"4MB\"\non_max_retained_wal = \"drop-slot\"\n"
+        ),
+    );
+    let mut run = Run::spawn(&spec, &db);
+    status_until(
+        "ready",
+        Duration::from_secs(20),
+        &spec,
+        &db,
+        ready_mirroring,
+    )
+    .await;
+    let conninfo = db.conninfo();
+    let big = tokio::spawn(async move {
+        let c = connect(&conninfo).await;
+        c.batch_execute(
+            "BEGIN;
+             UPDATE users SET pad = repeat('x', 100);
+             SELECT pg_sleep(5);
+             COMMIT;",
+        )
+        .await
+    });
+    let code = run.exit(Duration::from_secs(20)).await;
+    let stderr = run.stderr();
+    assert!(
+        !big.is_finished(),
+        "the run should stop while the long transaction is still open: {stderr}"
+    );
+    assert_eq!(code.code(), Some(2), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("safety.max_retained_wal")),
+        "no line names safety.max_retained_wal: {stderr}"
+    );
+    big.await.unwrap().expect("the long transaction commits");
+    let slots = one_i64(
+        &c,
+        &format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            spec.object()
+        ),
+    )
+    .await;
+    assert_eq!(slots, 0, "the slot remains: {stderr}");
+}
