@@ -71,6 +71,10 @@ enum Command {
         /// visibility barrier is needed.
         #[arg(long, hide = true)]
         unsafe_no_visibility_barrier: bool,
+        /// Keys one mirror may collect per batch before falling back to a
+        /// whole-mirror pass (bounds memory for huge transactions).
+        #[arg(long, hide = true, default_value_t = RunOptions::default().max_txn_keys)]
+        max_txn_keys: usize,
     },
     /// The whole story on a throwaway local PostgreSQL: fill, expand, check, mirror under
     /// load with backfill, catch up, verify, summary. Needs only the server binaries.
@@ -323,6 +327,7 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             spec,
             db,
             unsafe_no_visibility_barrier,
+            max_txn_keys,
         } => {
             let (spec, config) = match load(&spec, &db) {
                 Ok(v) => v,
@@ -333,6 +338,7 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                     visibility_barrier: !unsafe_no_visibility_barrier,
                     ..Default::default()
                 },
+                max_txn_keys: max_txn_keys.max(1),
                 ..Default::default()
             };
             if unsafe_no_visibility_barrier {
