@@ -27,10 +27,10 @@ pub mod relcache;
 pub mod replication;
 pub mod run;
 pub mod spec;
-pub mod status;
 pub mod state;
-pub mod throttle;
+pub mod status;
 pub mod terminal;
+pub mod throttle;
 pub mod tls;
 pub mod verify;
 
