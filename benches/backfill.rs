@@ -1,0 +1,485 @@
+//! Backfill speed of `walshift run` beside the in-server limit: the same
+//! chunks of the same generated statements, looped inside one `DO` block.
+//! The goal (issue "walshift takes at most 1.15x the in-server loop's time")
+//! is a ratio of at most 1.15.
+//!
+//! ```text
+//!  one throwaway cluster (walshift::cluster), same settings for everyone
+//!    ├─ set:  users(id, is_active, status)   status = CASE WHEN is_active ...
+//!    └─ rows: orders(id, items jsonb)  ──▶   order_items(order_id, line_no, sku, qty)
+//!  per scenario, per repetition (the order alternates):
+//!    reset target ─▶ walshift run spec.toml (the release binary) ─poll done every 20ms─▶ SIGTERM
+//!    reset target ─▶ DO block: chunk_upper_bound + set_apply/rows_apply text, COMMIT per chunk
+//!  medians ─▶ markdown table on stdout + target/bench-results/backfill.json
+//! ```
+//!
+//! walshift's time runs from process start (check, publication, origin,
+//! slot, sessions: "setup", reported apart) until `walshift.backfill` says
+//! done. It also pays for what the in-server loop does not do: a checkpoint
+//! row per chunk (I6), throttle look-ups, client round trips, and a walsender
+//! decoding every write it makes and streaming it back (echoes, I5). The CPU
+//! columns of the details table show where that went.
+//!
+//! Run with `cargo bench --bench backfill`. Environment:
+//! `BACKFILL_BENCH_ROWS` (users, default 1,000,000), `BACKFILL_BENCH_ORDERS`
+//! (default 200,000), `BACKFILL_BENCH_REPS` (default 3),
+//! `BACKFILL_BENCH_CHUNK` (fixed chunk rows, default 10,000),
+//! `BACKFILL_BENCH_ADAPTIVE_REPS` (runs with the default adaptive chunk
+//! size, default 1; 0 skips them), `BACKFILL_BENCH_PROFILE=1` (also the
+//! variants of [`profile`] that split walshift's extra time), `WALSHIFT_BIN`
+//! (another binary).
+
+#[path = "backfill_support/in_server.rs"]
+mod in_server;
+#[path = "backfill_support/process.rs"]
+mod process;
+#[path = "backfill_support/profile.rs"]
+mod profile;
+#[path = "backfill_support/report.rs"]
+mod report;
+
+use std::path::Path;
+use std::time::Instant;
+
+use tokio_postgres::Client;
+use walshift::catalog::{self, MirrorPlan};
+use walshift::cluster::{Cluster, Database};
+use walshift::mirror::applier::SESSION_SETTINGS;
+use walshift::spec::Spec;
+
+use process::{RunSample, cpu_seconds, drop_walshift_objects, run_walshift, scalar_f64};
+use report::{Figures, InServerSample, Outcome};
+
+/// Settings for both contenders. Durability is off (a benchmark of CPU and
+/// round trips, not of the disk), checkpoints stay out of the measured
+/// phases (max_wal_size, checkpoint_timeout, and a CHECKPOINT in every
+/// reset), and autovacuum is off so it never runs during a measurement; the
+/// resets vacuum by hand. `fsync = off` and `full_page_writes = off` are the
+/// cluster library's defaults.
+const SETTINGS: &[(&str, &str)] = &[
+    ("shared_buffers", "256MB"),
+    ("max_wal_size", "20GB"),
+    ("min_wal_size", "1GB"),
+    ("checkpoint_timeout", "1h"),
+    ("autovacuum", "off"),
+    ("maintenance_work_mem", "256MB"),
+];
+
+struct Config {
+    users: u64,
+    orders: u64,
+    reps: usize,
+    chunk: u64,
+    adaptive_reps: usize,
+    profile: bool,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        fn var(name: &str, default: u64) -> u64 {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .replace(['_', ','], "")
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+                Err(_) => default,
+            }
+        }
+        Config {
+            users: var("BACKFILL_BENCH_ROWS", 1_000_000).max(1),
+            orders: var("BACKFILL_BENCH_ORDERS", 200_000).max(1),
+            reps: var("BACKFILL_BENCH_REPS", 3).max(1) as usize,
+            chunk: var("BACKFILL_BENCH_CHUNK", 10_000).max(1),
+            adaptive_reps: var("BACKFILL_BENCH_ADAPTIVE_REPS", 1) as usize,
+            profile: var("BACKFILL_BENCH_PROFILE", 0) != 0,
+        }
+    }
+}
+
+/// One mirror to backfill, and how to put its target back to "empty".
+struct Scenario {
+    name: &'static str,
+    spec_name: &'static str,
+    mirror_toml: &'static str,
+    source_rows: u64,
+    reset: &'static [&'static str],
+    /// True when the target is exactly the mapping of the source.
+    verify: &'static str,
+    /// Rows the target holds when verified.
+    target_rows: &'static str,
+}
+
+const SET_MIRROR: &str = r#"[[mirror]]
+source = "public.users"
+set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
+"#;
+
+const ROWS_MIRROR: &str = r#"[[mirror]]
+source = "public.orders"
+target = "public.order_items"
+owner = ["order_id"]
+select = """
+SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
+FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
+"""
+"#;
+
+fn scenarios(cfg: &Config) -> [Scenario; 2] {
+    [
+        Scenario {
+            name: "set",
+            spec_name: "bench-set",
+            mirror_toml: SET_MIRROR,
+            source_rows: cfg.users,
+            // VACUUM FULL rewrites the table compactly, so every contender
+            // starts from the same physical layout (no free space from the
+            // previous run for HOT updates); the plain VACUUM then sets the
+            // visibility map for the bound query's index-only scan.
+            reset: &[
+                "UPDATE public.users SET status = NULL WHERE status IS NOT NULL",
+                "VACUUM FULL public.users",
+                "VACUUM (ANALYZE) public.users",
+                "CHECKPOINT",
+            ],
+            verify: "SELECT NOT EXISTS (SELECT FROM public.users
+                       WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END)",
+            target_rows: "SELECT count(*) FROM public.users WHERE status IS NOT NULL",
+        },
+        Scenario {
+            name: "rows",
+            spec_name: "bench-rows",
+            mirror_toml: ROWS_MIRROR,
+            source_rows: cfg.orders,
+            // No ANALYZE of the emptied target: after TRUNCATE it looks like
+            // a table just created (reltuples -1), as in a real migration.
+            // Analyzed while empty (reltuples 0) the planner may probe it
+            // with a nested-loop seq scan per desired row (see the report).
+            reset: &[
+                "TRUNCATE public.order_items",
+                "VACUUM (ANALYZE) public.orders",
+                "CHECKPOINT",
+            ],
+            verify: "SELECT (SELECT sum(jsonb_array_length(items)) FROM public.orders)
+                          = (SELECT count(*) FROM public.order_items)
+                      AND NOT EXISTS (
+                          SELECT src.id, i.n, i.v->>'sku', (i.v->>'qty')::int
+                          FROM public.orders AS src,
+                               jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
+                          EXCEPT
+                          SELECT order_id, line_no, sku, qty FROM public.order_items)",
+            target_rows: "SELECT count(*) FROM public.order_items",
+        },
+    ]
+}
+
+/// The source tables, filled. Runs once; every contender starts from a reset.
+async fn load(admin: &Client, cfg: &Config) {
+    let started = Instant::now();
+    let statements = [
+        "CREATE TABLE public.users (id bigint PRIMARY KEY, is_active boolean NOT NULL, status text)"
+            .to_owned(),
+        format!(
+            "INSERT INTO public.users (id, is_active)
+             SELECT g, g % 3 <> 0 FROM generate_series(1, {}) AS g",
+            cfg.users
+        ),
+        "CREATE TABLE public.orders (id bigint PRIMARY KEY, items jsonb NOT NULL)".to_owned(),
+        // 3..7 items per order: 5 on average.
+        format!(
+            "INSERT INTO public.orders (id, items)
+             SELECT g, (SELECT jsonb_agg(jsonb_build_object(
+                                 'sku', 'SKU-' || lpad(((g * 7 + i) % 5000)::text, 5, '0'),
+                                 'qty', 1 + (g + i) % 9))
+                        FROM generate_series(1, 3 + (g % 5)::int) AS i)
+             FROM generate_series(1, {}) AS g",
+            cfg.orders
+        ),
+        "CREATE TABLE public.order_items (
+             order_id bigint NOT NULL, line_no bigint NOT NULL, sku text, qty int,
+             PRIMARY KEY (order_id, line_no))"
+            .to_owned(),
+        "VACUUM (ANALYZE) public.users, public.orders".to_owned(),
+        "CHECKPOINT".to_owned(),
+    ];
+    for s in &statements {
+        exec(admin, s).await;
+    }
+    println!(
+        "loaded {} users and {} orders in {:.1}s",
+        cfg.users,
+        cfg.orders,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn spec_text(scenario: &Scenario, spec_name: &str, fixed_chunk: Option<u64>) -> String {
+    let mut text = format!("name = \"{spec_name}\"\n\n{}", scenario.mirror_toml);
+    if let Some(n) = fixed_chunk {
+        text.push_str(&format!(
+            "\n[backfill]\nmin_chunk_rows = {n}\nmax_chunk_rows = {n}\n"
+        ));
+    }
+    text
+}
+
+/// The plan `walshift run` would build for the spec: the same catalog check,
+/// so the in-server loop runs the statements walshift generates.
+async fn plan_for(admin: &Client, spec_text: &str) -> MirrorPlan {
+    let spec = Spec::from_str_named(spec_text, "bench.toml").expect("the bench spec is valid");
+    let report = catalog::check(admin, &spec)
+        .await
+        .expect("catalog check ran");
+    let plan = report.plan.unwrap_or_else(|| {
+        let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+        panic!("the bench spec does not fit:\n{}", problems.join("\n"))
+    });
+    plan.mirrors.into_iter().next().expect("one mirror")
+}
+
+async fn reset(admin: &Client, scenario: &Scenario) {
+    for s in scenario.reset {
+        exec(admin, s).await;
+    }
+}
+
+async fn verify(admin: &Client, scenario: &Scenario, who: &str) -> i64 {
+    let ok: bool = admin
+        .query_one(scenario.verify, &[])
+        .await
+        .expect("verify query")
+        .get(0);
+    assert!(
+        ok,
+        "{}: after {who} the target is not the mapping of the source",
+        scenario.name
+    );
+    admin
+        .query_one(scenario.target_rows, &[])
+        .await
+        .expect("count target rows")
+        .get(0)
+}
+
+async fn in_server(db: &Database, block: &str) -> InServerSample {
+    let client = db.connect().await;
+    client
+        .batch_execute(SESSION_SETTINGS)
+        .await
+        .expect("session settings");
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("backend pid")
+        .get(0);
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    // Alone in its Query message, so the DO block is not inside an implicit
+    // transaction block and may COMMIT.
+    client
+        .batch_execute(block)
+        .await
+        .unwrap_or_else(|e| panic!("in-server loop failed: {e:?}\n{block}"));
+    let total_s = started.elapsed().as_secs_f64();
+    let cpu_backend_s = cpu_seconds(pid) - cpu_before;
+    let chunks = scalar_f64(
+        &client,
+        "SELECT current_setting('walshift_bench.chunks')::float8",
+    )
+    .await as i64;
+    InServerSample {
+        total_s,
+        chunks,
+        cpu_backend_s,
+    }
+}
+
+async fn walshift_run(
+    admin: &Client,
+    db: &Database,
+    dir: &Path,
+    scenario: &Scenario,
+    fixed_chunk: Option<u64>,
+    run_no: usize,
+) -> RunSample {
+    let path = dir.join(format!("{}.toml", scenario.spec_name));
+    std::fs::write(&path, spec_text(scenario, scenario.spec_name, fixed_chunk))
+        .expect("write the spec");
+    let log = dir.join(format!("{}-{run_no}.log", scenario.spec_name));
+    let sample = run_walshift(admin, &db.conninfo(), &path, scenario.spec_name, &log).await;
+    drop_walshift_objects(admin, scenario.spec_name).await;
+    sample
+}
+
+async fn bench(cfg: &Config, db: &Database) -> Figures {
+    let admin = db.connect().await;
+    load(&admin, cfg).await;
+    let dir = tempfile::Builder::new()
+        .prefix("walshift-backfill-bench-")
+        .tempdir()
+        .expect("temporary directory");
+    let mut figures = Figures::default();
+    let mut run_no = 0;
+    for scenario in scenarios(cfg) {
+        let fixed = spec_text(&scenario, scenario.spec_name, Some(cfg.chunk));
+        let plan = plan_for(&admin, &fixed).await;
+        let block = in_server::do_block(&plan, cfg.chunk);
+        let mut outcome = Outcome::new(scenario.name, scenario.source_rows, cfg.chunk);
+        for rep in 0..cfg.reps {
+            // Alternate who goes first, so a drift in the machine's load
+            // (or a warm cache) does not favour one contender.
+            let walshift_first = rep % 2 == 0;
+            for turn in 0..2 {
+                reset(&admin, &scenario).await;
+                if (turn == 0) == walshift_first {
+                    run_no += 1;
+                    let s =
+                        walshift_run(&admin, db, dir.path(), &scenario, Some(cfg.chunk), run_no)
+                            .await;
+                    outcome.target_rows = verify(&admin, &scenario, "walshift").await;
+                    eprintln!(
+                        "  {} rep {}: walshift {:.2}s (setup {:.2}s, {} chunks)",
+                        scenario.name,
+                        rep + 1,
+                        s.total_s,
+                        s.setup_s,
+                        s.chunks
+                    );
+                    outcome.walshift.push(s);
+                } else {
+                    let s = in_server(db, &block).await;
+                    verify(&admin, &scenario, "the in-server loop").await;
+                    eprintln!(
+                        "  {} rep {}: in-server {:.2}s ({} chunks)",
+                        scenario.name,
+                        rep + 1,
+                        s.total_s,
+                        s.chunks
+                    );
+                    outcome.in_server.push(s);
+                }
+            }
+        }
+        for rep in 0..cfg.adaptive_reps {
+            reset(&admin, &scenario).await;
+            run_no += 1;
+            let s = walshift_run(&admin, db, dir.path(), &scenario, None, run_no).await;
+            verify(&admin, &scenario, "walshift (adaptive)").await;
+            eprintln!(
+                "  {} adaptive rep {}: walshift {:.2}s (setup {:.2}s, {} chunks)",
+                scenario.name,
+                rep + 1,
+                s.total_s,
+                s.setup_s,
+                s.chunks
+            );
+            outcome.adaptive.push(s);
+        }
+        if cfg.profile {
+            outcome.profile =
+                Some(profile_scenario(&admin, db, &scenario, &plan, &block, cfg).await);
+        }
+        figures.outcomes.push(outcome);
+    }
+    figures
+}
+
+/// The variants of [`profile`], once each, from a reset.
+async fn profile_scenario(
+    admin: &Client,
+    db: &Database,
+    scenario: &Scenario,
+    plan: &MirrorPlan,
+    block: &str,
+    cfg: &Config,
+) -> report::Profile {
+    reset(admin, scenario).await;
+    let consumer = profile::in_server_with_consumer(
+        admin,
+        db,
+        &bin_dir(admin).await,
+        &plan.source.to_string(),
+        block,
+    )
+    .await;
+    verify(admin, scenario, "the in-server loop with a consumer").await;
+    eprintln!(
+        "  {} profile: in-server with a pgoutput consumer {:.2}s",
+        scenario.name, consumer.total_s
+    );
+
+    reset(admin, scenario).await;
+    let text = spec_text(scenario, "bench-engine", Some(cfg.chunk));
+    let spec = Spec::from_str_named(&text, "bench.toml").expect("the bench spec is valid");
+    let (engine_s, engine_cpu_s) = profile::engine_without_stream(admin, db, &spec, plan).await;
+    verify(admin, scenario, "walshift's engine without a stream").await;
+    eprintln!(
+        "  {} profile: walshift engine without stream {engine_s:.2}s",
+        scenario.name
+    );
+
+    reset(admin, scenario).await;
+    let steps = profile::replay_steps(admin, db, plan, cfg.chunk).await;
+    verify(admin, scenario, "the timed replay").await;
+    eprintln!("  {} profile: replay {}", scenario.name, steps.line());
+    report::Profile {
+        consumer,
+        engine_s,
+        engine_cpu_s,
+        steps,
+    }
+}
+
+/// The server's binaries (pg_recvlogical), from `pg_config --bindir` of the
+/// running server's installation.
+async fn bin_dir(admin: &Client) -> std::path::PathBuf {
+    let row = admin
+        .query_one("SELECT setting FROM pg_config WHERE name = 'BINDIR'", &[])
+        .await
+        .expect("pg_config BINDIR");
+    std::path::PathBuf::from(row.get::<_, String>(0))
+}
+
+async fn exec(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("`{sql}`: {e:?}"));
+}
+
+fn main() {
+    let cfg = Config::from_env();
+    let load_before = report::loadavg();
+    let mut builder = Cluster::builder();
+    for (k, v) in SETTINGS {
+        builder = builder.setting(*k, *v);
+    }
+    let cluster = builder.start().expect("start a throwaway PostgreSQL");
+    let db = cluster
+        .fresh_database_named("backfill_bench")
+        .expect("create the bench database");
+    println!(
+        "PostgreSQL {} (cluster {}), walshift binary {}",
+        cluster.version_num(),
+        cluster.name(),
+        process::binary().display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = Instant::now();
+    let mut figures = runtime.block_on(bench(&cfg, &db));
+    figures.settings = SETTINGS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    figures.server_version_num = cluster.version_num();
+    figures.loadavg_before = load_before;
+    figures.loadavg_after = report::loadavg();
+    figures.wall_s = started.elapsed().as_secs_f64();
+    print!("{}", figures.markdown());
+    let out = report::results_path();
+    figures.write_json(&out);
+    println!("wrote {}", out.display());
+}

@@ -1,0 +1,267 @@
+//! The real `walshift run` as a child process, timed from spawn until
+//! `walshift.backfill` says every mirror is done; and CPU time per process
+//! from `/proc`, to see where a run's time went.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// How often the backfill state is polled.
+const POLL: Duration = Duration::from_millis(20);
+/// A run that takes longer than this is broken, not slow.
+const GIVE_UP: Duration = Duration::from_secs(900);
+/// How long SIGTERM may take ("finish the batch in flight") before SIGKILL.
+const STOP_WITHIN: Duration = Duration::from_secs(30);
+
+/// The binary: `WALSHIFT_BIN`, else the one cargo built for this bench
+/// (`target/release/walshift`, from the same sources).
+pub fn binary() -> PathBuf {
+    std::env::var_os("WALSHIFT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_walshift")))
+}
+
+/// One timed `walshift run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunSample {
+    /// Spawn until the poll saw `bool_and(done)`.
+    pub total_s: f64,
+    /// Spawn until the backfill rows were created (`started_at`, server clock):
+    /// check, publication, origin, slot, sessions.
+    pub setup_s: f64,
+    /// `finished_at - started_at` of the backfill rows (server clock).
+    pub backfill_s: f64,
+    pub chunks: i64,
+    pub rows_done: i64,
+    /// CPU seconds of the processes involved, sampled when done.
+    pub cpu_apply_backend_s: f64,
+    pub cpu_walsender_s: f64,
+    pub cpu_walshift_s: f64,
+}
+
+/// Runs `walshift run spec` until its backfill is done, then SIGTERM.
+/// `admin` is a session of the bench on the same database (polls, cleanup).
+pub async fn run_walshift(
+    admin: &Client,
+    conninfo: &str,
+    spec_path: &Path,
+    spec_name: &str,
+    log_path: &Path,
+) -> RunSample {
+    let log = File::create(log_path).expect("create the walshift log file");
+    let spawned_at = scalar_f64(
+        admin,
+        "SELECT extract(epoch FROM clock_timestamp())::float8",
+    )
+    .await;
+    let started = Instant::now();
+    let mut child = Command::new(binary())
+        .args(["--log-format", "json", "run"])
+        .arg(spec_path)
+        .args(["--db", conninfo])
+        .env_remove("RUST_LOG")
+        .env_remove("WALSHIFT_DB")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
+    let done_sql = format!(
+        "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = {}",
+        walshift::ident::quote_literal(spec_name)
+    );
+    let mut pids: Option<(i32, i32)> = None;
+    let mut table_ready = false;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait on walshift") {
+            panic!(
+                "walshift exited before its backfill was done ({status}); its log:\n{}",
+                tail(log_path)
+            );
+        }
+        if started.elapsed() > GIVE_UP {
+            stop(&mut child);
+            panic!(
+                "walshift backfill not done after {GIVE_UP:?}; its log:\n{}",
+                tail(log_path)
+            );
+        }
+        if pids.is_none() {
+            pids = session_pids(admin).await;
+        }
+        // Setup creates the state table; asking before that is an error
+        // (and a line in the server log every 20ms), so look for it first.
+        if !table_ready {
+            let msgs = admin
+                .simple_query("SELECT to_regclass('walshift.backfill') IS NOT NULL")
+                .await
+                .expect("look for walshift.backfill");
+            table_ready = first_value(&msgs).as_deref() == Some("t");
+        }
+        if table_ready {
+            let msgs = admin
+                .simple_query(&done_sql)
+                .await
+                .expect("poll walshift.backfill");
+            if first_value(&msgs).as_deref() == Some("t") {
+                break;
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let total_s = started.elapsed().as_secs_f64();
+    let (cpu_apply_backend_s, cpu_walsender_s) = match pids {
+        Some((apply, sender)) => (cpu_seconds(apply), cpu_seconds(sender)),
+        None => (f64::NAN, f64::NAN),
+    };
+    let cpu_walshift_s = cpu_seconds(child.id() as i32);
+    stop(&mut child);
+    let row = admin
+        .query_one(
+            "SELECT extract(epoch FROM min(started_at))::float8,
+                    extract(epoch FROM max(finished_at) - min(started_at))::float8,
+                    sum(chunks)::bigint, sum(rows_done)::bigint
+             FROM walshift.backfill WHERE name = $1",
+            &[&spec_name],
+        )
+        .await
+        .expect("read walshift.backfill");
+    let backfill_started: f64 = row.get(0);
+    RunSample {
+        total_s,
+        setup_s: backfill_started - spawned_at,
+        backfill_s: row.get(1),
+        chunks: row.get(2),
+        rows_done: row.get(3),
+        cpu_apply_backend_s,
+        cpu_walsender_s,
+        cpu_walshift_s,
+    }
+}
+
+/// Drops what `walshift run` created for `spec_name`: slot, publication,
+/// origin and the state schema, so the next run starts from nothing.
+pub async fn drop_walshift_objects(admin: &Client, spec_name: &str) {
+    let object = walshift::spec::object_name(spec_name);
+    let lit = walshift::ident::quote_literal(&object);
+    wait_slot_released(admin, &object).await;
+    let statements = [
+        format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {lit}"
+        ),
+        format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            walshift::ident::quote_ident(&object)
+        ),
+        format!(
+            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = {lit}"
+        ),
+        "DROP SCHEMA IF EXISTS walshift CASCADE".to_owned(),
+    ];
+    for s in statements {
+        admin
+            .batch_execute(&s)
+            .await
+            .unwrap_or_else(|e| panic!("cleanup `{s}`: {e:?}"));
+    }
+}
+
+/// Waits until no walsender holds `slot`: it lets go a moment after its
+/// client left, and an active slot cannot be dropped.
+pub async fn wait_slot_released(admin: &Client, slot: &str) {
+    let started = Instant::now();
+    while admin
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1 AND active)",
+            &[&slot],
+        )
+        .await
+        .expect("slot state")
+        .get::<_, bool>(0)
+    {
+        assert!(
+            started.elapsed() < STOP_WITHIN,
+            "slot {slot} still active after {STOP_WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The apply session's backend and the walsender, once both are connected.
+async fn session_pids(admin: &Client) -> Option<(i32, i32)> {
+    let rows = admin
+        .query(
+            "SELECT application_name, pid FROM pg_stat_activity
+             WHERE application_name IN ('walshift-apply', 'walshift-stream')",
+            &[],
+        )
+        .await
+        .ok()?;
+    let find = |name: &str| {
+        rows.iter()
+            .find(|r| r.get::<_, &str>(0) == name)
+            .map(|r| r.get::<_, i32>(1))
+    };
+    Some((find("walshift-apply")?, find("walshift-stream")?))
+}
+
+/// utime + stime of a live process, in seconds (NaN when it is gone).
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The command name is in parentheses and may hold spaces: count fields
+    // after the last ')'. utime and stime are fields 14 and 15 of the line.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) if hz > 0 => (u + s) as f64 / hz as f64,
+        _ => f64::NAN,
+    }
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY: kill(2) on our own child, not yet reaped (only this function
+    // and the poll loop wait on it), so the pid cannot have been reused.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let asked = Instant::now();
+    while asked.elapsed() < STOP_WITHIN {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+pub async fn scalar_f64(client: &Client, sql: &str) -> f64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("`{sql}`: {e:?}"))
+        .get(0)
+}
+
+pub fn first_value(msgs: &[SimpleQueryMessage]) -> Option<String> {
+    msgs.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
