@@ -1,0 +1,172 @@
+//! walshift under a role with only the privileges the README lists, and
+//! without EXECUTE on the replication origin functions (issue 3: "where
+//! origin functions are not permitted, it still works and says so").
+//! Without its origin, walshift's own writes come back through the stream
+//! and recompute to no-ops; the result must still be exact.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+const SPEC: &str = r#"name = "least-priv"
+
+[[mirror]]
+source = "public.users"
+set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
+
+[[mirror]]
+source = "public.orders"
+target = "public.order_items"
+owner  = ["order_id"]
+select = """
+SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
+FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
+"""
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
+    let db = common::fresh_db().await;
+    let admin = db.connect().await;
+    let role = format!("{}_migrator", db.name());
+    // The README's recipe: REPLICATION, CREATE on the database, ownership of
+    // the sources (via membership), SELECT/UPDATE on set columns,
+    // SELECT/INSERT/UPDATE/DELETE on targets. Origin functions: not granted.
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE app_owner;
+             CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean, status text);
+             CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
+             CREATE TABLE order_items (order_id bigint, line_no bigint, sku text, PRIMARY KEY (order_id, line_no));
+             ALTER TABLE users OWNER TO app_owner;
+             ALTER TABLE orders OWNER TO app_owner;
+             INSERT INTO users SELECT g, g % 2 = 0 FROM generate_series(1, 2000) g;
+             INSERT INTO orders SELECT g, '[{{\"sku\":\"a\"}},{{\"sku\":\"b\"}}]' FROM generate_series(1, 500) g;
+             CREATE ROLE {role} LOGIN REPLICATION IN ROLE app_owner;
+             GRANT CREATE ON DATABASE {db} TO {role};
+             GRANT SELECT, UPDATE (status) ON users TO {role};
+             GRANT SELECT ON orders TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON order_items TO {role};",
+            db = db.name()
+        ))
+        .await
+        .unwrap();
+    let conninfo = format!("{} user={role}", db.conninfo());
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
+        .args(["check", spec.to_str().unwrap(), "--db", &conninfo])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "check must pass for this role:\n{out}"
+    );
+    assert!(
+        out.contains("may not execute the replication origin functions"),
+        "{out}"
+    );
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
+        .args(["run", spec.to_str().unwrap(), "--db", &conninfo])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    common::wait_for("the backfill to finish", Duration::from_secs(60), || async {
+        admin
+            .query_one(
+                "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = 'least-priv'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+    })
+    .await;
+    admin
+        .batch_execute(
+            "UPDATE users SET is_active = NOT is_active WHERE id % 7 = 0;
+             INSERT INTO users SELECT g, true FROM generate_series(2001, 2100) g;
+             DELETE FROM users WHERE id % 11 = 0;
+             UPDATE orders SET items = items || '[{\"sku\":\"c\"}]' WHERE id % 5 = 0;
+             DELETE FROM orders WHERE id % 9 = 0;",
+        )
+        .await
+        .unwrap();
+    let lsn: String = admin
+        .query_one(
+            "SELECT pg_logical_emit_message(false, 'test', 'sync')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    common::wait_for("walshift to catch up", Duration::from_secs(60), || async {
+        admin
+            .query_one(
+                "SELECT coalesce(bool_or(confirmed_flush_lsn >= $1::text::pg_lsn), false)
+                 FROM pg_replication_slots WHERE slot_name = 'walshift_least_priv'",
+                &[&lsn],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+    })
+    .await;
+    let wrong: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM users WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0);
+    let diff: i64 = admin
+        .query_one(
+            "WITH want AS (SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
+                           FROM orders src, jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n))
+             SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM order_items) a)
+                  + (SELECT count(*) FROM (SELECT * FROM order_items EXCEPT ALL SELECT * FROM want) b)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(diff, 0);
+    let origins: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_replication_origin WHERE roname = 'walshift_least_priv'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(origins, 0, "the role could not create an origin");
+
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("replication origin functions are not permitted"),
+        "run says it works without its origin:\n{stderr}"
+    );
+}
