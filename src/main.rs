@@ -171,12 +171,8 @@ fn main() -> ExitCode {
 async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) -> ExitCode {
     match command {
         Command::Check { spec, db } => {
-            let (spec, config) = match load(&spec, &db) {
+            let (spec, mut client) = match load_and_connect(&spec, &db).await {
                 Ok(v) => v,
-                Err(code) => return code,
-            };
-            let mut client = match connect(&config).await {
-                Ok(c) => c,
                 Err(code) => return code,
             };
             let report = match catalog::check(&client, &spec).await {
@@ -210,12 +206,8 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             Err(e) => fail(&format!("demo failed: {e:#}")),
         },
         Command::Status { spec, json, db } => {
-            let (spec, config) = match load(&spec, &db) {
+            let (spec, client) = match load_and_connect(&spec, &db).await {
                 Ok(v) => v,
-                Err(code) => return code,
-            };
-            let client = match connect(&config).await {
-                Ok(c) => c,
                 Err(code) => return code,
             };
             match walshift::status::read(&client, &spec).await {
@@ -251,12 +243,8 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             examples,
             db,
         } => {
-            let (spec, config) = match load(&spec, &db) {
+            let (spec, client) = match load_and_connect(&spec, &db).await {
                 Ok(v) => v,
-                Err(code) => return code,
-            };
-            let client = match connect(&config).await {
-                Ok(c) => c,
                 Err(code) => return code,
             };
             let plan = match catalog::check(&client, &spec).await {
@@ -294,12 +282,8 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             }
         }
         Command::Cleanup { spec, force, db } => {
-            let (spec, config) = match load(&spec, &db) {
+            let (spec, client) = match load_and_connect(&spec, &db).await {
                 Ok(v) => v,
-                Err(code) => return code,
-            };
-            let client = match connect(&config).await {
-                Ok(c) => c,
                 Err(code) => return code,
             };
             match walshift::cleanup::cleanup(&client, &spec, force).await {
@@ -520,12 +504,34 @@ async fn ctl(spec: &Spec, config: &ConnConfig, action: CtlAction) -> ExitCode {
     }
 }
 
+/// The spec and an SQL session, or the one-line
+/// error and its exit code.
+async fn load_and_connect(
+    path: &std::path::Path,
+    db: &Db,
+) -> Result<(Spec, tokio_postgres::Client), ExitCode> {
+    let (spec, config) = load(path, db)?;
+    let client = connect(&config).await?;
+    Ok((spec, client))
+}
+
 /// An SQL session, or the one-line error and exit code.
 async fn connect(config: &ConnConfig) -> Result<tokio_postgres::Client, ExitCode> {
-    config
-        .connect_sql()
-        .await
-        .map_err(|e| fail(&format!("cannot connect to {}: {e}", config.redacted())))
+    config.connect_sql().await.map_err(|e| {
+        // tokio-postgres says "error connecting to server" and keeps the
+        // reason (refused, no such socket, ...) in its source chain.
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !msg.contains(&text) {
+                msg.push_str(": ");
+                msg.push_str(&text);
+            }
+            source = s.source();
+        }
+        fail(&format!("cannot connect to {}: {msg}", config.redacted()))
+    })
 }
 
 fn load(path: &std::path::Path, db: &Db) -> Result<(Spec, ConnConfig), ExitCode> {
