@@ -484,6 +484,21 @@ async fn restart_resumes_exactly_after_the_confirmed_commit() {
     // Read the 4th without confirming it, then disconnect.
     let _unconfirmed = tap.txn().await;
     tap.stream.close().await.unwrap();
+    // Regression (seen in CI under load): close() returned before the
+    // walsender let go of the slot, and an immediate restart failed with
+    // "replication slot ... is active for PID" (55006).
+    let active: bool = sql
+        .query_one(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'resume'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !active,
+        "close() returns once the server has released the slot"
+    );
     sql.execute("INSERT INTO t VALUES (6)", &[]).await.unwrap();
 
     let repl = repl_client(&db.conninfo()).await;

@@ -420,10 +420,29 @@ impl Reader {
         frontend::terminate(&mut self.write_buf);
         self.socket.write_all(&self.write_buf).await?;
         self.socket.flush().await?;
+        // Wait for the server to close the connection: only then has the
+        // walsender exited and released the slot, so a caller that restarts
+        // at once does not find it "active for PID ..." (55006). Whatever
+        // the server still sends meanwhile is discarded; bounded, because a
+        // server that never closes must not hang the caller.
+        let drain = async {
+            let mut sink = BytesMut::with_capacity(64 * 1024);
+            loop {
+                sink.clear();
+                match self.socket.read_buf(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
         let _ = self.socket.shutdown().await;
         Ok(())
     }
 }
+
+/// How long [`LogicalStream::close`] waits for the server to end the session.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
