@@ -12,114 +12,18 @@ mod mirror_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Database};
+use common::Cluster;
 use mirror_support::workloads::{
     EVENTS_A, EVENTS_B, EVENTS_DDL, ID_BIG, IDS_DDL, MOVED, ORDER_ITEMS, ORDERS_DDL, QUOTED_COUNT,
     QUOTED_DDL, QUOTED_ITEMS, STATUS, TAGS, TAGS_DDL, USERS_DDL, events_step, ids_step,
     orders_step, quoted_step, shop_ddl, shop_spec, shop_step, tags_step, txn, users_step,
 };
 use mirror_support::{
-    Load, LoadOptions, LoadStats, Rng, SpecFile, Step, Walshift, confirmed_at_least, poll,
+    LoadOptions, OPEN_ENDED, Scenario, Step, Walshift, assert_load, confirmed_at_least,
+    dedicated_cluster, fresh_db_on, poll, settled_updates, step, terminate_walshift_sessions,
     wait_active, wait_caught_up, wait_inactive,
 };
 use tokio_postgres::Client;
-
-/// A load that runs until stopped (mid-load actions need it to keep going afterwards).
-const OPEN_ENDED: LoadOptions = LoadOptions {
-    tasks: 4,
-    txns_per_task: u64::MAX,
-    reconnect: false,
-};
-
-/// A database with the old and new shapes created, a spec file, and a client.
-struct Scenario {
-    db: Database,
-    sql: Client,
-    spec: SpecFile,
-}
-
-impl Scenario {
-    async fn new(name: &str, ddl: &str, spec: &str) -> Scenario {
-        Scenario::on(common::fresh_db().await, name, ddl, spec).await
-    }
-
-    async fn on(db: Database, name: &str, ddl: &str, spec: &str) -> Scenario {
-        let sql = db.connect().await;
-        sql.batch_execute(ddl)
-            .await
-            .unwrap_or_else(|e| panic!("create the shapes: {e:?}"));
-        Scenario {
-            spec: SpecFile::new(name, spec),
-            db,
-            sql,
-        }
-    }
-
-    fn conninfo(&self) -> String {
-        self.db.conninfo()
-    }
-
-    /// Spawns walshift and waits until it streams from its slot.
-    async fn start(&self, extra: &[&str]) -> Walshift {
-        let ws = Walshift::spawn(&self.spec, &self.conninfo(), extra);
-        wait_active(&ws, &self.sql).await;
-        ws
-    }
-
-    fn load(&self, opts: LoadOptions, step: Step) -> Load {
-        Load::start(&self.conninfo(), opts, step)
-    }
-
-    async fn count(&self, sql: &str) -> i64 {
-        count(&self.sql, sql).await
-    }
-}
-
-async fn count(client: &Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .get(0)
-}
-
-fn step(f: impl Fn(&mut Rng) -> String + Send + Sync + 'static) -> Step {
-    Arc::new(f)
-}
-
-/// The load really ran: at least `min` transactions were acknowledged.
-fn assert_load(stats: &LoadStats, min: u64) {
-    let attempted = stats.acked + stats.rejected + stats.lost;
-    assert!(
-        stats.acked >= min,
-        "only {} of {attempted} transactions were acknowledged (expected at least {min}): \
-         {stats:?}",
-        stats.acked
-    );
-}
-
-/// Starts a dedicated cluster (it is reconfigured or restarted, so not the shared one).
-async fn dedicated_cluster(settings: &[(&'static str, &'static str)]) -> Arc<Cluster> {
-    let settings = settings.to_vec();
-    let cluster = tokio::task::spawn_blocking(move || {
-        settings
-            .into_iter()
-            .fold(Cluster::builder(), |b, (k, v)| b.setting(k, v))
-            .start()
-    })
-    .await
-    .expect("cluster start task")
-    .unwrap_or_else(|e| panic!("start a dedicated cluster: {e}"));
-    Arc::new(cluster)
-}
-
-async fn fresh_db_on(cluster: &Arc<Cluster>, hint: &str) -> Database {
-    let (cluster, hint) = (cluster.clone(), hint.to_owned());
-    tokio::task::spawn_blocking(move || cluster.fresh_database_named(&hint))
-        .await
-        .expect("create database task")
-        .unwrap_or_else(|e| panic!("create a database: {e}"))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Mappings under load
@@ -527,51 +431,6 @@ fn distinct_keys(set: &'static str) -> Step {
     })
 }
 
-/// Waits until no other session of this database remains (a backend flushes its statistics
-/// before it leaves pg_stat_activity), then expects `n_tup_upd` of users to be `expected`.
-async fn settled_updates(client: &Client, expected: i64) -> i64 {
-    poll(
-        None,
-        "the other sessions of the database to end",
-        Duration::from_secs(30),
-        || async move {
-            count(
-                client,
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()
-                   AND backend_type IN ('client backend', 'walsender')",
-            )
-            .await
-                == 0
-        },
-    )
-    .await;
-    let read = || async move {
-        client
-            .batch_execute("SELECT pg_stat_clear_snapshot()")
-            .await
-            .unwrap();
-        count(
-            client,
-            "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'public.users'::regclass",
-        )
-        .await
-    };
-    // Before PG 15 statistics travel through the collector, asynchronously: poll for them.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = read().await;
-    while seen < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        seen = read().await;
-    }
-    assert_eq!(
-        seen, expected,
-        "n_tup_upd of users: every row version must come from an application update or a \
-         recompute that changed the mapped column"
-    );
-    seen
-}
-
 // ---------------------------------------------------------------------------------------------
 // Lifecycle
 
@@ -688,7 +547,9 @@ async fn terminated_sessions_reconnect_by_themselves() {
             Duration::from_secs(30),
             || async move {
                 sql.query_opt(
-                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    "SELECT s.active_pid FROM pg_replication_slots AS s
+                     JOIN pg_stat_replication AS r ON r.pid = s.active_pid
+                     WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming')",
                     &[&slot],
                 )
                 .await
@@ -705,44 +566,6 @@ async fn terminated_sessions_reconnect_by_themselves() {
     wait_caught_up(&ws, &s.sql).await;
     assert_shop_exact(&s.sql, &ws).await;
     ws.stop().await;
-}
-
-/// Terminates walshift's sessions in this database once the walsender of its slot and at least
-/// one SQL session are there (between two sessions, e.g. while it backs off after a deadlock
-/// with the application, there are none). Returns the pids it terminated, the walsender's
-/// among them.
-async fn terminate_walshift_sessions(client: &Client, ws: &Walshift) -> Vec<i32> {
-    // The MATERIALIZED CTE keeps pg_terminate_backend above the datname filter: written in the
-    // view's WHERE, it can be pushed below the join with pg_database and reach other databases.
-    let sql = "WITH w AS MATERIALIZED (
-                   SELECT a.pid, a.pid IS NOT DISTINCT FROM (
-                              SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1
-                          ) AS streams
-                   FROM pg_stat_activity AS a
-                   WHERE a.datname = current_database() AND a.application_name LIKE 'walshift%')
-               SELECT pid, streams, pg_terminate_backend(pid) FROM w
-               WHERE (SELECT bool_or(streams) AND count(*) >= 2 FROM w)";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        ws.ensure_running();
-        let rows = client
-            .query(sql, &[&ws.slot()])
-            .await
-            .unwrap_or_else(|e| panic!("terminate walshift's sessions: {e:?}"));
-        // A session may end on its own between the two steps (then it is not terminated).
-        let terminated: Vec<(i32, bool)> = rows
-            .iter()
-            .filter(|r| r.get::<_, bool>(2))
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        if terminated.len() >= 2 && terminated.iter().any(|&(_, streams)| streams) {
-            return terminated.into_iter().map(|(pid, _)| pid).collect();
-        }
-        if Instant::now() >= deadline {
-            ws.fail("walshift never had both its stream and an SQL session for 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Guards reconnecting across a server restart in the middle of a run (a dedicated
@@ -815,10 +638,7 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes_exactly() {
              SELECT count(*) FROM u",
         )
         .await;
-    let single: i64 = s
-        .count("SELECT count(*) FROM users WHERE id IN (SELECT id FROM users ORDER BY id LIMIT 40)")
-        .await;
-    assert_eq!(updated, single);
+    assert!(updated > 0, "no users to update");
     let ws = s.start(&[]).await;
     wait_caught_up(&ws, &s.sql).await;
     STATUS.assert_exact(&s.sql, Some(&ws)).await;

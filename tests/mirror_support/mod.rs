@@ -12,14 +12,30 @@
 //!
 //! Every wait polls a condition and checks that walshift is still alive, so a crashed binary
 //! fails the test at once with its stderr instead of at a timeout.
+//!
+//! Each test binary that includes this module (`mirror`, `backfill`) uses a different subset.
+#![allow(dead_code)]
 
 pub mod compare;
 pub mod load;
 pub mod process;
+pub mod scenario;
+pub mod sessions;
 pub mod waits;
 pub mod workloads;
 
+// Re-exports for every binary that includes the module; each uses a different subset.
+#[allow(unused_imports)]
 pub use compare::SetMirror;
+#[allow(unused_imports)]
 pub use load::{Load, LoadOptions, LoadStats, Rng, Step};
+#[allow(unused_imports)]
 pub use process::{SpecFile, Walshift};
+#[allow(unused_imports)]
+pub use scenario::{
+    OPEN_ENDED, Scenario, assert_load, count, dedicated_cluster, fresh_db_on, step,
+};
+#[allow(unused_imports)]
+pub use sessions::{settled_updates, terminate_walshift_sessions};
+#[allow(unused_imports)]
 pub use waits::{confirmed_at_least, poll, wait_active, wait_caught_up, wait_inactive};

@@ -52,14 +52,36 @@ pub async fn slot_active(client: &Client, slot: &str) -> Option<bool> {
         .map(|r| r.get(0))
 }
 
-/// Until walshift's slot exists and a walsender streams from it.
+/// Whether a walsender streams from `slot`: the slot's `active_pid` is a walsender in state
+/// `catchup` or `streaming`, and the slot has a consistent point.
+///
+/// `active` alone is not enough: the walsender running CREATE_REPLICATION_SLOT holds the slot
+/// too (state `startup`), and on a busy server it may wait a long time for running
+/// transactions before the slot is consistent. Rows written meanwhile precede the consistent
+/// point and never reach the stream, and a "caught up" check against the still-future
+/// consistent point passes at once.
+pub async fn slot_streaming(client: &Client, slot: &str) -> bool {
+    client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots AS s
+             JOIN pg_stat_replication AS r ON r.pid = s.active_pid
+             WHERE s.slot_name = $1 AND s.confirmed_flush_lsn IS NOT NULL
+               AND r.state IN ('catchup', 'streaming')",
+            &[&slot],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read pg_replication_slots: {e}"))
+        .is_some()
+}
+
+/// Until walshift streams from its slot (see [`slot_streaming`]).
 pub async fn wait_active(ws: &Walshift, client: &Client) {
     let slot = ws.slot();
     poll(
         Some(ws),
-        &format!("slot {slot} to exist and be active"),
+        &format!("walshift to stream from slot {slot}"),
         ACTIVE_WITHIN,
-        || async move { slot_active(client, slot).await == Some(true) },
+        || async move { slot_streaming(client, slot).await },
     )
     .await;
 }
