@@ -31,8 +31,13 @@ use crate::state;
 
 /// Settings every walshift session shares with the replication connection:
 /// keys travel as Postgres's text output, which depends on them.
+///
+/// `jit = off`: chunk statements look expensive to the planner (set-returning
+/// functions such as `jsonb_array_elements` are estimated at 100 rows each),
+/// so JIT compiled them at up to 600 ms per chunk for statements that run in
+/// about a second without it (measured in benches/backfill.rs).
 pub const SESSION_SETTINGS: &str = "SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
-     SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'";
+     SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET jit = off";
 
 /// Work collected from committed transactions, applied in one go.
 #[derive(Debug, Clone, Default)]
