@@ -26,8 +26,10 @@
 //! `BACKFILL_BENCH_CHUNK` (fixed chunk rows, default 10,000),
 //! `BACKFILL_BENCH_ADAPTIVE_REPS` (runs with the default adaptive chunk
 //! size, default 1; 0 skips them), `BACKFILL_BENCH_PROFILE=1` (also the
-//! variants of [`profile`] that split walshift's extra time), `WALSHIFT_BIN`
-//! (another binary).
+//! variants of [`profile`] that split walshift's extra time),
+//! `BACKFILL_BENCH_ONLY` (`set` or `rows`), `BACKFILL_BENCH_PG_SETTINGS`
+//! (`key=value,...` added to the server settings of both contenders, for
+//! experiments), `WALSHIFT_BIN` (another binary).
 
 #[path = "backfill_support/in_server.rs"]
 mod in_server;
@@ -72,6 +74,11 @@ struct Config {
     chunk: u64,
     adaptive_reps: usize,
     profile: bool,
+    /// `BACKFILL_BENCH_ONLY=set` or `rows`: one scenario.
+    only: Option<String>,
+    /// `BACKFILL_BENCH_PG_SETTINGS="jit=off,work_mem=64MB"`: extra server
+    /// settings for an experiment, on top of [`SETTINGS`], for both contenders.
+    extra_settings: Vec<(String, String)>,
 }
 
 impl Config {
@@ -92,6 +99,18 @@ impl Config {
             chunk: var("BACKFILL_BENCH_CHUNK", 10_000).max(1),
             adaptive_reps: var("BACKFILL_BENCH_ADAPTIVE_REPS", 1) as usize,
             profile: var("BACKFILL_BENCH_PROFILE", 0) != 0,
+            only: std::env::var("BACKFILL_BENCH_ONLY").ok(),
+            extra_settings: std::env::var("BACKFILL_BENCH_PG_SETTINGS")
+                .unwrap_or_default()
+                .split(',')
+                .filter(|kv| !kv.trim().is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or_else(|| {
+                        panic!("BACKFILL_BENCH_PG_SETTINGS: {kv:?} is not key=value")
+                    });
+                    (k.trim().to_owned(), v.trim().to_owned())
+                })
+                .collect(),
         }
     }
 }
@@ -320,6 +339,13 @@ async fn bench(cfg: &Config, db: &Database) -> Figures {
     let mut figures = Figures::default();
     let mut run_no = 0;
     for scenario in scenarios(cfg) {
+        if cfg
+            .only
+            .as_deref()
+            .is_some_and(|only| only != scenario.name)
+        {
+            continue;
+        }
         let fixed = spec_text(&scenario, scenario.spec_name, Some(cfg.chunk));
         let plan = plan_for(&admin, &fixed).await;
         let block = in_server::do_block(&plan, cfg.chunk);
@@ -450,8 +476,13 @@ fn main() {
     let cfg = Config::from_env();
     let load_before = report::loadavg();
     let mut builder = Cluster::builder();
-    for (k, v) in SETTINGS {
-        builder = builder.setting(*k, *v);
+    let settings: Vec<(String, String)> = SETTINGS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(cfg.extra_settings.iter().cloned())
+        .collect();
+    for (k, v) in &settings {
+        builder = builder.setting(k, v);
     }
     let cluster = builder.start().expect("start a throwaway PostgreSQL");
     let db = cluster
@@ -470,10 +501,7 @@ fn main() {
         .expect("tokio runtime");
     let started = Instant::now();
     let mut figures = runtime.block_on(bench(&cfg, &db));
-    figures.settings = SETTINGS
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    figures.settings = settings;
     figures.server_version_num = cluster.version_num();
     figures.loadavg_before = load_before;
     figures.loadavg_after = report::loadavg();

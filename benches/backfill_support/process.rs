@@ -42,6 +42,13 @@ pub struct RunSample {
     pub cpu_walshift_s: f64,
 }
 
+impl RunSample {
+    /// CPU seconds of every process walshift's backfill kept busy.
+    pub fn cpu_total_s(&self) -> f64 {
+        self.cpu_apply_backend_s + self.cpu_walsender_s + self.cpu_walshift_s
+    }
+}
+
 /// Runs `walshift run spec` until its backfill is done, then SIGTERM.
 /// `admin` is a session of the bench on the same database (polls, cleanup).
 pub async fn run_walshift(

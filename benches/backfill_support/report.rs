@@ -69,6 +69,10 @@ impl Outcome {
     fn in_server_median(&self) -> f64 {
         median(self.in_server.iter().map(|s| s.total_s))
     }
+
+    fn in_server_cpu_median(&self) -> f64 {
+        median(self.in_server.iter().map(|s| s.cpu_backend_s))
+    }
 }
 
 /// Everything one bench run measured.
@@ -115,21 +119,24 @@ impl Figures {
         let _ = writeln!(
             out,
             "\nMedians of {} run(s) each; ✓ = within {GOAL}x. walshift s counts from process start \
-             (setup included). Load average before/after: {} / {}. Total {:.0}s.",
+             (setup included). Load average before/after: {} / {}. Total {:.0}s.\n\
+             CPU ratio: CPU seconds of walshift's apply backend, its walsender and the walshift \
+             process over those of the in-server loop's backend (medians); steadier than wall \
+             time when other processes share the cores.",
             self.outcomes.first().map_or(0, |o| o.in_server.len()),
             self.loadavg_before,
             self.loadavg_after,
             self.wall_s
         );
         out.push_str(
-            "\n| scenario | contender | runs s | setup s | backfill s (server) | backfill-only ratio | chunks | CPU s: apply backend / walsender / walshift |\n\
-             |---|---|---|---:|---:|---:|---:|---|\n",
+            "\n| scenario | contender | runs s | setup s | backfill s (server) | backfill-only ratio | chunks | CPU s: apply backend / walsender / walshift | CPU ratio |\n\
+             |---|---|---|---:|---:|---:|---:|---|---:|\n",
         );
         for o in &self.outcomes {
             let inner = o.in_server_median();
             let _ = writeln!(
                 out,
-                "| {} | in-server DO | {} | | | | {} | backend {} |",
+                "| {} | in-server DO | {} | | | | {} | backend {} | |",
                 o.scenario,
                 list(o.in_server.iter().map(|s| s.total_s)),
                 median(o.in_server.iter().map(|s| s.chunks as f64)),
@@ -145,7 +152,7 @@ impl Figures {
                 let backfill = median(runs.iter().map(|s| s.backfill_s));
                 let _ = writeln!(
                     out,
-                    "| {} | {who} | {} | {:.2} | {backfill:.2} | {:.2}x | {} | {} / {} / {} |",
+                    "| {} | {who} | {} | {:.2} | {backfill:.2} | {:.2}x | {} | {} / {} / {} | {:.2}x |",
                     o.scenario,
                     list(runs.iter().map(|s| s.total_s)),
                     median(runs.iter().map(|s| s.setup_s)),
@@ -154,6 +161,7 @@ impl Figures {
                     list(runs.iter().map(|s| s.cpu_apply_backend_s)),
                     list(runs.iter().map(|s| s.cpu_walsender_s)),
                     list(runs.iter().map(|s| s.cpu_walshift_s)),
+                    median(runs.iter().map(RunSample::cpu_total_s)) / o.in_server_cpu_median(),
                 );
             }
         }
@@ -211,6 +219,9 @@ impl Figures {
                     "within_goal": w / inner <= GOAL,
                     "walshift_setup_s": median(o.walshift.iter().map(|s| s.setup_s)),
                     "walshift_backfill_s": median(o.walshift.iter().map(|s| s.backfill_s)),
+                    "cpu_ratio": finite(
+                        median(o.walshift.iter().map(RunSample::cpu_total_s)) / o.in_server_cpu_median()
+                    ),
                     "adaptive": (!o.adaptive.is_empty()).then(|| json!({
                         "walshift_s": a,
                         "ratio": a / inner,
