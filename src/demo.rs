@@ -317,33 +317,12 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
     Ok(())
 }
 
-/// Emits a non-transactional message and waits until the slot has confirmed
-/// past it: walshift confirms only once everything before it is applied.
+/// The time a watermark takes through the stream until walshift has
+/// applied everything before it.
 async fn watermark(client: &tokio_postgres::Client, slot: &str) -> Result<Duration> {
-    let started = Instant::now();
-    let lsn: String = client
-        .query_one(
-            "SELECT pg_logical_emit_message(false, 'walshift-demo', 'watermark')::text",
-            &[],
-        )
+    walshift::verify::wait_caught_up(client, slot, Duration::from_secs(120))
         .await?
-        .get(0);
-    loop {
-        let ok: Option<bool> = client
-            .query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                &[&lsn, &slot],
-            )
-            .await?
-            .get(0);
-        if ok == Some(true) {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!("walshift did not catch up within 2 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        .context("walshift did not catch up within 2 minutes")
 }
 
 fn say(s: &str) {

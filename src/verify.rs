@@ -168,13 +168,14 @@ async fn differing_among(
 
 /// Waits until walshift has confirmed everything written before now: a
 /// watermark is emitted and the slot's confirmed position must pass it. A
-/// run confirms only what it has applied. Returns false when no run is
-/// alive to catch up.
+/// run confirms only what it has applied. Returns how long that took (the
+/// watermark's round trip), or `None` when no run is alive to catch up or
+/// it did not within `timeout`.
 pub async fn wait_caught_up(
     client: &Client,
     slot: &str,
     timeout: Duration,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<Option<Duration>, tokio_postgres::Error> {
     let active = client
         .query_opt(
             "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
@@ -184,16 +185,16 @@ pub async fn wait_caught_up(
         .map(|r| r.get::<_, bool>(0))
         .unwrap_or(false);
     if !active {
-        return Ok(false);
+        return Ok(None);
     }
+    let started = Instant::now();
     let lsn: String = client
         .query_one(
-            "SELECT pg_logical_emit_message(false, 'walshift-verify', 'sync')::text",
+            "SELECT pg_logical_emit_message(false, 'walshift-sync', 'sync')::text",
             &[],
         )
         .await?
         .get(0);
-    let started = Instant::now();
     while started.elapsed() < timeout {
         let done: Option<bool> = client
             .query_one(
@@ -203,11 +204,12 @@ pub async fn wait_caught_up(
             .await?
             .get(0);
         if done == Some(true) {
-            return Ok(true);
+            return Ok(Some(started.elapsed()));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Fine-grained: the demo reports this round trip as its lag figure.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Verifies every mirror of `plan` and runs the gates of `spec`.

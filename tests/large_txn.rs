@@ -27,25 +27,13 @@ FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
 "#;
 
 async fn caught_up(client: &tokio_postgres::Client, slot: &str) {
-    let lsn: String = client
-        .query_one(
-            "SELECT pg_logical_emit_message(false, 'test', 'sync')::text",
-            &[],
-        )
+    let took = walshift::verify::wait_caught_up(client, slot, Duration::from_secs(60))
         .await
-        .unwrap()
-        .get(0);
-    common::wait_for("walshift to confirm past the sync message", Duration::from_secs(60), || async {
-        client
-            .query_one(
-                "SELECT coalesce(bool_or(confirmed_flush_lsn >= $1::text::pg_lsn), false) FROM pg_replication_slots WHERE slot_name = $2",
-                &[&lsn, &slot],
-            )
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-    })
-    .await;
+        .unwrap();
+    assert!(
+        took.is_some(),
+        "walshift did not confirm past the sync message within 60 s"
+    );
 }
 
 /// Guards "large transactions keep memory bounded" (issue 3): a 20k-key

@@ -100,26 +100,11 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         )
         .await
         .unwrap();
-    let lsn: String = admin
-        .query_one(
-            "SELECT pg_logical_emit_message(false, 'test', 'sync')::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    common::wait_for("walshift to catch up", Duration::from_secs(60), || async {
-        admin
-            .query_one(
-                "SELECT coalesce(bool_or(confirmed_flush_lsn >= $1::text::pg_lsn), false)
-                 FROM pg_replication_slots WHERE slot_name = 'walshift_least_priv'",
-                &[&lsn],
-            )
+    let took =
+        walshift::verify::wait_caught_up(&admin, "walshift_least_priv", Duration::from_secs(60))
             .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-    })
-    .await;
+            .unwrap();
+    assert!(took.is_some(), "walshift did not catch up within 60 s");
     let wrong: i64 = admin
         .query_one(
             "SELECT count(*) FROM users WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
