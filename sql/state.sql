@@ -55,3 +55,31 @@ ALTER TABLE walshift.migration
 -- Also written every second by a running `run`.
 ALTER TABLE walshift.migration ADD COLUMN IF NOT EXISTS throttle_reason text;
 ALTER TABLE walshift.backfill ADD COLUMN IF NOT EXISTS rows_per_second float8;
+
+-- Cut-over (`walshift cutover`). The command files a request; the running
+-- `run` carries it out on its apply session (the one writer of the targets,
+-- I3) and reports each step here, so the command can follow from any host.
+ALTER TABLE walshift.migration
+    ADD COLUMN IF NOT EXISTS cutover_at        timestamptz,
+    ADD COLUMN IF NOT EXISTS cutover_postponed boolean NOT NULL DEFAULT false;
+
+CREATE TABLE IF NOT EXISTS walshift.cutover (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name         text NOT NULL REFERENCES walshift.migration (name) ON DELETE CASCADE,
+    dry_run      boolean NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    -- requested -> accepted -> verifying -> locking -> draining -> checking
+    -- -> done | failed | cancelled
+    state        text NOT NULL DEFAULT 'requested',
+    detail       text,
+    attempts     int NOT NULL DEFAULT 0,
+    -- The outcome (freeze and its parts, keys re-checked, gates), as JSON.
+    result       jsonb,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz
+);
+CREATE INDEX IF NOT EXISTS cutover_name_state ON walshift.cutover (name, state);
+
+-- Runtime overrides of [backfill] limits (`walshift ctl SPEC set KEY=VALUE`),
+-- key -> value as written; a running `run` is told by NOTIFY walshift_control.
+ALTER TABLE walshift.migration ADD COLUMN IF NOT EXISTS settings jsonb NOT NULL DEFAULT '{}';

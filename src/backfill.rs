@@ -129,7 +129,14 @@ struct MirrorState {
 /// The backfill of every mirror of a spec, one chunk at a time.
 pub struct Backfill {
     spec_name: String,
+    /// The spec's `[backfill]`; `limits` is it with the operator's overrides.
+    base_limits: spec::Backfill,
     limits: spec::Backfill,
+    /// The operator's pause and overrides, kept current by the run's control
+    /// task (without one, the pause is read from the state row).
+    control: Option<tokio::sync::watch::Receiver<crate::settings::Control>>,
+    /// Under a rows-per-second cap: no chunk before this.
+    next_chunk_at: Option<Instant>,
     slot: String,
     states: Vec<MirrorState>,
     progress: SharedProgress,
@@ -159,6 +166,7 @@ impl Backfill {
                 .cloned()
                 .unwrap_or_default();
             let sizer = ChunkSizer::new(&spec.backfill);
+            crate::metrics::backfill_progress(plan.number, 0, 0.0);
             mirrors.push(MirrorProgress {
                 mirror: plan.number,
                 label: labels.get(i).cloned().unwrap_or_default(),
@@ -177,7 +185,10 @@ impl Backfill {
         }
         Ok(Backfill {
             spec_name: spec.name.clone(),
+            base_limits: spec.backfill.clone(),
             limits: spec.backfill.clone(),
+            control: None,
+            next_chunk_at: None,
             slot: spec.slot_name(),
             states,
             progress: {
@@ -192,6 +203,47 @@ impl Backfill {
         })
     }
 
+    /// Follows the operator's pause and `ctl set` overrides from `control`.
+    pub fn follow(&mut self, control: tokio::sync::watch::Receiver<crate::settings::Control>) {
+        self.control = Some(control);
+        self.refresh_control();
+    }
+
+    /// Takes in a change of the operator's settings: new limits (logged),
+    /// and the throttle decided afresh.
+    fn refresh_control(&mut self) {
+        let Some(rx) = self.control.as_mut() else {
+            return;
+        };
+        if !rx.has_changed().unwrap_or(false) && self.last_signals.is_some() {
+            return;
+        }
+        let control = rx.borrow_and_update().clone();
+        let limits = crate::settings::effective(&self.base_limits, &control.overrides);
+        let changes = crate::settings::describe_changes(&self.limits, &limits);
+        if !changes.is_empty() {
+            tracing::info!(changes = %changes.join(", "), "backfill settings changed by the operator");
+            for st in &mut self.states {
+                st.sizer.retarget(&limits);
+            }
+            self.limits = limits;
+        }
+        // Decide again now (a pause or resume takes effect at once).
+        self.last_signals = None;
+    }
+
+    /// How long the rows-per-second cap wants the next chunk to wait.
+    pub fn pace(&self) -> Option<Duration> {
+        self.next_chunk_at
+            .and_then(|at| at.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// The limits in force (the spec's, with the operator's overrides).
+    pub fn limits(&self) -> &spec::Backfill {
+        &self.limits
+    }
+
     pub fn progress(&self) -> SharedProgress {
         self.progress.clone()
     }
@@ -204,6 +256,7 @@ impl Backfill {
     /// [`SIGNAL_INTERVAL`]; the operator's pause and our own apply lag are
     /// cheap and always current.
     pub async fn throttled(&mut self, client: &Client) -> Result<Option<Reason>, ApplyError> {
+        self.refresh_control();
         let fresh = matches!(&self.last_signals, Some((at, _)) if at.elapsed() < SIGNAL_INTERVAL);
         let reason = if fresh {
             let cached = self.last_signals.as_ref().and_then(|(_, r)| r.clone());
@@ -235,6 +288,14 @@ impl Backfill {
         }
         p.throttle = reason.as_ref().map(|r| r.to_string());
         p.throttle_kind = reason.as_ref().map(|r| r.kind());
+        if changed {
+            crate::metrics::throttle(p.throttle_kind);
+            if reason.is_some() {
+                for m in &p.mirrors {
+                    crate::metrics::backfill_rate(m.mirror, 0.0);
+                }
+            }
+        }
         Ok(reason)
     }
 
@@ -246,9 +307,12 @@ impl Backfill {
         };
         let mut signals = Signals {
             apply_lag: self.live_lag.lag(),
-            paused: state::backfill_paused(client, &self.spec_name)
-                .await
-                .map_err(err)?,
+            paused: match &self.control {
+                Some(rx) => rx.borrow().paused,
+                None => state::backfill_paused(client, &self.spec_name)
+                    .await
+                    .map_err(err)?,
+            },
             ..Default::default()
         };
         // Physical standbys only: logical walsenders (walshift's own stream,
@@ -328,18 +392,22 @@ impl Backfill {
                     mp.rate = (r1 - r0) as f64 / secs;
                 }
             }
+            crate::metrics::backfill_progress(
+                mp.mirror,
+                out.rows,
+                if st.done { 0.0 } else { mp.rate },
+            );
             if st.done {
                 tracing::info!(mirror = %mp.label, rows = mp.rows_done, "backfill of mirror complete");
             }
         }
-        // The rows-per-second cap: space chunks so the average stays under it.
-        if let Some(cap) = self.limits.max_rows_per_second.filter(|c| *c > 0) {
-            let min = Duration::from_secs_f64(out.rows as f64 / cap as f64);
-            let spent = started.elapsed();
-            if min > spent {
-                tokio::time::sleep(min - spent).await;
-            }
-        }
+        // The rows-per-second cap: space chunks so the average stays under
+        // it. The caller waits (see `pace`), applying live batches meanwhile.
+        self.next_chunk_at = self
+            .limits
+            .max_rows_per_second
+            .filter(|c| *c > 0)
+            .map(|cap| started + Duration::from_secs_f64(out.rows as f64 / cap as f64));
         Ok(())
     }
 }

@@ -70,8 +70,14 @@ impl ConnConfig {
         let mut pg = if rest.trim().is_empty() {
             tokio_postgres::Config::new()
         } else {
-            tokio_postgres::Config::from_str(&rest)
-                .map_err(|e| ConnConfigError::Syntax(e.to_string()))?
+            tokio_postgres::Config::from_str(&rest).map_err(|e| {
+                // tokio-postgres says only "invalid connection string"; the
+                // reason (an option's name, never its value) is its source.
+                ConnConfigError::Syntax(match std::error::Error::source(&e) {
+                    Some(reason) => reason.to_string(),
+                    None => e.to_string(),
+                })
+            })?
         };
         let lookup = |key: &str| {
             own.iter()
@@ -252,15 +258,37 @@ impl ConnConfig {
     /// the task that drives it. Errors from that task after connecting are
     /// logged at debug level; the client then reports itself closed.
     pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, SqlConnectError> {
+        self.connect_with(None).await
+    }
+
+    /// Like [`ConnConfig::connect_sql`], and the payloads of notifications
+    /// the session receives (after it LISTENs) arrive on the receiver.
+    pub async fn connect_sql_listening(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::sync::mpsc::UnboundedReceiver<String>,
+        ),
+        SqlConnectError,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Ok((self.connect_with(Some(tx)).await?, rx))
+    }
+
+    async fn connect_with(
+        &self,
+        notes: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<tokio_postgres::Client, SqlConnectError> {
         // libpq never uses TLS over unix sockets; neither do we.
         let client = if self.tls.mode == SslMode::Disable || self.all_unix() {
             let (client, conn) = self.pg.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(drive(conn));
+            tokio::spawn(drive(conn, notes));
             client
         } else {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls.client_config()?);
             let (client, conn) = self.pg.connect(tls).await?;
-            tokio::spawn(drive(conn));
+            tokio::spawn(drive(conn, notes));
             client
         };
         Ok(client)
@@ -274,13 +302,28 @@ impl ConnConfig {
     }
 }
 
-async fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
-where
+/// Drives a session's connection; notifications go to `notes`, if any.
+async fn drive<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    notes: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio_postgres::tls::TlsStream + Unpin,
 {
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "SQL connection ended");
+    loop {
+        match futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                if let Some(tx) = &notes {
+                    let _ = tx.send(n.payload().to_string());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "SQL connection ended");
+                return;
+            }
+            None => return,
+        }
     }
 }
 
@@ -289,8 +332,37 @@ where
 pub enum SqlConnectError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
+    /// The whole reason in one line: tokio-postgres alone says only "db
+    /// error" or "error connecting to server". Not a `source`, so callers
+    /// that walk the chain do not repeat it.
+    #[error("{}", describe_connect_error(.0))]
+    Postgres(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for SqlConnectError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SqlConnectError::Postgres(e)
+    }
+}
+
+/// The server's message (e.g. "password authentication failed for user
+/// ...", with its SQLSTATE), or the error and its causes ("error connecting
+/// to server: Connection refused").
+fn describe_connect_error(e: &tokio_postgres::Error) -> String {
+    if e.as_db_error().is_some() {
+        return crate::error_policy::pg_message(e);
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
 }
 
 impl FromStr for ConnConfig {
@@ -380,10 +452,60 @@ fn split_own_params(s: &str) -> Result<(String, Vec<(String, String)>), ConnConf
     Ok((rest, own))
 }
 
+/// libpq's connection keywords (and tokio-postgres's `keepalives_retries`):
+/// words that errors may show, as they cannot be secrets.
+const LIBPQ_KEYS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "require_auth",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "keepalives_retries",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "sslnegotiation",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+];
+
 /// Tokenizes libpq's `key = value` form: values are bare words or single
 /// quoted, and a backslash escapes the next character in either.
+///
+/// Errors never show a word that is not a known key: in `password=two words`
+/// (quotes forgotten) the stray word is part of a password.
 fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, ConnConfigError> {
-    let mut out = Vec::new();
+    let mut out: Vec<(String, String)> = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -395,10 +517,26 @@ fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, ConnConfigError> {
             key.push(c);
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let known = LIBPQ_KEYS.contains(&key.as_str());
+        let previous = out.last().map(|(k, _)| k.as_str());
         if chars.next() != Some('=') {
-            return Err(ConnConfigError::Syntax(format!(
-                "missing \"=\" after {key:?}"
-            )));
+            return Err(ConnConfigError::Syntax(match previous {
+                _ if known => format!("missing \"=\" after {key:?}"),
+                Some(p) => format!(
+                    "a word without \"=\" follows the value of {p:?} (not shown: it may be part of a \
+                     password); quote values that contain spaces, e.g. {p}='two words'"
+                ),
+                None => "the first word has no \"=\" (not shown: it may be a password); use \
+                         key=value pairs or a URL that starts with postgres:// or postgresql://"
+                    .into(),
+            }));
+        }
+        if !known && previous == Some("password") {
+            return Err(ConnConfigError::Syntax(
+                "an unknown option follows the value of \"password\" (not shown: it may be part \
+                 of the password); quote values that contain spaces, e.g. password='two words'"
+                    .into(),
+            ));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -546,6 +684,45 @@ mod tests {
         let e =
             ConnConfig::parse_with_env("", |k| (k == "PGPORT").then(|| "abc".into())).unwrap_err();
         assert!(e.to_string().contains("PGPORT"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_never_show_what_may_be_a_password() {
+        for s in [
+            // Quotes forgotten around a password with a space.
+            "host=db user=app password=Zq8Kx3 Lm7Vt2",
+            "host=db password=Zq8Kx3 Lm7Vt2 user=app",
+            "host=db password=Zq8Kx3 Lm7Vt2=x",
+            // A URL with one slash too few is no URL.
+            "postgres:/app:Zq8Kx3Lm7Vt2@db/x",
+            "Zq8Kx3Lm7Vt2",
+        ] {
+            let e = ConnConfig::parse_with_env(s, |_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("Zq8Kx3") && !e.contains("Lm7Vt2"), "{s}: {e}");
+            assert!(e.starts_with("invalid connection string: "), "{e}");
+        }
+        let e = ConnConfig::parse_with_env("host=db password=a b", |_| None).unwrap_err();
+        assert!(e.to_string().contains("password='two words'"), "{e}");
+        // A known key is named, and tokio-postgres's reason is kept.
+        let e = ConnConfig::parse_with_env("host", |_| None).unwrap_err();
+        assert!(
+            e.to_string().contains("missing \"=\" after \"host\""),
+            "{e}"
+        );
+        let e = ConnConfig::parse_with_env("host=db port=x password=Zq8Kx3", |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid value for option `port`"), "{e}");
+        assert!(!e.contains("Zq8Kx3"), "{e}");
+        let e = ConnConfig::parse_with_env("postgres://u:Zq8Kx3@db/x?bogus=1", |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown option `bogus`") && !e.contains("Zq8Kx3"),
+            "{e}"
+        );
     }
 
     #[test]

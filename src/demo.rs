@@ -7,8 +7,10 @@
 //! 4. start an application-like write load on several connections;
 //! 5. run walshift: live mirroring + backfill, progress on the terminal;
 //! 6. wait for backfill done and zero lag (a watermark through the stream);
-//! 7. stop the load, drain, compare every target with the mapping exactly;
-//! 8. print a summary, stop walshift, remove the cluster.
+//! 7. verify every target against the mapping, under the load;
+//! 8. cut over under the load (writes frozen briefly, reads go on), which
+//!    ends the run; stop the load;
+//! 9. print a summary, remove the cluster.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +23,6 @@ use walshift::catalog::{self, MirrorKind};
 use walshift::cluster::Cluster;
 use walshift::conninfo::ConnConfig;
 use walshift::estimate::{estimate, human_eta};
-use walshift::mirror::sql::{self, Scope, VerifyOutput};
 use walshift::run::{self, Observed, RunOptions};
 use walshift::spec::Spec;
 
@@ -58,6 +59,13 @@ FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
 
 [backfill]
 max_replica_lag = "5s"
+
+[[gate]]
+name = "every user has a status"
+sql = "SELECT count(*) = 0 FROM users WHERE status IS NULL"
+
+[cutover]
+sql = "COMMENT ON COLUMN users.is_active IS 'retired: users.status is the source of truth since the cut-over'"
 "#;
 
 pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> Result<()> {
@@ -233,47 +241,50 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
         lag_under_load.as_secs_f64() * 1000.0
     ));
 
+    // Verify under the load: every target against the mapping, chunk by
+    // chunk, rows changing meanwhile re-checked.
+    let verify = walshift::verify::verify(&client, &spec, &plan, 3).await?;
+    let differences: u64 = verify.mirrors.iter().map(|m| m.differing).sum();
+    say(&format!(
+        "verified under load in {:.1}s: {} ({} gate(s) passed)",
+        verify.seconds,
+        verify.summary(),
+        verify.gates.iter().filter(|g| g.passed).count()
+    ));
+    if !verify.passed {
+        bail!("verification failed: {}", verify.summary());
+    }
+
+    // Cut over, still under the load: the running walshift locks the
+    // sources, applies the last changes, re-checks, runs the gate and the
+    // operator's SQL, commits; the run ends.
+    let request = walshift::cutover::Request {
+        dry_run: false,
+        max_lag: Duration::from_secs(1),
+    };
+    let id = walshift::cutover::request(&client, &spec, &request)
+        .await
+        .map_err(|e| anyhow::anyhow!("cutover refused: {e}"))?;
+    let outcome =
+        walshift::cutover::follow(&client, id, Duration::from_secs(300), |state, detail| {
+            if !detail.is_empty() {
+                say(&format!("cutover {state}: {detail}"));
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cutover: {e}"))?;
+    say(&outcome.render());
+    if !outcome.passed {
+        bail!("the cut-over failed: {}", outcome.error.unwrap_or_default());
+    }
+    let totals = runner
+        .await?
+        .map_err(|e| anyhow::anyhow!("walshift run failed: {e}"))?;
     stop_load.store(true, Ordering::Relaxed);
     for h in load {
         let _ = h.await;
     }
-    let drained = watermark(&client, &spec.slot_name()).await?;
-    say(&format!(
-        "load stopped after {} writes; drained in {:.0} ms",
-        writes.load(Ordering::Relaxed),
-        drained.as_secs_f64() * 1000.0
-    ));
-
-    // Verify: every target against the mapping, exactly.
-    let mut differences = 0i64;
-    for m in &plan.mirrors {
-        let stmt = match &m.kind {
-            MirrorKind::Set(p) => sql::set_verify(
-                p,
-                Scope::Range {
-                    lower: false,
-                    upper: false,
-                },
-                VerifyOutput::Count,
-            ),
-            MirrorKind::Rows(p) => sql::rows_verify(
-                p,
-                Scope::Range {
-                    lower: false,
-                    upper: false,
-                },
-                VerifyOutput::Count,
-            ),
-        };
-        let n: i64 = client.query_one(&stmt.sql, &[]).await?.get(0);
-        say(&format!("verify mirror {}: {n} differing keys", m.number));
-        differences += n;
-    }
-
-    let _ = stop_tx.send(true);
-    let totals = runner
-        .await?
-        .map_err(|e| anyhow::anyhow!("walshift run failed: {e}"))?;
+    drop(stop_tx);
     if let Some(ui) = ui {
         ui.abort();
     }
@@ -294,25 +305,36 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
         backfill_time.as_secs_f64()
     );
     println!(
-        "  live changes:         {} transactions mirrored ({} keys recomputed, {} echoes of walshift's own writes skipped)",
+        "  live changes:         {} transactions mirrored ({} keys recomputed, {} echoes of walshift's own writes skipped); {} application writes in all",
         totals.txns - totals.echo_txns,
         totals.keys,
-        totals.echo_txns
+        totals.echo_txns,
+        writes.load(Ordering::Relaxed)
     );
     println!(
         "  lag under load:       {:.0} ms (watermark round trip)",
         lag_under_load.as_secs_f64() * 1000.0
     );
-    println!("  differences:          {differences}");
+    println!(
+        "  verify under load:    {differences} differences in {:.1}s",
+        verify.seconds
+    );
+    println!(
+        "  cut-over:             writes frozen {:.1} ms (lock {:.1}, drain {:.1}, checks {:.1}, sql {:.1}, commit {:.1}), reads never blocked; {} key(s) re-checked under the lock",
+        outcome.freeze_ms,
+        outcome.lock_wait_ms,
+        outcome.drain_ms,
+        outcome.checks_ms,
+        outcome.sql_ms,
+        outcome.commit_ms,
+        outcome.keys_checked
+    );
     println!("  total time:           {:.1}s", t0.elapsed().as_secs_f64());
     drop(client);
     drop(check_client);
     drop(cluster);
-    if differences != 0 {
-        bail!("verification found {differences} differing keys");
-    }
     println!(
-        "  result:               the new shape equals the mapping of the old; the cluster was removed"
+        "  result:               cut over; the new shape equals the mapping of the old; the cluster was removed"
     );
     Ok(())
 }

@@ -48,7 +48,13 @@ enum LogFormat {
 struct Db {
     /// Connection string (libpq key=value or postgres:// URL). Unset values
     /// come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, ...
-    #[arg(long, env = "WALSHIFT_DB", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "WALSHIFT_DB",
+        hide_env_values = true,
+        default_value = "",
+        global = true
+    )]
     db: String,
 }
 
@@ -75,6 +81,13 @@ enum Command {
         /// whole-mirror pass (bounds memory for huge transactions).
         #[arg(long, hide = true, default_value_t = RunOptions::default().max_txn_keys)]
         max_txn_keys: usize,
+        /// Serve the status page, /metrics, /healthz, /readyz and /status on
+        /// this address (HOST:PORT; port 0 picks one), or `off`.
+        #[arg(long, env = "WALSHIFT_LISTEN", value_name = "ADDR", default_value = walshift::http::DEFAULT_LISTEN)]
+        listen: walshift::http::Listen,
+        /// Lag bound of /readyz ("ready" as `walshift wait --max-lag` means it).
+        #[arg(long, value_parser = walshift::spec::parse_duration, default_value = "1s")]
+        ready_max_lag: std::time::Duration,
     },
     /// The whole story on a throwaway local PostgreSQL: fill, expand, check, mirror under
     /// load with backfill, catch up, verify, summary. Needs only the server binaries.
@@ -113,6 +126,26 @@ enum Command {
         #[command(flatten)]
         db: Db,
     },
+    /// Switch over: verify, lock the sources briefly (writes wait, reads go on), apply the last
+    /// changes, re-check, run the gates and `[cutover] sql`, commit. Carried out by the running
+    /// `walshift run`. Exit 0 on success, 1 when refused or failed (nothing changed).
+    Cutover {
+        spec: PathBuf,
+        /// Do everything, then roll the operator's SQL back (measures the freeze).
+        #[arg(long)]
+        dry_run: bool,
+        /// Lag bound for "ready" (as `walshift wait --max-lag`).
+        #[arg(long, value_parser = walshift::spec::parse_duration, default_value = "1s")]
+        max_lag: std::time::Duration,
+        /// Give up (cancelling the request if the lock was not yet taken) after this long.
+        #[arg(long, value_parser = walshift::spec::parse_duration, default_value = "30m")]
+        timeout: std::time::Duration,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: Db,
+    },
     /// Drop the slot, publication, origin and state of a spec (after the contract step).
     Cleanup {
         spec: PathBuf,
@@ -125,19 +158,32 @@ enum Command {
     /// Control a running `walshift run` through the database (works from any host).
     Ctl {
         spec: PathBuf,
-        #[arg(value_enum)]
+        #[command(subcommand)]
         action: CtlAction,
         #[command(flatten)]
         db: Db,
     },
 }
 
-#[derive(ValueEnum, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum CtlAction {
     /// Pause the backfill of history (live mirroring continues).
     Pause,
     /// Resume the backfill.
     Resume,
+    /// Change `[backfill]` limits of the running run without a restart: chunk_target_time,
+    /// max_rows_per_second, max_replica_lag, max_replica_lag_bytes, max_apply_lag,
+    /// max_retained_wal, min_chunk_rows, max_chunk_rows. `KEY=default` removes an override.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
+    },
+    /// Show the overrides in force.
+    Show,
+    /// Refuse `walshift cutover` until allowed again (e.g. during a traffic peak).
+    PostponeCutover,
+    /// Allow `walshift cutover` again.
+    AllowCutover,
 }
 
 fn main() -> ExitCode {
@@ -300,6 +346,20 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 Err(e) => fail(&e),
             }
         }
+        Command::Cutover {
+            spec,
+            dry_run,
+            max_lag,
+            timeout,
+            json,
+            db,
+        } => {
+            let (spec, client) = match load_and_connect(&spec, &db).await {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            cutover(&spec, &client, dry_run, max_lag, timeout, json).await
+        }
         Command::Ctl { spec, action, db } => {
             let (spec, config) = match load(&spec, &db) {
                 Ok(v) => v,
@@ -312,10 +372,21 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             db,
             unsafe_no_visibility_barrier,
             max_txn_keys,
+            listen,
+            ready_max_lag,
         } => {
             let (spec, config) = match load(&spec, &db) {
                 Ok(v) => v,
                 Err(code) => return code,
+            };
+            // Bound before anything is created in the database, so a taken
+            // port costs nothing.
+            let listener = match &listen {
+                walshift::http::Listen::Off => None,
+                walshift::http::Listen::Addr(addr) => match walshift::http::bind(addr).await {
+                    Ok(l) => Some(l),
+                    Err(e) => return fail(&e),
+                },
             };
             let opts = RunOptions {
                 applier: ApplierOptions {
@@ -343,7 +414,32 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                     observed.progress.clone(),
                 )))
             });
+            // Stops with the run (dropped when this branch returns).
+            let _http = match listener {
+                Some(listener) => match walshift::metrics::install() {
+                    Ok(metrics) => Some(walshift::http::serve(
+                        listener,
+                        walshift::http::Context {
+                            config: config.clone(),
+                            spec: spec.clone(),
+                            observed: observed.clone(),
+                            ready_max_lag,
+                            metrics: Some(metrics),
+                        },
+                    )),
+                    Err(e) => return fail(&e),
+                },
+                None => None,
+            };
             match run::run(&config, &spec, opts, rx, observed).await {
+                Ok(totals) if totals.cut_over => {
+                    tracing::info!(
+                        "{} is cut over: walshift run is done; remove its objects with `walshift cleanup {}`",
+                        spec.name,
+                        spec.file
+                    );
+                    ExitCode::SUCCESS
+                }
                 Ok(totals) => {
                     tracing::info!(
                         txns = totals.txns,
@@ -471,28 +567,130 @@ async fn wait(
     }
 }
 
+async fn cutover(
+    spec: &Spec,
+    client: &tokio_postgres::Client,
+    dry_run: bool,
+    max_lag: std::time::Duration,
+    timeout: std::time::Duration,
+    json: bool,
+) -> ExitCode {
+    use walshift::cutover::{self, CutoverError, Request};
+    let req = Request { dry_run, max_lag };
+    let id = match cutover::request(client, spec, &req).await {
+        Ok(id) => id,
+        Err(CutoverError::NotReady(why)) => {
+            eprintln!("walshift: {why}");
+            return ExitCode::from(1);
+        }
+        Err(CutoverError::Database(e)) => return fail(&e),
+    };
+    let quiet = json;
+    let follow = cutover::follow(client, id, timeout, |state, detail| {
+        if !quiet && !detail.is_empty() {
+            eprintln!("{state}: {detail}");
+        }
+    });
+    let outcome = tokio::select! {
+        r = follow => r,
+        _ = wait_for_signal() => {
+            let cancelled = cutover::cancel(client, id).await.unwrap_or(false);
+            return fail(if cancelled {
+                "interrupted: the cut-over request was cancelled; nothing was changed"
+            } else {
+                "interrupted after the run began locking: the cut-over completes or rolls back on its own; see walshift status"
+            });
+        }
+    };
+    match outcome {
+        Ok(o) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&o).expect("outcome serializes")
+                );
+            } else {
+                println!("{}", o.render());
+            }
+            if o.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(CutoverError::NotReady(why)) => {
+            eprintln!("walshift: {why}");
+            ExitCode::from(1)
+        }
+        Err(CutoverError::Database(e)) => fail(&e),
+    }
+}
+
 async fn ctl(spec: &Spec, config: &ConnConfig, action: CtlAction) -> ExitCode {
+    use walshift::{settings, state};
     let client = match connect(config).await {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let paused = matches!(action, CtlAction::Pause);
-    match walshift::state::set_backfill_paused(&client, &spec.name, paused).await {
-        Ok(true) => {
-            println!(
-                "backfill of {} {}",
-                spec.name,
-                if paused {
-                    "paused (live mirroring continues)"
-                } else {
-                    "resumed"
+    let name = spec.name.as_str();
+    let (done, said) = match &action {
+        CtlAction::Pause | CtlAction::Resume => {
+            let paused = matches!(action, CtlAction::Pause);
+            (
+                state::set_backfill_paused(&client, name, paused).await,
+                format!(
+                    "backfill of {name} {}",
+                    if paused {
+                        "paused (live mirroring continues)"
+                    } else {
+                        "resumed"
+                    }
+                ),
+            )
+        }
+        CtlAction::PostponeCutover | CtlAction::AllowCutover => {
+            let postpone = matches!(action, CtlAction::PostponeCutover);
+            (
+                state::set_cutover_postponed(&client, name, postpone).await,
+                format!(
+                    "cut-over of {name} {}",
+                    if postpone {
+                        "postponed: walshift cutover refuses until `walshift ctl SPEC allow-cutover`"
+                    } else {
+                        "allowed"
+                    }
+                ),
+            )
+        }
+        CtlAction::Set { assignments } => {
+            let mut changes = Vec::new();
+            for a in assignments {
+                match settings::parse_assignment(a) {
+                    Ok(c) => changes.push(c),
+                    Err(e) => return fail(&e),
                 }
-            );
+            }
+            match settings::write(&client, name, &changes).await {
+                Ok(Some(now)) => (Ok(true), render_overrides(name, &now)),
+                Ok(None) => (Ok(false), String::new()),
+                Err(e) => (Err(e), String::new()),
+            }
+        }
+        CtlAction::Show => match settings::read(&client, name).await {
+            Ok(now) => (Ok(true), render_overrides(name, &now)),
+            Err(e) => (Err(e), String::new()),
+        },
+    };
+    match done {
+        Ok(true) => {
+            // Wake the run now rather than at its next poll (best effort).
+            let _ = settings::notify(&client, name).await;
+            println!("{said}");
             ExitCode::SUCCESS
         }
         Ok(false) => fail(&format!(
-            "no walshift state for {:?} in this database: start `walshift run {}` first",
-            spec.name, spec.file
+            "no walshift state for {name:?} in this database: start `walshift run {}` first",
+            spec.file
         )),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
             fail(&format!(
@@ -501,6 +699,15 @@ async fn ctl(spec: &Spec, config: &ConnConfig, action: CtlAction) -> ExitCode {
             ))
         }
         Err(e) => fail(&walshift::error_policy::pg_message(&e)),
+    }
+}
+
+fn render_overrides(name: &str, overrides: &walshift::settings::Overrides) -> String {
+    if overrides.is_empty() {
+        format!("{name}: no overrides; the spec's [backfill] limits are in force")
+    } else {
+        let list: Vec<String> = overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{name}: overrides in force: {}", list.join(" "))
     }
 }
 

@@ -141,6 +141,48 @@ pub async fn set_backfill_paused(
     Ok(n == 1)
 }
 
+/// Sets the operator's hold on cut-over; false when walshift has no state
+/// for `name`.
+pub async fn set_cutover_postponed(
+    client: &tokio_postgres::Client,
+    name: &str,
+    postponed: bool,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "UPDATE walshift.migration SET cutover_postponed = $2 WHERE name = $1",
+            &[&name, &postponed],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// When `name` was cut over, if it was (`None` also when walshift has no
+/// state here yet).
+pub async fn cutover_at(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                            WHERE attrelid = to_regclass('walshift.migration') AND attname = 'cutover_at')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt(
+            "SELECT cutover_at::text FROM walshift.migration WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
 /// Records the lag, the throttle state and the run's heartbeat (params: name,
 /// lag seconds or NULL, confirmed LSN as text, host, pid, throttle reason or
 /// NULL). Byte lag is measured here, on the server, against its current WAL

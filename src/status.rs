@@ -23,7 +23,7 @@ pub const HEARTBEAT_STALE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Status {
     pub name: String,
-    /// `not-started`, `backfilling`, `mirroring`, `stopped`.
+    /// `not-started`, `backfilling`, `mirroring`, `stopped`, `cut-over`.
     pub phase: String,
     /// Ready under the default bound (`wait` and `/readyz` may pass another).
     pub ready: bool,
@@ -31,6 +31,30 @@ pub struct Status {
     pub lag: LagState,
     pub backfill: BackfillState,
     pub slot: SlotState,
+    pub cutover: CutoverState,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct CutoverState {
+    /// When the switch committed (then the phase is `cut-over`).
+    pub cut_over_at: Option<String>,
+    /// `walshift ctl SPEC postpone-cutover` is in force.
+    pub postponed: bool,
+    /// The latest `walshift cutover` request, dry runs included.
+    pub last: Option<LastCutover>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct LastCutover {
+    pub id: i64,
+    pub dry_run: bool,
+    /// `requested`, `accepted`, `verifying`, `locking`, `draining`,
+    /// `checking`, `done`, `failed`, `cancelled`.
+    pub state: String,
+    pub detail: Option<String>,
+    pub freeze_ms: Option<f64>,
+    pub requested_at: String,
+    pub finished_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
@@ -58,6 +82,8 @@ pub struct BackfillState {
     /// Why history waits right now (`None` while it runs or when done).
     pub throttle: Option<String>,
     pub mirrors: Vec<MirrorBackfill>,
+    /// The operator's `ctl set` overrides of `[backfill]` limits.
+    pub overrides: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
@@ -157,6 +183,15 @@ impl Status {
             "running".to_string()
         };
         out.push_str(&format!("  backfill:  {bf}\n"));
+        if !self.backfill.overrides.is_empty() {
+            let list: Vec<String> = self
+                .backfill
+                .overrides
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.push_str(&format!("  settings:  {} (walshift ctl)\n", list.join(" ")));
+        }
         for m in &self.backfill.mirrors {
             let pct = if m.rows_estimate > 0 {
                 100.0 * m.rows_done as f64 / m.rows_estimate as f64
@@ -206,6 +241,36 @@ impl Status {
             format!("{} does not exist", self.slot.name)
         };
         out.push_str(&format!("  slot:      {slot}\n"));
+        let c = &self.cutover;
+        let cut = match (&c.cut_over_at, &c.last) {
+            (Some(at), last) => format!(
+                "cut over at {at}{}",
+                last.as_ref()
+                    .and_then(|l| l.freeze_ms)
+                    .map(|f| format!(", writes frozen {f:.1} ms"))
+                    .unwrap_or_default()
+            ),
+            (None, Some(l)) => format!(
+                "last request #{} ({}): {}{}{}",
+                l.id,
+                if l.dry_run { "dry run" } else { "cut-over" },
+                l.state,
+                l.freeze_ms
+                    .map(|f| format!(", writes frozen {f:.1} ms"))
+                    .unwrap_or_default(),
+                l.detail
+                    .as_deref()
+                    .map(|d| format!(" - {d}"))
+                    .unwrap_or_default()
+            ),
+            (None, None) => "not requested".into(),
+        };
+        let hold = if c.postponed {
+            " (postponed by the operator)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("  cutover:   {cut}{hold}\n"));
         out
     }
 }
@@ -265,6 +330,7 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
             lag: LagState::default(),
             backfill: BackfillState::default(),
             slot,
+            cutover: CutoverState::default(),
         });
     };
     let f64_of = |k: &str| {
@@ -335,10 +401,29 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
                 str_of("throttle_reason")
             },
             mirrors,
+            overrides: row
+                .get("settings")
+                .and_then(|v| v.as_object())
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         },
         slot,
+        cutover: CutoverState {
+            cut_over_at: str_of("cutover_at"),
+            postponed: row
+                .get("cutover_postponed")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            last: last_cutover(client, &spec.name).await?,
+        },
     };
-    status.phase = if !alive {
+    status.phase = if status.cutover.cut_over_at.is_some() {
+        "cut-over"
+    } else if !alive {
         "stopped"
     } else if !complete {
         "backfilling"
@@ -348,6 +433,38 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
     .into();
     status.ready = status.is_ready(DEFAULT_MAX_LAG);
     Ok(status)
+}
+
+/// The latest cut-over request (none before the first, or when the state
+/// predates cut-over).
+async fn last_cutover(
+    client: &Client,
+    name: &str,
+) -> Result<Option<LastCutover>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('walshift.cutover') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt(
+            "SELECT id, dry_run, state, detail, (result->>'freeze_ms')::float8,
+                    requested_at::text, finished_at::text
+             FROM walshift.cutover WHERE name = $1 ORDER BY id DESC LIMIT 1",
+            &[&name],
+        )
+        .await?
+        .map(|r| LastCutover {
+            id: r.get(0),
+            dry_run: r.get(1),
+            state: r.get(2),
+            detail: r.get(3),
+            freeze_ms: r.get(4),
+            requested_at: r.get(5),
+            finished_at: r.get(6),
+        }))
 }
 
 #[cfg(test)]
@@ -373,6 +490,7 @@ mod tests {
                 ..Default::default()
             },
             slot: SlotState::default(),
+            cutover: CutoverState::default(),
         }
     }
 

@@ -214,6 +214,15 @@ impl ChunkSizer {
         self.rows
     }
 
+    /// New bounds and target (the operator changed them at runtime); the
+    /// current size is kept within them.
+    pub fn retarget(&mut self, limits: &Backfill) {
+        self.min = limits.min_chunk_rows.max(1);
+        self.max = limits.max_chunk_rows.max(self.min);
+        self.target = limits.chunk_target_time;
+        self.rows = self.rows.clamp(self.min, self.max);
+    }
+
     /// Sets the size directly (operator override).
     pub fn set(&mut self, rows: u64) {
         self.rows = rows.clamp(self.min, self.max);

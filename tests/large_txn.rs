@@ -64,6 +64,8 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
             &db.conninfo(),
             "--max-txn-keys",
             "100",
+            "--listen",
+            "off",
         ])
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -75,6 +75,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
         .args(["run", spec.to_str().unwrap(), "--db", &conninfo])
+        .args(["--listen", "off"])
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

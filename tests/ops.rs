@@ -5,231 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Database, connect, fresh_db, wait_for, wait_for_some};
+use common::{Database, connect, wait_for, wait_for_some};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_walshift");
-
-/// `users` (set mode: `status` from `is_active`) and `orders` -> `order_items`
-/// (rows mode: one target row per JSON line item).
-const SCHEMA: &str = "
-CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean NOT NULL, pad text, status text);
-CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
-CREATE TABLE order_items (order_id bigint NOT NULL, line_no bigint NOT NULL, sku text, qty int,
-                          PRIMARY KEY (order_id, line_no));
-";
-
-const USERS_MIRROR: &str = r#"
-[[mirror]]
-source = "public.users"
-set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
-"#;
-
-const ORDERS_MIRROR: &str = r#"
-[[mirror]]
-source = "public.orders"
-target = "public.order_items"
-owner  = ["order_id"]
-select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
-"""
-"#;
-
-/// A spec in its own temporary directory (the run's stderr goes there too).
-struct Spec {
-    dir: tempfile::TempDir,
-    path: PathBuf,
-    name: String,
-}
-
-impl Spec {
-    fn new(name: &str, body: &str) -> Spec {
-        let dir = tempfile::Builder::new()
-            .prefix("walshift-ops-")
-            .tempdir()
-            .expect("temporary directory");
-        let path = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&path, format!("name = \"{name}\"\n{body}")).expect("write the spec");
-        Spec {
-            dir,
-            path,
-            name: name.to_owned(),
-        }
-    }
-
-    /// Slot, publication and origin name.
-    fn object(&self) -> String {
-        format!("walshift_{}", self.name.replace('-', "_"))
-    }
-}
-
-/// What a finished command printed.
-struct Out {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
-    }
-}
-
-impl std::fmt::Display for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.status.code(),
-            self.stdout,
-            self.stderr
-        )
-    }
-}
-
-fn command(args: &[&str], spec: &Path, db: &Database) -> tokio::process::Command {
-    let (sub, rest) = args.split_first().expect("a subcommand");
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.arg(sub)
-        .arg(spec)
-        .args(rest)
-        .args(["--db", &db.conninfo()])
-        .env_remove("RUST_LOG")
-        .env_remove("WALSHIFT_DB")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// `walshift <args[0]> SPEC <args[1..]> --db ...`, to its end (at most 40 s).
-async fn cli(args: &[&str], spec: &Spec, db: &Database) -> Out {
-    let child = command(args, &spec.path, db).output();
-    let out = tokio::time::timeout(Duration::from_secs(40), child)
-        .await
-        .unwrap_or_else(|_| panic!("walshift {args:?} did not finish in 40s"))
-        .expect("run walshift");
-    Out {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-async fn status_json(spec: &Spec, db: &Database) -> Value {
-    let out = cli(&["status", "--json"], spec, db).await;
-    assert_eq!(out.code(), Some(0), "status --json: {out}");
-    out.json()
-}
-
-/// A `walshift run` child; killed on drop, its stderr shown if the test fails.
-struct Run {
-    child: tokio::process::Child,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl Run {
-    fn spawn(spec: &Spec, db: &Database) -> Run {
-        static RUNS: AtomicU32 = AtomicU32::new(0);
-        let n = RUNS.fetch_add(1, Ordering::Relaxed);
-        let log = spec.dir.path().join(format!("run-{n}.stderr"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("run log");
-        let mut cmd = command(&["run"], &spec.path, db);
-        cmd.stdout(Stdio::from(file.try_clone().expect("clone")))
-            .stderr(Stdio::from(file));
-        Run {
-            child: cmd.spawn().expect("spawn walshift run"),
-            log,
-            exited: None,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.id().expect("run still running") as i32;
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    }
-
-    /// Exit status, once the run ends by itself (within `timeout`).
-    async fn exit(&mut self, timeout: Duration) -> ExitStatus {
-        if let Some(s) = self.exited {
-            return s;
-        }
-        let s = tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "walshift run did not exit within {timeout:?}; stderr:\n{}",
-                    self.stderr()
-                )
-            })
-            .expect("wait for walshift run");
-        self.exited = Some(s);
-        s
-    }
-
-    fn still_running(&mut self) -> bool {
-        self.exited.is_none() && self.child.try_wait().expect("try_wait").is_none()
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- walshift run stderr\n{}", self.stderr());
-        }
-    }
-}
-
-/// A fresh database with the schema and `users` rows `1..=users`, `orders`
-/// `1..=orders` (each with 1-3 line items).
-async fn setup(users: i64, orders: i64) -> (Database, tokio_postgres::Client) {
-    let db = fresh_db().await;
-    let c = db.connect().await;
-    c.batch_execute(SCHEMA).await.expect("schema");
-    c.execute(
-        "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
-        &[&users],
-    )
-    .await
-    .expect("users");
-    c.execute(
-        "INSERT INTO orders SELECT g, (SELECT jsonb_agg(jsonb_build_object('sku', 's' || g || '-' || n, 'qty', n))
-                                        FROM generate_series(1, 1 + g % 3) n)
-         FROM generate_series(1, $1::bigint) g",
-        &[&orders],
-    )
-    .await
-    .expect("orders");
-    (db, c)
-}
-
-async fn one_i64(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.expect(sql).get(0)
-}
-
+use common::cli::*;
 /// Whether the backfill of `name` has not (yet) completed every mirror.
 async fn backfill_incomplete(c: &tokio_postgres::Client, name: &str) -> bool {
     if one_i64(
@@ -736,6 +519,93 @@ async fn ctl_pause_stops_backfill_but_not_mirroring() {
         |s| s["backfill"]["paused"] == false && rows_done(s) > last,
     )
     .await;
+    run.sigterm();
+    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+}
+
+/// Guards `ctl set`: from another process, through the database, a running
+/// run takes a new `max_rows_per_second` without a restart (its log says so
+/// within a second or two: NOTIFY, not a slow poll), `status` shows the
+/// override, the backfill speeds up to finish; `KEY=default` removes it; bad
+/// keys and values are one-line errors (exit 2) that change nothing.
+#[tokio::test]
+async fn ctl_set_changes_a_running_backfill() {
+    let (db, _c) = setup(30_000, 0).await;
+    let spec = Spec::new(
+        "ops-set",
+        &format!("{USERS_MIRROR}\n[backfill]\nmax_rows_per_second = 500\n"),
+    );
+    let mut run = Run::spawn(&spec, &db);
+    status_until(
+        "the capped backfill under way",
+        Duration::from_secs(15),
+        &spec,
+        &db,
+        |s| s["run"]["alive"] == true && rows_done(s) > 0,
+    )
+    .await;
+
+    let bad = cli(&["ctl", "set", "max_rows_per_second=fast"], &spec, &db).await;
+    assert_eq!(bad.code(), Some(2), "{bad}");
+    assert_eq!(bad.stderr.lines().count(), 1, "{bad}");
+    assert!(bad.stderr.contains("max_rows_per_second"), "{bad}");
+    let bad = cli(&["ctl", "set", "speed=3"], &spec, &db).await;
+    assert_eq!(bad.code(), Some(2), "{bad}");
+    assert!(bad.stderr.contains("unknown setting"), "{bad}");
+    let s = status_json(&spec, &db).await;
+    assert_eq!(s["backfill"]["overrides"], serde_json::json!({}), "{s}");
+
+    let asked = Instant::now();
+    let out = cli(
+        &[
+            "ctl",
+            "set",
+            "max_rows_per_second=100000",
+            "chunk_target_time=100ms",
+        ],
+        &spec,
+        &db,
+    )
+    .await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("max_rows_per_second=100000"), "{out}");
+    wait_for_some("the run to log the change", Duration::from_secs(10), || {
+        let log = run.stderr();
+        async move {
+            log.contains("backfill settings changed by the operator")
+                .then_some(())
+        }
+    })
+    .await;
+    eprintln!("change taken in {:?}", asked.elapsed());
+    assert!(
+        run.stderr()
+            .contains("max_rows_per_second Some(500) -> Some(100000)"),
+        "{}",
+        run.stderr()
+    );
+    let s = status_json(&spec, &db).await;
+    assert_eq!(
+        s["backfill"]["overrides"]["max_rows_per_second"], "100000",
+        "{s}"
+    );
+    // At 500 rows/s the 30,000 rows would take a minute.
+    status_until(
+        "the backfill done at the new pace",
+        Duration::from_secs(20),
+        &spec,
+        &db,
+        |s| s["backfill"]["complete"] == true,
+    )
+    .await;
+    assert!(asked.elapsed() < Duration::from_secs(30));
+
+    let out = cli(&["ctl", "set", "max_rows_per_second=default"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    let out = cli(&["ctl", "show"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("chunk_target_time=100ms"), "{out}");
+    assert!(!out.stdout.contains("max_rows_per_second"), "{out}");
     run.sigterm();
     assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
 }

@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::bind::Args;
 use super::sql::{self, Param, Scope};
@@ -80,6 +80,19 @@ impl Batch {
 
     pub fn has_work(&self) -> bool {
         self.mirrors.iter().any(|m| !m.is_empty())
+    }
+
+    /// Adds a later batch's work (same mirrors): one recompute for both.
+    pub fn absorb(&mut self, later: &Batch, max_keys_per_mirror: usize) {
+        self.end_lsn = self.end_lsn.max(later.end_lsn);
+        self.commit_time = later.commit_time;
+        self.txns += later.txns;
+        self.xids.extend_from_slice(&later.xids);
+        for (mine, theirs) in self.mirrors.iter_mut().zip(&later.mirrors) {
+            if !theirs.is_empty() {
+                mine.merge(theirs.clone(), max_keys_per_mirror);
+            }
+        }
     }
 
     pub fn key_count(&self) -> usize {
@@ -151,6 +164,7 @@ macro_rules! retrying_in_place {
             match $attempt {
                 Err(e) if e.retry_in_place() && tries < IN_PLACE_RETRIES => {
                     tries += 1;
+                    crate::metrics::error(crate::metrics::error_kind::LOST_RACE);
                     tracing::debug!(error = %e, tries, concat!("retrying ", $what, " after a lost race"));
                     tokio::time::sleep(Duration::from_millis(10 * tries as u64)).await;
                 }
@@ -265,7 +279,17 @@ impl Applier {
     /// LSN recorded in the same transaction. The caller confirms the LSN to
     /// the server only after this returns `Ok` (I4).
     pub async fn apply(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
-        retrying_in_place!("a batch", self.apply_once(batch).await)
+        let started = Instant::now();
+        let r = retrying_in_place!("a batch", self.apply_once(batch).await);
+        if let Ok(s) = &r {
+            crate::metrics::batch_applied(
+                s.keys,
+                s.rows_written,
+                s.rows_deleted,
+                started.elapsed(),
+            );
+        }
+        r
     }
 
     async fn apply_once(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
@@ -291,58 +315,37 @@ impl Applier {
             .transaction()
             .await
             .map_err(ApplyError::session)?;
-        if self.origin {
-            let ts = pg_timestamp_to_system_time(batch.commit_time);
-            tx.execute(
-                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
-                &[&batch.end_lsn.to_string(), &ts],
-            )
-            .await
-            .map_err(ApplyError::session)?;
-        }
-        for (m, work) in self.mirrors.iter().zip(&batch.mirrors) {
-            if !work.keys.is_empty() && !work.overflowed {
-                stats.keys += work.keys.len();
-                let keys: Vec<&Key> = work.keys.iter().collect();
-                let args = Args::engine_keys(&keys, m.plan.key.len());
-                let params = args.bind(&m.keys_params);
-                match &m.plan.kind {
-                    MirrorKind::Set(_) => {
-                        let n = tx
-                            .execute(&m.keys, &params)
-                            .await
-                            .map_err(|e| mirror_err(&m.label, e))?;
-                        stats.rows_written += n;
-                    }
-                    MirrorKind::Rows(_) => {
-                        let row = tx
-                            .query_one(&m.keys, &params)
-                            .await
-                            .map_err(|e| mirror_err(&m.label, e))?;
-                        stats.rows_deleted += row.get::<_, i64>(0) as u64;
-                        stats.rows_written += row.get::<_, i64>(1) as u64;
-                    }
-                }
-            }
-            if work.truncated {
-                if let Some((stmt, params)) = &m.truncate {
-                    let none = Args::default();
-                    let params = none.bind(params);
-                    stats.rows_deleted += tx
-                        .execute(stmt, &params)
-                        .await
-                        .map_err(|e| mirror_err(&m.label, e))?;
-                }
-            }
-        }
-        tx.execute(
-            state::RECORD_APPLIED,
-            &[&self.spec_name, &batch.end_lsn.to_string()],
-        )
-        .await
-        .map_err(ApplyError::session)?;
+        record_position(&tx, self.origin, &self.spec_name, batch).await?;
+        write_keys(&self.mirrors, &tx, batch, &mut stats).await?;
         tx.commit().await.map_err(ApplyError::session)?;
         Ok(stats)
+    }
+
+    /// Like [`Applier::apply`], inside a transaction the caller has opened
+    /// on [`Applier::client`] and will commit (the cut-over's drain). The
+    /// position is not recorded: call [`Applier::record_position`] once,
+    /// with the last batch, before committing.
+    pub async fn apply_in_transaction(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        let mut stats = ApplyStats::default();
+        if self.opts.visibility_barrier && !batch.xids.is_empty() {
+            stats.visibility_waits = self.wait_visible(&batch.xids).await?;
+        }
+        for (i, work) in batch.mirrors.iter().enumerate() {
+            if work.overflowed {
+                let (w, d) = self.full_pass(i).await?;
+                stats.rows_written += w;
+                stats.rows_deleted += d;
+                stats.full_passes += 1;
+            }
+        }
+        write_keys(&self.mirrors, &self.client, batch, &mut stats).await?;
+        Ok(stats)
+    }
+
+    /// Records `batch`'s end LSN as applied (state row and origin, I4) in
+    /// the transaction open on [`Applier::client`].
+    pub async fn record_position(&self, batch: &Batch) -> Result<(), ApplyError> {
+        record_position(&self.client, self.origin, &self.spec_name, batch).await
     }
 
     /// I2: waits until every xid is visible to a new snapshot. Returns how
@@ -451,10 +454,14 @@ impl Applier {
         lower: Option<&[String]>,
         rows: i64,
     ) -> Result<ChunkOutcome, ApplyError> {
-        retrying_in_place!(
+        let r = retrying_in_place!(
             "a backfill chunk",
             self.backfill_chunk_once(i, lower, rows).await
-        )
+        );
+        if let Ok(out) = &r {
+            crate::metrics::chunk_applied(out.written, out.deleted);
+        }
+        r
     }
 
     async fn backfill_chunk_once(
@@ -548,6 +555,78 @@ impl Applier {
     pub fn client(&self) -> &Client {
         &self.client
     }
+}
+
+/// The batch's position, in the transaction that holds its writes (I4):
+/// the origin's progress (when walshift has its origin) and the state row.
+async fn record_position<C: GenericClient + Sync>(
+    c: &C,
+    origin: bool,
+    spec_name: &str,
+    batch: &Batch,
+) -> Result<(), ApplyError> {
+    if origin {
+        let ts = pg_timestamp_to_system_time(batch.commit_time);
+        c.execute(
+            "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
+            &[&batch.end_lsn.to_string(), &ts],
+        )
+        .await
+        .map_err(ApplyError::session)?;
+    }
+    c.execute(
+        state::RECORD_APPLIED,
+        &[&spec_name, &batch.end_lsn.to_string()],
+    )
+    .await
+    .map_err(ApplyError::session)?;
+    Ok(())
+}
+
+/// One recompute statement per mirror with dirty keys (and the removal of
+/// owned rows after a TRUNCATE), on `c`.
+async fn write_keys<C: GenericClient + Sync>(
+    mirrors: &[PreparedMirror],
+    c: &C,
+    batch: &Batch,
+    stats: &mut ApplyStats,
+) -> Result<(), ApplyError> {
+    for (m, work) in mirrors.iter().zip(&batch.mirrors) {
+        if !work.keys.is_empty() && !work.overflowed {
+            stats.keys += work.keys.len();
+            let keys: Vec<&Key> = work.keys.iter().collect();
+            let args = Args::engine_keys(&keys, m.plan.key.len());
+            let params = args.bind(&m.keys_params);
+            match &m.plan.kind {
+                MirrorKind::Set(_) => {
+                    let n = c
+                        .execute(&m.keys, &params)
+                        .await
+                        .map_err(|e| mirror_err(&m.label, e))?;
+                    stats.rows_written += n;
+                }
+                MirrorKind::Rows(_) => {
+                    let row = c
+                        .query_one(&m.keys, &params)
+                        .await
+                        .map_err(|e| mirror_err(&m.label, e))?;
+                    stats.rows_deleted += row.get::<_, i64>(0) as u64;
+                    stats.rows_written += row.get::<_, i64>(1) as u64;
+                }
+            }
+        }
+        if work.truncated {
+            if let Some((stmt, params)) = &m.truncate {
+                let none = Args::default();
+                let params = none.bind(params);
+                stats.rows_deleted += c
+                    .execute(stmt, &params)
+                    .await
+                    .map_err(|e| mirror_err(&m.label, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn label(plan: &MirrorPlan) -> String {

@@ -14,13 +14,16 @@
 //! start a new session after a backoff, resuming at the last committed
 //! position.
 
+mod control;
+mod cutover;
 mod setup;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use setup::{Objects, ensure as ensure_objects, sources};
 
@@ -155,6 +158,9 @@ pub struct Totals {
     pub rows_written: u64,
     pub rows_deleted: u64,
     pub confirmed: Lsn,
+    /// A `walshift cutover` committed: the migration is switched and the
+    /// run is over.
+    pub cut_over: bool,
 }
 
 /// What a running `run` shows its observers (the terminal's progress bars
@@ -166,9 +172,40 @@ pub struct Observed {
     pub watermarks: Arc<lag::Watermarks>,
     /// The last LSN confirmed to the server.
     pub confirmed: Arc<AtomicU64>,
+    /// The replication stream is up: set when a session starts streaming,
+    /// cleared when it ends (`/healthz`).
+    pub connected: Arc<AtomicBool>,
+    /// What the watermark task last measured in the database.
+    pub measured: Arc<std::sync::Mutex<Measured>>,
+}
+
+/// Lag bytes and retained WAL, as the watermark task last read them (once a
+/// second); `None` until measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Measured {
+    pub lag_bytes: Option<i64>,
+    pub retained_wal_bytes: Option<u64>,
+}
+
+/// Marks the stream connected while it lives ([`Observed::streaming`]).
+pub struct Streaming(Arc<AtomicBool>);
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+        crate::metrics::stream_connected(false);
+    }
 }
 
 impl Observed {
+    /// The stream is up until the returned guard is dropped (the session
+    /// ends, however it ends).
+    pub fn streaming(&self) -> Streaming {
+        self.connected.store(true, Ordering::Release);
+        crate::metrics::stream_connected(true);
+        Streaming(self.connected.clone())
+    }
+
     fn confirm(&self, feedback: &crate::replication::Feedback, totals: &mut Totals, lsn: Lsn) {
         feedback.confirm(lsn);
         totals.confirmed = totals.confirmed.max(lsn);
@@ -244,11 +281,43 @@ async fn emit_watermarks(
                 .execute(state::RECORD_RATE, &[&name, &(m.mirror as i32), &m.rate])
                 .await;
         }
-        if let Some(max) = spec.safety.max_retained_wal {
-            if let Some(msg) = retained_wal_check(c, &spec, max, &mut last_warning).await {
+        let measured = measure_slot(c, &spec, &confirmed).await;
+        crate::metrics::lag(lag, measured.lag_bytes);
+        if let Some(retained) = measured.retained_wal_bytes {
+            crate::metrics::retained_wal(retained);
+        }
+        *observed.measured.lock().expect("measured lock") = measured;
+        if let (Some(max), Some(retained)) =
+            (spec.safety.max_retained_wal, measured.retained_wal_bytes)
+        {
+            if let Some(msg) = retained_wal_check(&spec, retained, max, &mut last_warning) {
                 let _ = over_limit.send(msg).await;
                 return;
             }
+        }
+    }
+}
+
+/// Lag in bytes (server WAL position minus `confirmed`, as `RECORD_LAG`
+/// stores it) and the WAL walshift's slot retains; `None` where the
+/// database does not answer or the slot is missing.
+async fn measure_slot(c: &tokio_postgres::Client, spec: &Spec, confirmed: &str) -> Measured {
+    let row = c
+        .query_one(
+            "SELECT greatest(pg_wal_lsn_diff(pg_current_wal_lsn(), $2::text::pg_lsn), 0)::bigint,
+                    (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8
+                     FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&spec.slot_name(), &confirmed],
+        )
+        .await;
+    match row {
+        Ok(r) => Measured {
+            lag_bytes: r.get(0),
+            retained_wal_bytes: r.get::<_, Option<f64>>(1).map(|b| b.max(0.0) as u64),
+        },
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot measure the slot");
+            Measured::default()
         }
     }
 }
@@ -267,6 +336,17 @@ pub async fn run(
         .connect_sql()
         .await
         .map_err(|e| RunError::Connect(format!("{} ({})", e, config.redacted())))?;
+    // After the switch there is nothing left to mirror, and the old shape
+    // may be gone: starting again would only fail later, less clearly.
+    if let Some(at) = state::cutover_at(&client, &spec.name)
+        .await
+        .map_err(|e| RunError::Connect(pg_message(&e)))?
+    {
+        return Err(RunError::Fatal(format!(
+            "{} was cut over at {at}; nothing is left to mirror: run `walshift cleanup {}` to remove walshift's objects",
+            spec.name, spec.file
+        )));
+    }
     let report = catalog::check(&client, spec)
         .await
         .map_err(|e| RunError::Connect(pg_message(&e)))?;
@@ -302,7 +382,8 @@ pub async fn run(
         )
         .await
         {
-            Ok(()) => {
+            Ok(ended) => {
+                totals.cut_over = ended == Ended::CutOver;
                 clear_heartbeat(config, spec).await;
                 return Ok(totals);
             }
@@ -310,11 +391,16 @@ pub async fn run(
             // (`walshift cleanup --force`, or by hand) there is nothing to
             // resume, and any error (a terminated stream, a missing table)
             // is only a symptom of that.
-            Err(e) if e.deliberate => return Err(RunError::Fatal(e.message)),
+            Err(e) if e.deliberate => {
+                crate::metrics::error(crate::metrics::error_kind::SAFETY_STOP);
+                return Err(RunError::Fatal(e.message));
+            }
             Err(_) if let Some(gone) = objects_gone(config, spec).await => {
+                crate::metrics::error(crate::metrics::error_kind::OBJECTS_GONE);
                 return Err(RunError::Fatal(gone));
             }
             Err(e) if e.action == Action::Retry => {
+                crate::metrics::error(crate::metrics::error_kind::RETRY);
                 if started.elapsed() > Duration::from_secs(60) {
                     attempt = 0;
                 }
@@ -325,8 +411,12 @@ pub async fn run(
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(totals),
                 }
+                crate::metrics::reconnect();
             }
-            Err(e) => return Err(RunError::Fatal(e.message)),
+            Err(e) => {
+                crate::metrics::error(crate::metrics::error_kind::STOP);
+                return Err(RunError::Fatal(e.message));
+            }
         }
     }
 }
@@ -341,7 +431,7 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     totals: &mut Totals,
     observed: &Observed,
-) -> Result<(), SessionError> {
+) -> Result<Ended, SessionError> {
     // The apply session.
     let client = config
         .with_application_name("walshift-apply")
@@ -394,6 +484,17 @@ async fn session(
         observed.progress.clone(),
     )
     .await?;
+    // The operator's pause and `ctl set` overrides, read by the control task.
+    let (settings_tx, settings_rx) = watch::channel(crate::settings::Control {
+        paused: state::backfill_paused(applier.client(), &spec.name)
+            .await
+            .unwrap_or(false),
+        overrides: crate::settings::read(applier.client(), &spec.name)
+            .await
+            .unwrap_or_default(),
+    });
+    let mut backfill = backfill;
+    backfill.follow(settings_rx);
     let progress = backfill.progress();
     if !backfill.is_done() {
         tracing::info!("backfill of history runs alongside live mirroring");
@@ -423,6 +524,7 @@ async fn session(
     )
     .await?;
     tracing::info!(slot = %spec.slot_name(), start = %start, "streaming");
+    let _streaming = observed.streaming();
     let feedback = stream.feedback();
 
     let sources = plan
@@ -443,12 +545,35 @@ async fn session(
 
     // The applier runs in its own task so the loop keeps reading meanwhile.
     // Between live batches it copies history (I3: one writer for both).
-    let (work_tx, work_rx) = mpsc::channel::<Batch>(1);
+    let (work_tx, work_rx) = mpsc::channel::<Work>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(1);
-    let apply_task = tokio::spawn(apply_loop(applier, backfill, work_rx, done_tx));
+    // Cut-over requests come in and their steps go out through the state
+    // table, on a session of the control task's own.
+    let (updates, updates_rx) = mpsc::unbounded_channel();
+    let (control_tx, mut control_rx) = mpsc::channel(4);
+    let _control = AbortOnDrop(tokio::spawn(control::control(
+        config.clone(),
+        spec.name.clone(),
+        control_tx,
+        updates_rx,
+        settings_tx,
+    )));
+    let ctx = cutover::Context {
+        spec: spec.clone(),
+        mirrors: plan.mirrors.clone(),
+        updates: updates.clone(),
+    };
+    let apply_task = tokio::spawn(apply_loop(applier, backfill, work_rx, done_tx, ctx));
     let _abort_applier = AbortOnDrop(apply_task);
-
-    let mut in_flight = false;
+    // Work for the apply task, sent as it has room: the loop never blocks
+    // on it, so the apply task can always hand results back.
+    let mut outbox: VecDeque<Work> = VecDeque::new();
+    // Batches handed over and not yet reported done.
+    let mut outstanding = 0usize;
+    let mut cut: Option<Cut> = None;
+    // Shutdown asked for while a cut-over holds the apply task: leave once
+    // it has ended.
+    let mut stopping = false;
     // Watermarks wait for the transactions received before them.
     let mut watermarks = lag::Pending::default();
     let (mut received_txns, mut applied_txns) = (0u64, 0u64);
@@ -466,42 +591,110 @@ async fn session(
     let mut log_tick = tokio::time::interval(opts.log_interval);
     log_tick.tick().await;
     loop {
+        let job_running = cut.as_ref().is_some_and(|c| c.running);
+        let forwarding = cut.as_ref().is_some_and(|c| c.forwarding);
+        let mut in_flight = outstanding > 0 || job_running;
         // Hand the next batch over as soon as the applier is free; a batch of
         // echoes or unrelated transactions needs no SQL, only a confirm.
-        if !in_flight && pending.txns > 0 {
+        // While a cut-over waits for its lock or drains, every batch goes
+        // straight on: the drain applies them under the lock.
+        if forwarding && pending.txns > 0 {
+            let batch = std::mem::replace(&mut pending, Batch::new(n));
+            in_flight_since = in_flight_since.or(pending_since.take());
+            outstanding += 1;
+            outbox.push_back(Work::Batch(batch));
+        } else if !in_flight && pending.txns > 0 {
             let batch = std::mem::replace(&mut pending, Batch::new(n));
             if batch.has_work() {
                 in_flight = true;
                 in_flight_since = pending_since.take();
-                if work_tx.send(batch).await.is_err() {
-                    return Err(SessionError::stop("the applier task ended unexpectedly"));
-                }
+                outstanding += 1;
+                outbox.push_back(Work::Batch(batch));
             } else {
                 observed.confirm(&feedback, totals, batch.end_lsn);
                 applied_txns += batch.txns as u64;
                 release_watermarks(&mut watermarks, applied_txns, observed);
             }
         }
-        let may_read = !in_flight || pending.key_count() < opts.max_batch_keys;
+        let may_read =
+            (!in_flight || pending.key_count() < opts.max_batch_keys) && outbox.len() < 64;
 
         tokio::select! {
             biased;
-            // 1. Shutdown: finish the batch under way, report, leave.
-            _ = shutdown.changed() => {
-                if in_flight {
-                    while let Some(done) = done_rx.recv().await {
-                        if let Done::Batch(batch, result) = done {
+            // 1. Shutdown: finish the batches under way, report, leave. A
+            //    cut-over in progress ends first (it needs the stream).
+            _ = shutdown.changed(), if !stopping => {
+                if job_running {
+                    tracing::info!("stopping once the cut-over under way has ended");
+                    stopping = true;
+                    continue;
+                }
+                if let Some(c) = cut.take() {
+                    let _ = updates.send(cutover::Update::finished(cutover::refused(&c.job, "walshift run stopped before the cut-over began; nothing was changed")));
+                }
+                // Sent but not yet taken: never applied, nothing to confirm.
+                outstanding -= outbox.iter().filter(|w| matches!(w, Work::Batch(_))).count();
+                while outstanding > 0 {
+                    match done_rx.recv().await {
+                        Some(Done::Batch(batch, result)) => {
+                            outstanding -= 1;
                             if result.is_ok() {
                                 feedback.confirm(batch.end_lsn);
                                 totals.confirmed = totals.confirmed.max(batch.end_lsn);
+                            } else {
+                                break;
                             }
-                            break;
                         }
+                        Some(_) | None => break,
                     }
                 }
                 let _ = stream.close().await;
                 tracing::info!(confirmed = %totals.confirmed, "stopped");
-                return Ok(());
+                return Ok(Ended::Stopped);
+            }
+            // Work for the apply task, as soon as it has room.
+            permit = work_tx.reserve(), if !outbox.is_empty() => {
+                match permit {
+                    Ok(p) => p.send(outbox.pop_front().expect("outbox is not empty")),
+                    Err(_) => return Err(SessionError::stop("the applier task ended unexpectedly")),
+                }
+            }
+            // A cut-over request, or its cancellation.
+            Some(ev) = control_rx.recv() => {
+                handle_control(ev, &mut cut, &mut outbox, &updates, &progress, config, spec, plan);
+            }
+            // The verify before a cut-over has finished.
+            verified = async {
+                match cut.as_mut().and_then(|c| c.verify.as_mut()) {
+                    Some(v) => (&mut v.0).await,
+                    None => std::future::pending().await,
+                }
+            }, if cut.as_ref().is_some_and(|c| c.verify.is_some()) => {
+                let c = cut.as_mut().expect("a cut-over is verifying");
+                c.verify = None;
+                c.verify_seconds = c.started.elapsed().as_secs_f64();
+                let refusal = match verified {
+                    Ok(Ok(report)) if report.passed => None,
+                    Ok(Ok(report)) => Some(format!("the verify before the lock failed: {}; nothing was changed", report.summary())),
+                    Ok(Err(e)) => Some(format!("the verify before the lock could not run: {e}; nothing was changed")),
+                    Err(_) => Some("the verify before the lock ended unexpectedly; nothing was changed".into()),
+                };
+                match refusal {
+                    Some(why) => {
+                        let c = cut.take().expect("a cut-over is verifying");
+                        outbox.push_back(Work::Untrack);
+                        tracing::warn!(request = c.job.id, "{why}");
+                        let mut out = cutover::refused(&c.job, why);
+                        out.verify_seconds = c.verify_seconds;
+                        let _ = updates.send(cutover::Update::finished(out));
+                    }
+                    None => {
+                        tracing::info!(request = c.job.id, dry_run = c.job.dry_run, seconds = c.verify_seconds, "verify passed; locking the sources for the cut-over");
+                        c.running = true;
+                        c.forwarding = true;
+                        outbox.push_back(Work::Cutover(c.job.clone()));
+                    }
+                }
             }
             // 2. WAL safety: the slot retains more than the spec allows.
             Some(reason) = over_limit_rx.recv() => {
@@ -514,9 +707,21 @@ async fn session(
                 let (batch, result) = match done {
                     Some(Done::Batch(batch, result)) => (batch, result),
                     Some(Done::Failed(e)) => return Err(e.into()),
+                    Some(Done::Cutover(outcome)) => {
+                        let c = cut.take().expect("a cut-over was running");
+                        let mut outcome = *outcome;
+                        outcome.verify_seconds = c.verify_seconds;
+                        let ended = cutover_ended(config, &updates, outcome).await;
+                        if ended || stopping {
+                            let _ = stream.close().await;
+                            tracing::info!(confirmed = %totals.confirmed, "stopped");
+                            return Ok(if ended { Ended::CutOver } else { Ended::Stopped });
+                        }
+                        continue;
+                    }
                     None => return Err(SessionError::stop("the applier task ended unexpectedly")),
                 };
-                in_flight = false;
+                outstanding = outstanding.saturating_sub(1);
                 live_lag.set(pending_since);
                 in_flight_since = None;
                 let stats = result?;
@@ -546,6 +751,7 @@ async fn session(
                         let msg = decoder
                             .decode(data)
                             .map_err(|e| SessionError::stop(format!("cannot decode the stream: {e}")))?;
+                        crate::metrics::decoded(&msg);
                         match assembler.feed(msg).map_err(|e| SessionError::stop(e.to_string()))? {
                             Assembled::Committed(txn) => {
                                 if txn.has_work() && pending_since.is_none() {
@@ -556,6 +762,22 @@ async fn session(
                                 received_txns += 1;
                                 totals.echo_txns += txn.echo as u64;
                                 pending.add(txn, opts.max_txn_keys);
+                            }
+                            Assembled::Message { prefix, content, .. } if prefix == crate::cutover::MARKER_PREFIX => {
+                                // A marker of the cut-over under way: every
+                                // batch before it is sent first. The one
+                                // emitted under the lock ends the drain.
+                                let content = String::from_utf8_lossy(&content).into_owned();
+                                if let Some(c) = cut.as_mut().filter(|c| c.forwarding && crate::cutover::marker_of(&c.marker, &content).is_some()) {
+                                    if crate::cutover::marker_of(&c.marker, &content) == Some(crate::cutover::MarkerKind::Lock) {
+                                        c.forwarding = false;
+                                    }
+                                    if pending.txns > 0 {
+                                        outstanding += 1;
+                                        outbox.push_back(Work::Batch(std::mem::replace(&mut pending, Batch::new(n))));
+                                    }
+                                    outbox.push_back(Work::DrainEnd(content));
+                                }
                             }
                             Assembled::Message { prefix, content, .. } => {
                                 if let Some(seq) = lag::parse(&spec.name, &prefix, &content) {
@@ -594,20 +816,12 @@ async fn session(
 
 /// WAL safety: warns (once a minute) from 80% of `max` on; past `max` with
 /// `on_max_retained_wal = "drop-slot"` returns the reason to stop.
-async fn retained_wal_check(
-    c: &tokio_postgres::Client,
+fn retained_wal_check(
     spec: &Spec,
+    retained: u64,
     max: u64,
     last_warning: &mut Option<Instant>,
 ) -> Option<String> {
-    let row = c
-        .query_opt(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&spec.slot_name()],
-        )
-        .await
-        .ok()??;
-    let retained = row.get::<_, Option<f64>>(0)?.max(0.0) as u64;
     let human = crate::throttle::human_bytes;
     if retained > max && spec.safety.on_max_retained_wal == crate::spec::OnMaxRetainedWal::DropSlot
     {
@@ -718,11 +932,179 @@ async fn drop_slot_after_safety_stop(config: &ConnConfig, spec: &Spec) {
         .await;
 }
 
+/// How a session ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Shutdown was asked for.
+    Stopped,
+    /// A cut-over committed: the migration is switched, nothing is left to
+    /// mirror.
+    CutOver,
+}
+
+/// What the session hands the apply task.
+enum Work {
+    Batch(Batch),
+    /// Note every key applied from now on (a cut-over's verify begins).
+    Track,
+    /// Forget them (the cut-over was refused or cancelled).
+    Untrack,
+    Cutover(cutover::Job),
+    /// The cut-over's marker came through the stream: every batch before it
+    /// has been sent.
+    DrainEnd(String),
+}
+
 /// What the applier task reports.
 enum Done {
     Batch(Batch, Result<ApplyStats, ApplyError>),
     /// The backfill failed; the session ends.
     Failed(ApplyError),
+    /// A cut-over ended (its drained batches were reported before).
+    Cutover(Box<crate::cutover::Outcome>),
+}
+
+/// A cut-over request the session has in hand.
+struct Cut {
+    job: cutover::Job,
+    marker: String,
+    started: Instant,
+    /// The verify before the lock, while it runs.
+    verify: Option<(
+        oneshot::Receiver<Result<crate::verify::Report, String>>,
+        AbortOnDrop,
+    )>,
+    verify_seconds: f64,
+    /// The apply task has the job.
+    running: bool,
+    /// Batches go straight to the apply task until the marker.
+    forwarding: bool,
+}
+
+/// A request from the control task: refuse it, or start its verify (and the
+/// key tracking that makes the re-check under the lock complete).
+#[allow(clippy::too_many_arguments)]
+fn handle_control(
+    ev: control::Control,
+    cut: &mut Option<Cut>,
+    outbox: &mut VecDeque<Work>,
+    updates: &mpsc::UnboundedSender<cutover::Update>,
+    progress: &SharedProgress,
+    config: &ConnConfig,
+    spec: &Spec,
+    plan: &Plan,
+) {
+    use control::Control;
+    use cutover::{Update, refused};
+    let job = match ev {
+        Control::Cancelled(id) => {
+            if cut.as_ref().is_some_and(|c| c.job.id == id && !c.running) {
+                tracing::info!(request = id, "cut-over cancelled by the operator");
+                *cut = None;
+                outbox.push_back(Work::Untrack);
+            }
+            return;
+        }
+        Control::Postponed(job) => {
+            let why = format!(
+                "cut-over of {} is postponed by the operator; run `walshift ctl {} allow-cutover` first",
+                spec.name, spec.file
+            );
+            let _ = updates.send(Update::finished(refused(&job, why)));
+            return;
+        }
+        Control::Request(job) => job,
+    };
+    let why = if cut.is_some() {
+        Some("another cut-over is under way".to_string())
+    } else if !progress.lock().expect("progress lock").done() {
+        Some("the backfill is not complete; `walshift wait` returns once it is".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        let _ = updates.send(Update::finished(refused(&job, why)));
+        return;
+    }
+    tracing::info!(
+        request = job.id,
+        dry_run = job.dry_run,
+        "cut-over requested; verifying first"
+    );
+    let _ = updates.send(Update::step(
+        job.id,
+        "verifying",
+        format!(
+            "verifying {} mirror(s) chunk by chunk, without locks",
+            plan.mirrors.len()
+        ),
+    ));
+    outbox.push_back(Work::Track);
+    let (tx, rx) = oneshot::channel();
+    let marker = crate::cutover::marker(&spec.name, job.id);
+    let (config, spec, plan) = (config.clone(), spec.clone(), plan.clone());
+    let task = tokio::spawn(async move {
+        let result = async {
+            let client = config
+                .with_application_name("walshift-verify")
+                .connect_sql()
+                .await
+                .map_err(|e| e.to_string())?;
+            crate::verify::verify_with(&client, &spec, &plan, 10, false)
+                .await
+                .map_err(|e| pg_message(&e))
+        }
+        .await;
+        let _ = tx.send(result);
+    });
+    *cut = Some(Cut {
+        marker,
+        job,
+        started: Instant::now(),
+        verify: Some((rx, AbortOnDrop(task))),
+        verify_seconds: 0.0,
+        running: false,
+        forwarding: false,
+    });
+}
+
+/// Reports a cut-over's outcome. Returns whether it committed (the run is
+/// over then; the outcome is written before the run exits).
+async fn cutover_ended(
+    config: &ConnConfig,
+    updates: &mpsc::UnboundedSender<cutover::Update>,
+    outcome: crate::cutover::Outcome,
+) -> bool {
+    let committed = outcome.committed;
+    match &outcome.error {
+        None => tracing::info!(
+            request = outcome.id,
+            dry_run = outcome.dry_run,
+            freeze_ms = format!("{:.1}", outcome.freeze_ms),
+            "{}",
+            outcome.render()
+        ),
+        Some(_) => tracing::warn!(request = outcome.id, "{}", outcome.render()),
+    }
+    let update = cutover::Update::finished(outcome);
+    if committed {
+        // Written here and now: the run ends right after.
+        for _ in 0..20 {
+            if let Ok(c) = config
+                .with_application_name("walshift-control")
+                .connect_sql()
+                .await
+            {
+                if control::write_update(&c, &update).await.is_ok() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    } else {
+        let _ = updates.send(update);
+    }
+    committed
 }
 
 /// History gets a turn at least this often, even while live batches keep
@@ -731,61 +1113,114 @@ enum Done {
 const HISTORY_TURN: Duration = Duration::from_secs(1);
 
 /// The applier task: live batches first; history when there are none (or
-/// when its turn is due) and the throttle allows.
+/// when its turn is due) and the throttle allows; a cut-over when asked.
 async fn apply_loop(
     mut applier: Applier,
     mut backfill: Backfill,
-    mut work_rx: mpsc::Receiver<Batch>,
+    mut work_rx: mpsc::Receiver<Work>,
     done_tx: mpsc::Sender<Done>,
+    ctx: cutover::Context,
 ) {
+    let mut tracker: Option<cutover::Tracker> = None;
     let mut last_chunk = Instant::now();
     loop {
         let live = if backfill.is_done() {
             match work_rx.recv().await {
-                Some(b) => Some(b),
+                Some(w) => Some(w),
                 None => return,
             }
         } else if last_chunk.elapsed() < HISTORY_TURN {
             match work_rx.try_recv() {
-                Ok(b) => Some(b),
+                Ok(w) => Some(w),
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
                 Err(mpsc::error::TryRecvError::Empty) => None,
             }
         } else {
             None
         };
-        if let Some(batch) = live {
-            let r = applier.apply(&batch).await;
-            if done_tx.send(Done::Batch(batch, r)).await.is_err() {
+        if let Some(work) = live {
+            let go_on = handle_work(
+                &mut applier,
+                &mut work_rx,
+                &done_tx,
+                &mut tracker,
+                &ctx,
+                work,
+            )
+            .await;
+            if !go_on {
                 return;
             }
             continue;
         }
-        let step = match backfill.throttled(applier.client()).await {
-            Ok(Some(_)) => {
-                // Wait for live work or the next look at the signals.
+        // Throttled: look again in a moment. Under a rows-per-second cap:
+        // the next chunk's time. Live work is applied meanwhile.
+        let wait = match backfill.throttled(applier.client()).await {
+            Ok(Some(_)) => Some(Duration::from_millis(250)),
+            Ok(None) => backfill.pace().map(|d| d.min(Duration::from_millis(250))),
+            Err(e) => {
+                let _ = done_tx.send(Done::Failed(e)).await;
+                return;
+            }
+        };
+        let step = match wait {
+            Some(wait) => {
                 tokio::select! {
-                    b = work_rx.recv() => match b {
-                        Some(b) => {
-                            let r = applier.apply(&b).await;
-                            if done_tx.send(Done::Batch(b, r)).await.is_err() {
+                    w = work_rx.recv() => match w {
+                        Some(w) => {
+                            let go_on = handle_work(&mut applier, &mut work_rx, &done_tx, &mut tracker, &ctx, w).await;
+                            if !go_on {
                                 return;
                             }
                             continue;
                         }
                         None => return,
                     },
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    _ = tokio::time::sleep(wait) => continue,
                 }
             }
-            Ok(None) => backfill.step(&mut applier).await,
-            Err(e) => Err(e),
+            None => backfill.step(&mut applier).await,
         };
         last_chunk = Instant::now();
         if let Err(e) = step {
             let _ = done_tx.send(Done::Failed(e)).await;
             return;
         }
+    }
+}
+
+/// One item of work. `false` when the session is gone.
+async fn handle_work(
+    applier: &mut Applier,
+    work_rx: &mut mpsc::Receiver<Work>,
+    done_tx: &mpsc::Sender<Done>,
+    tracker: &mut Option<cutover::Tracker>,
+    ctx: &cutover::Context,
+    work: Work,
+) -> bool {
+    match work {
+        Work::Batch(batch) => {
+            let r = applier.apply(&batch).await;
+            if let (Ok(_), Some(t)) = (&r, tracker.as_mut()) {
+                t.add(&batch);
+            }
+            done_tx.send(Done::Batch(batch, r)).await.is_ok()
+        }
+        Work::Track => {
+            *tracker = Some(cutover::Tracker::new(ctx.mirrors.len()));
+            true
+        }
+        Work::Untrack => {
+            *tracker = None;
+            true
+        }
+        Work::Cutover(job) => {
+            let outcome =
+                cutover::execute(applier, work_rx, done_tx, tracker.take(), job, ctx).await;
+            done_tx.send(Done::Cutover(Box::new(outcome))).await.is_ok()
+        }
+        // The marker of a cut-over that already gave up.
+        Work::DrainEnd(_) => true,
     }
 }
 

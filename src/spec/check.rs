@@ -493,7 +493,8 @@ impl Checker<'_> {
         let d = Cutover::default();
         let sql = match raw.sql {
             None => Some(None),
-            Some(sql) => self.sql("cutover", "sql", &sql).map(Some),
+            // A script of the operator's: several statements, run as they are.
+            Some(sql) => self.script("cutover", "sql", &sql).map(Some),
         };
         let lock_span = raw.lock_timeout.as_ref().map_or(0..0, |v| v.span());
         let lock_timeout = self.duration("cutover.lock_timeout", raw.lock_timeout, d.lock_timeout);
@@ -583,6 +584,24 @@ impl Checker<'_> {
 
     /// SQL text that is embedded in a larger statement: non-empty, and no
     /// trailing `;` (which would end the statement early).
+    /// SQL run as written (any number of statements): only emptiness and
+    /// NUL characters are problems.
+    fn script(&mut self, label: &str, field: &str, raw: &Spanned<String>) -> Option<String> {
+        let text = raw.get_ref().trim();
+        if text.trim_end_matches(';').trim().is_empty() {
+            self.at(raw.span(), format!("{label}: {field} is empty"));
+            return None;
+        }
+        if text.contains('\0') {
+            self.at(
+                raw.span(),
+                format!("{label}: {field} contains a NUL character"),
+            );
+            return None;
+        }
+        Some(text.to_string())
+    }
+
     fn sql(&mut self, label: &str, field: &str, raw: &Spanned<String>) -> Option<String> {
         let text = raw.get_ref().trim();
         if text.is_empty() {

@@ -5,6 +5,8 @@
 //! Each test binary compiles this module on its own and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 

@@ -91,6 +91,8 @@ impl Walshift {
         cmd.args(["--log-format", "json", "run"])
             .arg(spec.path())
             .args(["--db", conninfo])
+            // Tests run side by side: no HTTP port to fight over (tests/http.rs covers it).
+            .args(["--listen", "off"])
             .args(extra)
             // The defaults decide what is logged; the final summary line must be there.
             .env_remove("RUST_LOG")

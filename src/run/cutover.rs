@@ -1,0 +1,774 @@
+//! The cut-over, carried out by `run` on its apply session.
+//!
+//! ```text
+//!  walshift cutover ──request row──▶ control task ──▶ session loop
+//!                                                      │ Track: the applier notes every key it applies from now on
+//!                                                      │ verify (own session, no locks) ── fails ─▶ refused
+//!                                                      ▼ passes
+//!  apply task:  BEGIN; LOCK sources IN SHARE ROW EXCLUSIVE MODE   (lock_timeout; on timeout back off, retry)
+//!               emit a non-transactional marker ─▶ stream ─▶ session loop forwards every batch before it, then DrainEnd
+//!               apply those batches in this transaction, record their position (I4)
+//!               SAVEPOINT; re-check every key applied since the verify began; gates; operator SQL
+//!               COMMIT  (dry run: ROLLBACK TO SAVEPOINT first)
+//! ```
+//!
+//! The lock is taken by the session that writes the targets, so the drain
+//! can write under it (a set-mode target is the source table itself). Writes
+//! to the sources wait from the LOCK statement until the COMMIT: that is the
+//! freeze reported. Reads go on throughout.
+//!
+//! The drain must happen inside the lock: after the marker, no write to a
+//! source can be missing from the targets, so the re-check and the gates see
+//! the final state. A failure after the drain rolls back to the savepoint and
+//! commits, keeping the drained mirror work (ordinary mirroring) and
+//! releasing the lock; nothing of the operator's SQL remains.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_postgres::error::SqlState;
+
+use super::{Done, Work};
+use crate::catalog::MirrorPlan;
+use crate::cutover::{MARKER_PREFIX, MarkerKind, MirrorCheck, Outcome, marker, marker_content};
+use crate::error_policy::pg_message;
+use crate::mirror::applier::{Applier, ApplyStats, Batch};
+use crate::mirror::txn::Key;
+use crate::spec::Spec;
+use crate::verify;
+
+/// Longest the drain may take with the lock held before the cut-over gives
+/// up (rolls back, releasing the lock). The marker normally arrives within
+/// milliseconds; this bounds the freeze when the stream is stuck.
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keys the tracker holds before it gives up: the re-check under the lock
+/// must stay short.
+pub(super) const MAX_TRACKED_KEYS: usize = 500_000;
+
+/// Keys per re-check statement.
+const RECHECK_CHUNK: usize = 10_000;
+
+/// Before locking, tracked keys are re-checked without the lock while there
+/// are more than this many, so the re-check under the lock covers only what
+/// changed during the last round (the freeze stays short under load).
+const CONVERGED_KEYS: usize = 200;
+
+/// The lock is taken once a probe marker came back through the stream this
+/// fast (walshift is caught up: the drain under the lock will be short) ...
+const SETTLED: Duration = Duration::from_millis(40);
+/// ... or after this many probes, whatever they showed.
+const MAX_PROBES: u32 = 12;
+/// A probe that takes longer than this counts as lost.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keys a drain merges into one recompute per mirror.
+const DRAIN_MAX_KEYS: usize = 1_000_000;
+
+/// A cut-over request accepted by the run.
+#[derive(Debug, Clone)]
+pub(super) struct Job {
+    pub id: i64,
+    pub dry_run: bool,
+}
+
+/// What the apply task needs to carry a cut-over out.
+pub(super) struct Context {
+    pub spec: Spec,
+    pub mirrors: Vec<MirrorPlan>,
+    pub updates: mpsc::UnboundedSender<Update>,
+}
+
+/// Every key the applier committed since tracking began, per mirror.
+#[derive(Debug)]
+pub(super) struct Tracker {
+    keys: Vec<HashSet<Key>>,
+    total: usize,
+    /// Why the tracked keys are incomplete (a whole-mirror pass, a TRUNCATE,
+    /// too many keys): the re-check cannot stand in for the verify.
+    incomplete: Option<String>,
+}
+
+impl Tracker {
+    /// Keys tracked so far; tracking starts afresh.
+    fn take(&mut self) -> Vec<HashSet<Key>> {
+        self.total = 0;
+        let n = self.keys.len();
+        std::mem::replace(&mut self.keys, vec![HashSet::new(); n])
+    }
+
+    /// Keys to check again later (they differed: probably not applied yet).
+    fn keep(&mut self, mirror: usize, keys: Vec<Vec<String>>) {
+        if self.incomplete.is_some() {
+            return;
+        }
+        for k in keys {
+            let key: Key = k.into_iter().map(String::into_boxed_str).collect();
+            if self.keys[mirror].insert(key) {
+                self.total += 1;
+            }
+        }
+    }
+
+    pub fn new(mirrors: usize) -> Self {
+        Tracker {
+            keys: vec![HashSet::new(); mirrors],
+            total: 0,
+            incomplete: None,
+        }
+    }
+
+    pub fn add(&mut self, batch: &Batch) {
+        if self.incomplete.is_some() {
+            return;
+        }
+        for (i, work) in batch.mirrors.iter().enumerate() {
+            if work.overflowed || work.truncated {
+                self.incomplete = Some(format!(
+                    "mirror {} was {} while the verify ran",
+                    i + 1,
+                    if work.truncated {
+                        "truncated"
+                    } else {
+                        "changed by a transaction too large to track key by key"
+                    }
+                ));
+                self.keys.clear();
+                return;
+            }
+            for k in &work.keys {
+                if self.keys[i].insert(k.clone()) {
+                    self.total += 1;
+                }
+            }
+        }
+        if self.total > MAX_TRACKED_KEYS {
+            self.incomplete = Some(format!(
+                "more than {MAX_TRACKED_KEYS} keys changed while the verify ran"
+            ));
+            self.keys.clear();
+        }
+    }
+}
+
+/// A step of a request, for the command that follows it.
+#[derive(Debug, Clone)]
+pub(super) struct Update {
+    pub id: i64,
+    pub state: &'static str,
+    pub detail: Option<String>,
+    pub attempts: Option<u32>,
+    pub result: Option<Outcome>,
+}
+
+impl Update {
+    pub fn step(id: i64, state: &'static str, detail: impl Into<String>) -> Self {
+        Update {
+            id,
+            state,
+            detail: Some(detail.into()),
+            attempts: None,
+            result: None,
+        }
+    }
+
+    pub fn finished(outcome: Outcome) -> Self {
+        Update {
+            id: outcome.id,
+            state: if outcome.passed { "done" } else { "failed" },
+            detail: outcome.error.clone(),
+            attempts: Some(outcome.attempts),
+            result: Some(outcome),
+        }
+    }
+}
+
+/// Why a request is turned down or was dropped.
+pub(super) fn refused(job: &Job, why: impl Into<String>) -> Outcome {
+    Outcome {
+        id: job.id,
+        dry_run: job.dry_run,
+        error: Some(why.into()),
+        ..Default::default()
+    }
+}
+
+/// The apply task's side: lock, drain, check, run the SQL, commit.
+/// Live batches that arrive meanwhile are applied (between lock attempts) or
+/// drained (under the lock); each is reported as `Done::Batch` once committed.
+pub(super) async fn execute(
+    applier: &mut Applier,
+    work_rx: &mut mpsc::Receiver<Work>,
+    done_tx: &mpsc::Sender<Done>,
+    tracker: Option<Tracker>,
+    job: Job,
+    ctx: &Context,
+) -> Outcome {
+    let mut out = refused(&job, "");
+    out.error = None;
+    let Some(mut tracker) = tracker else {
+        out.error = Some("internal: the cut-over started without key tracking".into());
+        return out;
+    };
+    if let Some(why) = &tracker.incomplete {
+        out.error = Some(format!(
+            "{why}: too much changed to re-check under the lock; run walshift cutover again when writes are quieter"
+        ));
+        return out;
+    }
+    let cut = &ctx.spec.cutover;
+    let mut sources: Vec<String> = ctx.mirrors.iter().map(|m| m.source.to_string()).collect();
+    sources.sort();
+    sources.dedup();
+    let lock_sql = format!(
+        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+        sources.join(", ")
+    );
+    let begin = format!(
+        "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+        cut.lock_timeout.as_millis().max(1)
+    );
+
+    let mut probes = 0u32;
+    if !prepare(
+        applier,
+        work_rx,
+        done_tx,
+        &mut tracker,
+        &job,
+        ctx,
+        &mut probes,
+    )
+    .await
+    {
+        out.error = Some("the session ended during the cut-over".into());
+        return out;
+    }
+    let mut failed_attempts = Duration::ZERO;
+    for attempt in 1..=cut.max_attempts {
+        // Lock with as little as possible left to drain under the lock.
+        if attempt > 1
+            && !prepare(
+                applier,
+                work_rx,
+                done_tx,
+                &mut tracker,
+                &job,
+                ctx,
+                &mut probes,
+            )
+            .await
+        {
+            out.error = Some("the session ended during the cut-over".into());
+            return out;
+        }
+        out.attempts = attempt;
+        let _ = ctx.updates.send(Update {
+            attempts: Some(attempt),
+            ..Update::step(
+                job.id,
+                "locking",
+                format!(
+                    "locking {} (attempt {attempt} of {}, lock_timeout {:?})",
+                    sources.join(", "),
+                    cut.max_attempts,
+                    cut.lock_timeout
+                ),
+            )
+        });
+        let client = applier.client();
+        let asked = Instant::now();
+        if let Err(e) = client.batch_execute(&begin).await {
+            out.error = Some(format!("cannot begin the cut-over: {}", pg_message(&e)));
+            return out;
+        }
+        match client.batch_execute(&lock_sql).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                failed_attempts += asked.elapsed();
+                out.failed_attempts_ms = ms(failed_attempts);
+                if attempt == cut.max_attempts {
+                    out.error = Some(format!(
+                        "could not lock {} within lock_timeout {:?} in {} attempts (another session holds a \
+                         conflicting lock; see pg_locks); nothing was changed. Retry later, or raise \
+                         cutover.lock_timeout / cutover.max_attempts",
+                        sources.join(", "),
+                        cut.lock_timeout,
+                        cut.max_attempts
+                    ));
+                    return out;
+                }
+                // Back off, mirroring meanwhile so the drain stays short.
+                let pause = backoff(cut.lock_timeout, attempt);
+                if !apply_for(applier, work_rx, done_tx, &mut tracker, pause).await {
+                    out.error = Some("the session ended during the cut-over".into());
+                    return out;
+                }
+                continue;
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                out.error = Some(format!("cannot lock the sources: {}", pg_message(&e)));
+                return out;
+            }
+        }
+        let locked = Instant::now();
+        out.lock_wait_ms = ms(locked - asked);
+        return under_lock(applier, work_rx, done_tx, tracker, &job, ctx, out, asked).await;
+    }
+    out.error = Some("cutover.max_attempts is 0".into());
+    out
+}
+
+/// Gets ready to lock: probe markers through the stream, each one applying
+/// everything before it (merged), and tracked keys re-checked without the
+/// lock, round by round (each round covering what changed during the one
+/// before; a key that still differs is kept: its change is probably not
+/// applied yet), until a probe comes back within [`SETTLED`] with few keys
+/// left, or [`MAX_PROBES`] probes were made. Then the drain under the lock
+/// is short and so is the re-check there. `false` when the session is ending.
+async fn prepare(
+    applier: &mut Applier,
+    work_rx: &mut mpsc::Receiver<Work>,
+    done_tx: &mpsc::Sender<Done>,
+    tracker: &mut Tracker,
+    job: &Job,
+    ctx: &Context,
+    probes: &mut u32,
+) -> bool {
+    let base = marker(&ctx.spec.name, job.id);
+    let budget = *probes + MAX_PROBES;
+    while *probes < budget {
+        let token = marker_content(&base, MarkerKind::Probe, *probes);
+        *probes += 1;
+        let rtt = match probe(applier, work_rx, done_tx, tracker, &token).await {
+            Probe::Back(rtt) => rtt,
+            Probe::Lost => continue,
+            Probe::Ended => return false,
+        };
+        if tracker.incomplete.is_none() && tracker.total > CONVERGED_KEYS {
+            let _ = ctx.updates.send(Update::step(
+                job.id,
+                "verifying",
+                format!(
+                    "re-checking {} key(s) changed meanwhile, without locks",
+                    tracker.total
+                ),
+            ));
+            recheck_outside_lock(applier, tracker, ctx).await;
+            continue;
+        }
+        if rtt <= SETTLED {
+            return true;
+        }
+    }
+    true
+}
+
+enum Probe {
+    /// The marker came back after this long; everything before it is applied.
+    Back(Duration),
+    /// It did not come back in time.
+    Lost,
+    /// The session is ending.
+    Ended,
+}
+
+/// Emits probe marker `token` and applies every batch the stream delivers
+/// before it, merged into one transaction.
+async fn probe(
+    applier: &mut Applier,
+    work_rx: &mut mpsc::Receiver<Work>,
+    done_tx: &mpsc::Sender<Done>,
+    tracker: &mut Tracker,
+    token: &str,
+) -> Probe {
+    let sent = Instant::now();
+    if let Err(e) = applier
+        .client()
+        .execute(
+            "SELECT pg_logical_emit_message(false, $1, $2)",
+            &[&MARKER_PREFIX, &token],
+        )
+        .await
+    {
+        tracing::debug!(error = %e, "cannot emit a cut-over probe");
+        return Probe::Lost;
+    }
+    let deadline = tokio::time::Instant::from_std(sent + PROBE_TIMEOUT);
+    let mut waiting: Vec<Batch> = Vec::new();
+    let result = loop {
+        match tokio::time::timeout_at(deadline, work_rx.recv()).await {
+            Err(_) => break Probe::Lost,
+            Ok(None) => return Probe::Ended,
+            Ok(Some(Work::Batch(b))) => waiting.push(b),
+            Ok(Some(Work::DrainEnd(t))) if t == token => break Probe::Back(sent.elapsed()),
+            Ok(Some(_)) => {}
+        }
+    };
+    if !apply_merged(applier, done_tx, tracker, waiting).await {
+        return Probe::Ended;
+    }
+    result
+}
+
+/// Re-checks the tracked keys without the lock; what still differs stays
+/// tracked (errors too: the check under the lock covers them then).
+async fn recheck_outside_lock(applier: &mut Applier, tracker: &mut Tracker, ctx: &Context) {
+    let batch = tracker.take();
+    for (i, (m, keys)) in ctx.mirrors.iter().zip(batch).enumerate() {
+        let keys: Vec<Vec<String>> = keys
+            .iter()
+            .map(|k| k.iter().map(|c| c.to_string()).collect())
+            .collect();
+        for chunk in keys.chunks(RECHECK_CHUNK) {
+            match verify::differing_among(applier.client(), m, chunk).await {
+                Ok(found) => tracker.keep(i, found),
+                Err(e) => {
+                    tracing::debug!(error = %e, "re-check before the lock failed");
+                    tracker.keep(i, chunk.to_vec());
+                }
+            }
+        }
+    }
+}
+
+/// Applies `waiting` as one merged transaction and reports each batch (the
+/// session counts them one by one). `false` when the session is ending or
+/// the apply failed (the session ends on that error).
+async fn apply_merged(
+    applier: &mut Applier,
+    done_tx: &mpsc::Sender<Done>,
+    tracker: &mut Tracker,
+    waiting: Vec<Batch>,
+) -> bool {
+    let Some(first) = waiting.first() else {
+        return true;
+    };
+    let mut all = first.clone();
+    for b in &waiting[1..] {
+        all.absorb(b, DRAIN_MAX_KEYS);
+    }
+    let result = applier.apply(&all).await;
+    if result.is_ok() {
+        tracker.add(&all);
+    }
+    let mut result = Some(result);
+    for b in waiting {
+        let r = result.take().unwrap_or_else(|| Ok(ApplyStats::default()));
+        let failed = r.is_err();
+        if done_tx.send(Done::Batch(b, r)).await.is_err() || failed {
+            return false;
+        }
+    }
+    true
+}
+
+/// With the sources locked: marker, drain, checks, SQL, commit.
+#[allow(clippy::too_many_arguments)]
+async fn under_lock(
+    applier: &mut Applier,
+    work_rx: &mut mpsc::Receiver<Work>,
+    done_tx: &mpsc::Sender<Done>,
+    mut tracker: Tracker,
+    job: &Job,
+    ctx: &Context,
+    mut out: Outcome,
+    asked: Instant,
+) -> Outcome {
+    let locked = Instant::now();
+    let token = marker_content(
+        &marker(&ctx.spec.name, job.id),
+        MarkerKind::Lock,
+        out.attempts,
+    );
+    if let Err(e) = applier
+        .client()
+        .execute(
+            "SELECT pg_logical_emit_message(false, $1, $2)",
+            &[&MARKER_PREFIX, &token],
+        )
+        .await
+    {
+        let _ = applier.client().batch_execute("ROLLBACK").await;
+        out.error = Some(format!(
+            "cannot emit the cut-over marker: {}",
+            pg_message(&e)
+        ));
+        return out;
+    }
+    let _ = ctx.updates.send(Update::step(
+        job.id,
+        "draining",
+        "sources locked; applying the last changes",
+    ));
+
+    // The drain: every batch the stream delivered before the marker, merged
+    // into one recompute per mirror.
+    let mut drained: Vec<(Batch, ApplyStats)> = Vec::new();
+    let mut merged: Option<Batch> = None;
+    let deadline = tokio::time::Instant::from_std(locked + DRAIN_TIMEOUT);
+    let drain: Result<(), String> = loop {
+        match tokio::time::timeout_at(deadline, work_rx.recv()).await {
+            Err(_) => {
+                break Err(format!(
+                    "the cut-over marker did not come back through the stream within {DRAIN_TIMEOUT:?} \
+                     (walshift is behind, or the stream is stuck); nothing was changed"
+                ));
+            }
+            Ok(None) => break Err("the session ended during the cut-over".into()),
+            Ok(Some(Work::Batch(b))) => {
+                tracker.add(&b);
+                match merged.as_mut() {
+                    Some(m) => m.absorb(&b, DRAIN_MAX_KEYS),
+                    None => merged = Some(b.clone()),
+                }
+                drained.push((b, ApplyStats::default()));
+            }
+            Ok(Some(Work::DrainEnd(t))) if t == token => break Ok(()),
+            // A marker of an earlier, abandoned cut-over; nothing else is
+            // sent while a cut-over runs.
+            Ok(Some(_)) => {}
+        }
+    };
+    let drain = match (drain, merged) {
+        (Ok(()), Some(all)) => match applier.apply_in_transaction(&all).await {
+            Ok(stats) => {
+                if let Some((_, first)) = drained.first_mut() {
+                    *first = stats;
+                }
+                applier
+                    .record_position(&all)
+                    .await
+                    .map_err(|e| format!("recording the position: {e}"))
+            }
+            Err(e) => Err(format!("applying the last changes: {e}")),
+        },
+        (Ok(()), None) => Ok(()),
+        (Err(e), _) => Err(e),
+    };
+    if let Err(e) = drain {
+        // Nothing committed: the drained batches are applied again, on
+        // their own, once the lock is gone.
+        let _ = applier.client().batch_execute("ROLLBACK").await;
+        out.freeze_ms = ms(asked.elapsed());
+        out.error = Some(e);
+        reapply(applier, done_tx, drained).await;
+        return out;
+    }
+    out.drained_txns = drained.iter().map(|(b, _)| b.txns as u64).sum();
+    let checks_from = Instant::now();
+    out.drain_ms = ms(checks_from - locked);
+    let _ = ctx.updates.send(Update::step(
+        job.id,
+        "checking",
+        "re-checking the keys changed since the verify, and the gates",
+    ));
+
+    let failure = checks_and_sql(applier, &tracker, job, ctx, &mut out, checks_from).await;
+    let client = applier.client();
+    let end = match &failure {
+        None if !job.dry_run => "COMMIT",
+        _ => "ROLLBACK TO SAVEPOINT walshift_cutover; COMMIT",
+    };
+    let committing = Instant::now();
+    let committed = client.batch_execute(end).await;
+    out.commit_ms = ms(committing.elapsed());
+    out.freeze_ms = ms(asked.elapsed());
+    match committed {
+        Ok(()) => {
+            for (b, stats) in drained {
+                if done_tx.send(Done::Batch(b, Ok(stats))).await.is_err() {
+                    break;
+                }
+            }
+            out.error = failure;
+            out.passed = out.error.is_none();
+            out.committed = out.passed && !job.dry_run;
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            out.error = Some(match failure {
+                Some(f) => f,
+                None => format!(
+                    "the cut-over transaction did not commit: {}; nothing was changed",
+                    pg_message(&e)
+                ),
+            });
+            reapply(applier, done_tx, drained).await;
+        }
+    }
+    out
+}
+
+/// Under the lock, after the drain: re-check, gates, operator SQL. Returns
+/// why the cut-over must not commit, if it must not.
+async fn checks_and_sql(
+    applier: &mut Applier,
+    tracker: &Tracker,
+    job: &Job,
+    ctx: &Context,
+    out: &mut Outcome,
+    from: Instant,
+) -> Option<String> {
+    let client = applier.client();
+    if let Err(e) = client.batch_execute("SAVEPOINT walshift_cutover").await {
+        return Some(format!("cannot set a savepoint: {}", pg_message(&e)));
+    }
+    if let Some(why) = &tracker.incomplete {
+        return Some(format!(
+            "{why}: too much changed to re-check under the lock; nothing was changed. Run walshift \
+             cutover again when writes are quieter"
+        ));
+    }
+    let mut differing = false;
+    for (m, keys) in ctx.mirrors.iter().zip(&tracker.keys) {
+        let keys: Vec<Vec<String>> = keys
+            .iter()
+            .map(|k| k.iter().map(|c| c.to_string()).collect())
+            .collect();
+        out.keys_checked += keys.len() as u64;
+        let mut check = MirrorCheck {
+            mirror: m.number,
+            keys: keys.len() as u64,
+            differing: 0,
+            examples: Vec::new(),
+        };
+        for chunk in keys.chunks(RECHECK_CHUNK) {
+            match verify::differing_among(client, m, chunk).await {
+                Ok(found) => {
+                    check.differing += found.len() as u64;
+                    check
+                        .examples
+                        .extend(found.into_iter().take(10 - check.examples.len().min(10)));
+                }
+                Err(e) => {
+                    return Some(format!(
+                        "re-checking mirror {}: {}",
+                        m.number,
+                        pg_message(&e)
+                    ));
+                }
+            }
+        }
+        differing |= check.differing > 0;
+        out.mirrors.push(check);
+    }
+    if differing {
+        let what: Vec<String> = out
+            .mirrors
+            .iter()
+            .filter(|c| c.differing > 0)
+            .map(|c| {
+                format!(
+                    "mirror {}: {} differing (e.g. key {:?})",
+                    c.mirror,
+                    c.differing,
+                    c.examples.first()
+                )
+            })
+            .collect();
+        return Some(format!(
+            "targets differ from the mapping after the drain ({}); nothing was changed",
+            what.join("; ")
+        ));
+    }
+    for g in &ctx.spec.gates {
+        out.gates
+            .push(verify::run_gate(client, &g.name, &g.sql).await);
+        if !out.gates.last().is_some_and(|g| g.passed) {
+            // A failed query aborts the transaction: later gates cannot run.
+            let g = out.gates.last().expect("just pushed");
+            return Some(format!(
+                "gate {:?} failed: {}; nothing was changed",
+                g.name, g.detail
+            ));
+        }
+    }
+    let sql_from = Instant::now();
+    out.checks_ms = ms(sql_from - from);
+    if let Some(sql) = &ctx.spec.cutover.sql {
+        let _ = ctx
+            .updates
+            .send(Update::step(job.id, "checking", "running cutover.sql"));
+        if let Err(e) = client.batch_execute(sql).await {
+            out.sql_ms = ms(sql_from.elapsed());
+            return Some(format!(
+                "cutover.sql failed: {}; nothing was changed",
+                pg_message(&e)
+            ));
+        }
+    }
+    if !job.dry_run {
+        if let Err(e) = client
+            .execute(
+                "UPDATE walshift.migration SET cutover_at = now() WHERE name = $1",
+                &[&ctx.spec.name],
+            )
+            .await
+        {
+            return Some(format!("recording the cut-over: {}", pg_message(&e)));
+        }
+    }
+    out.sql_ms = ms(sql_from.elapsed());
+    None
+}
+
+/// Batches drained in a transaction that did not commit: applied again on
+/// their own (a recompute is idempotent) and reported.
+async fn reapply(
+    applier: &mut Applier,
+    done_tx: &mpsc::Sender<Done>,
+    drained: Vec<(Batch, ApplyStats)>,
+) {
+    for (b, _) in drained {
+        let r = applier.apply(&b).await;
+        if done_tx.send(Done::Batch(b, r)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Between lock attempts: applies live batches for `pause`. `false` when the
+/// session is ending.
+async fn apply_for(
+    applier: &mut Applier,
+    work_rx: &mut mpsc::Receiver<Work>,
+    done_tx: &mpsc::Sender<Done>,
+    tracker: &mut Tracker,
+    pause: Duration,
+) -> bool {
+    let until = tokio::time::Instant::now() + pause;
+    loop {
+        tokio::select! {
+            w = work_rx.recv() => match w {
+                Some(Work::Batch(b)) => {
+                    let r = applier.apply(&b).await;
+                    if r.is_ok() {
+                        tracker.add(&b);
+                    }
+                    if done_tx.send(Done::Batch(b, r)).await.is_err() {
+                        return false;
+                    }
+                }
+                Some(_) => {}
+                None => return false,
+            },
+            _ = tokio::time::sleep_until(until) => return true,
+        }
+    }
+}
+
+/// Pause after the `attempt`th lock timeout: growing, jittered, so a
+/// periodic lock holder does not win every time.
+fn backoff(lock_timeout: Duration, attempt: u32) -> Duration {
+    let base = lock_timeout.max(Duration::from_millis(50)) * attempt.min(10);
+    let jitter = (std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64) % 100;
+    (base + Duration::from_millis(jitter)).min(Duration::from_secs(5))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,231 @@
+//! Driving the real `walshift` binary: specs in temporary directories, one-shot
+//! commands, a `walshift run` child, and the schema the operator tests share
+//! (set mode `users.status`, rows mode `orders` -> `order_items`).
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Database, fresh_db};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_walshift");
+
+/// `users` (set mode: `status` from `is_active`) and `orders` -> `order_items`
+/// (rows mode: one target row per JSON line item).
+pub const SCHEMA: &str = "
+CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean NOT NULL, pad text, status text);
+CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
+CREATE TABLE order_items (order_id bigint NOT NULL, line_no bigint NOT NULL, sku text, qty int,
+                          PRIMARY KEY (order_id, line_no));
+";
+
+pub const USERS_MIRROR: &str = r#"
+[[mirror]]
+source = "public.users"
+set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
+"#;
+
+pub const ORDERS_MIRROR: &str = r#"
+[[mirror]]
+source = "public.orders"
+target = "public.order_items"
+owner  = ["order_id"]
+select = """
+SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
+FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
+"""
+"#;
+
+/// A spec in its own temporary directory (the run's stderr goes there too).
+pub struct Spec {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub name: String,
+}
+
+impl Spec {
+    pub fn new(name: &str, body: &str) -> Spec {
+        let dir = tempfile::Builder::new()
+            .prefix("walshift-ops-")
+            .tempdir()
+            .expect("temporary directory");
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, format!("name = \"{name}\"\n{body}")).expect("write the spec");
+        Spec {
+            dir,
+            path,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Slot, publication and origin name.
+    pub fn object(&self) -> String {
+        format!("walshift_{}", self.name.replace('-', "_"))
+    }
+}
+
+/// What a finished command printed.
+pub struct Out {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.status.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+pub fn command(args: &[&str], spec: &Path, db: &Database) -> tokio::process::Command {
+    let (sub, rest) = args.split_first().expect("a subcommand");
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg(sub)
+        .arg(spec)
+        .args(rest)
+        .args(["--db", &db.conninfo()])
+        .env_remove("RUST_LOG")
+        .env_remove("WALSHIFT_DB")
+        // `run` serves HTTP on a fixed port by default; tests run side by side, so
+        // none unless a test asks with --listen (tests/http.rs).
+        .env("WALSHIFT_LISTEN", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// `walshift <args[0]> SPEC <args[1..]> --db ...`, to its end (at most 40 s).
+pub async fn cli(args: &[&str], spec: &Spec, db: &Database) -> Out {
+    let child = command(args, &spec.path, db).output();
+    let out = tokio::time::timeout(Duration::from_secs(40), child)
+        .await
+        .unwrap_or_else(|_| panic!("walshift {args:?} did not finish in 40s"))
+        .expect("run walshift");
+    Out {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub async fn status_json(spec: &Spec, db: &Database) -> Value {
+    let out = cli(&["status", "--json"], spec, db).await;
+    assert_eq!(out.code(), Some(0), "status --json: {out}");
+    out.json()
+}
+
+/// A `walshift run` child; killed on drop, its stderr shown if the test fails.
+pub struct Run {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+    pub exited: Option<ExitStatus>,
+}
+
+impl Run {
+    pub fn spawn(spec: &Spec, db: &Database) -> Run {
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        let log = spec.dir.path().join(format!("run-{n}.stderr"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("run log");
+        let mut cmd = command(&["run"], &spec.path, db);
+        cmd.stdout(Stdio::from(file.try_clone().expect("clone")))
+            .stderr(Stdio::from(file));
+        Run {
+            child: cmd.spawn().expect("spawn walshift run"),
+            log,
+            exited: None,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("run still running") as i32;
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// Exit status, once the run ends by itself (within `timeout`).
+    pub async fn exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        let s = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "walshift run did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                )
+            })
+            .expect("wait for walshift run");
+        self.exited = Some(s);
+        s
+    }
+
+    pub fn still_running(&mut self) -> bool {
+        self.exited.is_none() && self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- walshift run stderr\n{}", self.stderr());
+        }
+    }
+}
+
+/// A fresh database with the schema and `users` rows `1..=users`, `orders`
+/// `1..=orders` (each with 1-3 line items).
+pub async fn setup(users: i64, orders: i64) -> (Database, tokio_postgres::Client) {
+    let db = fresh_db().await;
+    let c = db.connect().await;
+    c.batch_execute(SCHEMA).await.expect("schema");
+    c.execute(
+        "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
+        &[&users],
+    )
+    .await
+    .expect("users");
+    c.execute(
+        "INSERT INTO orders SELECT g, (SELECT jsonb_agg(jsonb_build_object('sku', 's' || g || '-' || n, 'qty', n))
+                                        FROM generate_series(1, 1 + g % 3) n)
+         FROM generate_series(1, $1::bigint) g",
+        &[&orders],
+    )
+    .await
+    .expect("orders");
+    (db, c)
+}
+
+pub async fn one_i64(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
