@@ -201,6 +201,10 @@ fn main() -> ExitCode {
         && std::io::stderr().is_terminal())
     .then(walshift::terminal::multi);
     init_logging(cli.log_format, cli.verbose, bars.clone());
+    JSON_ERRORS.store(
+        matches!(cli.log_format, LogFormat::Json),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -297,7 +301,7 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 Ok(r) if r.problems.is_empty() => r.plan.expect("a plan without problems"),
                 Ok(r) => {
                     for p in &r.problems {
-                        eprintln!("{p}");
+                        say_line(&p.to_string());
                     }
                     return fail(
                         "the spec does not fit the database (see above); nothing to verify",
@@ -453,10 +457,10 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 }
                 Err(RunError::Check { problems }) => {
                     for p in &problems {
-                        eprintln!("{p}");
+                        say_line(&p.to_string());
                     }
-                    eprintln!(
-                        "walshift: the spec does not fit the database (see above); nothing was created"
+                    say_error(
+                        "the spec does not fit the database (see above); nothing was created",
                     );
                     ExitCode::from(1)
                 }
@@ -580,7 +584,7 @@ async fn cutover(
     let id = match cutover::request(client, spec, &req).await {
         Ok(id) => id,
         Err(CutoverError::NotReady(why)) => {
-            eprintln!("walshift: {why}");
+            say_error(&why);
             return ExitCode::from(1);
         }
         Err(CutoverError::Database(e)) => return fail(&e),
@@ -619,7 +623,7 @@ async fn cutover(
             }
         }
         Err(CutoverError::NotReady(why)) => {
-            eprintln!("walshift: {why}");
+            say_error(&why);
             ExitCode::from(1)
         }
         Err(CutoverError::Database(e)) => fail(&e),
@@ -748,8 +752,31 @@ fn load(path: &std::path::Path, db: &Db) -> Result<(Spec, ConnConfig), ExitCode>
 }
 
 fn fail(message: &str) -> ExitCode {
-    eprintln!("walshift: {message}");
+    say_error(message);
     ExitCode::from(2)
+}
+
+/// `--log-format json` was given: errors go out as JSON log lines too, so a
+/// log collector never meets a line it cannot parse.
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A line of an error's detail (a spec problem) on stderr, as it is in text
+/// mode, as a JSON log line otherwise.
+fn say_line(line: &str) {
+    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// One error line on stderr, in the chosen log format.
+fn say_error(message: &str) {
+    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("walshift: {message}");
+    }
 }
 
 async fn wait_for_signal() {

@@ -43,6 +43,12 @@ pub struct MirrorReport {
     pub settled: u64,
     /// More candidates than the re-check holds: the count is a lower bound.
     pub truncated: bool,
+    /// `differing`, by kind: keys whose target rows are all missing (rows
+    /// mode), keys with target rows the mapping does not yield at all (rows
+    /// mode: e.g. the source row is gone), and keys whose rows differ.
+    pub missing: u64,
+    pub extra: u64,
+    pub changed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Default)]
@@ -99,8 +105,16 @@ impl Report {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for m in &self.mirrors {
+            let kinds = if m.differing > 0 {
+                format!(
+                    " ({} with rows missing, {} with extra rows, {} with changed rows)",
+                    m.missing, m.extra, m.changed
+                )
+            } else {
+                String::new()
+            };
             out.push_str(&format!(
-                "mirror {} ({}): {} differing key(s){} in {} chunk(s){}\n",
+                "mirror {} ({}): {} differing key(s){}{kinds} in {} chunk(s){}\n",
                 m.mirror,
                 m.label,
                 m.differing,
@@ -199,6 +213,34 @@ pub async fn differing_among(
         &client.query(&stmt.sql, &params).await?,
         m.key.len(),
     ))
+}
+
+/// How the rows of `keys` differ: (missing, extra, changed) key counts.
+async fn kinds(
+    client: &Client,
+    m: &MirrorPlan,
+    keys: &[Vec<String>],
+) -> Result<(u64, u64, u64), tokio_postgres::Error> {
+    if keys.is_empty() {
+        return Ok((0, 0, 0));
+    }
+    let stmt = match &m.kind {
+        MirrorKind::Set(p) => sql::set_verify(p, Scope::Keys, VerifyOutput::Kinds),
+        MirrorKind::Rows(p) => sql::rows_verify(p, Scope::Keys, VerifyOutput::Kinds),
+    };
+    let mut args = Args::keys(keys, m.key.len());
+    args.count = keys.len() as i64;
+    let params = args.bind(&stmt.params);
+    let (mut missing, mut extra, mut changed) = (0, 0, 0);
+    for row in client.query(&stmt.sql, &params).await? {
+        let n = m.key.len();
+        match (row.get::<_, bool>(n), row.get::<_, bool>(n + 1)) {
+            (true, false) => missing += 1,
+            (false, true) => extra += 1,
+            _ => changed += 1,
+        }
+    }
+    Ok((missing, extra, changed))
 }
 
 /// Waits until walshift has confirmed everything written before now: a
@@ -313,6 +355,9 @@ pub async fn verify_with(
             examples: Vec::new(),
             settled: 0,
             truncated,
+            missing: 0,
+            extra: 0,
+            changed: 0,
         });
         candidates.push(found);
     }
@@ -334,9 +379,15 @@ pub async fn verify_with(
             break;
         }
     }
-    for ((report, still), found) in mirrors.iter_mut().zip(candidates).zip(found) {
+    for (((report, still), found), m) in mirrors
+        .iter_mut()
+        .zip(candidates)
+        .zip(found)
+        .zip(&plan.mirrors)
+    {
         report.settled = (found - still.len()) as u64;
         report.differing = still.len() as u64;
+        (report.missing, report.extra, report.changed) = kinds(client, m, &still).await?;
         report.examples = still.into_iter().take(examples).collect();
     }
 

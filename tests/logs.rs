@@ -194,3 +194,43 @@ async fn the_default_is_human_text() {
         "{stderr}"
     );
 }
+
+/// Guards that errors keep the format: with `--log-format json` the one-line
+/// error of a failing command (here a spec that does not exist, and a
+/// connection string that does not parse) is a JSON object at level ERROR,
+/// not a bare text line a collector would choke on; exit codes unchanged.
+#[tokio::test]
+async fn errors_are_json_lines_in_json_mode() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("missing.toml");
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        "name = \"x\"\n\n[[mirror]]\nsource = \"public.users\"\nset = { status = \"'a'\" }\n",
+    )
+    .expect("write the spec");
+    for (spec, db) in [(&missing, ""), (&spec, "host=")] {
+        let out = tokio::process::Command::new(BIN)
+            .args(["--log-format", "json", "status"])
+            .arg(spec)
+            .args(["--db", db])
+            .env_remove("RUST_LOG")
+            .env_remove("WALSHIFT_DB")
+            .output()
+            .await
+            .expect("run walshift");
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line:\n{stderr}");
+        let v: Value = serde_json::from_str(lines[0])
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {stderr}"));
+        assert_eq!(v["level"], "ERROR", "{v}");
+        assert!(
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+}

@@ -318,10 +318,53 @@ async fn verify_passes_on_mirrored_data_and_fails_on_corruption_and_gates() {
     let report = json.json();
     assert_eq!(report["passed"], false);
     assert_eq!(report["mirrors"][1]["differing"], 1, "{report}");
+    assert_eq!(report["mirrors"][1]["changed"], 1, "{report}");
     assert_eq!(report["mirrors"][0]["differing"], 0, "{report}");
     c.execute(
         "UPDATE order_items SET qty = qty - 100 WHERE order_id = 42 AND line_no = 1",
         &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(cli(&["verify"], &spec, &db).await.code(), Some(0));
+
+    // Missing and extra rows are told apart: all of order 43's rows gone,
+    // rows owned by an order that does not exist.
+    let saved = c
+        .query("SELECT * FROM order_items WHERE order_id = 43", &[])
+        .await
+        .unwrap()
+        .len();
+    c.batch_execute(
+        "CREATE TEMP TABLE saved AS SELECT * FROM order_items WHERE order_id = 43;
+         DELETE FROM order_items WHERE order_id = 43;
+         INSERT INTO order_items VALUES (999999, 1, 'ghost', 1);",
+    )
+    .await
+    .unwrap();
+    let json = cli(&["verify", "--json"], &spec, &db).await;
+    assert_eq!(json.code(), Some(1), "{json}");
+    let report = json.json();
+    let m = &report["mirrors"][1];
+    assert_eq!(
+        (&m["differing"], &m["missing"], &m["extra"], &m["changed"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(0)
+        ),
+        "{report} ({saved} rows of order 43 removed)"
+    );
+    let text = cli(&["verify"], &spec, &db).await;
+    assert!(
+        text.stdout
+            .contains("1 with rows missing, 1 with extra rows, 0 with changed rows"),
+        "{text}"
+    );
+    c.batch_execute(
+        "INSERT INTO order_items SELECT * FROM saved;
+         DELETE FROM order_items WHERE order_id = 999999;",
     )
     .await
     .unwrap();

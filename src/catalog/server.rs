@@ -189,6 +189,26 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
     let database: String = facts.get("database");
     ctx.grants.set_role(&role);
     let superuser: bool = facts.get("rolsuper");
+    // Without pg_read_all_stats (pg_monitor has it), pg_stat_replication
+    // shows other roles' walsenders with NULL positions: the standby lag
+    // throttle would see no lag at all. Not a problem (no standby may
+    // exist), but the operator must know.
+    if !superuser {
+        if let Ok(rows) = ctx
+            .session
+            .query(
+                "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')",
+                &[],
+            )
+            .await?
+        {
+            if rows.first().is_some_and(|r| !r.get::<_, bool>(0)) {
+                ctx.notes.push(format!(
+                    "role {role} cannot read standbys' replay positions in pg_stat_replication, so                      the backfill's standby lag throttle (max_replica_lag, max_replica_lag_bytes)                      would see no lag: GRANT pg_monitor TO {role}"
+                ));
+            }
+        }
+    }
     if !superuser && !facts.get::<_, bool>("rolreplication") {
         ctx.grants.need(
             "REPLICATION",

@@ -16,6 +16,11 @@ pub enum VerifyOutput {
     /// The differing keys in key order, each as its key columns as text, at
     /// most [`Param::Limit`] of them (the last parameter).
     Keys,
+    /// Like `Keys`, each followed by two booleans: the mapping yields rows
+    /// for the key, and the target holds rows for it. Both true: changed
+    /// rows; only the first: missing rows; only the second: extra rows. Set
+    /// mode always answers true, true (the target row is the source row).
+    Kinds,
 }
 
 /// Set mode: keys in `scope` whose stored columns differ from what the
@@ -39,13 +44,14 @@ pub fn set_verify(plan: &SetPlan, scope: Scope, output: VerifyOutput) -> Stateme
     let head = match output {
         VerifyOutput::Count => "count(*)".to_string(),
         VerifyOutput::Keys => key_texts("src", &plan.key),
+        VerifyOutput::Kinds => format!("{}, true, true", key_texts("src", &plan.key)),
     };
     let mut sql = format!(
         "SELECT {head}\nFROM {} AS src\nWHERE {}",
         plan.source,
         conditions.join("\n  AND ")
     );
-    if output == VerifyOutput::Keys {
+    if output != VerifyOutput::Count {
         params.push(Param::Limit);
         sql.push_str(&format!(
             "\nORDER BY {}\nLIMIT ${}::bigint",
@@ -131,11 +137,27 @@ pub fn rows_verify(plan: &RowsPlan, scope: Scope, output: VerifyOutput) -> State
     );
     match output {
         VerifyOutput::Count => sql.push_str("SELECT count(*) FROM differing"),
-        VerifyOutput::Keys => {
+        VerifyOutput::Keys | VerifyOutput::Kinds => {
             params.push(Param::Limit);
             // Qualified: a bare `ORDER BY k1` would name the text output
             // column and sort 10 before 9.
-            let texts: Vec<String> = ks.iter().map(|k| format!("f.{k}::text")).collect();
+            let mut texts: Vec<String> = ks.iter().map(|k| format!("f.{k}::text")).collect();
+            if output == VerifyOutput::Kinds {
+                let on = |side: &str| {
+                    ks.iter()
+                        .map(|k| format!("{side}.{k} = f.{k}"))
+                        .collect::<Vec<_>>()
+                        .join(" AND ")
+                };
+                texts.push(format!(
+                    "EXISTS (SELECT FROM desired AS d WHERE {})",
+                    on("d")
+                ));
+                texts.push(format!(
+                    "EXISTS (SELECT FROM existing AS e WHERE {})",
+                    on("e")
+                ));
+            }
             let order: Vec<String> = ks.iter().map(|k| format!("f.{k}")).collect();
             sql.push_str(&format!(
                 "SELECT {}\nFROM differing AS f\nORDER BY {}\nLIMIT ${}::bigint",
