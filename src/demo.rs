@@ -243,13 +243,14 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
 
     // Verify under the load: every target against the mapping, chunk by
     // chunk, rows changing meanwhile re-checked.
-    let verify = walshift::verify::verify(&client, &spec, &plan, 3).await?;
+    // The gate waits for the cut-over: under a write load it could see a
+    // row inserted a moment ago, before walshift applied it.
+    let verify = walshift::verify::verify_with(&client, &spec, &plan, 3, false).await?;
     let differences: u64 = verify.mirrors.iter().map(|m| m.differing).sum();
     say(&format!(
-        "verified under load in {:.1}s: {} ({} gate(s) passed)",
+        "verified under load in {:.1}s: {} (the gate runs inside the cut-over)",
         verify.seconds,
-        verify.summary(),
-        verify.gates.iter().filter(|g| g.passed).count()
+        verify.summary()
     ));
     if !verify.passed {
         bail!("verification failed: {}", verify.summary());
@@ -320,7 +321,7 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
         verify.seconds
     );
     println!(
-        "  cut-over:             writes frozen {:.1} ms (lock {:.1}, drain {:.1}, checks {:.1}, sql {:.1}, commit {:.1}), reads never blocked; {} key(s) re-checked under the lock",
+        "  cut-over:             writes frozen {:.1} ms (lock {:.1}, drain {:.1}, checks {:.1}, sql {:.1}, commit {:.1}); {} key(s) re-checked under the lock",
         outcome.freeze_ms,
         outcome.lock_wait_ms,
         outcome.drain_ms,
