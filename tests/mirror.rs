@@ -669,15 +669,19 @@ async fn a_spec_that_does_not_fit_exits_1_and_creates_nothing() {
         Some(1),
         "exit status {status}; output:\n{output}"
     );
-    let problems: Vec<&str> = output
+    // The run logs JSON: each problem is an ERROR line of its own, then one
+    // line saying nothing was created.
+    let errors: Vec<String> = output
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
-        .filter(|l| !l.starts_with("walshift:"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "ERROR")
+        .filter_map(|v| v["fields"]["message"].as_str().map(str::to_owned))
         .collect();
     assert!(
-        problems.len() == 1 && problems[0].contains("state"),
-        "expected one problem line naming column state; output:\n{output}"
+        errors.len() == 2
+            && errors[0].contains("no column state")
+            && errors[1].contains("nothing was created"),
+        "expected one problem naming column state, then the summary; output:\n{output}"
     );
     let name = s.spec.object_name();
     let left = s

@@ -181,6 +181,11 @@ impl LogicalStream {
         self.events.recv().await
     }
 
+    /// The next event if one is already waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<Result<ReplicationEvent, ReplicationError>> {
+        self.events.try_recv().ok()
+    }
+
     /// A handle for reporting progress, usable from other tasks.
     pub fn feedback(&self) -> Feedback {
         self.feedback.clone()

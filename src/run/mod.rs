@@ -213,6 +213,9 @@ impl Observed {
     }
 }
 
+/// Stream events handled per pass of the session loop at most.
+const STREAM_BURST: usize = 512;
+
 /// How often a watermark is emitted (and lag and heartbeat recorded).
 pub const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -738,6 +741,12 @@ async fn session(
             }
             // 4. The stream.
             ev = stream.recv(), if may_read => {
+                // The event, then whatever else the reader already has, up
+                // to a burst: one pass of this select per burst rather than
+                // per message (the backfill's echoes come by the million).
+                let mut ev = ev;
+                let mut burst = 0usize;
+                loop {
                 match ev {
                     None => return Err(SessionError { message: "replication stream ended".into(), action: Action::Retry , deliberate: false}),
                     Some(Err(e)) => return Err(e.into()),
@@ -745,9 +754,8 @@ async fn session(
                         // Row changes of walshift's own echoes are skipped
                         // unread: the backfill's writes come back this way
                         // by the million.
-                        if assembler.skipping() && matches!(data.first(), Some(b'I' | b'U' | b'D' | b'T')) {
-                            continue;
-                        }
+                        let skip = assembler.skipping() && matches!(data.first(), Some(b'I' | b'U' | b'D' | b'T'));
+                        if !skip {
                         let msg = decoder
                             .decode(data)
                             .map_err(|e| SessionError::stop(format!("cannot decode the stream: {e}")))?;
@@ -787,6 +795,7 @@ async fn session(
                             }
                             Assembled::Nothing => {}
                         }
+                        }
                     }
                     Some(Ok(ReplicationEvent::Keepalive { wal_end, .. })) => {
                         // Nothing pending anywhere: every change before this
@@ -796,6 +805,17 @@ async fn session(
                             observed.confirm(&feedback, totals, wal_end);
                         }
                     }
+                }
+                burst += 1;
+                let may_read = (!in_flight || pending.key_count() < opts.max_batch_keys)
+                    && outbox.len() < 64;
+                if burst >= STREAM_BURST || !may_read {
+                    break;
+                }
+                match stream.try_recv() {
+                    Some(next) => ev = Some(next),
+                    None => break,
+                }
                 }
             }
             // 5. A progress line now and then.
