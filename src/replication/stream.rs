@@ -49,8 +49,9 @@ pub enum ReplicationEvent {
 /// Options for [`LogicalStream::start`].
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
-    /// Events buffered between the reader and the consumer. The reader stops
-    /// reading (but keeps answering) when this many are waiting.
+    /// Events buffered between the reader and the consumer (handed over in
+    /// batches of up to [`BATCH`]). The reader stops reading (but keeps
+    /// answering) when about this many are waiting.
     pub channel_capacity: usize,
     /// Status updates are sent at this interval even with nothing new;
     /// `None` derives it from the server's `wal_sender_timeout`.
@@ -124,9 +125,18 @@ enum Control {
     Close(oneshot::Sender<Result<(), ReplicationError>>),
 }
 
+/// Events the reader hands over at once: one channel operation and at most
+/// one wake-up per batch instead of per message (a backfill's echoes come by
+/// the million).
+pub const BATCH: usize = 64;
+
+type Item = Result<ReplicationEvent, ReplicationError>;
+
 /// A running logical replication stream.
 pub struct LogicalStream {
-    events: mpsc::Receiver<Result<ReplicationEvent, ReplicationError>>,
+    events: mpsc::Receiver<Vec<Item>>,
+    /// The rest of the batch being consumed.
+    buffer: std::collections::VecDeque<Item>,
     feedback: Feedback,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
@@ -153,7 +163,7 @@ impl LogicalStream {
         client
             .enter_copy_both(&proto::start_logical_command(slot, start, plugin_options))
             .await?;
-        let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
+        let (tx, rx) = mpsc::channel(options.channel_capacity.div_ceil(BATCH).max(1));
         let (control_tx, control_rx) = mpsc::channel(1);
         let positions = Arc::new(Positions::default());
         let reader = Reader {
@@ -168,6 +178,7 @@ impl LogicalStream {
         let task = tokio::spawn(reader.run());
         Ok(LogicalStream {
             events: rx,
+            buffer: std::collections::VecDeque::new(),
             feedback: Feedback(positions),
             control: control_tx,
             task,
@@ -178,12 +189,23 @@ impl LogicalStream {
     /// The next event; `None` once the stream has ended (after an error was
     /// delivered, or after [`LogicalStream::close`]).
     pub async fn recv(&mut self) -> Option<Result<ReplicationEvent, ReplicationError>> {
-        self.events.recv().await
+        loop {
+            if let Some(ev) = self.buffer.pop_front() {
+                return Some(ev);
+            }
+            // Cancel-safe: a batch received is stored before this returns.
+            let batch = self.events.recv().await?;
+            self.buffer.extend(batch);
+        }
     }
 
     /// The next event if one is already waiting, without waiting.
     pub fn try_recv(&mut self) -> Option<Result<ReplicationEvent, ReplicationError>> {
-        self.events.try_recv().ok()
+        if self.buffer.is_empty() {
+            let batch = self.events.try_recv().ok()?;
+            self.buffer.extend(batch);
+        }
+        self.buffer.pop_front()
     }
 
     /// A handle for reporting progress, usable from other tasks.
@@ -232,7 +254,7 @@ struct Reader {
     socket: Socket,
     read_buf: BytesMut,
     write_buf: BytesMut,
-    events: mpsc::Sender<Result<ReplicationEvent, ReplicationError>>,
+    events: mpsc::Sender<Vec<Item>>,
     positions: Arc<Positions>,
     control: mpsc::Receiver<Control>,
     status_interval: Duration,
@@ -258,41 +280,42 @@ impl Reader {
     async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.status_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // One event decoded but not yet accepted by the consumer. While it
+        // A batch decoded but not yet accepted by the consumer. While it
         // waits, nothing more is read: memory stays bounded by the channel.
-        let mut pending: Option<Result<ReplicationEvent, ReplicationError>> = None;
+        let mut pending: Option<Vec<Item>> = None;
         let mut ending = false;
         loop {
-            // Decode what is already buffered, handing events over directly
+            // Decode what is already buffered, handing batches over directly
             // while the consumer has room.
+            let mut batch: Vec<Item> = Vec::new();
             while pending.is_none() && !ending {
                 match proto::read_frame(&mut self.read_buf) {
                     Ok(Some(frame)) => match self.handle(frame).await {
-                        Ok(Step::Event(ev)) => {
-                            if let Err(mpsc::error::TrySendError::Full(ev)) =
-                                self.events.try_send(Ok(ev))
-                            {
-                                pending = Some(ev);
-                            }
-                        }
+                        Ok(Step::Event(ev)) => batch.push(Ok(ev)),
                         Ok(Step::Nothing) => {}
                         Ok(Step::End(r)) => {
                             ending = true;
                             if let Err(e) = r {
-                                pending = Some(Err(e));
+                                batch.push(Err(e));
                             }
                         }
                         Err(e) => {
                             ending = true;
-                            pending = Some(Err(e));
+                            batch.push(Err(e));
                         }
                     },
                     Ok(None) => break,
                     Err(e) => {
                         ending = true;
-                        pending = Some(Err(e.into()));
+                        batch.push(Err(e.into()));
                     }
                 }
+                if batch.len() >= BATCH {
+                    pending = self.hand_over(std::mem::take(&mut batch));
+                }
+            }
+            if !batch.is_empty() {
+                pending = self.hand_over(batch);
             }
             if ending && pending.is_none() {
                 return;
@@ -332,21 +355,32 @@ impl Reader {
                 }
                 Wake::SendStatus => {
                     if let Err(e) = self.send_status(false).await {
-                        let _ = self.events.send(Err(e)).await;
+                        let _ = self.events.send(vec![Err(e)]).await;
                         return;
                     }
                 }
                 Wake::Delivered => {}
                 Wake::Read(Ok(0)) => {
                     ending = true;
-                    pending = Some(Err(ReplicationError::Closed));
+                    pending = Some(vec![Err(ReplicationError::Closed)]);
                 }
                 Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(e)) => {
                     ending = true;
-                    pending = Some(Err(e.into()));
+                    pending = Some(vec![Err(e.into())]);
                 }
             }
+        }
+    }
+
+    /// Hands `batch` to the consumer if it has room; else returns it, to be
+    /// handed over once it has.
+    fn hand_over(&self, batch: Vec<Item>) -> Option<Vec<Item>> {
+        match self.events.try_send(batch) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(batch)) => Some(batch),
+            // The consumer is gone; the next reserve() notices and ends.
+            Err(mpsc::error::TrySendError::Closed(batch)) => Some(batch),
         }
     }
 
