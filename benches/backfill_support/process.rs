@@ -24,6 +24,24 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_walshift")))
 }
 
+/// Arguments every `walshift run` of a benchmark gets after the spec: `--listen off` once the
+/// binary has the HTTP surface (its default address is fixed, and runs must not collide on it),
+/// nothing for a binary without it (`WALSHIFT_BIN` may name an older build).
+pub fn run_extra_args() -> &'static [&'static str] {
+    static ARGS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| {
+        let help = Command::new(binary())
+            .args(["run", "--help"])
+            .output()
+            .unwrap_or_else(|e| panic!("run {} run --help: {e}", binary().display()));
+        if String::from_utf8_lossy(&help.stdout).contains("--listen") {
+            &["--listen", "off"]
+        } else {
+            &[]
+        }
+    })
+}
+
 /// One timed `walshift run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunSample {
@@ -40,6 +58,8 @@ pub struct RunSample {
     pub cpu_apply_backend_s: f64,
     pub cpu_walsender_s: f64,
     pub cpu_walshift_s: f64,
+    /// Peak resident memory of the walshift process (VmHWM), MB.
+    pub peak_rss_mb: f64,
 }
 
 impl RunSample {
@@ -69,6 +89,7 @@ pub async fn run_walshift(
         .args(["--log-format", "json", "run"])
         .arg(spec_path)
         .args(["--db", conninfo])
+        .args(run_extra_args())
         .env_remove("RUST_LOG")
         .env_remove("WALSHIFT_DB")
         .stdin(Stdio::null())
@@ -125,6 +146,7 @@ pub async fn run_walshift(
         None => (f64::NAN, f64::NAN),
     };
     let cpu_walshift_s = cpu_seconds(child.id() as i32);
+    let peak_rss_mb = peak_rss_mb(child.id() as i32);
     stop(&mut child);
     let row = admin
         .query_one(
@@ -146,6 +168,7 @@ pub async fn run_walshift(
         cpu_apply_backend_s,
         cpu_walsender_s,
         cpu_walshift_s,
+        peak_rss_mb,
     }
 }
 
@@ -198,7 +221,7 @@ pub async fn wait_slot_released(admin: &Client, slot: &str) {
 }
 
 /// The apply session's backend and the walsender, once both are connected.
-async fn session_pids(admin: &Client) -> Option<(i32, i32)> {
+pub async fn session_pids(admin: &Client) -> Option<(i32, i32)> {
     let rows = admin
         .query(
             "SELECT application_name, pid FROM pg_stat_activity
@@ -235,7 +258,21 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     }
 }
 
-fn stop(child: &mut Child) {
+/// Peak resident set size of a live process (`VmHWM` in `/proc/<pid>/status`), in MB (NaN when
+/// it is gone).
+pub fn peak_rss_mb(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within [`STOP_WITHIN`].
+pub fn stop(child: &mut Child) {
     // SAFETY: kill(2) on our own child, not yet reaped (only this function
     // and the poll loop wait on it), so the pid cannot have been reused.
     unsafe {
@@ -252,7 +289,8 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn tail(path: &Path) -> String {
+/// The last 40 lines of a log file.
+pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")

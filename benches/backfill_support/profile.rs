@@ -80,7 +80,7 @@ pub async fn in_server_with_consumer(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let sample = crate::in_server(db, block).await;
+    let sample = crate::fixture::in_server(db, block).await;
     let cpu_walsender_s = cpu_seconds(sender);
     let cpu_consumer_s = cpu_seconds(consumer.id() as i32);
     // SAFETY: SIGINT to our own child, not yet reaped; pg_recvlogical exits

@@ -5,20 +5,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::fixture::InServerSample;
 use crate::process::RunSample;
 use crate::profile::{Steps, WithConsumer};
 
 /// The ratio the issue allows: walshift at most 1.15x the in-server loop.
 pub const GOAL: f64 = 1.15;
-
-/// One run of the in-server loop.
-#[derive(Debug, Clone, Default)]
-pub struct InServerSample {
-    pub total_s: f64,
-    pub chunks: i64,
-    /// CPU seconds of the backend that ran the `DO` block.
-    pub cpu_backend_s: f64,
-}
 
 /// Every run of one scenario.
 #[derive(Debug, Clone)]
@@ -197,6 +189,7 @@ impl Figures {
                 "cpu_apply_backend_s": finite(s.cpu_apply_backend_s),
                 "cpu_walsender_s": finite(s.cpu_walsender_s),
                 "cpu_walshift_s": finite(s.cpu_walshift_s),
+                "peak_rss_mb": finite(s.peak_rss_mb),
             })
         };
         let scenarios: Vec<Value> = self

@@ -1,0 +1,184 @@
+//! walshift end to end, side by side with what it replaces, on one throwaway PostgreSQL.
+//!
+//! ```text
+//!  walshift::cluster (settings of benches/backfill.rs) ─▶ users 1M, orders 200k (the fixture)
+//!   1 set    backfill users.status:       walshift run │ in-server DO loop │ trigger method
+//!   2 rows   backfill orders → items:     walshift run │ in-server DO loop │ trigger method
+//!   3 live   pgbench update / mix / -R:   no mirroring │ BEFORE trigger    │ walshift (+ lag)
+//!   4 catchup 1M changes in the slot:     walshift run │ pg_recvlogical on a copy of the slot
+//!   5 memory VmHWM of walshift in 1, 3, 4 and during one 5M-row transaction
+//!   6 decoder in-process decode loop of benches/decoder.rs
+//!  medians of E2E_REPS ─▶ stdout + target/e2e/report.md (one table, same rows every run)
+//!                        + target/e2e/*.svg (a chart per scenario, lag over time)
+//! ```
+//!
+//! Run with `cargo bench --bench e2e`. Environment (see `e2e_support/config.rs`):
+//! `E2E_REPS` (default 3), `E2E_SCALE` (default 1; 0.05 for a quick run), `E2E_ONLY`
+//! (`set,rows,live,catchup,memory,decoder`), `E2E_CLIENTS` (4), `E2E_LIVE_SECONDS`
+//! (20 x scale), `E2E_CHUNK` (10000), `WALSHIFT_BIN` (another walshift binary), `PG_BIN`
+//! (other server binaries; pgbench and pg_recvlogical are taken from the same directory).
+
+// Shared with benches/backfill.rs, which uses all of them.
+#[allow(dead_code)]
+#[path = "backfill_support/fixture.rs"]
+mod fixture;
+#[allow(dead_code)]
+#[path = "backfill_support/in_server.rs"]
+mod in_server;
+#[allow(dead_code)]
+#[path = "backfill_support/process.rs"]
+mod process;
+#[path = "decoder_support/stream.rs"]
+mod stream;
+
+mod e2e_support;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use walshift::cluster::Cluster;
+
+use e2e_support::report::Figures;
+use e2e_support::{Config, Ctx, backfill, catchup, decoder, live, loadavg, memory};
+
+/// `<target>/e2e`: the target directory is the one cargo built walshift in.
+fn out_dir() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_walshift"));
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("e2e")
+}
+
+/// The command as run, with the E2E_* variables that were set.
+fn command() -> String {
+    let mut vars: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("E2E_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    vars.sort();
+    vars.push("cargo bench --bench e2e".into());
+    vars.join(" ")
+}
+
+async fn scenarios(cfg: &Config, cluster: &Cluster, figures: &mut Figures) {
+    let db = cluster
+        .fresh_database_named("e2e_bench")
+        .expect("create the bench database");
+    let admin = db.connect().await;
+    figures.server = format!(
+        "PostgreSQL {}",
+        admin
+            .query_one("SHOW server_version", &[])
+            .await
+            .expect("server_version")
+            .get::<_, String>(0)
+    );
+    let scratch = tempfile::Builder::new()
+        .prefix("walshift-e2e-")
+        .tempdir()
+        .expect("scratch directory");
+    let ctx = Ctx {
+        cfg,
+        db: &db,
+        admin: &admin,
+        bin_dir: cluster.bin_dir(),
+        scratch: scratch.path(),
+    };
+    if ["set", "rows", "live", "catchup"]
+        .iter()
+        .any(|s| cfg.runs(s))
+    {
+        fixture::load(&admin, cfg.users, cfg.orders).await;
+    }
+    let mut timed = |name: &str, before: String| {
+        figures.loadavg.push((name.to_owned(), before, loadavg()));
+    };
+    let before = loadavg();
+    let backfill = backfill::run(&ctx).await;
+    if !backfill.is_empty() {
+        timed("backfill", before);
+    }
+    let mut live = None;
+    if cfg.runs("live") {
+        let before = loadavg();
+        live = Some(live::run(&ctx).await);
+        timed("live", before);
+    }
+    let mut catchup = None;
+    if cfg.runs("catchup") {
+        let before = loadavg();
+        catchup = Some(catchup::run(&ctx).await);
+        timed("catch-up", before);
+    }
+    let mut memory = None;
+    if cfg.runs("memory") {
+        let before = loadavg();
+        memory = Some(memory::run(&ctx).await);
+        timed("memory", before);
+    }
+    figures.backfill = backfill;
+    figures.live = live;
+    figures.catchup = catchup;
+    figures.memory = memory;
+}
+
+fn main() {
+    let cfg = Config::from_env();
+    let started = Instant::now();
+    let out = out_dir();
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
+    let settings: Vec<(String, String)> = fixture::SETTINGS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut figures = Figures {
+        command: command(),
+        reps: cfg.reps,
+        scale: cfg.scale,
+        chunk: cfg.chunk,
+        settings: settings.clone(),
+        ..Figures::default()
+    };
+    eprintln!(
+        "walshift e2e: scenarios {}, {} repetition(s), scale {}, binary {}",
+        cfg.only.join(","),
+        cfg.reps,
+        cfg.scale,
+        process::binary().display()
+    );
+    if ["set", "rows", "live", "catchup", "memory"]
+        .iter()
+        .any(|s| cfg.runs(s))
+    {
+        let mut builder = Cluster::builder();
+        for (k, v) in &settings {
+            builder = builder.setting(k, v);
+        }
+        let cluster = builder.start().expect("start a throwaway PostgreSQL");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(scenarios(&cfg, &cluster, &mut figures));
+    }
+    if cfg.runs("decoder") {
+        let before = loadavg();
+        figures.decoder = Some(decoder::run(cfg.reps));
+        figures.loadavg.push(("decoder".into(), before, loadavg()));
+    }
+    figures.wall_s = started.elapsed().as_secs_f64();
+    let report = figures.markdown();
+    println!("\n{report}");
+    let path = out.join("report.md");
+    std::fs::write(&path, &report).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let charts = figures.charts(&out);
+    println!(
+        "wrote {} and {} chart(s) there: {}",
+        path.display(),
+        charts.len(),
+        charts.join(", ")
+    );
+}

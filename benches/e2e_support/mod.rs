@@ -1,0 +1,153 @@
+//! The scenarios of `cargo bench --bench e2e`, one module each, and what they share: the
+//! configuration from the environment, a long-running `walshift run` child, waits on the slot,
+//! the report and the charts.
+
+pub mod backfill;
+pub mod catchup;
+pub mod chart;
+pub mod config;
+pub mod decoder;
+pub mod live;
+pub mod memory;
+pub mod report;
+pub mod runner;
+
+use std::path::{Path, PathBuf};
+
+use tokio_postgres::Client;
+use walshift::cluster::Database;
+
+pub use config::Config;
+
+/// Everything a scenario needs: the database, an admin session on it, the server's binaries
+/// (pgbench, pg_recvlogical) and a scratch directory (specs, logs).
+pub struct Ctx<'a> {
+    pub cfg: &'a Config,
+    pub db: &'a Database,
+    pub admin: &'a Client,
+    pub bin_dir: &'a Path,
+    pub scratch: &'a Path,
+}
+
+impl Ctx<'_> {
+    /// Writes `name = "<spec_name>"` + `body` into the scratch directory; returns its path.
+    pub fn write_spec(&self, spec_name: &str, body: &str) -> PathBuf {
+        let path = self.scratch.join(format!("{spec_name}.toml"));
+        std::fs::write(&path, format!("name = \"{spec_name}\"\n\n{body}"))
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// A server program next to `postgres`, if this installation ships it (the npm
+    /// `@embedded-postgres` builds have no pgbench).
+    pub fn program(&self, name: &str) -> Option<PathBuf> {
+        let path = self.bin_dir.join(name);
+        path.is_file().then_some(path)
+    }
+}
+
+/// Runs one statement (or several), panicking with the text on failure.
+pub async fn exec(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("`{sql}`: {}", describe(&e)));
+}
+
+/// The server's message of a failed statement (tokio-postgres shows just "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => format!("{e:?}"),
+    }
+}
+
+/// A position in the WAL that a caught-up walshift confirms past: the LSN of a fresh logical
+/// message (it passes through every slot, whatever their publications).
+pub async fn sync_point(admin: &Client) -> String {
+    admin
+        .query_one(
+            "SELECT pg_logical_emit_message(false, 'e2e', 'sync')::text",
+            &[],
+        )
+        .await
+        .expect("emit a logical message")
+        .get(0)
+}
+
+/// Whether `slot` has confirmed `lsn` (false while the slot does not exist).
+pub async fn confirmed_at_least(admin: &Client, slot: &str, lsn: &str) -> bool {
+    admin
+        .query_opt(
+            "SELECT coalesce(confirmed_flush_lsn >= $1::text::pg_lsn, false)
+             FROM pg_replication_slots WHERE slot_name = $2",
+            &[&lsn, &slot],
+        )
+        .await
+        .expect("read pg_replication_slots")
+        .is_some_and(|r| r.get(0))
+}
+
+/// `pg_current_wal_lsn()` as text.
+pub async fn current_lsn(admin: &Client) -> String {
+    admin
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_lsn")
+        .get(0)
+}
+
+/// The 1, 5 and 15 minute load averages: the noise other processes add.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The median (mean of the middle two for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// The `q` quantile (0..=1) by nearest rank; NaN when empty.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = (q * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// The largest value; NaN when empty.
+pub fn max(values: &[f64]) -> f64 {
+    values
+        .iter()
+        .copied()
+        .filter(|x| !x.is_nan())
+        .fold(f64::NAN, f64::max)
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
