@@ -197,53 +197,27 @@ pub async fn notify(
 
 /// Human summary of the differences between two limit sets, for the log.
 pub fn describe_changes(before: &Backfill, after: &Backfill) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut diff = |name: &str, a: String, b: String| {
-        if a != b {
-            out.push(format!("{name} {a} -> {b}"));
-        }
-    };
-    diff(
-        "chunk_target_time",
-        format!("{:?}", before.chunk_target_time),
-        format!("{:?}", after.chunk_target_time),
-    );
-    diff(
-        "max_rows_per_second",
-        format!("{:?}", before.max_rows_per_second),
-        format!("{:?}", after.max_rows_per_second),
-    );
-    diff(
-        "max_replica_lag",
-        format!("{:?}", before.max_replica_lag),
-        format!("{:?}", after.max_replica_lag),
-    );
-    diff(
-        "max_replica_lag_bytes",
-        format!("{:?}", before.max_replica_lag_bytes),
-        format!("{:?}", after.max_replica_lag_bytes),
-    );
-    diff(
-        "max_apply_lag",
-        format!("{:?}", before.max_apply_lag),
-        format!("{:?}", after.max_apply_lag),
-    );
-    diff(
-        "max_retained_wal",
-        format!("{:?}", before.max_retained_wal),
-        format!("{:?}", after.max_retained_wal),
-    );
-    diff(
-        "min_chunk_rows",
-        before.min_chunk_rows.to_string(),
-        after.min_chunk_rows.to_string(),
-    );
-    diff(
-        "max_chunk_rows",
-        before.max_chunk_rows.to_string(),
-        after.max_chunk_rows.to_string(),
-    );
-    out
+    KEYS.iter()
+        .filter_map(|(key, _)| {
+            let (a, b) = (shown(before, key), shown(after, key));
+            (a != b).then(|| format!("{key} {a} -> {b}"))
+        })
+        .collect()
+}
+
+/// The value of setting `key` in `limits`, for the log.
+fn shown(limits: &Backfill, key: &str) -> String {
+    match key {
+        "chunk_target_time" => format!("{:?}", limits.chunk_target_time),
+        "max_rows_per_second" => format!("{:?}", limits.max_rows_per_second),
+        "max_replica_lag" => format!("{:?}", limits.max_replica_lag),
+        "max_replica_lag_bytes" => format!("{:?}", limits.max_replica_lag_bytes),
+        "max_apply_lag" => format!("{:?}", limits.max_apply_lag),
+        "max_retained_wal" => format!("{:?}", limits.max_retained_wal),
+        "min_chunk_rows" => limits.min_chunk_rows.to_string(),
+        "max_chunk_rows" => limits.max_chunk_rows.to_string(),
+        other => unreachable!("{other} is not in KEYS"),
+    }
 }
 
 #[cfg(test)]

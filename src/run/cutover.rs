@@ -418,11 +418,8 @@ async fn probe(
 /// tracked (errors too: the check under the lock covers them then).
 async fn recheck_outside_lock(applier: &mut Applier, tracker: &mut Tracker, ctx: &Context) {
     let batch = tracker.take();
-    for (i, (m, keys)) in ctx.mirrors.iter().zip(batch).enumerate() {
-        let keys: Vec<Vec<String>> = keys
-            .iter()
-            .map(|k| k.iter().map(|c| c.to_string()).collect())
-            .collect();
+    for (i, (m, keys)) in ctx.mirrors.iter().zip(&batch).enumerate() {
+        let keys = key_texts(keys);
         for chunk in keys.chunks(RECHECK_CHUNK) {
             match verify::differing_among(applier.client(), m, chunk).await {
                 Ok(found) => tracker.keep(i, found),
@@ -625,10 +622,7 @@ async fn checks_and_sql(
     }
     let mut differing = false;
     for (m, keys) in ctx.mirrors.iter().zip(&tracker.keys) {
-        let keys: Vec<Vec<String>> = keys
-            .iter()
-            .map(|k| k.iter().map(|c| c.to_string()).collect())
-            .collect();
+        let keys = key_texts(keys);
         out.keys_checked += keys.len() as u64;
         let mut check = MirrorCheck {
             mirror: m.number,
@@ -745,11 +739,7 @@ async fn apply_for(
         tokio::select! {
             w = work_rx.recv() => match w {
                 Some(Work::Batch(b)) => {
-                    let r = applier.apply(&b).await;
-                    if r.is_ok() {
-                        tracker.add(&b);
-                    }
-                    if done_tx.send(Done::Batch(b, r)).await.is_err() {
+                    if !super::apply_and_report(applier, done_tx, Some(&mut *tracker), b).await {
                         return false;
                     }
                 }
@@ -759,6 +749,13 @@ async fn apply_for(
             _ = tokio::time::sleep_until(until) => return true,
         }
     }
+}
+
+/// Keys as the verify queries take them: key columns as text.
+fn key_texts(keys: &HashSet<Key>) -> Vec<Vec<String>> {
+    keys.iter()
+        .map(|k| k.iter().map(|c| c.to_string()).collect())
+        .collect()
 }
 
 /// Pause after the `attempt`th lock timeout: growing, jittered, so a

@@ -1209,6 +1209,21 @@ async fn apply_loop(
     }
 }
 
+/// Applies one live batch, notes its keys if a cut-over is tracking them,
+/// and reports it. `false` when the session is gone.
+async fn apply_and_report(
+    applier: &mut Applier,
+    done_tx: &mpsc::Sender<Done>,
+    tracker: Option<&mut cutover::Tracker>,
+    batch: Batch,
+) -> bool {
+    let r = applier.apply(&batch).await;
+    if let (Ok(_), Some(t)) = (&r, tracker) {
+        t.add(&batch);
+    }
+    done_tx.send(Done::Batch(batch, r)).await.is_ok()
+}
+
 /// One item of work. `false` when the session is gone.
 async fn handle_work(
     applier: &mut Applier,
@@ -1219,13 +1234,7 @@ async fn handle_work(
     work: Work,
 ) -> bool {
     match work {
-        Work::Batch(batch) => {
-            let r = applier.apply(&batch).await;
-            if let (Ok(_), Some(t)) = (&r, tracker.as_mut()) {
-                t.add(&batch);
-            }
-            done_tx.send(Done::Batch(batch, r)).await.is_ok()
-        }
+        Work::Batch(batch) => apply_and_report(applier, done_tx, tracker.as_mut(), batch).await,
         Work::Track => {
             *tracker = Some(cutover::Tracker::new(ctx.mirrors.len()));
             true
