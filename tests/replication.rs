@@ -594,6 +594,7 @@ async fn slow_consumer_is_not_dropped_by_wal_sender_timeout() {
     let small = StreamOptions {
         channel_capacity: 4,
         status_interval: None,
+        ..Default::default()
     };
     let sqlc = common::connect(&conninfo).await;
     sqlc.batch_execute("CREATE PUBLICATION pub FOR TABLE t")
@@ -626,6 +627,7 @@ async fn slow_consumer_is_not_dropped_by_wal_sender_timeout() {
     let rare = StreamOptions {
         channel_capacity: 4,
         status_interval: Some(Duration::from_secs(60)),
+        ..Default::default()
     };
     let mut tap = Tap::start(repl, "slow", 1, &[], rare).await;
     sql.batch_execute(

@@ -8,10 +8,12 @@
 //! ```text
 //!  conn.rs    socket, TLS, startup, auth, IDENTIFY_SYSTEM / CREATE_ / DROP_REPLICATION_SLOT
 //!  stream.rs  START_REPLICATION: reader task ─▶ events; Feedback ─▶ status updates
+//!  echo.rs    drops walshift's own row changes in the reader task (I5)
 //!  proto.rs   pure: framing, XLogData / keepalive / status update, command text
 //! ```
 
 mod conn;
+mod echo;
 pub mod proto;
 mod stream;
 

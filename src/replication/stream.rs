@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::ReplicationError;
 use super::conn::{ReplicationClient, Socket, body_error, db_error, log_notice};
+use super::echo::EchoFilter;
 use super::proto::{self, BackendFrame, ReplicationMessage, StandbyStatus};
 use crate::Lsn;
 
@@ -56,6 +57,11 @@ pub struct StreamOptions {
     /// Status updates are sent at this interval even with nothing new;
     /// `None` derives it from the server's `wal_sender_timeout`.
     pub status_interval: Option<Duration>,
+    /// Drop the row changes of transactions whose pgoutput Origin message
+    /// names this replication origin before they are handed over (their
+    /// Begin, Origin and Commit still are): see [`EchoFilter`]. Only for a
+    /// pgoutput stream.
+    pub skip_changes_of_origin: Option<String>,
 }
 
 impl Default for StreamOptions {
@@ -63,6 +69,7 @@ impl Default for StreamOptions {
         StreamOptions {
             channel_capacity: 1024,
             status_interval: None,
+            skip_changes_of_origin: None,
         }
     }
 }
@@ -174,6 +181,7 @@ impl LogicalStream {
             positions: positions.clone(),
             control: control_rx,
             status_interval,
+            echo: options.skip_changes_of_origin.map(EchoFilter::new),
         };
         let task = tokio::spawn(reader.run());
         Ok(LogicalStream {
@@ -258,6 +266,7 @@ struct Reader {
     positions: Arc<Positions>,
     control: mpsc::Receiver<Control>,
     status_interval: Duration,
+    echo: Option<EchoFilter>,
 }
 
 /// What woke the reader's loop.
@@ -265,7 +274,32 @@ enum Wake {
     Close(oneshot::Sender<Result<(), ReplicationError>>),
     SendStatus,
     Delivered,
+    /// The pause after a small read is over.
+    Quiet,
     Read(std::io::Result<usize>),
+}
+
+/// How much room a read gets.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// The pause before reading again after a read that got less than a quarter
+/// of [`READ_CHUNK`]. The walsender flushes every message it writes, so a
+/// reader that reads as soon as the socket is readable wakes once per
+/// message: a million times for a million-row backfill's echoes, nearly all
+/// of walshift's CPU in `perf`. Waiting this long lets the socket buffers
+/// gather what arrives meanwhile, at most this much latency for a change. A
+/// read that fills most of the room does not pause: the stream is busy.
+const COALESCE: Duration = Duration::from_millis(1);
+
+/// Reads into `buf`, first making room for [`READ_CHUNK`] bytes once less
+/// than a quarter of that is left. Not on every read: the frames handed over
+/// share the buffer they were read into, so a fresh buffer per small read
+/// would pin one allocation per event.
+async fn read_some(socket: &mut Socket, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    socket.read_buf(buf).await
 }
 
 /// What handling one frame produced.
@@ -284,6 +318,9 @@ impl Reader {
         // waits, nothing more is read: memory stays bounded by the channel.
         let mut pending: Option<Vec<Item>> = None;
         let mut ending = false;
+        // Set after a read that left the buffer far from full: the next read
+        // waits until then (see [`COALESCE`]).
+        let mut quiet_until: Option<tokio::time::Instant> = None;
         loop {
             // Decode what is already buffered, handing batches over directly
             // while the consumer has room.
@@ -342,10 +379,12 @@ impl Reader {
                     // The consumer is gone; nobody to stream for.
                     Err(_) => return,
                 },
-                // 5. Read more, only when nothing is waiting.
-                read = self.socket.read_buf(&mut self.read_buf), if pending.is_none() && !ending => {
-                    Wake::Read(read)
-                }
+                // 5. Read more, only when nothing is waiting and the pause
+                //    after a small read is over.
+                read = read_some(&mut self.socket, &mut self.read_buf),
+                    if pending.is_none() && !ending && quiet_until.is_none() => Wake::Read(read),
+                _ = tokio::time::sleep_until(quiet_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if quiet_until.is_some() => Wake::Quiet,
             };
             match wake {
                 Wake::Close(reply) => {
@@ -360,11 +399,16 @@ impl Reader {
                     }
                 }
                 Wake::Delivered => {}
+                Wake::Quiet => quiet_until = None,
                 Wake::Read(Ok(0)) => {
                     ending = true;
                     pending = Some(vec![Err(ReplicationError::Closed)]);
                 }
-                Wake::Read(Ok(_)) => {}
+                Wake::Read(Ok(n)) => {
+                    if n < READ_CHUNK / 4 {
+                        quiet_until = Some(tokio::time::Instant::now() + COALESCE);
+                    }
+                }
                 Wake::Read(Err(e)) => {
                     ending = true;
                     pending = Some(vec![Err(e.into())]);
@@ -396,6 +440,11 @@ impl Reader {
                     // Received is "written" for us: the consumer reports
                     // flush/apply once the change is committed in the target.
                     self.positions.write.fetch_max(wal_end.0, Ordering::AcqRel);
+                    if let Some(echo) = &mut self.echo
+                        && !echo.keep(&data)
+                    {
+                        return Ok(Step::Nothing);
+                    }
                     Ok(Step::Event(ReplicationEvent::XLogData {
                         wal_start,
                         wal_end,
