@@ -16,6 +16,7 @@
 
 mod control;
 mod cutover;
+mod origins;
 mod setup;
 
 use std::collections::VecDeque;
@@ -206,8 +207,16 @@ impl Observed {
         Streaming(self.connected.clone())
     }
 
-    fn confirm(&self, feedback: &crate::replication::Feedback, totals: &mut Totals, lsn: Lsn) {
-        feedback.confirm(lsn);
+    /// Reports `lsn` as committed. The server is told at most what `cap`
+    /// allows (origins.rs); the totals and the lag follow `lsn` itself.
+    fn confirm(
+        &self,
+        feedback: &crate::replication::Feedback,
+        cap: Option<&origins::Cap>,
+        totals: &mut Totals,
+        lsn: Lsn,
+    ) {
+        feedback.confirm(cap.map_or(lsn, |c| c.apply(lsn)));
         totals.confirmed = totals.confirmed.max(lsn);
         self.confirmed.fetch_max(lsn.0, Ordering::AcqRel);
     }
@@ -510,7 +519,7 @@ async fn session(
         STREAM_SETTINGS,
     )
     .await?;
-    let plugin_options = vec![
+    let mut plugin_options = vec![
         ("proto_version".to_string(), "1".to_string()),
         (
             "publication_names".to_string(),
@@ -518,12 +527,55 @@ async fn session(
         ),
         ("messages".to_string(), "true".to_string()),
     ];
+    // origin = 'none' when it is safe (PostgreSQL 16+, no other origin):
+    // the walsender then skips walshift's own writes while decoding.
+    let choice = origins::choose(
+        applier.client(),
+        &spec.origin_name(),
+        repl.server_version_num(),
+        objects.origin,
+    )
+    .await?;
+    let mut guard = match &choice {
+        origins::Choice::None => {
+            plugin_options.push(("origin".to_string(), "none".to_string()));
+            tracing::info!(
+                "no other replication origin exists: pgoutput skips walshift's own writes (origin = none)"
+            );
+            Some(
+                origins::Guard::start(config, spec.origin_name())
+                    .await
+                    .map_err(|message| SessionError {
+                        message,
+                        action: Action::Retry,
+                        deliberate: false,
+                    })?,
+            )
+        }
+        origins::Choice::Any { others } if others.is_empty() => None,
+        origins::Choice::Any { others } => {
+            // An earlier session may have streamed with origin = none and
+            // recorded applied positions past changes the filter dropped;
+            // the slot's confirmed position never passed one (origins.rs).
+            start = Lsn::INVALID;
+            tracing::info!(
+                others = %others.join(", "),
+                "other replication origins exist: every change is decoded, walshift's own are dropped as they arrive"
+            );
+            None
+        }
+    };
+    let cap = guard.as_ref().map(|g| g.cap());
     let mut stream = LogicalStream::start(
         repl,
         &spec.slot_name(),
         start,
         &plugin_options,
-        StreamOptions::default(),
+        StreamOptions {
+            // Echoes (I5) are dropped before they are handed over.
+            skip_changes_of_origin: objects.origin.then(|| spec.origin_name()),
+            ..StreamOptions::default()
+        },
     )
     .await?;
     tracing::info!(slot = %spec.slot_name(), start = %start, "streaming");
@@ -614,7 +666,7 @@ async fn session(
                 outstanding += 1;
                 outbox.push_back(Work::Batch(batch));
             } else {
-                observed.confirm(&feedback, totals, batch.end_lsn);
+                observed.confirm(&feedback, cap.as_ref(), totals, batch.end_lsn);
                 applied_txns += batch.txns as u64;
                 release_watermarks(&mut watermarks, applied_txns, observed);
             }
@@ -642,7 +694,7 @@ async fn session(
                         Some(Done::Batch(batch, result)) => {
                             outstanding -= 1;
                             if result.is_ok() {
-                                feedback.confirm(batch.end_lsn);
+                                feedback.confirm(cap.as_ref().map_or(batch.end_lsn, |c| c.apply(batch.end_lsn)));
                                 totals.confirmed = totals.confirmed.max(batch.end_lsn);
                             } else {
                                 break;
@@ -699,6 +751,25 @@ async fn session(
                     }
                 }
             }
+            // Another replication origin appeared while streaming with
+            // origin = none: stream again with every origin (origins.rs).
+            // Not in the middle of a cut-over: it ends first.
+            names = async {
+                match guard.as_mut() {
+                    Some(g) => g.foreign().await,
+                    None => std::future::pending().await,
+                }
+            }, if guard.is_some() && !job_running => {
+                let _ = stream.close().await;
+                return Err(SessionError {
+                    message: format!(
+                        "replication origin {} appeared: streaming again with every origin, from the slot's confirmed position",
+                        names.join(", ")
+                    ),
+                    action: Action::Retry,
+                    deliberate: false,
+                });
+            }
             // 2. WAL safety: the slot retains more than the spec allows.
             Some(reason) = over_limit_rx.recv() => {
                 let _ = stream.close().await;
@@ -728,7 +799,7 @@ async fn session(
                 live_lag.set(pending_since);
                 in_flight_since = None;
                 let stats = result?;
-                observed.confirm(&feedback, totals, batch.end_lsn);
+                observed.confirm(&feedback, cap.as_ref(), totals, batch.end_lsn);
                 applied_txns += batch.txns as u64;
                 release_watermarks(&mut watermarks, applied_txns, observed);
                 totals.batches += 1;
@@ -802,7 +873,7 @@ async fn session(
                         // keepalive is applied, so the slot may move on and
                         // an idle slot does not pin WAL.
                         if !in_flight && pending.txns == 0 && !assembler.in_transaction() {
-                            observed.confirm(&feedback, totals, wal_end);
+                            observed.confirm(&feedback, cap.as_ref(), totals, wal_end);
                         }
                     }
                 }
