@@ -100,8 +100,14 @@ async fn a_new_origin_appearing_mid_run_loses_no_write() {
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
 
     mirrored(&c, "the backfill").await;
+    let check = cli(&["check"], &spec, &db).await;
     assert!(
-        stderr().contains("origin = none"),
+        check.stdout.contains("no other replication origin exists"),
+        "check says the stream skips walshift's own writes:\n{}",
+        check.stdout
+    );
+    assert!(
+        stderr().contains("pgoutput skips walshift's own writes (origin = none)"),
         "walshift streams with origin = none when no other origin exists:\n{}",
         stderr()
     );
@@ -174,6 +180,14 @@ async fn an_existing_other_origin_keeps_every_change_decoded() {
         .await
         .expect("origin");
     let spec = Spec::new("orig2", USERS_MIRROR);
+    let check = cli(&["check"], &spec, &db).await;
+    assert!(
+        check
+            .stdout
+            .contains("other replication origins exist (upstream)"),
+        "check names the other origin:\n{}",
+        check.stdout
+    );
     let mut run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
     let feed = db.connect().await;
@@ -186,7 +200,8 @@ async fn an_existing_other_origin_keeps_every_change_decoded() {
     mirrored(&c, "the write with the other origin").await;
     let log = run.stderr();
     assert!(
-        log.contains("other replication origins exist") && !log.contains("origin = none"),
+        log.contains("other replication origins exist")
+            && !log.contains("pgoutput skips walshift's own writes"),
         "no origin filter while another origin exists:\n{log}"
     );
     run.sigterm();

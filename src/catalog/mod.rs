@@ -35,6 +35,7 @@ mod relation;
 mod render;
 mod rows;
 mod server;
+pub use server::OTHER_ORIGINS;
 mod session;
 mod set;
 mod source;

@@ -257,6 +257,7 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
         _ => {}
     }
     let denied: Option<Vec<String>> = facts.get("origin_functions_denied");
+    let has_origin = denied.as_ref().is_none_or(|d| d.is_empty());
     // Not a problem: without its origin walshift still converges (its own
     // writes come back once and recompute to no-ops, I5's IS DISTINCT FROM),
     // so `run` says so and goes on. The note tells how to avoid the waste.
@@ -269,8 +270,51 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
             denied.join(", ")
         ));
     }
+    if has_origin {
+        origin_filter_note(ctx, spec, version_num).await?;
+    }
     Ok(Some(Server {
         version_num,
         publication,
     }))
+}
+
+/// Replication origins other than `$1`, by name (a text array). Shared with
+/// `run`'s origin guard (src/run/origins.rs).
+pub const OTHER_ORIGINS: &str = "SELECT coalesce(array_agg(roname::text ORDER BY roname), '{}') \
+     FROM pg_replication_origin WHERE roname <> $1";
+
+/// Whether the stream will skip walshift's own writes while decoding
+/// (`origin = none`, PostgreSQL 16+), and why not when it will not (I5).
+async fn origin_filter_note(ctx: &mut Ctx<'_>, spec: &Spec, version_num: u32) -> Result<(), Error> {
+    // Before 16 there is no choice to report: walshift drops its own
+    // writes as they arrive (src/replication/echo.rs).
+    if version_num < 160000 {
+        return Ok(());
+    }
+    let rows = match ctx
+        .session
+        .query(OTHER_ORIGINS, &[&spec.origin_name()])
+        .await?
+    {
+        Ok(rows) => rows,
+        Err(refusal) => {
+            ctx.query_failed("replication origins", &refusal);
+            return Ok(());
+        }
+    };
+    let others: Vec<String> = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    ctx.notes.push(if others.is_empty() {
+        "no other replication origin exists: the stream asks for origin = none, so walshift's own \
+         writes are not even decoded; should one appear (a subscription), walshift streams every \
+         origin again without losing its writes"
+            .to_string()
+    } else {
+        format!(
+            "other replication origins exist ({}): the stream decodes every origin (origin = none \
+             would drop their writes into the sources), and walshift drops its own writes as they arrive",
+            others.join(", ")
+        )
+    });
+    Ok(())
 }

@@ -56,11 +56,7 @@ pub const MIN_SERVER_VERSION: u32 = 160000;
 /// Replication origins other than `own`, by name.
 pub async fn others(client: &Client, own: &str) -> Result<Vec<String>, tokio_postgres::Error> {
     let row = client
-        .query_one(
-            "SELECT coalesce(array_agg(roname::text ORDER BY roname), '{}') \
-             FROM pg_replication_origin WHERE roname <> $1",
-            &[&own],
-        )
+        .query_one(crate::catalog::OTHER_ORIGINS, &[&own])
         .await?;
     row.try_get(0)
 }
