@@ -16,7 +16,8 @@
 //! `E2E_REPS` (default 3), `E2E_SCALE` (default 1; 0.05 for a quick run), `E2E_ONLY`
 //! (`set,rows,live,catchup,memory,decoder`), `E2E_CLIENTS` (4), `E2E_LIVE_SECONDS`
 //! (20 x scale), `E2E_CHUNK` (10000), `WALSHIFT_BIN` (another walshift binary), `PG_BIN`
-//! (other server binaries; pgbench and pg_recvlogical are taken from the same directory).
+//! (other server binaries; pgbench and pg_recvlogical are taken from the same directory, or
+//! from `E2E_CLIENT_BIN`).
 
 // Shared with benches/backfill.rs, which uses all of them.
 #[allow(dead_code)]

@@ -67,7 +67,10 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
         ..Outcome::default()
     };
     let Some(recvlogical) = ctx.program("pg_recvlogical") else {
-        let why = format!("no pg_recvlogical in {}", ctx.bin_dir.display());
+        let why = format!(
+            "no pg_recvlogical in {} (E2E_CLIENT_BIN names another directory)",
+            ctx.bin_dir.display()
+        );
         eprintln!("== catch-up: skipped, {why}");
         outcome.skipped = Some(why);
         return outcome;

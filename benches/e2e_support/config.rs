@@ -8,6 +8,7 @@
 //! | `E2E_CLIENTS` | 4 | pgbench clients of the live scenario |
 //! | `E2E_LIVE_SECONDS` | 20 × scale, at least 5 | length of one pgbench run |
 //! | `E2E_CHUNK` | 10000 | backfill chunk rows of walshift and the in-server loop |
+//! | `E2E_CLIENT_BIN` | the server's directory | where pgbench and pg_recvlogical are (e.g. Debian's 15 against a PG_BIN 16 server) |
 
 /// The scenarios, in the order they run and are reported.
 pub const SCENARIOS: [&str; 6] = ["set", "rows", "live", "catchup", "memory", "decoder"];

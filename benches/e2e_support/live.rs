@@ -363,7 +363,10 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
         ..Outcome::default()
     };
     let Some(pgbench_bin) = ctx.program("pgbench") else {
-        let why = format!("no pgbench in {}", ctx.bin_dir.display());
+        let why = format!(
+            "no pgbench in {} (E2E_CLIENT_BIN names another directory)",
+            ctx.bin_dir.display()
+        );
         eprintln!("== live: skipped, {why}");
         outcome.skipped = Some(why);
         return outcome;

@@ -38,10 +38,13 @@ impl Ctx<'_> {
         path
     }
 
-    /// A server program next to `postgres`, if this installation ships it (the npm
-    /// `@embedded-postgres` builds have no pgbench).
+    /// A client program (pgbench, pg_recvlogical): from `E2E_CLIENT_BIN` when set, else
+    /// next to `postgres`, if this installation ships it (the npm `@embedded-postgres`
+    /// builds have neither; Debian's of another major work against it).
     pub fn program(&self, name: &str) -> Option<PathBuf> {
-        let path = self.bin_dir.join(name);
+        let dir = std::env::var_os("E2E_CLIENT_BIN")
+            .map_or_else(|| self.bin_dir.to_path_buf(), PathBuf::from);
+        let path = dir.join(name);
         path.is_file().then_some(path)
     }
 }
