@@ -352,17 +352,7 @@ fn describe_connect_error(e: &tokio_postgres::Error) -> String {
     if e.as_db_error().is_some() {
         return crate::error_policy::pg_message(e);
     }
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
+    crate::error_policy::with_causes(e)
 }
 
 impl FromStr for ConnConfig {

@@ -79,6 +79,23 @@ pub fn pg_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// `e` and its causes in one line ("error connecting to server: Connection
+/// refused"), each cause once: a cause whose text `e` already shows is not
+/// repeated.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

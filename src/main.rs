@@ -734,18 +734,8 @@ async fn load_and_connect(
 /// An SQL session, or the one-line error and exit code.
 async fn connect(config: &ConnConfig) -> Result<tokio_postgres::Client, ExitCode> {
     config.connect_sql().await.map_err(|e| {
-        // tokio-postgres says "error connecting to server" and keeps the
-        // reason (refused, no such socket, ...) in its source chain.
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !msg.contains(&text) {
-                msg.push_str(": ");
-                msg.push_str(&text);
-            }
-            source = s.source();
-        }
+        // TLS errors keep their reason in the source chain.
+        let msg = walshift::error_policy::with_causes(&e);
         fail(&format!("cannot connect to {}: {msg}", config.redacted()))
     })
 }

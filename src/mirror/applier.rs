@@ -292,15 +292,17 @@ impl Applier {
         r
     }
 
-    async fn apply_once(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+    /// What comes before a batch's keyed writes: the visibility barrier
+    /// (I2), then the whole-mirror passes of mirrors whose keys overflowed.
+    /// Those run first, in chunks of their own: one huge transaction would
+    /// hold locks on the whole target. They are recomputes like any other,
+    /// so running them before the keyed part (or twice, after a crash)
+    /// changes nothing.
+    async fn before_keys(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
         let mut stats = ApplyStats::default();
         if self.opts.visibility_barrier && !batch.xids.is_empty() {
             stats.visibility_waits = self.wait_visible(&batch.xids).await?;
         }
-        // Whole-mirror passes run first, in chunks of their own: one huge
-        // transaction would hold locks on the whole target. They are
-        // recomputes like any other, so running them before the keyed part
-        // (or twice, after a crash) changes nothing.
         for (i, work) in batch.mirrors.iter().enumerate() {
             if work.overflowed {
                 let (w, d) = self.full_pass(i).await?;
@@ -309,7 +311,11 @@ impl Applier {
                 stats.full_passes += 1;
             }
         }
+        Ok(stats)
+    }
 
+    async fn apply_once(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        let mut stats = self.before_keys(batch).await?;
         let tx = self
             .client
             .transaction()
@@ -326,18 +332,7 @@ impl Applier {
     /// position is not recorded: call [`Applier::record_position`] once,
     /// with the last batch, before committing.
     pub async fn apply_in_transaction(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
-        let mut stats = ApplyStats::default();
-        if self.opts.visibility_barrier && !batch.xids.is_empty() {
-            stats.visibility_waits = self.wait_visible(&batch.xids).await?;
-        }
-        for (i, work) in batch.mirrors.iter().enumerate() {
-            if work.overflowed {
-                let (w, d) = self.full_pass(i).await?;
-                stats.rows_written += w;
-                stats.rows_deleted += d;
-                stats.full_passes += 1;
-            }
-        }
+        let mut stats = self.before_keys(batch).await?;
         write_keys(&self.mirrors, &self.client, batch, &mut stats).await?;
         Ok(stats)
     }

@@ -231,34 +231,19 @@ pub(super) async fn execute(
     );
 
     let mut probes = 0u32;
-    if !prepare(
-        applier,
-        work_rx,
-        done_tx,
-        &mut tracker,
-        &job,
-        ctx,
-        &mut probes,
-    )
-    .await
-    {
-        out.error = Some("the session ended during the cut-over".into());
-        return out;
-    }
     let mut failed_attempts = Duration::ZERO;
     for attempt in 1..=cut.max_attempts {
         // Lock with as little as possible left to drain under the lock.
-        if attempt > 1
-            && !prepare(
-                applier,
-                work_rx,
-                done_tx,
-                &mut tracker,
-                &job,
-                ctx,
-                &mut probes,
-            )
-            .await
+        if !prepare(
+            applier,
+            work_rx,
+            done_tx,
+            &mut tracker,
+            &job,
+            ctx,
+            &mut probes,
+        )
+        .await
         {
             out.error = Some("the session ended during the cut-over".into());
             return out;

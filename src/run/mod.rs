@@ -694,8 +694,7 @@ async fn session(
                         Some(Done::Batch(batch, result)) => {
                             outstanding -= 1;
                             if result.is_ok() {
-                                feedback.confirm(cap.as_ref().map_or(batch.end_lsn, |c| c.apply(batch.end_lsn)));
-                                totals.confirmed = totals.confirmed.max(batch.end_lsn);
+                                observed.confirm(&feedback, cap.as_ref(), totals, batch.end_lsn);
                             } else {
                                 break;
                             }
