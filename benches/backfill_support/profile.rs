@@ -160,8 +160,11 @@ pub async fn engine_without_stream(
     (total_s, cpu)
 }
 
-/// Seconds spent per step of walshift's chunk, replayed by hand with the
-/// same statements and the same protocol use as `Applier::backfill_chunk`.
+/// Seconds spent per step of walshift's chunk: the same statements as
+/// `Applier::backfill_chunk`, but each on its own round trip (a prepare, then
+/// the execution), so each can be timed. walshift itself sends them in two
+/// flights (BEGIN with the bound; the recompute with the checkpoint and
+/// COMMIT), so this replay's total is an upper bound of its round trips.
 #[derive(Debug, Clone, Default)]
 pub struct Steps {
     pub chunks: u64,

@@ -3,12 +3,18 @@
 //! ```text
 //!  Batch (keys per mirror, xids, end LSN)
 //!    │ 1. visibility barrier: every xid visible in pg_current_snapshot() (I2)
-//!    │ 2. BEGIN; pg_replication_origin_xact_setup(end LSN)       (I4, I5)
-//!    │ 3. one statement per mirror: keys as text[] cast by Postgres
-//!    │ 4. progress row; COMMIT
+//!    │ 2. BEGIN; pg_replication_origin_xact_setup(end LSN)       (I4, I5)  ┐ one flight:
+//!    │ 3. progress row                                                   │ sent back to
+//!    │ 4. one statement per mirror: keys as text[] cast by Postgres      │ back, one
+//!    │ 5. COMMIT                                                         ┘ round trip
 //!    ▼
 //!  end LSN may now be confirmed to the server (by the caller)
 //! ```
+//!
+//! Round trips are what a sidecar pays per transaction, and more so when it
+//! runs on another host than the database: a batch costs two (the barrier's
+//! snapshot, then the [`flight`]), a backfill chunk two (BEGIN with its
+//! bound, then the recompute with its checkpoint and COMMIT).
 //!
 //! The applier is the only writer of the targets (I3): live batches and
 //! whole-mirror passes run through the same session, one after the other.
@@ -17,9 +23,11 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 
 use super::bind::Args;
+use super::flight;
 use super::sql::{self, Param, Scope};
 use super::txn::{CommittedTxn, Key, MirrorKeys};
 use super::visibility::Snapshot;
@@ -316,14 +324,12 @@ impl Applier {
 
     async fn apply_once(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
         let mut stats = self.before_keys(batch).await?;
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .map_err(ApplyError::session)?;
-        record_position(&tx, self.origin, &self.spec_name, batch).await?;
-        write_keys(&self.mirrors, &tx, batch, &mut stats).await?;
-        tx.commit().await.map_err(ApplyError::session)?;
+        let c = &self.client;
+        let mut steps = vec![simple(c, "BEGIN")];
+        steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
+        steps.extend(key_steps(&self.mirrors, c, batch, &mut stats));
+        steps.push(simple(c, "COMMIT"));
+        stats.add(flight::in_order(steps).await?);
         Ok(stats)
     }
 
@@ -333,14 +339,16 @@ impl Applier {
     /// with the last batch, before committing.
     pub async fn apply_in_transaction(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
         let mut stats = self.before_keys(batch).await?;
-        write_keys(&self.mirrors, &self.client, batch, &mut stats).await?;
+        let steps = key_steps(&self.mirrors, &self.client, batch, &mut stats);
+        stats.add(flight::in_order(steps).await?);
         Ok(stats)
     }
 
     /// Records `batch`'s end LSN as applied (state row and origin, I4) in
     /// the transaction open on [`Applier::client`].
     pub async fn record_position(&self, batch: &Batch) -> Result<(), ApplyError> {
-        record_position(&self.client, self.origin, &self.spec_name, batch).await
+        let steps = position_steps(&self.client, self.origin, &self.spec_name, batch);
+        flight::in_order(steps).await.map(drop)
     }
 
     /// I2: waits until every xid is visible to a new snapshot. Returns how
@@ -354,7 +362,7 @@ impl Applier {
         loop {
             let row = self
                 .client
-                .query_one("SELECT pg_current_snapshot()::text", &[])
+                .query_typed_one("SELECT pg_current_snapshot()::text", &[])
                 .await
                 .map_err(ApplyError::session)?;
             let text: String = row.get(0);
@@ -398,7 +406,7 @@ impl Applier {
             };
             let upper: Option<Vec<String>> = self
                 .client
-                .query_opt(&bound.sql, &args.bind(&bound.params))
+                .query_typed_opt(&bound.sql, &args.bind_typed(&bound.params))
                 .await
                 .map_err(err)?
                 .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
@@ -416,7 +424,7 @@ impl Applier {
                     let s = sql::set_apply(p, scope);
                     written += self
                         .client
-                        .execute(&s.sql, &args.bind(&s.params))
+                        .execute_typed(&s.sql, &args.bind_typed(&s.params))
                         .await
                         .map_err(err)?;
                 }
@@ -424,7 +432,7 @@ impl Applier {
                     let s = sql::rows_apply(p, scope);
                     let row = self
                         .client
-                        .query_one(&s.sql, &args.bind(&s.params))
+                        .query_typed_one(&s.sql, &args.bind_typed(&s.params))
                         .await
                         .map_err(err)?;
                     deleted += row.get::<_, i64>(0) as u64;
@@ -466,35 +474,54 @@ impl Applier {
         rows: i64,
     ) -> Result<ChunkOutcome, ApplyError> {
         let m = &self.mirrors[i];
-        let label = m.label.clone();
-        let plan = m.plan.clone();
-        let err = |e| mirror_err(&label, e);
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .map_err(ApplyError::session)?;
+        let (label, plan) = (&m.label, &m.plan);
+        let c = &self.client;
+        let err = |e| mirror_err(label, e);
+        // Flight 1: BEGIN and the chunk's upper bound.
         let bound = sql::chunk_upper_bound(&plan.source, &plan.key, lower.is_some());
         let args = Args {
             lower,
             count: rows.max(1),
             ..Default::default()
         };
-        let upper: Option<Vec<String>> = tx
-            .query_opt(&bound.sql, &args.bind(&bound.params))
-            .await
-            .map_err(err)?
-            .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
-        let covered = match upper {
-            Some(_) => rows.max(1),
-            None => {
-                let count = sql::range_count(&plan.source, &plan.key, lower.is_some());
-                tx.query_one(&count.sql, &args.bind(&count.params))
-                    .await
-                    .map_err(err)?
-                    .get::<_, i64>(0)
+        let bound_args = args.bind_typed(&bound.params);
+        let found = flight::in_order(vec![
+            simple(c, "BEGIN"),
+            Box::pin(async {
+                let row = c.query_typed_opt(&bound.sql, &bound_args).await;
+                Ok(Wrote::row(row.map_err(err)?))
+            }),
+        ])
+        .await;
+        let opened = async {
+            let upper: Option<Vec<String>> = found?
+                .pop()
+                .and_then(|w| w.row)
+                .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
+            let covered = match upper {
+                Some(_) => rows.max(1),
+                None => {
+                    let count = sql::range_count(&plan.source, &plan.key, lower.is_some());
+                    c.query_typed_one(&count.sql, &args.bind_typed(&count.params))
+                        .await
+                        .map_err(err)?
+                        .get::<_, i64>(0)
+                }
+            };
+            Ok((upper, covered))
+        }
+        .await;
+        let (upper, covered) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing was written: end the transaction so the session is
+                // clean for a retry or the next batch.
+                let _ = c.batch_execute("ROLLBACK").await;
+                return Err(e);
             }
         };
+        // Flight 2: the recompute, the checkpoint (I6) and COMMIT. An error
+        // anywhere leaves the COMMIT to roll back.
         let scope = Scope::Range {
             lower: lower.is_some(),
             upper: upper.is_some(),
@@ -504,34 +531,45 @@ impl Applier {
             upper: upper.as_deref(),
             ..Default::default()
         };
-        let started = Instant::now();
-        let (written, deleted) = match &plan.kind {
-            MirrorKind::Set(p) => {
-                let s = sql::set_apply(p, scope);
-                (
-                    tx.execute(&s.sql, &args.bind(&s.params))
-                        .await
-                        .map_err(err)?,
-                    0,
-                )
-            }
-            MirrorKind::Rows(p) => {
-                let s = sql::rows_apply(p, scope);
-                let row = tx
-                    .query_one(&s.sql, &args.bind(&s.params))
-                    .await
-                    .map_err(err)?;
-                (row.get::<_, i64>(1) as u64, row.get::<_, i64>(0) as u64)
-            }
+        let apply = match &plan.kind {
+            MirrorKind::Set(p) => sql::set_apply(p, scope),
+            MirrorKind::Rows(p) => sql::rows_apply(p, scope),
         };
+        let apply_args = args.bind_typed(&apply.params);
+        let mirror = plan.number as i32;
+        let started = Instant::now();
+        let wrote = flight::in_order(vec![
+            match &plan.kind {
+                MirrorKind::Set(_) => Box::pin(async {
+                    let n = c.execute_typed(&apply.sql, &apply_args).await;
+                    Ok(Wrote::set(n.map_err(err)?))
+                }),
+                MirrorKind::Rows(_) => Box::pin(async {
+                    let row = c.query_typed_one(&apply.sql, &apply_args).await;
+                    Ok(Wrote::rows(&row.map_err(err)?))
+                }),
+            },
+            Box::pin(async {
+                let r = c
+                    .execute_typed(
+                        state::RECORD_CHUNK,
+                        &[
+                            (&self.spec_name, Type::TEXT),
+                            (&mirror, Type::INT4),
+                            (&upper, Type::TEXT_ARRAY),
+                            (&covered, Type::INT8),
+                        ],
+                    )
+                    .await;
+                r.map_err(ApplyError::session)?;
+                Ok(Wrote::default())
+            }),
+            simple(c, "COMMIT"),
+        ])
+        .await?;
         let elapsed = started.elapsed();
-        tx.execute(
-            state::RECORD_CHUNK,
-            &[&self.spec_name, &(plan.number as i32), &upper, &covered],
-        )
-        .await
-        .map_err(ApplyError::session)?;
-        tx.commit().await.map_err(ApplyError::session)?;
+        let written = wrote.iter().map(|w| w.written).sum();
+        let deleted = wrote.iter().map(|w| w.deleted).sum();
         Ok(ChunkOutcome {
             upper,
             rows: covered.max(0) as u64,
@@ -552,76 +590,137 @@ impl Applier {
     }
 }
 
+/// One statement of a [`flight`] on the applier's session, and what it wrote.
+type Step<'a> = flight::Step<'a, Wrote, ApplyError>;
+
+/// What one statement of a flight wrote, or the row it read.
+#[derive(Default)]
+struct Wrote {
+    written: u64,
+    deleted: u64,
+    row: Option<tokio_postgres::Row>,
+}
+
+impl Wrote {
+    fn set(written: u64) -> Self {
+        Wrote {
+            written,
+            ..Default::default()
+        }
+    }
+
+    /// A rows-mode recompute's one row: (deleted, written).
+    fn rows(row: &tokio_postgres::Row) -> Self {
+        Wrote {
+            deleted: row.get::<_, i64>(0) as u64,
+            written: row.get::<_, i64>(1) as u64,
+            row: None,
+        }
+    }
+
+    fn row(row: Option<tokio_postgres::Row>) -> Self {
+        Wrote {
+            row,
+            ..Default::default()
+        }
+    }
+}
+
+impl ApplyStats {
+    fn add(&mut self, wrote: Vec<Wrote>) {
+        for w in wrote {
+            self.rows_written += w.written;
+            self.rows_deleted += w.deleted;
+        }
+    }
+}
+
+/// `BEGIN`, `COMMIT`: a simple query, sent on its first poll.
+fn simple<'a>(c: &'a Client, sql: &'static str) -> Step<'a> {
+    Box::pin(async move {
+        c.batch_execute(sql).await.map_err(ApplyError::session)?;
+        Ok(Wrote::default())
+    })
+}
+
 /// The batch's position, in the transaction that holds its writes (I4):
 /// the origin's progress (when walshift has its origin) and the state row.
-async fn record_position<C: GenericClient + Sync>(
-    c: &C,
+fn position_steps<'a>(
+    c: &'a Client,
     origin: bool,
-    spec_name: &str,
+    spec_name: &'a str,
     batch: &Batch,
-) -> Result<(), ApplyError> {
+) -> Vec<Step<'a>> {
+    let lsn = batch.end_lsn.to_string();
+    let mut steps: Vec<Step<'a>> = Vec::with_capacity(2);
     if origin {
+        let lsn = lsn.clone();
         let ts = pg_timestamp_to_system_time(batch.commit_time);
-        c.execute(
-            "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
-            &[&batch.end_lsn.to_string(), &ts],
+        steps.push(Box::pin(async move {
+            c.execute_typed(
+                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2::timestamptz)",
+                &[(&lsn, Type::TEXT), (&ts, Type::TIMESTAMPTZ)],
+            )
+            .await
+            .map_err(ApplyError::session)?;
+            Ok(Wrote::default())
+        }));
+    }
+    steps.push(Box::pin(async move {
+        c.execute_typed(
+            state::RECORD_APPLIED,
+            &[(&spec_name, Type::TEXT), (&lsn, Type::TEXT)],
         )
         .await
         .map_err(ApplyError::session)?;
-    }
-    c.execute(
-        state::RECORD_APPLIED,
-        &[&spec_name, &batch.end_lsn.to_string()],
-    )
-    .await
-    .map_err(ApplyError::session)?;
-    Ok(())
+        Ok(Wrote::default())
+    }));
+    steps
 }
 
 /// One recompute statement per mirror with dirty keys (and the removal of
-/// owned rows after a TRUNCATE), on `c`.
-async fn write_keys<C: GenericClient + Sync>(
-    mirrors: &[PreparedMirror],
-    c: &C,
-    batch: &Batch,
+/// owned rows after a TRUNCATE), on `c`. Counts the keys into `stats`; the
+/// rows come back with the steps' answers.
+fn key_steps<'a>(
+    mirrors: &'a [PreparedMirror],
+    c: &'a Client,
+    batch: &'a Batch,
     stats: &mut ApplyStats,
-) -> Result<(), ApplyError> {
+) -> Vec<Step<'a>> {
+    let mut steps: Vec<Step<'a>> = Vec::new();
     for (m, work) in mirrors.iter().zip(&batch.mirrors) {
         if !work.keys.is_empty() && !work.overflowed {
             stats.keys += work.keys.len();
-            let keys: Vec<&Key> = work.keys.iter().collect();
-            let args = Args::engine_keys(&keys, m.plan.key.len());
-            let params = args.bind(&m.keys_params);
-            match &m.plan.kind {
-                MirrorKind::Set(_) => {
-                    let n = c
-                        .execute(&m.keys, &params)
-                        .await
-                        .map_err(|e| mirror_err(&m.label, e))?;
-                    stats.rows_written += n;
+            steps.push(Box::pin(async move {
+                let keys: Vec<&Key> = work.keys.iter().collect();
+                let args = Args::engine_keys(&keys, m.plan.key.len());
+                let params = args.bind(&m.keys_params);
+                let err = |e| mirror_err(&m.label, e);
+                match &m.plan.kind {
+                    MirrorKind::Set(_) => {
+                        Ok(Wrote::set(c.execute(&m.keys, &params).await.map_err(err)?))
+                    }
+                    MirrorKind::Rows(_) => Ok(Wrote::rows(
+                        &c.query_one(&m.keys, &params).await.map_err(err)?,
+                    )),
                 }
-                MirrorKind::Rows(_) => {
-                    let row = c
-                        .query_one(&m.keys, &params)
-                        .await
-                        .map_err(|e| mirror_err(&m.label, e))?;
-                    stats.rows_deleted += row.get::<_, i64>(0) as u64;
-                    stats.rows_written += row.get::<_, i64>(1) as u64;
-                }
-            }
+            }));
         }
         if work.truncated {
             if let Some((stmt, params)) = &m.truncate {
-                let none = Args::default();
-                let params = none.bind(params);
-                stats.rows_deleted += c
-                    .execute(stmt, &params)
-                    .await
-                    .map_err(|e| mirror_err(&m.label, e))?;
+                steps.push(Box::pin(async move {
+                    let none = Args::default();
+                    let params = none.bind(params);
+                    let n = c.execute(stmt, &params).await;
+                    Ok(Wrote {
+                        deleted: n.map_err(|e| mirror_err(&m.label, e))?,
+                        ..Default::default()
+                    })
+                }));
             }
         }
     }
-    Ok(())
+    steps
 }
 
 fn label(plan: &MirrorPlan) -> String {

@@ -3,7 +3,7 @@
 //! applier, verify, the ETA sample), so a statement is bound the same way
 //! wherever it runs.
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::sql::Param;
 use super::txn::Key;
@@ -62,6 +62,17 @@ impl<'a> Args<'a> {
                     Param::ChunkRows | Param::Limit => &self.count,
                 }
             })
+            .collect()
+    }
+
+    /// [`Args::bind`] with each value's type, for `query_typed` and
+    /// `execute_typed`: no prepare round trip, so the statement can travel
+    /// in a [`flight`](super::flight) with others.
+    pub fn bind_typed(&'a self, params: &[Param]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+        self.bind(params)
+            .into_iter()
+            .zip(params)
+            .map(|(v, p)| (v, p.pg_type()))
             .collect()
     }
 }

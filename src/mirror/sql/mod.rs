@@ -115,6 +115,19 @@ pub enum Param {
     Limit,
 }
 
+impl Param {
+    /// The type the statement text gives the parameter (its first cast), for
+    /// typed execution without a prepare round trip.
+    pub fn pg_type(self) -> tokio_postgres::types::Type {
+        use tokio_postgres::types::Type;
+        match self {
+            Param::KeyArray(_) => Type::TEXT_ARRAY,
+            Param::Lower(_) | Param::Upper(_) => Type::TEXT,
+            Param::ChunkRows | Param::Limit => Type::INT8,
+        }
+    }
+}
+
 /// Statement text and what to bind to its parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Statement {

@@ -553,3 +553,78 @@ fn range_count_counts_past_the_lower_bound() {
     assert_eq!(s.sql, "SELECT count(*)\nFROM \"public\".\"users\" AS src");
     assert!(s.params.is_empty());
 }
+
+/// Typed execution (`query_typed`, the applier's flights) declares each
+/// parameter's type from [`Param::pg_type`] instead of asking the server. It
+/// guards that the declared type is the one the text casts the parameter to
+/// first, for every statement and scope a caller can bind: a mismatch would
+/// either fail at bind time or compare keys as another type.
+#[test]
+fn declared_parameter_types_match_the_first_cast_in_the_text() {
+    let scopes = [
+        Scope::Keys,
+        ALL,
+        BETWEEN,
+        Scope::Range {
+            lower: true,
+            upper: false,
+        },
+        Scope::Range {
+            lower: false,
+            upper: true,
+        },
+    ];
+    let mut statements = Vec::new();
+    for scope in scopes {
+        for plan in [users(), mixed_set()] {
+            statements.push(set_apply(&plan, scope));
+            for output in [VerifyOutput::Count, VerifyOutput::Keys, VerifyOutput::Kinds] {
+                statements.push(set_verify(&plan, scope, output));
+            }
+        }
+        for plan in [items(), mixed_rows()] {
+            statements.push(rows_apply(&plan, scope));
+            for output in [VerifyOutput::Count, VerifyOutput::Keys, VerifyOutput::Kinds] {
+                statements.push(rows_verify(&plan, scope, output));
+            }
+        }
+    }
+    for plan in [users(), mixed_set()] {
+        for after in [false, true] {
+            statements.push(chunk_upper_bound(&plan.source, &plan.key, after));
+            statements.push(range_count(&plan.source, &plan.key, after));
+        }
+    }
+    statements.push(rows_truncate(&items()));
+    statements.push(rows_truncate(&mixed_rows()));
+    let mut checked = 0;
+    for st in &statements {
+        for (i, p) in st.params.iter().enumerate() {
+            let cast = match p.pg_type() {
+                t if t == tokio_postgres::types::Type::TEXT => "::text",
+                t if t == tokio_postgres::types::Type::TEXT_ARRAY => "::text[]",
+                t if t == tokio_postgres::types::Type::INT8 => "::bigint",
+                t => panic!("{p:?}: no cast known for {t}"),
+            };
+            let placeholder = format!("${}", i + 1);
+            let uses: Vec<&str> = st
+                .sql
+                .match_indices(&placeholder)
+                .map(|(at, _)| &st.sql[at + placeholder.len()..])
+                // `$1` is not the start of `$10`.
+                .filter(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+                .collect();
+            assert!(!uses.is_empty(), "{placeholder} unused in:\n{}", st.sql);
+            for rest in uses {
+                assert!(
+                    rest.starts_with(cast) && !(cast == "::text" && rest.starts_with("::text[]")),
+                    "{placeholder} ({p:?}) is declared {cast} but reads {:?} in:\n{}",
+                    &rest[..rest.len().min(20)],
+                    st.sql
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} placeholders checked");
+}

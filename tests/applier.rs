@@ -1,0 +1,409 @@
+//! The applier's transactions travel as flights: statements sent back to back,
+//! answers read in order (src/mirror/flight.rs). These tests guard what that
+//! must not change, on a real PostgreSQL:
+//!
+//! - all or nothing (I4, I6): a statement failing in the middle of a batch or
+//!   a chunk leaves nothing committed (no target row, no recorded position, no
+//!   moved checkpoint), the error returned is the one that caused it (not the
+//!   25P02 of the statements after it), and the session is idle, out of any
+//!   transaction, so the retry runs clean;
+//! - how many round trips a batch and a chunk cost, counted by a relay
+//!   between the applier and the server, so a statement that sneaks back to a
+//!   prepare-then-execute (two round trips of its own) fails the count.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_postgres::Client;
+use walshift::catalog::{self, MirrorPlan};
+use walshift::mirror::applier::{Applier, ApplierOptions, ApplyError, Batch, SESSION_SETTINGS};
+use walshift::mirror::txn::{Key, MirrorKeys};
+use walshift::spec::Spec;
+use walshift::{Lsn, state};
+
+const NAME: &str = "flights";
+
+/// Two mirrors: `doubled.x = a * 2` and `ratio.y = 100 / b`, which fails for
+/// `b = 0` (division by zero, 22012).
+const SETUP: &str = "
+    CREATE TABLE doubled (id bigint PRIMARY KEY, a int, x int);
+    CREATE TABLE ratio (id bigint PRIMARY KEY, b int, y int);
+    INSERT INTO doubled SELECT g, g, NULL FROM generate_series(1, 10) g;
+    INSERT INTO ratio SELECT g, 1, NULL FROM generate_series(1, 10) g;";
+
+const SPEC: &str = r#"
+name = "flights"
+
+[[mirror]]
+source = "public.doubled"
+set = { x = "a * 2" }
+
+[[mirror]]
+source = "public.ratio"
+set = { y = "100 / b" }
+"#;
+
+async fn plans(admin: &Client) -> (Spec, Vec<MirrorPlan>) {
+    let spec = Spec::from_str_named(SPEC, "flights.toml").expect("valid spec");
+    let report = catalog::check(admin, &spec).await.expect("check ran");
+    let plan = report.plan.unwrap_or_else(|| {
+        panic!("spec does not fit: {:?}", report.problems);
+    });
+    (spec, plan.mirrors)
+}
+
+async fn applier(client: Client, spec: &Spec, plans: &[MirrorPlan]) -> Applier {
+    client
+        .batch_execute(SESSION_SETTINGS)
+        .await
+        .expect("session settings");
+    Applier::new(client, &spec.name, plans, false, ApplierOptions::default())
+        .await
+        .expect("applier")
+}
+
+fn keys(ids: &[i64]) -> MirrorKeys {
+    MirrorKeys {
+        keys: ids
+            .iter()
+            .map(|i| -> Key { vec![Box::<str>::from(i.to_string())].into_boxed_slice() })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn batch(doubled: &[i64], ratio: &[i64], end: u64) -> Batch {
+    Batch {
+        mirrors: vec![keys(doubled), keys(ratio)],
+        end_lsn: Lsn(end),
+        txns: 1,
+        ..Default::default()
+    }
+}
+
+async fn count(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// The applier session's state in `pg_stat_activity`: "idle" between
+/// transactions, "idle in transaction (aborted)" if a failed flight had left
+/// its transaction open.
+async fn session_state(admin: &Client, pid: i32) -> String {
+    admin
+        .query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+async fn pid(c: &Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_failing_statement_in_a_batch_commits_nothing_and_leaves_the_session_idle() {
+    let db = common::fresh_db().await;
+    let admin = db.connect().await;
+    admin.batch_execute(SETUP).await.expect("setup");
+    let (spec, plans) = plans(&admin).await;
+    state::ensure_schema(&admin).await.expect("state schema");
+    state::register(&admin, &spec, None)
+        .await
+        .expect("state row");
+    admin
+        .batch_execute("UPDATE ratio SET b = 0 WHERE id = 3")
+        .await
+        .unwrap();
+    let client = db.connect().await;
+    let applier_pid = pid(&client).await;
+    let mut applier = applier(client, &spec, &plans).await;
+
+    // Mirror 1's statement comes first in the flight and succeeds; mirror 2's
+    // fails on id 3; the COMMIT after them must roll mirror 1's rows back.
+    let err = applier
+        .apply(&batch(&[1, 2], &[2, 3], 0x100))
+        .await
+        .expect_err("100 / 0 must fail the batch");
+    match &err {
+        ApplyError::Mirror {
+            mirror, sqlstate, ..
+        } => {
+            assert!(mirror.contains("ratio"), "{err}");
+            assert_eq!(sqlstate.as_deref(), Some("22012"), "{err}");
+        }
+        other => panic!("expected mirror 2's division by zero, got {other}"),
+    }
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM doubled WHERE x IS NOT NULL").await,
+        0,
+        "mirror 1's rows were committed although the batch failed"
+    );
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM ratio WHERE y IS NOT NULL").await,
+        0
+    );
+    let applied: Option<String> = admin
+        .query_one(
+            "SELECT applied_lsn::text FROM walshift.migration WHERE name = $1",
+            &[&NAME],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, None, "a failed batch recorded its position");
+    assert_eq!(session_state(&admin, applier_pid).await, "idle");
+
+    // Fixed data: the same batch applies, on the same session.
+    admin
+        .batch_execute("UPDATE ratio SET b = 4 WHERE id = 3")
+        .await
+        .unwrap();
+    let stats = applier
+        .apply(&batch(&[1, 2], &[2, 3], 0x100))
+        .await
+        .expect("the batch applies once the row is fixed");
+    assert_eq!((stats.keys, stats.rows_written), (4, 4));
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM doubled WHERE x = a * 2").await,
+        2
+    );
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM ratio WHERE y = 100 / b").await,
+        2
+    );
+    let applied: String = admin
+        .query_one(
+            "SELECT applied_lsn::text FROM walshift.migration WHERE name = $1",
+            &[&NAME],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, "0/100");
+    assert_eq!(session_state(&admin, applier_pid).await, "idle");
+}
+
+#[tokio::test]
+async fn a_failing_chunk_keeps_its_checkpoint_and_the_retry_goes_on_from_it() {
+    let db = common::fresh_db().await;
+    let admin = db.connect().await;
+    admin.batch_execute(SETUP).await.expect("setup");
+    let (spec, plans) = plans(&admin).await;
+    state::ensure_schema(&admin).await.expect("state schema");
+    state::register(&admin, &spec, None)
+        .await
+        .expect("state row");
+    state::backfill_rows(&admin, NAME, &[10, 10])
+        .await
+        .expect("checkpoint rows");
+    admin
+        .batch_execute("UPDATE ratio SET b = 0 WHERE id = 7")
+        .await
+        .unwrap();
+    let client = db.connect().await;
+    let applier_pid = pid(&client).await;
+    let mut applier = applier(client, &spec, &plans).await;
+    let checkpoint = || async {
+        let row = admin
+            .query_one(
+                "SELECT lower_key, rows_done, chunks FROM walshift.backfill
+                 WHERE name = $1 AND mirror = 2",
+                &[&NAME],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, Option<Vec<String>>>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        )
+    };
+
+    let first = applier
+        .backfill_chunk(1, None, 5)
+        .await
+        .expect("ids 1-5 have no zero");
+    assert_eq!(first.upper, Some(vec!["5".to_string()]));
+    assert_eq!((first.rows, first.written), (5, 5));
+    assert_eq!(checkpoint().await, (Some(vec!["5".into()]), 5, 1));
+
+    let err = applier
+        .backfill_chunk(1, first.upper.as_deref(), 5)
+        .await
+        .expect_err("id 7 divides by zero");
+    assert!(
+        matches!(&err, ApplyError::Mirror { sqlstate, .. } if sqlstate.as_deref() == Some("22012")),
+        "expected the division by zero, got {err}"
+    );
+    assert_eq!(
+        checkpoint().await,
+        (Some(vec!["5".into()]), 5, 1),
+        "a failed chunk moved its checkpoint"
+    );
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM ratio WHERE y IS NOT NULL").await,
+        5,
+        "a failed chunk committed rows"
+    );
+    assert_eq!(session_state(&admin, applier_pid).await, "idle");
+
+    admin
+        .batch_execute("UPDATE ratio SET b = 2 WHERE id = 7")
+        .await
+        .unwrap();
+    let second = applier
+        .backfill_chunk(1, first.upper.as_deref(), 5)
+        .await
+        .expect("the retry goes on from the checkpoint");
+    assert_eq!(second.upper, Some(vec!["10".to_string()]));
+    let last = applier
+        .backfill_chunk(1, second.upper.as_deref(), 5)
+        .await
+        .expect("the last chunk");
+    assert_eq!((last.upper, last.rows), (None, 0));
+    assert_eq!(checkpoint().await, (None, 10, 3));
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM ratio WHERE y = 100 / b").await,
+        10
+    );
+    assert_eq!(session_state(&admin, applier_pid).await, "idle");
+}
+
+/// A unix-socket relay in front of the server that counts round trips: the
+/// times the client sends after the server has answered. Requests sent back
+/// to back, before any answer is read, count once.
+struct Relay {
+    dir: tempfile::TempDir,
+    port: u16,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl Relay {
+    async fn start(server_socket: std::path::PathBuf, port: u16) -> Relay {
+        let dir = tempfile::tempdir().expect("relay dir");
+        let listener =
+            UnixListener::bind(dir.path().join(format!(".s.PGSQL.{port}"))).expect("bind relay");
+        let round_trips = Arc::new(AtomicU64::new(0));
+        let counter = round_trips.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = UnixStream::connect(&server_socket)
+                    .await
+                    .expect("relay to the server");
+                // true once the server has sent something since the client last did.
+                let answered = Arc::new(AtomicBool::new(true));
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (a, n) = (answered.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(len) = cr.read(&mut buf).await {
+                        if len == 0 || sw.write_all(&buf[..len]).await.is_err() {
+                            break;
+                        }
+                        if a.swap(false, Ordering::SeqCst) {
+                            n.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(len) = sr.read(&mut buf).await {
+                        if len == 0 || cw.write_all(&buf[..len]).await.is_err() {
+                            break;
+                        }
+                        answered.store(true, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Relay {
+            dir,
+            port,
+            round_trips,
+        }
+    }
+
+    fn conninfo(&self, db: &walshift::cluster::Database) -> String {
+        // The database's own conninfo, pointed at the relay's socket directory.
+        let theirs = db.conninfo();
+        let rest: Vec<&str> = theirs
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port="))
+            .collect();
+        format!(
+            "host={} port={} {}",
+            self.dir.path().display(),
+            self.port,
+            rest.join(" ")
+        )
+    }
+
+    fn count(&self) -> u64 {
+        self.round_trips.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_batch_costs_two_round_trips_and_a_chunk_two() {
+    let db = common::fresh_db().await;
+    let admin = db.connect().await;
+    admin.batch_execute(SETUP).await.expect("setup");
+    let (spec, plans) = plans(&admin).await;
+    state::ensure_schema(&admin).await.expect("state schema");
+    state::register(&admin, &spec, None)
+        .await
+        .expect("state row");
+    state::backfill_rows(&admin, NAME, &[10, 10])
+        .await
+        .expect("checkpoint rows");
+    let cluster = common::shared_cluster();
+    let socket = cluster
+        .socket_dir()
+        .join(format!(".s.PGSQL.{}", cluster.port()));
+    let relay = Relay::start(socket, cluster.port()).await;
+    let client = common::connect(&relay.conninfo(&db)).await;
+    let mut applier = applier(client, &spec, &plans).await;
+
+    // A batch touching both mirrors: the barrier's snapshot, then BEGIN,
+    // the position, two recomputes and COMMIT in one flight.
+    let mut b = batch(&[1, 2, 3], &[4, 5], 0x200);
+    // A committed transaction: the barrier passes at its first look.
+    let xid: i64 = admin
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    b.xids = vec![xid as u32];
+    let before = relay.count();
+    let stats = applier.apply(&b).await.expect("batch");
+    assert_eq!(stats.rows_written, 5);
+    assert_eq!(relay.count() - before, 2, "round trips of one live batch");
+
+    // A chunk with an upper bound: BEGIN + bound, then recompute +
+    // checkpoint + COMMIT.
+    let before = relay.count();
+    let out = applier.backfill_chunk(0, None, 4).await.expect("chunk");
+    assert!(out.upper.is_some());
+    assert_eq!(
+        relay.count() - before,
+        2,
+        "round trips of one backfill chunk"
+    );
+
+    // The last chunk also counts the rows it covered.
+    let before = relay.count();
+    let out = applier
+        .backfill_chunk(0, out.upper.as_deref(), 100)
+        .await
+        .expect("last chunk");
+    assert_eq!((out.upper, out.rows), (None, 6));
+    assert_eq!(relay.count() - before, 3, "round trips of the last chunk");
+}
