@@ -65,6 +65,17 @@ impl Outcome {
     fn in_server_cpu_median(&self) -> f64 {
         median(self.in_server.iter().map(|s| s.cpu_backend_s))
     }
+
+    /// walshift's time over the in-server loop's within each repetition. The
+    /// two runs of a repetition are back to back, so a drift of the machine's
+    /// speed over minutes (other tenants of the host) cancels out of each.
+    fn paired_ratios(&self) -> Vec<f64> {
+        self.walshift
+            .iter()
+            .zip(&self.in_server)
+            .map(|(w, i)| w.total_s / i.total_s)
+            .collect()
+    }
 }
 
 /// Everything one bench run measured.
@@ -83,35 +94,49 @@ impl Figures {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         out.push_str(
-            "\n| scenario | rows | walshift s | in-server s | ratio | walshift rows/s |\n\
-             |---|---:|---:|---:|---:|---:|\n",
+            "\n| scenario | rows | walshift s | in-server s | ratio | walshift rows/s | paired ratio: median (min-max) |\n\
+             |---|---:|---:|---:|---:|---:|---|\n",
         );
         for o in &self.outcomes {
             let inner = o.in_server_median();
-            let mut line = |what: String, runs: &[RunSample]| {
+            let mut line = |what: String, runs: &[RunSample], paired: &[f64]| {
                 if runs.is_empty() {
                     return;
                 }
                 let w = median(runs.iter().map(|s| s.total_s));
+                let paired = if paired.is_empty() {
+                    String::new()
+                } else {
+                    let lo = paired.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = paired.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    format!("{:.2}x ({lo:.2}-{hi:.2})", median(paired.iter().copied()))
+                };
                 let _ = writeln!(
                     out,
-                    "| {what} | {} | {w:.2} | {inner:.2} | {:.2}x{} | {:.0} |",
+                    "| {what} | {} | {w:.2} | {inner:.2} | {:.2}x{} | {:.0} | {paired} |",
                     o.source_rows,
                     w / inner,
                     if w / inner > GOAL { " ✗" } else { " ✓" },
                     o.source_rows as f64 / w
                 );
             };
-            line(format!("{}, chunk {}", o.label(), o.chunk), &o.walshift);
+            line(
+                format!("{}, chunk {}", o.label(), o.chunk),
+                &o.walshift,
+                &o.paired_ratios(),
+            );
             line(
                 format!("{}, walshift adaptive (default [backfill])", o.label()),
                 &o.adaptive,
+                &[],
             );
         }
         let _ = writeln!(
             out,
             "\nMedians of {} run(s) each; ✓ = within {GOAL}x. walshift s counts from process start \
-             (setup included). Load average before/after: {} / {}. Total {:.0}s.\n\
+             (setup included). Paired ratio: walshift over the in-server loop within each repetition \
+             (back-to-back runs, so a drift of the machine's speed cancels). Load average \
+             before/after: {} / {}. Total {:.0}s.\n\
              CPU ratio: CPU seconds of walshift's apply backend, its walsender and the walshift \
              process over those of the in-server loop's backend (medians); steadier than wall \
              time when other processes share the cores.",
@@ -208,6 +233,8 @@ impl Figures {
                     "walshift_s": w,
                     "in_server_s": inner,
                     "ratio": w / inner,
+                    "paired_ratio": median(o.paired_ratios().into_iter()),
+                    "paired_ratios": o.paired_ratios(),
                     "walshift_rows_per_s": o.source_rows as f64 / w,
                     "within_goal": w / inner <= GOAL,
                     "walshift_setup_s": median(o.walshift.iter().map(|s| s.setup_s)),
