@@ -11,7 +11,7 @@ use walshift::cluster::Database;
 use walshift::mirror::applier::SESSION_SETTINGS;
 use walshift::spec::Spec;
 
-use crate::process::{cpu_seconds, scalar_f64};
+use crate::process::{cpu_seconds, runq_wait_seconds, scalar_f64};
 
 /// One run of the in-server loop.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +20,8 @@ pub struct InServerSample {
     pub chunks: i64,
     /// CPU seconds of the backend that ran the `DO` block.
     pub cpu_backend_s: f64,
+    /// Seconds that backend waited for a core.
+    pub runq_backend_s: f64,
 }
 
 /// Settings for both contenders. Durability is off (a benchmark of CPU and
@@ -213,6 +215,7 @@ pub async fn in_server(db: &Database, block: &str) -> InServerSample {
         .expect("backend pid")
         .get(0);
     let cpu_before = cpu_seconds(pid);
+    let runq_before = runq_wait_seconds(pid);
     let started = Instant::now();
     // Alone in its Query message, so the DO block is not inside an implicit
     // transaction block and may COMMIT.
@@ -222,6 +225,7 @@ pub async fn in_server(db: &Database, block: &str) -> InServerSample {
         .unwrap_or_else(|e| panic!("in-server loop failed: {e:?}\n{block}"));
     let total_s = started.elapsed().as_secs_f64();
     let cpu_backend_s = cpu_seconds(pid) - cpu_before;
+    let runq_backend_s = runq_wait_seconds(pid) - runq_before;
     let chunks = scalar_f64(
         &client,
         "SELECT current_setting('walshift_bench.chunks')::float8",
@@ -231,6 +235,7 @@ pub async fn in_server(db: &Database, block: &str) -> InServerSample {
         total_s,
         chunks,
         cpu_backend_s,
+        runq_backend_s,
     }
 }
 

@@ -60,6 +60,10 @@ pub struct RunSample {
     pub cpu_walshift_s: f64,
     /// Peak resident memory of the walshift process (VmHWM), MB.
     pub peak_rss_mb: f64,
+    /// Seconds the apply backend was runnable but waited for a core: apart
+    /// from its CPU time, the rest of its wall time is waiting for walshift
+    /// (round trips) or for locks.
+    pub runq_apply_backend_s: f64,
 }
 
 impl RunSample {
@@ -141,9 +145,13 @@ pub async fn run_walshift(
         tokio::time::sleep(POLL).await;
     }
     let total_s = started.elapsed().as_secs_f64();
-    let (cpu_apply_backend_s, cpu_walsender_s) = match pids {
-        Some((apply, sender)) => (cpu_seconds(apply), cpu_seconds(sender)),
-        None => (f64::NAN, f64::NAN),
+    let (cpu_apply_backend_s, cpu_walsender_s, runq_apply_backend_s) = match pids {
+        Some((apply, sender)) => (
+            cpu_seconds(apply),
+            cpu_seconds(sender),
+            runq_wait_seconds(apply),
+        ),
+        None => (f64::NAN, f64::NAN, f64::NAN),
     };
     let cpu_walshift_s = cpu_seconds(child.id() as i32);
     let peak_rss_mb = peak_rss_mb(child.id() as i32);
@@ -169,6 +177,7 @@ pub async fn run_walshift(
         cpu_walsender_s,
         cpu_walshift_s,
         peak_rss_mb,
+        runq_apply_backend_s,
     }
 }
 
@@ -256,6 +265,15 @@ pub fn cpu_seconds(pid: i32) -> f64 {
         (Some(u), Some(s)) if hz > 0 => (u + s) as f64 / hz as f64,
         _ => f64::NAN,
     }
+}
+
+/// Seconds a live process spent runnable but waiting for a core (the second
+/// field of `/proc/<pid>/schedstat`, nanoseconds; NaN when it is gone).
+pub fn runq_wait_seconds(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(f64::NAN, |ns| ns as f64 / 1e9)
 }
 
 /// Peak resident set size of a live process (`VmHWM` in `/proc/<pid>/status`), in MB (NaN when

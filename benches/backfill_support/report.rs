@@ -146,18 +146,24 @@ impl Figures {
             self.wall_s
         );
         out.push_str(
-            "\n| scenario | contender | runs s | setup s | backfill s (server) | backfill-only ratio | chunks | CPU s: apply backend / walsender / walshift | CPU ratio |\n\
-             |---|---|---|---:|---:|---:|---:|---|---:|\n",
+            "\n| scenario | contender | runs s | setup s | backfill s (server) | backfill-only ratio | chunks | CPU s: apply backend / walsender / walshift | CPU ratio | backend off-CPU s: run queue / other |\n\
+             |---|---|---|---:|---:|---:|---:|---|---:|---|\n",
         );
         for o in &self.outcomes {
             let inner = o.in_server_median();
             let _ = writeln!(
                 out,
-                "| {} | in-server DO | {} | | | | {} | backend {} | |",
+                "| {} | in-server DO | {} | | | | {} | backend {} | | {} / {} |",
                 o.scenario,
                 list(o.in_server.iter().map(|s| s.total_s)),
                 median(o.in_server.iter().map(|s| s.chunks as f64)),
                 list(o.in_server.iter().map(|s| s.cpu_backend_s)),
+                list(o.in_server.iter().map(|s| s.runq_backend_s)),
+                list(
+                    o.in_server
+                        .iter()
+                        .map(|s| s.total_s - s.cpu_backend_s - s.runq_backend_s)
+                ),
             );
             for (who, runs) in [
                 ("walshift", &o.walshift),
@@ -169,7 +175,7 @@ impl Figures {
                 let backfill = median(runs.iter().map(|s| s.backfill_s));
                 let _ = writeln!(
                     out,
-                    "| {} | {who} | {} | {:.2} | {backfill:.2} | {:.2}x | {} | {} / {} / {} | {:.2}x |",
+                    "| {} | {who} | {} | {:.2} | {backfill:.2} | {:.2}x | {} | {} / {} / {} | {:.2}x | {} / {} |",
                     o.scenario,
                     list(runs.iter().map(|s| s.total_s)),
                     median(runs.iter().map(|s| s.setup_s)),
@@ -179,6 +185,11 @@ impl Figures {
                     list(runs.iter().map(|s| s.cpu_walsender_s)),
                     list(runs.iter().map(|s| s.cpu_walshift_s)),
                     median(runs.iter().map(RunSample::cpu_total_s)) / o.in_server_cpu_median(),
+                    list(runs.iter().map(|s| s.runq_apply_backend_s)),
+                    list(
+                        runs.iter()
+                            .map(|s| s.backfill_s - s.cpu_apply_backend_s - s.runq_apply_backend_s)
+                    ),
                 );
             }
         }
@@ -214,6 +225,7 @@ impl Figures {
                 "cpu_apply_backend_s": finite(s.cpu_apply_backend_s),
                 "cpu_walsender_s": finite(s.cpu_walsender_s),
                 "cpu_walshift_s": finite(s.cpu_walshift_s),
+                "runq_apply_backend_s": finite(s.runq_apply_backend_s),
                 "peak_rss_mb": finite(s.peak_rss_mb),
             })
         };
@@ -269,6 +281,7 @@ impl Figures {
                         "in_server": o.in_server.iter().map(|s| json!({
                             "total_s": s.total_s, "chunks": s.chunks,
                             "cpu_backend_s": finite(s.cpu_backend_s),
+                            "runq_backend_s": finite(s.runq_backend_s),
                         })).collect::<Vec<_>>(),
                     },
                 })
