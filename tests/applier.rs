@@ -56,6 +56,23 @@ async fn plans(admin: &Client) -> (Spec, Vec<MirrorPlan>) {
     (spec, plan.mirrors)
 }
 
+/// A fresh database with the tables, walshift's state row and the two
+/// mirrors' checkpoint rows, as `run` leaves them before its first batch.
+async fn prepared() -> (walshift::cluster::Database, Client, Spec, Vec<MirrorPlan>) {
+    let db = common::fresh_db().await;
+    let admin = db.connect().await;
+    admin.batch_execute(SETUP).await.expect("setup");
+    let (spec, plans) = plans(&admin).await;
+    state::ensure_schema(&admin).await.expect("state schema");
+    state::register(&admin, &spec, None)
+        .await
+        .expect("state row");
+    state::backfill_rows(&admin, NAME, &[10, 10])
+        .await
+        .expect("checkpoint rows");
+    (db, admin, spec, plans)
+}
+
 async fn applier(client: Client, spec: &Spec, plans: &[MirrorPlan]) -> Applier {
     client
         .batch_execute(SESSION_SETTINGS)
@@ -100,30 +117,29 @@ async fn session_state(admin: &Client, pid: i32) -> String {
         .get(0)
 }
 
-async fn pid(c: &Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[])
+/// An applier on a new session of `db`, and that session's backend pid.
+async fn applier_on(
+    db: &walshift::cluster::Database,
+    spec: &Spec,
+    plans: &[MirrorPlan],
+) -> (Applier, i32) {
+    let client = db.connect().await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
         .await
         .expect("pid")
-        .get(0)
+        .get(0);
+    (applier(client, spec, plans).await, pid)
 }
 
 #[tokio::test]
 async fn a_failing_statement_in_a_batch_commits_nothing_and_leaves_the_session_idle() {
-    let db = common::fresh_db().await;
-    let admin = db.connect().await;
-    admin.batch_execute(SETUP).await.expect("setup");
-    let (spec, plans) = plans(&admin).await;
-    state::ensure_schema(&admin).await.expect("state schema");
-    state::register(&admin, &spec, None)
-        .await
-        .expect("state row");
+    let (db, admin, spec, plans) = prepared().await;
     admin
         .batch_execute("UPDATE ratio SET b = 0 WHERE id = 3")
         .await
         .unwrap();
-    let client = db.connect().await;
-    let applier_pid = pid(&client).await;
-    let mut applier = applier(client, &spec, &plans).await;
+    let (mut applier, applier_pid) = applier_on(&db, &spec, &plans).await;
 
     // Mirror 1's statement comes first in the flight and succeeds; mirror 2's
     // fails on id 3; the COMMIT after them must roll mirror 1's rows back.
@@ -192,24 +208,12 @@ async fn a_failing_statement_in_a_batch_commits_nothing_and_leaves_the_session_i
 
 #[tokio::test]
 async fn a_failing_chunk_keeps_its_checkpoint_and_the_retry_goes_on_from_it() {
-    let db = common::fresh_db().await;
-    let admin = db.connect().await;
-    admin.batch_execute(SETUP).await.expect("setup");
-    let (spec, plans) = plans(&admin).await;
-    state::ensure_schema(&admin).await.expect("state schema");
-    state::register(&admin, &spec, None)
-        .await
-        .expect("state row");
-    state::backfill_rows(&admin, NAME, &[10, 10])
-        .await
-        .expect("checkpoint rows");
+    let (db, admin, spec, plans) = prepared().await;
     admin
         .batch_execute("UPDATE ratio SET b = 0 WHERE id = 7")
         .await
         .unwrap();
-    let client = db.connect().await;
-    let applier_pid = pid(&client).await;
-    let mut applier = applier(client, &spec, &plans).await;
+    let (mut applier, applier_pid) = applier_on(&db, &spec, &plans).await;
     let checkpoint = || async {
         let row = admin
             .query_one(
@@ -353,17 +357,7 @@ impl Relay {
 
 #[tokio::test]
 async fn a_batch_costs_two_round_trips_and_a_chunk_two() {
-    let db = common::fresh_db().await;
-    let admin = db.connect().await;
-    admin.batch_execute(SETUP).await.expect("setup");
-    let (spec, plans) = plans(&admin).await;
-    state::ensure_schema(&admin).await.expect("state schema");
-    state::register(&admin, &spec, None)
-        .await
-        .expect("state row");
-    state::backfill_rows(&admin, NAME, &[10, 10])
-        .await
-        .expect("checkpoint rows");
+    let (db, admin, spec, plans) = prepared().await;
     let cluster = common::shared_cluster();
     let socket = cluster
         .socket_dir()
