@@ -329,7 +329,7 @@ impl Applier {
         steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
         steps.extend(key_steps(&self.mirrors, c, batch, &mut stats));
         steps.push(simple(c, "COMMIT"));
-        stats.add(flight::in_order(steps).await?);
+        stats.add(in_transaction(c, steps).await?);
         Ok(stats)
     }
 
@@ -340,7 +340,8 @@ impl Applier {
     pub async fn apply_in_transaction(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
         let mut stats = self.before_keys(batch).await?;
         let steps = key_steps(&self.mirrors, &self.client, batch, &mut stats);
-        stats.add(flight::in_order(steps).await?);
+        // The caller rolls its transaction back on an error.
+        stats.add(flight::in_order(steps).await.map_err(|f| f.error)?);
         Ok(stats)
     }
 
@@ -348,7 +349,7 @@ impl Applier {
     /// the transaction open on [`Applier::client`].
     pub async fn record_position(&self, batch: &Batch) -> Result<(), ApplyError> {
         let steps = position_steps(&self.client, self.origin, &self.spec_name, batch);
-        flight::in_order(steps).await.map(drop)
+        flight::in_order(steps).await.map(drop).map_err(|f| f.error)
     }
 
     /// I2: waits until every xid is visible to a new snapshot. Returns how
@@ -485,6 +486,8 @@ impl Applier {
             ..Default::default()
         };
         let bound_args = args.bind_typed(&bound.params);
+        // Its errors are handled with the count's below: any of them ends
+        // in ROLLBACK.
         let found = flight::in_order(vec![
             simple(c, "BEGIN"),
             Box::pin(async {
@@ -494,7 +497,8 @@ impl Applier {
         ])
         .await;
         let opened = async {
-            let upper: Option<Vec<String>> = found?
+            let upper: Option<Vec<String>> = found
+                .map_err(|f| f.error)?
                 .pop()
                 .and_then(|w| w.row)
                 .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
@@ -538,34 +542,37 @@ impl Applier {
         let apply_args = args.bind_typed(&apply.params);
         let mirror = plan.number as i32;
         let started = Instant::now();
-        let wrote = flight::in_order(vec![
-            match &plan.kind {
-                MirrorKind::Set(_) => Box::pin(async {
-                    let n = c.execute_typed(&apply.sql, &apply_args).await;
-                    Ok(Wrote::set(n.map_err(err)?))
+        let wrote = in_transaction(
+            c,
+            vec![
+                match &plan.kind {
+                    MirrorKind::Set(_) => Box::pin(async {
+                        let n = c.execute_typed(&apply.sql, &apply_args).await;
+                        Ok(Wrote::set(n.map_err(err)?))
+                    }),
+                    MirrorKind::Rows(_) => Box::pin(async {
+                        let row = c.query_typed_one(&apply.sql, &apply_args).await;
+                        Ok(Wrote::rows(&row.map_err(err)?))
+                    }),
+                },
+                Box::pin(async {
+                    let r = c
+                        .execute_typed(
+                            state::RECORD_CHUNK,
+                            &[
+                                (&self.spec_name, Type::TEXT),
+                                (&mirror, Type::INT4),
+                                (&upper, Type::TEXT_ARRAY),
+                                (&covered, Type::INT8),
+                            ],
+                        )
+                        .await;
+                    r.map_err(ApplyError::session)?;
+                    Ok(Wrote::default())
                 }),
-                MirrorKind::Rows(_) => Box::pin(async {
-                    let row = c.query_typed_one(&apply.sql, &apply_args).await;
-                    Ok(Wrote::rows(&row.map_err(err)?))
-                }),
-            },
-            Box::pin(async {
-                let r = c
-                    .execute_typed(
-                        state::RECORD_CHUNK,
-                        &[
-                            (&self.spec_name, Type::TEXT),
-                            (&mirror, Type::INT4),
-                            (&upper, Type::TEXT_ARRAY),
-                            (&covered, Type::INT8),
-                        ],
-                    )
-                    .await;
-                r.map_err(ApplyError::session)?;
-                Ok(Wrote::default())
-            }),
-            simple(c, "COMMIT"),
-        ])
+                simple(c, "COMMIT"),
+            ],
+        )
         .await?;
         let elapsed = started.elapsed();
         let written = wrote.iter().map(|w| w.written).sum();
@@ -631,6 +638,22 @@ impl ApplyStats {
         for w in wrote {
             self.rows_written += w.written;
             self.rows_deleted += w.deleted;
+        }
+    }
+}
+
+/// A flight that begins (or continues) a transaction on `c`. When it fails
+/// before all of it was sent, the transaction is still open, and it is
+/// rolled back here; otherwise the flight's own `COMMIT` (or the caller's
+/// `ROLLBACK`, for a flight without one) ends it.
+async fn in_transaction<'a>(c: &'a Client, steps: Vec<Step<'a>>) -> Result<Vec<Wrote>, ApplyError> {
+    match flight::in_order(steps).await {
+        Ok(wrote) => Ok(wrote),
+        Err(failed) => {
+            if failed.unsent > 0 {
+                let _ = c.batch_execute("ROLLBACK").await;
+            }
+            Err(failed.error)
         }
     }
 }

@@ -18,6 +18,12 @@
 //!   a trailing `COMMIT` rolls back. The first error in order is the cause
 //!   (a lost race, a bad row), so that is the one returned; an `Ok` means
 //!   every statement, the `COMMIT` included, succeeded.
+//! - A step can also fail on the client before it is sent (a value that does
+//!   not encode as its declared type). The server would not see that error,
+//!   so a `COMMIT` sent after it would commit the rest. A step that fails at
+//!   its first poll therefore ends the flight: the steps after it are never
+//!   sent, and [`Failed::unsent`] tells the caller its transaction is still
+//!   open and wants a `ROLLBACK`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,21 +32,44 @@ use std::task::Poll;
 /// One statement of a flight, as a future that sends it on its first poll.
 pub type Step<'a, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'a>>;
 
+/// Why a flight failed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Failed<E> {
+    /// The first error in order.
+    pub error: E,
+    /// Steps never sent, because one before them failed at its first poll.
+    /// Not zero: a transaction the flight began is still open.
+    pub unsent: usize,
+}
+
 /// Runs `steps` sent back to back; their outputs in order, or the first
-/// error in order (every step still runs to its answer, so the session is
-/// left with nothing unread).
-pub async fn in_order<T, E>(mut steps: Vec<Step<'_, T, E>>) -> Result<Vec<T>, E> {
+/// error in order. Every step that was sent runs to its answer, so the
+/// session is left with nothing unread.
+pub async fn in_order<T, E>(mut steps: Vec<Step<'_, T, E>>) -> Result<Vec<T>, Failed<E>> {
     let mut answers: Vec<Option<Result<T, E>>> = steps.iter().map(|_| None).collect();
+    // Steps past this one are not sent: the one before it failed on its
+    // first poll.
+    let mut send_until = steps.len();
+    let mut first_pass = true;
     std::future::poll_fn(|cx| {
         let mut waiting = false;
-        for (step, answer) in steps.iter_mut().zip(answers.iter_mut()) {
+        for (i, (step, answer)) in steps.iter_mut().zip(answers.iter_mut()).enumerate() {
+            if i >= send_until {
+                break;
+            }
             if answer.is_none() {
                 match step.as_mut().poll(cx) {
-                    Poll::Ready(r) => *answer = Some(r),
+                    Poll::Ready(r) => {
+                        if first_pass && r.is_err() {
+                            send_until = i + 1;
+                        }
+                        *answer = Some(r);
+                    }
                     Poll::Pending => waiting = true,
                 }
             }
         }
+        first_pass = false;
         if waiting {
             Poll::Pending
         } else {
@@ -48,7 +77,12 @@ pub async fn in_order<T, E>(mut steps: Vec<Step<'_, T, E>>) -> Result<Vec<T>, E>
         }
     })
     .await;
-    answers.into_iter().flatten().collect()
+    let unsent = steps.len() - send_until;
+    answers
+        .into_iter()
+        .flatten()
+        .collect::<Result<Vec<T>, E>>()
+        .map_err(|error| Failed { error, unsent })
 }
 
 #[cfg(test)]
@@ -99,15 +133,47 @@ mod tests {
         let out = in_order(vec![
             step(log.clone(), "a", 0, Ok(1)),
             step(log.clone(), "b", 3, Err("b failed")),
-            step(log.clone(), "c", 0, Err("c failed")),
+            step(log.clone(), "c", 1, Err("c failed")),
             step(log.clone(), "d", 1, Ok(4)),
         ])
         .await;
-        assert_eq!(out, Err("b failed"));
+        assert_eq!(
+            out,
+            Err(Failed {
+                error: "b failed",
+                unsent: 0
+            })
+        );
         let log = log.lock().unwrap();
         for name in ["a", "b", "c", "d"] {
             assert!(log.contains(&format!("answer {name}")), "{log:?}");
         }
+    }
+
+    /// Guards against a partial commit: a step that fails before it is sent
+    /// (an encoding error) is an error the server never sees, so a COMMIT
+    /// sent after it would commit the steps before it.
+    #[tokio::test]
+    async fn a_step_failing_at_its_first_poll_keeps_the_rest_unsent() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let out = in_order(vec![
+            step(log.clone(), "begin", 1, Ok(0)),
+            step(log.clone(), "a", 2, Ok(1)),
+            step(log.clone(), "b", 0, Err("b cannot be encoded")),
+            step(log.clone(), "commit", 0, Ok(3)),
+        ])
+        .await;
+        assert_eq!(
+            out,
+            Err(Failed {
+                error: "b cannot be encoded",
+                unsent: 1
+            })
+        );
+        let log = log.lock().unwrap();
+        assert!(!log.contains(&"send commit".to_string()), "{log:?}");
+        // What was sent before it still gets its answer read.
+        assert!(log.contains(&"answer a".to_string()), "{log:?}");
     }
 
     #[tokio::test]
