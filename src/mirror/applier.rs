@@ -393,53 +393,15 @@ impl Applier {
     /// Recomputes mirror `i` over its whole key range, chunk by chunk.
     async fn full_pass(&mut self, i: usize) -> Result<(u64, u64), ApplyError> {
         let m = &self.mirrors[i];
-        let label = m.label.clone();
-        let plan = m.plan.clone();
-        let err = |e| mirror_err(&label, e);
+        let c = &self.client;
         let mut lower: Option<Vec<String>> = None;
         let (mut written, mut deleted) = (0u64, 0u64);
         loop {
-            let bound = sql::chunk_upper_bound(&plan.source, &plan.key, lower.is_some());
-            let args = Args {
-                lower: lower.as_deref(),
-                count: self.opts.full_pass_chunk_rows,
-                ..Default::default()
-            };
-            let upper: Option<Vec<String>> = self
-                .client
-                .query_typed_opt(&bound.sql, &args.bind_typed(&bound.params))
-                .await
-                .map_err(err)?
-                .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
-            let scope = Scope::Range {
-                lower: lower.is_some(),
-                upper: upper.is_some(),
-            };
-            let args = Args {
-                lower: lower.as_deref(),
-                upper: upper.as_deref(),
-                ..Default::default()
-            };
-            match &plan.kind {
-                MirrorKind::Set(p) => {
-                    let s = sql::set_apply(p, scope);
-                    written += self
-                        .client
-                        .execute_typed(&s.sql, &args.bind_typed(&s.params))
-                        .await
-                        .map_err(err)?;
-                }
-                MirrorKind::Rows(p) => {
-                    let s = sql::rows_apply(p, scope);
-                    let row = self
-                        .client
-                        .query_typed_one(&s.sql, &args.bind_typed(&s.params))
-                        .await
-                        .map_err(err)?;
-                    deleted += row.get::<_, i64>(0) as u64;
-                    written += row.get::<_, i64>(1) as u64;
-                }
-            }
+            let found = bound_step(c, m, lower.as_deref(), self.opts.full_pass_chunk_rows);
+            let upper = found.await?.upper_key(&m.plan);
+            let w = range_step(c, m, lower.as_deref(), upper.as_deref()).await?;
+            written += w.written;
+            deleted += w.deleted;
             match upper {
                 Some(u) => lower = Some(u),
                 None => return Ok((written, deleted)),
@@ -475,40 +437,27 @@ impl Applier {
         rows: i64,
     ) -> Result<ChunkOutcome, ApplyError> {
         let m = &self.mirrors[i];
-        let (label, plan) = (&m.label, &m.plan);
+        let plan = &m.plan;
         let c = &self.client;
-        let err = |e| mirror_err(label, e);
-        // Flight 1: BEGIN and the chunk's upper bound.
-        let bound = sql::chunk_upper_bound(&plan.source, &plan.key, lower.is_some());
-        let args = Args {
-            lower,
-            count: rows.max(1),
-            ..Default::default()
-        };
-        let bound_args = args.bind_typed(&bound.params);
-        // Its errors are handled with the count's below: any of them ends
-        // in ROLLBACK.
-        let found = flight::in_order(vec![
-            simple(c, "BEGIN"),
-            Box::pin(async {
-                let row = c.query_typed_opt(&bound.sql, &bound_args).await;
-                Ok(Wrote::row(row.map_err(err)?))
-            }),
-        ])
-        .await;
+        // Flight 1: BEGIN and the chunk's upper bound. Its errors are
+        // handled with the count's below: any of them ends in ROLLBACK.
+        let found = flight::in_order(vec![simple(c, "BEGIN"), bound_step(c, m, lower, rows)]).await;
         let opened = async {
-            let upper: Option<Vec<String>> = found
+            let upper = found
                 .map_err(|f| f.error)?
                 .pop()
-                .and_then(|w| w.row)
-                .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect());
+                .and_then(|bound| bound.upper_key(plan));
             let covered = match upper {
                 Some(_) => rows.max(1),
                 None => {
                     let count = sql::range_count(&plan.source, &plan.key, lower.is_some());
+                    let args = Args {
+                        lower,
+                        ..Default::default()
+                    };
                     c.query_typed_one(&count.sql, &args.bind_typed(&count.params))
                         .await
-                        .map_err(err)?
+                        .map_err(|e| mirror_err(&m.label, e))?
                         .get::<_, i64>(0)
                 }
             };
@@ -526,35 +475,12 @@ impl Applier {
         };
         // Flight 2: the recompute, the checkpoint (I6) and COMMIT. An error
         // anywhere leaves the COMMIT to roll back.
-        let scope = Scope::Range {
-            lower: lower.is_some(),
-            upper: upper.is_some(),
-        };
-        let args = Args {
-            lower,
-            upper: upper.as_deref(),
-            ..Default::default()
-        };
-        let apply = match &plan.kind {
-            MirrorKind::Set(p) => sql::set_apply(p, scope),
-            MirrorKind::Rows(p) => sql::rows_apply(p, scope),
-        };
-        let apply_args = args.bind_typed(&apply.params);
         let mirror = plan.number as i32;
         let started = Instant::now();
         let wrote = in_transaction(
             c,
             vec![
-                match &plan.kind {
-                    MirrorKind::Set(_) => Box::pin(async {
-                        let n = c.execute_typed(&apply.sql, &apply_args).await;
-                        Ok(Wrote::set(n.map_err(err)?))
-                    }),
-                    MirrorKind::Rows(_) => Box::pin(async {
-                        let row = c.query_typed_one(&apply.sql, &apply_args).await;
-                        Ok(Wrote::rows(&row.map_err(err)?))
-                    }),
-                },
+                range_step(c, m, lower, upper.as_deref()),
                 Box::pin(async {
                     let r = c
                         .execute_typed(
@@ -631,6 +557,13 @@ impl Wrote {
             ..Default::default()
         }
     }
+
+    /// The key columns (as text) of a [`bound_step`]'s row: the chunk's
+    /// upper bound, or `None` when fewer rows were left (the last chunk).
+    fn upper_key(self, plan: &MirrorPlan) -> Option<Vec<String>> {
+        self.row
+            .map(|r| (0..plan.key.len()).map(|c| r.get::<_, String>(c)).collect())
+    }
 }
 
 impl ApplyStats {
@@ -640,6 +573,63 @@ impl ApplyStats {
             self.rows_deleted += w.deleted;
         }
     }
+}
+
+/// The bound of the next chunk of `m`'s key range: the key `rows` rows past
+/// `lower` (from the start when `None`), read into [`Wrote::row`].
+fn bound_step<'a>(
+    c: &'a Client,
+    m: &'a PreparedMirror,
+    lower: Option<&'a [String]>,
+    rows: i64,
+) -> Step<'a> {
+    Box::pin(async move {
+        let plan = &m.plan;
+        let bound = sql::chunk_upper_bound(&plan.source, &plan.key, lower.is_some());
+        let args = Args {
+            lower,
+            count: rows.max(1),
+            ..Default::default()
+        };
+        let row = c
+            .query_typed_opt(&bound.sql, &args.bind_typed(&bound.params))
+            .await;
+        Ok(Wrote::row(row.map_err(|e| mirror_err(&m.label, e))?))
+    })
+}
+
+/// The recompute of `m` over the keys in `(lower, upper]` (open where
+/// `None`), for a backfill chunk or a whole-mirror pass.
+fn range_step<'a>(
+    c: &'a Client,
+    m: &'a PreparedMirror,
+    lower: Option<&'a [String]>,
+    upper: Option<&'a [String]>,
+) -> Step<'a> {
+    Box::pin(async move {
+        let scope = Scope::Range {
+            lower: lower.is_some(),
+            upper: upper.is_some(),
+        };
+        let args = Args {
+            lower,
+            upper,
+            ..Default::default()
+        };
+        let err = |e| mirror_err(&m.label, e);
+        match &m.plan.kind {
+            MirrorKind::Set(p) => {
+                let s = sql::set_apply(p, scope);
+                let n = c.execute_typed(&s.sql, &args.bind_typed(&s.params)).await;
+                Ok(Wrote::set(n.map_err(err)?))
+            }
+            MirrorKind::Rows(p) => {
+                let s = sql::rows_apply(p, scope);
+                let row = c.query_typed_one(&s.sql, &args.bind_typed(&s.params)).await;
+                Ok(Wrote::rows(&row.map_err(err)?))
+            }
+        }
+    })
 }
 
 /// A flight that begins (or continues) a transaction on `c`. When it fails
