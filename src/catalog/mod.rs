@@ -35,7 +35,7 @@ mod relation;
 mod render;
 mod rows;
 mod server;
-pub use server::OTHER_ORIGINS;
+pub use server::{ORIGIN_OPTION_SINCE, OTHER_ORIGINS};
 mod session;
 mod set;
 mod source;

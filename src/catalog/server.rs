@@ -279,6 +279,10 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
     }))
 }
 
+/// The first server version whose pgoutput takes the `origin` option.
+/// Shared with `run`'s origin guard (src/run/origins.rs).
+pub const ORIGIN_OPTION_SINCE: u32 = 160000;
+
 /// Replication origins other than `$1`, by name (a text array). Shared with
 /// `run`'s origin guard (src/run/origins.rs).
 pub const OTHER_ORIGINS: &str = "SELECT coalesce(array_agg(roname::text ORDER BY roname), '{}') \
@@ -289,7 +293,7 @@ pub const OTHER_ORIGINS: &str = "SELECT coalesce(array_agg(roname::text ORDER BY
 async fn origin_filter_note(ctx: &mut Ctx<'_>, spec: &Spec, version_num: u32) -> Result<(), Error> {
     // Before 16 there is no choice to report: walshift drops its own
     // writes as they arrive (src/replication/echo.rs).
-    if version_num < 160000 {
+    if version_num < ORIGIN_OPTION_SINCE {
         return Ok(());
     }
     let rows = match ctx

@@ -50,9 +50,6 @@ fn poll_interval() -> Duration {
         .map_or(POLL, Duration::from_millis)
 }
 
-/// The first server version whose pgoutput takes the `origin` option.
-pub const MIN_SERVER_VERSION: u32 = 160000;
-
 /// Replication origins other than `own`, by name.
 pub async fn others(client: &Client, own: &str) -> Result<Vec<String>, tokio_postgres::Error> {
     let row = client
@@ -78,7 +75,7 @@ pub async fn choose(
     server_version: u32,
     has_own_origin: bool,
 ) -> Result<Choice, tokio_postgres::Error> {
-    if server_version < MIN_SERVER_VERSION || !has_own_origin {
+    if server_version < crate::catalog::ORIGIN_OPTION_SINCE || !has_own_origin {
         return Ok(Choice::Any { others: Vec::new() });
     }
     let others = others(client, own).await?;
