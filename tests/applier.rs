@@ -117,29 +117,27 @@ async fn session_state(admin: &Client, pid: i32) -> String {
         .get(0)
 }
 
-/// An applier on a new session of `db`, and that session's backend pid.
-async fn applier_on(
-    db: &walshift::cluster::Database,
-    spec: &Spec,
-    plans: &[MirrorPlan],
-) -> (Applier, i32) {
+/// [`prepared`] with `ratio.b = 0` at `zero_id` (so mirror 2's recompute
+/// divides by zero there), and an applier on a new session: the admin
+/// session, the applier, and the applier session's backend pid.
+async fn failing_at(zero_id: i64) -> (Client, Applier, i32) {
+    let (db, admin, spec, plans) = prepared().await;
+    admin
+        .execute("UPDATE ratio SET b = 0 WHERE id = $1", &[&zero_id])
+        .await
+        .unwrap();
     let client = db.connect().await;
     let pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
         .await
         .expect("pid")
         .get(0);
-    (applier(client, spec, plans).await, pid)
+    (admin, applier(client, &spec, &plans).await, pid)
 }
 
 #[tokio::test]
 async fn a_failing_statement_in_a_batch_commits_nothing_and_leaves_the_session_idle() {
-    let (db, admin, spec, plans) = prepared().await;
-    admin
-        .batch_execute("UPDATE ratio SET b = 0 WHERE id = 3")
-        .await
-        .unwrap();
-    let (mut applier, applier_pid) = applier_on(&db, &spec, &plans).await;
+    let (admin, mut applier, applier_pid) = failing_at(3).await;
 
     // Mirror 1's statement comes first in the flight and succeeds; mirror 2's
     // fails on id 3; the COMMIT after them must roll mirror 1's rows back.
@@ -208,12 +206,7 @@ async fn a_failing_statement_in_a_batch_commits_nothing_and_leaves_the_session_i
 
 #[tokio::test]
 async fn a_failing_chunk_keeps_its_checkpoint_and_the_retry_goes_on_from_it() {
-    let (db, admin, spec, plans) = prepared().await;
-    admin
-        .batch_execute("UPDATE ratio SET b = 0 WHERE id = 7")
-        .await
-        .unwrap();
-    let (mut applier, applier_pid) = applier_on(&db, &spec, &plans).await;
+    let (admin, mut applier, applier_pid) = failing_at(7).await;
     let checkpoint = || async {
         let row = admin
             .query_one(
