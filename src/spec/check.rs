@@ -582,26 +582,19 @@ impl Checker<'_> {
         ok.then_some(columns)
     }
 
-    /// SQL text that is embedded in a larger statement: non-empty, and no
-    /// trailing `;` (which would end the statement early).
-    /// SQL run as written (any number of statements): only emptiness and
-    /// NUL characters are problems.
+    /// SQL run as written (any number of statements): only emptiness (nothing
+    /// but `;` and blanks) and NUL characters are problems.
     fn script(&mut self, label: &str, field: &str, raw: &Spanned<String>) -> Option<String> {
         let text = raw.get_ref().trim();
-        if text.trim_end_matches(';').trim().is_empty() {
+        if text.chars().all(|c| c == ';' || c.is_whitespace()) {
             self.at(raw.span(), format!("{label}: {field} is empty"));
             return None;
         }
-        if text.contains('\0') {
-            self.at(
-                raw.span(),
-                format!("{label}: {field} contains a NUL character"),
-            );
-            return None;
-        }
-        Some(text.to_string())
+        self.no_nul(label, field, raw, text)
     }
 
+    /// SQL text that is embedded in a larger statement: non-empty, and no
+    /// trailing `;` (which would end the statement early).
     fn sql(&mut self, label: &str, field: &str, raw: &Spanned<String>) -> Option<String> {
         let text = raw.get_ref().trim();
         if text.is_empty() {
@@ -615,6 +608,18 @@ impl Checker<'_> {
             );
             return None;
         }
+        self.no_nul(label, field, raw, text)
+    }
+
+    /// `text` (trimmed from `raw`) unless it holds a NUL character, which no
+    /// PostgreSQL statement can carry.
+    fn no_nul(
+        &mut self,
+        label: &str,
+        field: &str,
+        raw: &Spanned<String>,
+        text: &str,
+    ) -> Option<String> {
         if text.contains('\0') {
             self.at(
                 raw.span(),

@@ -359,6 +359,36 @@ fn embedded_sql_must_be_a_fragment() {
 }
 
 #[test]
+fn sql_text_with_a_nul_character() {
+    // Neither an embedded fragment nor a script can reach PostgreSQL with a
+    // NUL in it (the protocol's strings end at NUL): refused at parse time.
+    assert_problem(
+        &MINIMAL.replace("ELSE 'disabled'", "ELSE 'dis\\u0000abled'"),
+        "spec.toml:6:18: mirror #1 (users): set.status contains a NUL character",
+    );
+    let cutover = |sql: &str| format!("{MINIMAL}\n[cutover]\nsql = \"{sql}\"\n");
+    assert_problem(
+        &cutover("SELECT 1;\\u0000"),
+        "spec.toml:9:7: cutover: sql contains a NUL character",
+    );
+}
+
+#[test]
+fn cutover_sql_is_a_script() {
+    // Run as written: several statements and a trailing ';' are fine, but a
+    // script of nothing but semicolons is empty.
+    let cutover = |sql: &str| format!("{MINIMAL}\n[cutover]\nsql = \"{sql}\"\n");
+    let spec = parse(&cutover(
+        "ALTER TABLE users DROP COLUMN is_active; SELECT 1;",
+    ));
+    assert_eq!(
+        spec.cutover.sql.as_deref(),
+        Some("ALTER TABLE users DROP COLUMN is_active; SELECT 1;")
+    );
+    assert_problem(&cutover(" ; ;"), "spec.toml:9:7: cutover: sql is empty");
+}
+
+#[test]
 fn durations_and_sizes() {
     let with = |body: &str| format!("{MINIMAL}\n[backfill]\n{body}\n");
     assert_problem(
