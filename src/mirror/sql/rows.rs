@@ -199,6 +199,24 @@ pub fn rows_apply(plan: &RowsPlan, scope: Scope) -> Statement {
 const COUNTS: &str =
     "SELECT (SELECT count(*) FROM deleted) AS deleted, (SELECT count(*) FROM written) AS written";
 
+/// The select's owner columns (`m.<alias>::text`, as a row) and the source
+/// key (`src.<key>::text`, as a row), compared as text: a row belongs to the
+/// source row whose key its owner columns hold. `desired` keeps the rows
+/// where they are equal; the verify query reports those where they are not.
+pub(super) fn owners_and_keys(plan: &RowsPlan) -> (String, String) {
+    let owners: Vec<String> = plan
+        .owner
+        .iter()
+        .map(|o| format!("m.{}::text", plan.column_alias(&o.name)))
+        .collect();
+    let keys: Vec<String> = plan
+        .key
+        .iter()
+        .map(|k| format!("{}::text", col("src", &k.name)))
+        .collect();
+    (row(&owners), row(&keys))
+}
+
 /// `d.c1, d.c2, ...`.
 fn d_columns(plan: &RowsPlan) -> String {
     let ds: Vec<String> = (1..=plan.columns.len())
@@ -222,17 +240,8 @@ fn desired(plan: &RowsPlan, placed: &Placed, numbered: bool) -> String {
         ));
     }
     let mut conditions = placed.conditions("src", &plan.key);
-    let owners: Vec<String> = plan
-        .owner
-        .iter()
-        .map(|o| format!("m.{}::text", plan.column_alias(&o.name)))
-        .collect();
-    let keys: Vec<String> = plan
-        .key
-        .iter()
-        .map(|k| format!("{}::text", col("src", &k.name)))
-        .collect();
-    conditions.push(format!("{} = {}", row(&owners), row(&keys)));
+    let (owners, keys) = owners_and_keys(plan);
+    conditions.push(format!("{owners} = {keys}"));
     format!(
         "{select}\n{}\n  WHERE {}",
         source_lateral(plan),

@@ -3,9 +3,9 @@
 //! snapshot, so a key listed here differed at one instant (possibly only
 //! because its change was not applied yet: the caller re-checks after lag).
 
-use super::rows::{same_copy, source_lateral};
+use super::rows::{owners_and_keys, same_copy, source_lateral};
 use super::{
-    Param, RowsPlan, Scope, SetPlan, Statement, col, key_list, key_texts, place, row, set_differs,
+    Param, RowsPlan, Scope, SetPlan, Statement, col, key_list, key_texts, place, set_differs,
 };
 
 /// What a verification query returns.
@@ -180,16 +180,7 @@ pub fn rows_owner_mismatch(plan: &RowsPlan, scope: Scope) -> Statement {
     debug_assert_eq!(plan.check(), Ok(()));
     let mut params = Vec::new();
     let placed = place(scope, plan.key.len(), &mut params);
-    let owners: Vec<String> = plan
-        .owner
-        .iter()
-        .map(|o| format!("m.{}::text", plan.column_alias(&o.name)))
-        .collect();
-    let keys: Vec<String> = plan
-        .key
-        .iter()
-        .map(|k| format!("{}::text", col("src", &k.name)))
-        .collect();
+    let (owners, keys) = owners_and_keys(plan);
     let cs: Vec<String> = (1..=plan.columns.len()).map(|i| format!("c{i}")).collect();
     let mut conditions = placed.conditions("src", &plan.key);
     // IS DISTINCT FROM: an owner column left NULL is a mismatch too.
@@ -197,8 +188,8 @@ pub fn rows_owner_mismatch(plan: &RowsPlan, scope: Scope) -> Statement {
         "EXISTS (\n    SELECT FROM (\n{}\n    ) AS m({})\n    WHERE {} IS DISTINCT FROM {})",
         plan.select,
         cs.join(", "),
-        row(&owners),
-        row(&keys)
+        owners,
+        keys
     ));
     params.push(Param::Limit);
     let sql = format!(
