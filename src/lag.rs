@@ -22,6 +22,24 @@ pub fn content(name: &str, seq: u64) -> String {
     format!("{name}:{seq}")
 }
 
+/// Emits a non-transactional logical message (`pg_logical_emit_message`
+/// with `transactional = false`): it enters the WAL at once, even inside an
+/// open transaction, and the stream delivers it in WAL order. Watermarks and
+/// cut-over markers are such messages.
+pub async fn emit_message(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+    content: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_logical_emit_message(false, $1, $2)",
+            &[&prefix, &content],
+        )
+        .await
+        .map(drop)
+}
+
 /// The sequence number of a watermark of spec `name`, if `content` is one.
 /// Other specs' watermarks pass through every slot of the database too.
 pub fn parse(name: &str, prefix: &str, content: &[u8]) -> Option<u64> {
