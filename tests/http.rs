@@ -328,15 +328,7 @@ async fn metrics_are_documented_and_move_with_writes() {
         assert!(after.0.contains(&sample), "{sample} missing");
         assert_eq!(after.value(&sample), 0.0, "{sample}");
     }
-    let wrong: i64 = c
-        .query_one(
-            "SELECT count(*) FROM users WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(wrong, 0);
+    assert_eq!(common::wrong_status(&c).await, 0);
 }
 
 /// Guards `/healthz`: 200 while the stream is connected; 503 while the

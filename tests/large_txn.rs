@@ -5,11 +5,6 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::AsyncReadExt;
-
 const SPEC: &str = r#"name = "large-txn"
 
 [[mirror]]
@@ -25,16 +20,6 @@ SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
 FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
 """
 "#;
-
-async fn caught_up(client: &tokio_postgres::Client, slot: &str) {
-    let took = walshift::verify::wait_caught_up(client, slot, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(
-        took.is_some(),
-        "walshift did not confirm past the sync message within 60 s"
-    );
-}
 
 /// Guards "large transactions keep memory bounded" (issue 3): a 20k-key
 /// transaction against a 100-key bound must overflow into a whole-mirror
@@ -56,32 +41,8 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.toml");
     std::fs::write(&spec, SPEC).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
-        .args([
-            "run",
-            spec.to_str().unwrap(),
-            "--db",
-            &db.conninfo(),
-            "--max-txn-keys",
-            "100",
-            "--listen",
-            "off",
-        ])
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    common::wait_for("the backfill to finish", Duration::from_secs(60), || async {
-        client
-            .query_one(
-                "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = 'large-txn'",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-    })
-    .await;
+    let child = common::spawn_run(&spec, &db.conninfo(), &["--max-txn-keys", "100"]);
+    common::wait_backfill_done(&client, "large-txn").await;
 
     // One transaction: 20k new users, every order rewritten, 500 deleted.
     client
@@ -94,29 +55,14 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         )
         .await
         .unwrap();
-    caught_up(&client, "walshift_large_txn").await;
+    common::wait_caught_up(&client, "walshift_large_txn").await;
 
-    let wrong_status: i64 = client
-        .query_one(
-            "SELECT count(*) FROM users WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(wrong_status, 0);
-    let diff: i64 = client
-        .query_one(
-            "WITH want AS (SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-                           FROM orders src, jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n))
-             SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM order_items) a)
-                  + (SELECT count(*) FROM (SELECT * FROM order_items EXCEPT ALL SELECT * FROM want) b)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(diff, 0, "order_items differs from the mapping");
+    assert_eq!(common::wrong_status(&client).await, 0);
+    assert_eq!(
+        common::order_items_diff(&client).await,
+        0,
+        "order_items differs from the mapping"
+    );
     let items: i64 = client
         .query_one("SELECT count(*) FROM order_items", &[])
         .await
@@ -124,20 +70,7 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         .get(0);
     assert_eq!(items, 2500 * 2);
 
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
-    assert!(status.success(), "{stderr}");
+    let stderr = common::stop_run(child).await;
     assert!(
         stderr.contains("recomputed whole mirrors"),
         "the overflow path must have run:\n{stderr}"

@@ -6,11 +6,6 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::AsyncReadExt;
-
 const SPEC: &str = r#"name = "least-priv"
 
 [[mirror]]
@@ -73,24 +68,8 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         "{out}"
     );
 
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
-        .args(["run", spec.to_str().unwrap(), "--db", &conninfo])
-        .args(["--listen", "off"])
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    common::wait_for("the backfill to finish", Duration::from_secs(60), || async {
-        admin
-            .query_one(
-                "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = 'least-priv'",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-    })
-    .await;
+    let child = common::spawn_run(&spec, &conninfo, &[]);
+    common::wait_backfill_done(&admin, "least-priv").await;
     admin
         .batch_execute(
             "UPDATE users SET is_active = NOT is_active WHERE id % 7 = 0;
@@ -101,32 +80,9 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         )
         .await
         .unwrap();
-    let took =
-        walshift::verify::wait_caught_up(&admin, "walshift_least_priv", Duration::from_secs(60))
-            .await
-            .unwrap();
-    assert!(took.is_some(), "walshift did not catch up within 60 s");
-    let wrong: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM users WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(wrong, 0);
-    let diff: i64 = admin
-        .query_one(
-            "WITH want AS (SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-                           FROM orders src, jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n))
-             SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM order_items) a)
-                  + (SELECT count(*) FROM (SELECT * FROM order_items EXCEPT ALL SELECT * FROM want) b)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(diff, 0);
+    common::wait_caught_up(&admin, "walshift_least_priv").await;
+    assert_eq!(common::wrong_status(&admin).await, 0);
+    assert_eq!(common::order_items_diff(&admin).await, 0);
     let origins: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_replication_origin WHERE roname = 'walshift_least_priv'",
@@ -137,20 +93,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         .get(0);
     assert_eq!(origins, 0, "the role could not create an origin");
 
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
-    assert!(status.success(), "{stderr}");
+    let stderr = common::stop_run(child).await;
     assert!(
         stderr.contains("replication origin functions are not permitted"),
         "run says it works without its origin:\n{stderr}"

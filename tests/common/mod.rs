@@ -1,6 +1,6 @@
 //! Shared helpers for integration tests: one throwaway PostgreSQL per test process
-//! (`walshift::cluster`), a fresh database per test, and waiting on conditions instead of
-//! sleeping.
+//! (`walshift::cluster`), a fresh database per test, waiting on conditions instead of
+//! sleeping, and the checks and waits several tests make around a `walshift run`.
 //!
 //! Each test binary compiles this module on its own and uses a different subset of it.
 #![allow(dead_code)]
@@ -8,7 +8,11 @@
 pub mod cli;
 
 use std::future::Future;
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
 
 pub use walshift::cluster::{Cluster, Database};
 
@@ -71,4 +75,102 @@ where
         async move { fut.await.then_some(()) }
     })
     .await
+}
+
+/// Counts the `users` rows whose `status` is not the set mapping of `is_active`
+/// (`CASE WHEN is_active THEN 'active' ELSE 'disabled' END`): 0 once walshift has mirrored them.
+pub async fn wrong_status(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM users WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The contract's `SELECT bool_and(done) FROM walshift.backfill WHERE name = ...`: whether every
+/// mirror of spec `name` has finished its backfill; false while there is no row (or no table) yet.
+pub async fn backfill_done(client: &tokio_postgres::Client, name: &str) -> bool {
+    client
+        .query_one(
+            "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(false)
+}
+
+/// Polls [`backfill_done`] for spec `name`; panics if the backfill has not finished within 60 s.
+pub async fn wait_backfill_done(client: &tokio_postgres::Client, name: &str) {
+    wait_for("the backfill to finish", Duration::from_secs(60), || {
+        backfill_done(client, name)
+    })
+    .await
+}
+
+/// Waits until walshift confirms past a sync message emitted now on `slot`
+/// (`walshift::verify::wait_caught_up`); panics if it has not within 60 s.
+pub async fn wait_caught_up(client: &tokio_postgres::Client, slot: &str) {
+    let took = walshift::verify::wait_caught_up(client, slot, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        took.is_some(),
+        "walshift did not confirm past the sync message within 60 s"
+    );
+}
+
+/// `walshift run SPEC --db CONNINFO --listen off` plus `extra` as a child process: stderr piped,
+/// killed on drop. End it with [`stop_run`].
+pub fn spawn_run(spec: &Path, conninfo: &str, extra: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
+        .arg("run")
+        .arg(spec)
+        .args(["--db", conninfo, "--listen", "off"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a [`spawn_run`] child: SIGTERM, then it must exit with success within 20 s (its stderr
+/// in the failure message otherwise). Returns everything it wrote to stderr.
+pub async fn stop_run(mut child: tokio::process::Child) -> String {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    stderr
+}
+
+/// How many rows `order_items` and the rows mapping of `orders.items` (one
+/// `(order_id, line_no, sku)` row per JSON line item) differ by, compared as multisets in both
+/// directions: 0 when the target is exactly the mapping.
+pub async fn order_items_diff(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "WITH want AS (SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
+                           FROM orders src, jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n))
+             SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM order_items) a)
+                  + (SELECT count(*) FROM (SELECT * FROM order_items EXCEPT ALL SELECT * FROM want) b)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
