@@ -16,14 +16,17 @@ pub mod fixtures;
 pub mod throttle;
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::common::{Cluster, Database};
+use crate::common::{Database, backfill_done};
 use crate::mirror_support::compare::{RowsMirror, SetMirror};
 use crate::mirror_support::{SpecFile, Walshift, poll, wait_active};
+
+// Dedicated clusters (reconfigured, or with a standby or slots of their own), databases on them
+// and counts: the same as the mirror scenarios'.
+pub use crate::mirror_support::{count, dedicated_cluster, fresh_db_on};
 
 /// How long a whole backfill may take in these scenarios (debug build, small tables).
 pub const BACKFILL_WITHIN: Duration = Duration::from_secs(60);
@@ -84,7 +87,7 @@ impl Scenario {
             Some(ws),
             &format!("the backfill of {name} to be done"),
             BACKFILL_WITHIN,
-            || async move { all_done(sql, name).await },
+            || async move { backfill_done(sql, name).await },
         )
         .await;
         let cps = self.checkpoints().await;
@@ -131,14 +134,6 @@ impl Scenario {
     }
 }
 
-pub async fn count(client: &Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .get(0)
-}
-
 /// One row of `walshift.backfill`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -168,19 +163,6 @@ pub async fn checkpoints(client: &Client, name: &str) -> Result<Vec<Checkpoint>,
             chunks: r.get(4),
         })
         .collect())
-}
-
-/// The contract's `SELECT bool_and(done) FROM walshift.backfill WHERE name = ...`; false while
-/// there is no row (or no table) yet.
-pub async fn all_done(client: &Client, name: &str) -> bool {
-    client
-        .query_one(
-            "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = $1",
-            &[&name],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(false)
 }
 
 /// A mapping to compare exactly, of either mode.
@@ -219,32 +201,6 @@ pub fn assert_exact_progress(cp: &Checkpoint, rows: i64, size: i64) {
         "mirror {}: (rows_done, chunks) for {rows} rows in chunks of {size}: {cp:?}",
         cp.mirror
     );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dedicated clusters (reconfigured, or with a standby or slots of their own)
-
-/// Starts a dedicated cluster with `settings`.
-pub async fn dedicated_cluster(settings: &[(&'static str, &'static str)]) -> Arc<Cluster> {
-    let settings = settings.to_vec();
-    let cluster = tokio::task::spawn_blocking(move || {
-        settings
-            .into_iter()
-            .fold(Cluster::builder(), |b, (k, v)| b.setting(k, v))
-            .start()
-    })
-    .await
-    .expect("cluster start task")
-    .unwrap_or_else(|e| panic!("start a dedicated cluster: {e}"));
-    Arc::new(cluster)
-}
-
-pub async fn fresh_db_on(cluster: &Arc<Cluster>, hint: &str) -> Database {
-    let (cluster, hint) = (cluster.clone(), hint.to_owned());
-    tokio::task::spawn_blocking(move || cluster.fresh_database_named(&hint))
-        .await
-        .expect("create database task")
-        .unwrap_or_else(|e| panic!("create a database: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------

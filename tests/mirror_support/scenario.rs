@@ -61,6 +61,7 @@ impl Scenario {
     }
 }
 
+/// The single `i64` that `sql` returns; panics with the statement if it fails.
 pub async fn count(client: &Client, sql: &str) -> i64 {
     client
         .query_one(sql, &[])
@@ -84,7 +85,8 @@ pub fn assert_load(stats: &LoadStats, min: u64) {
     );
 }
 
-/// Starts a dedicated cluster (it is reconfigured or restarted, so not the shared one).
+/// Starts a dedicated cluster with `settings` (it is reconfigured or restarted, so not the
+/// shared one).
 pub async fn dedicated_cluster(settings: &[(&'static str, &'static str)]) -> Arc<Cluster> {
     let settings = settings.to_vec();
     let cluster = tokio::task::spawn_blocking(move || {
@@ -99,6 +101,7 @@ pub async fn dedicated_cluster(settings: &[(&'static str, &'static str)]) -> Arc
     Arc::new(cluster)
 }
 
+/// A new, empty database named after `hint` on a dedicated `cluster`.
 pub async fn fresh_db_on(cluster: &Arc<Cluster>, hint: &str) -> Database {
     let (cluster, hint) = (cluster.clone(), hint.to_owned());
     tokio::task::spawn_blocking(move || cluster.fresh_database_named(&hint))
