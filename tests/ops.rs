@@ -53,6 +53,47 @@ fn ready_mirroring(s: &Value) -> bool {
     s["phase"] == "mirroring" && s["lag"]["seconds"].as_f64().is_some_and(|l| l < 1.0)
 }
 
+/// Polls `status --json` (20 s at most) until the run mirrors with lag under 1 s; returns that
+/// status.
+async fn wait_ready(what: &str, spec: &Spec, db: &Database) -> Value {
+    status_until(what, Duration::from_secs(20), spec, db, ready_mirroring).await
+}
+
+/// A spec mirroring `users` whose backfill is capped at `rate` rows per second.
+fn capped_users_spec(name: &str, rate: u32) -> Spec {
+    Spec::new(
+        name,
+        &format!("{USERS_MIRROR}\n[backfill]\nmax_rows_per_second = {rate}\n"),
+    )
+}
+
+/// Polls `status --json` (15 s at most) until the run is alive and its backfill has copied
+/// some rows.
+async fn wait_backfill_under_way(what: &str, spec: &Spec, db: &Database) {
+    status_until(what, Duration::from_secs(15), spec, db, |s| {
+        s["run"]["alive"] == true && rows_done(s) > 0
+    })
+    .await;
+}
+
+/// Waits (10 s at most) until user `id`'s `status` is the mapping of its `is_active`.
+async fn wait_user_mirrored(what: &str, c: &tokio_postgres::Client, id: i64) {
+    let sql = format!(
+        "SELECT count(*) FROM users WHERE id = {id} AND status = CASE WHEN is_active THEN 'active' ELSE 'disabled' END"
+    );
+    wait_for(what, Duration::from_secs(10), || async {
+        one_i64(c, &sql).await == 1
+    })
+    .await;
+}
+
+/// SIGTERM, then the run must exit 0 within 10 s.
+async fn stop_cleanly(run: &mut Run) {
+    run.sigterm();
+    let code = run.exit(Duration::from_secs(10)).await;
+    assert_eq!(code.code(), Some(0), "run: {}", run.stderr());
+}
+
 /// Guards: before any run, `status` answers (exit 0, phase `not-started`)
 /// instead of failing on missing state, `--json` has the documented keys, and
 /// `wait --timeout` gives up (exit 1) saying that no run has started.
@@ -87,10 +128,7 @@ async fn status_before_any_run_is_not_started() {
 #[tokio::test]
 async fn wait_returns_only_after_the_backfill_is_done() {
     let (db, c) = setup(50_000, 0).await;
-    let spec = Spec::new(
-        "ops-wait",
-        &format!("{USERS_MIRROR}\n[backfill]\nmax_rows_per_second = 10000\n"),
-    );
+    let spec = capped_users_spec("ops-wait", 10_000);
     let mut run = Run::spawn(&spec, &db);
     let started = Instant::now();
     let mut waiter = command(&["wait", "--timeout", "60s"], &spec.path, &db)
@@ -146,18 +184,9 @@ async fn wait_returns_only_after_the_backfill_is_done() {
         "status never showed phase backfilling with a live run"
     );
     assert!(stdout.contains("ready"), "{stdout}");
-    assert_eq!(
-        one_i64(
-            &c,
-            "SELECT count(*) FROM users WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END"
-        )
-        .await,
-        0
-    );
+    assert_eq!(common::wrong_status(&c).await, 0);
 
-    run.sigterm();
-    let code = run.exit(Duration::from_secs(10)).await;
-    assert_eq!(code.code(), Some(0), "run: {}", run.stderr());
+    stop_cleanly(&mut run).await;
     let out = cli(&["wait", "--timeout", "2s"], &spec, &db).await;
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(
@@ -174,14 +203,7 @@ async fn status_while_running_shows_live_run_lag_and_slot() {
     let (db, c) = setup(1_000, 0).await;
     let spec = Spec::new("ops-status", USERS_MIRROR);
     let mut run = Run::spawn(&spec, &db);
-    let s = status_until(
-        "phase mirroring with lag < 1s",
-        Duration::from_secs(20),
-        &spec,
-        &db,
-        ready_mirroring,
-    )
-    .await;
+    let s = wait_ready("phase mirroring with lag < 1s", &spec, &db).await;
     assert_eq!(s["run"]["alive"], true, "{s}");
     assert_eq!(
         s["run"]["pid"].as_i64(),
@@ -207,22 +229,13 @@ async fn status_while_running_shows_live_run_lag_and_slot() {
     )
     .await
     .unwrap();
-    wait_for("the update mirrored", Duration::from_secs(10), || async {
-        one_i64(
-            &c,
-            "SELECT count(*) FROM users WHERE id = 7 AND status = CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
-        )
-        .await
-            == 1
-    })
-    .await;
+    wait_user_mirrored("the update mirrored", &c, 7).await;
     let text = cli(&["status"], &spec, &db).await;
     assert_eq!(text.code(), Some(0), "{text}");
     assert!(text.stdout.contains("mirroring"), "{text}");
     assert!(text.stdout.contains("alive"), "{text}");
     assert!(text.stdout.contains(" active"), "{text}");
-    run.sigterm();
-    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+    stop_cleanly(&mut run).await;
     let s = status_json(&spec, &db).await;
     assert_eq!(s["phase"], "stopped", "{s}");
     assert_eq!(s["run"]["alive"], false, "{s}");
@@ -273,14 +286,7 @@ async fn verify_passes_on_mirrored_data_and_fails_on_corruption_and_gates() {
     let body = format!("{USERS_MIRROR}{ORDERS_MIRROR}");
     let spec = Spec::new("ops-verify", &body);
     let mut run = Run::spawn(&spec, &db);
-    status_until(
-        "ready",
-        Duration::from_secs(20),
-        &spec,
-        &db,
-        ready_mirroring,
-    )
-    .await;
+    wait_ready("ready", &spec, &db).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = write_load(&db, stop.clone());
@@ -389,8 +395,7 @@ async fn verify_passes_on_mirrored_data_and_fails_on_corruption_and_gates() {
     assert_eq!(out.code(), Some(1), "a gate with two rows: {out}");
     assert!(out.stdout.contains("FAILED"), "{out}");
 
-    run.sigterm();
-    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+    stop_cleanly(&mut run).await;
 }
 
 /// What walshift objects of `spec` remain, one word each.
@@ -424,14 +429,7 @@ async fn cleanup_refuses_while_alive_and_leaves_nothing() {
     let (db, c) = setup(500, 0).await;
     let spec = Spec::new("ops-cleanup", USERS_MIRROR);
     let mut run = Run::spawn(&spec, &db);
-    status_until(
-        "ready",
-        Duration::from_secs(20),
-        &spec,
-        &db,
-        ready_mirroring,
-    )
-    .await;
+    wait_ready("ready", &spec, &db).await;
     let refused = cli(&["cleanup"], &spec, &db).await;
     assert_eq!(refused.code(), Some(2), "{refused}");
     assert_eq!(refused.stderr.trim().lines().count(), 1, "{refused}");
@@ -442,22 +440,14 @@ async fn cleanup_refuses_while_alive_and_leaves_nothing() {
     );
     assert_eq!(leftovers(&c, &spec).await.len(), 4);
 
-    run.sigterm();
-    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+    stop_cleanly(&mut run).await;
     let out = cli(&["cleanup"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(leftovers(&c, &spec).await, Vec::<String>::new(), "{out}");
 
     // Again, forced, with the run alive.
     let mut run = Run::spawn(&spec, &db);
-    status_until(
-        "ready again",
-        Duration::from_secs(20),
-        &spec,
-        &db,
-        ready_mirroring,
-    )
-    .await;
+    wait_ready("ready again", &spec, &db).await;
     let out = cli(&["cleanup", "--force"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(leftovers(&c, &spec).await, Vec::<String>::new(), "{out}");
@@ -491,19 +481,9 @@ fn rows_done(s: &Value) -> i64 {
 #[tokio::test]
 async fn ctl_pause_stops_backfill_but_not_mirroring() {
     let (db, c) = setup(50_000, 0).await;
-    let spec = Spec::new(
-        "ops-ctl",
-        &format!("{USERS_MIRROR}\n[backfill]\nmax_rows_per_second = 5000\n"),
-    );
+    let spec = capped_users_spec("ops-ctl", 5_000);
     let mut run = Run::spawn(&spec, &db);
-    status_until(
-        "the backfill under way",
-        Duration::from_secs(15),
-        &spec,
-        &db,
-        |s| s["run"]["alive"] == true && rows_done(s) > 0,
-    )
-    .await;
+    wait_backfill_under_way("the backfill under way", &spec, &db).await;
     let out = cli(&["ctl", "pause"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     let s = status_json(&spec, &db).await;
@@ -530,19 +510,7 @@ async fn ctl_pause_stops_backfill_but_not_mirroring() {
     )
     .await
     .unwrap();
-    wait_for(
-        "a live update mirrored while paused",
-        Duration::from_secs(10),
-        || async {
-            one_i64(
-                &c,
-                "SELECT count(*) FROM users WHERE id = 49999 AND status = CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
-            )
-            .await
-                == 1
-        },
-    )
-    .await;
+    wait_user_mirrored("a live update mirrored while paused", &c, 49999).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let s = status_json(&spec, &db).await;
     assert_eq!(
@@ -562,8 +530,7 @@ async fn ctl_pause_stops_backfill_but_not_mirroring() {
         |s| s["backfill"]["paused"] == false && rows_done(s) > last,
     )
     .await;
-    run.sigterm();
-    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+    stop_cleanly(&mut run).await;
 }
 
 /// Guards `ctl set`: from another process, through the database, a running
@@ -574,19 +541,9 @@ async fn ctl_pause_stops_backfill_but_not_mirroring() {
 #[tokio::test]
 async fn ctl_set_changes_a_running_backfill() {
     let (db, _c) = setup(30_000, 0).await;
-    let spec = Spec::new(
-        "ops-set",
-        &format!("{USERS_MIRROR}\n[backfill]\nmax_rows_per_second = 500\n"),
-    );
+    let spec = capped_users_spec("ops-set", 500);
     let mut run = Run::spawn(&spec, &db);
-    status_until(
-        "the capped backfill under way",
-        Duration::from_secs(15),
-        &spec,
-        &db,
-        |s| s["run"]["alive"] == true && rows_done(s) > 0,
-    )
-    .await;
+    wait_backfill_under_way("the capped backfill under way", &spec, &db).await;
 
     let bad = cli(&["ctl", "set", "max_rows_per_second=fast"], &spec, &db).await;
     assert_eq!(bad.code(), Some(2), "{bad}");
@@ -649,8 +606,7 @@ async fn ctl_set_changes_a_running_backfill() {
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains("chunk_target_time=100ms"), "{out}");
     assert!(!out.stdout.contains("max_rows_per_second"), "{out}");
-    run.sigterm();
-    assert_eq!(run.exit(Duration::from_secs(10)).await.code(), Some(0));
+    stop_cleanly(&mut run).await;
 }
 
 /// Guards `[safety] max_retained_wal` with `drop-slot`: when one long
@@ -676,14 +632,7 @@ async fn safety_drops_the_slot_past_max_retained_wal() {
         ),
     );
     let mut run = Run::spawn(&spec, &db);
-    status_until(
-        "ready",
-        Duration::from_secs(20),
-        &spec,
-        &db,
-        ready_mirroring,
-    )
-    .await;
+    wait_ready("ready", &spec, &db).await;
     let conninfo = db.conninfo();
     let big = tokio::spawn(async move {
         let c = connect(&conninfo).await;
