@@ -10,6 +10,7 @@ mod common;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use common::cli::{Spec, USERS_MIRROR};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");
@@ -25,20 +26,11 @@ async fn short_run(name: &str, global: &[&str]) -> Output {
     )
     .await
     .expect("schema");
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let spec = dir.path().join("spec.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "name = \"{name}\"\n\n[[mirror]]\nsource = \"public.users\"\n\
-             set = {{ status = \"CASE WHEN is_active THEN 'active' ELSE 'disabled' END\" }}\n"
-        ),
-    )
-    .expect("write the spec");
+    let spec = Spec::new(name, USERS_MIRROR);
     let child = tokio::process::Command::new(BIN)
         .args(global)
         .arg("run")
-        .arg(&spec)
+        .arg(&spec.path)
         .args(["--db", &db.conninfo()])
         .env_remove("RUST_LOG")
         .env_remove("WALSHIFT_DB")

@@ -7,10 +7,12 @@
 //! migration (`status`, `run` with trace-level text and JSON logs, `verify`,
 //! `cleanup`). Errors must also stay one clear line.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cli::{Spec, USERS_MIRROR};
 use walshift::cluster::{Cluster, Database};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");
@@ -157,8 +159,7 @@ fn assert_one_line_error(what: &str, out: &Output, needle: &str) {
 struct Fixture {
     cluster: Cluster,
     db: Database,
-    _dir: tempfile::TempDir,
-    spec: PathBuf,
+    spec: Spec,
 }
 
 impl Fixture {
@@ -177,21 +178,10 @@ impl Fixture {
                  INSERT INTO users (id, is_active) SELECT g, g % 2 = 0 FROM generate_series(1, 500) g;",
             )
             .expect("schema");
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let spec = dir.path().join("spec.toml");
-        std::fs::write(
-            &spec,
-            format!(
-                "name = \"{spec_name}\"\n\n[[mirror]]\nsource = \"public.users\"\n\
-                 set = {{ status = \"CASE WHEN is_active THEN 'active' ELSE 'disabled' END\" }}\n"
-            ),
-        )
-        .expect("write the spec");
         Fixture {
             cluster,
             db,
-            _dir: dir,
-            spec,
+            spec: Spec::new(spec_name, USERS_MIRROR),
         }
     }
 
@@ -204,7 +194,7 @@ impl Fixture {
     }
 
     fn spec(&self) -> &str {
-        self.spec.to_str().expect("UTF-8 path")
+        self.spec.path.to_str().expect("UTF-8 path")
     }
 
     fn one(&self, sql: &str) -> String {
