@@ -106,6 +106,19 @@ async fn count(c: &Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.expect(sql).get(0)
 }
 
+/// The position walshift's state row records as applied (`walshift.migration.applied_lsn`),
+/// if any.
+async fn applied_lsn(admin: &Client) -> Option<String> {
+    admin
+        .query_one(
+            "SELECT applied_lsn::text FROM walshift.migration WHERE name = $1",
+            &[&NAME],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// The applier session's state in `pg_stat_activity`: "idle" between
 /// transactions, "idle in transaction (aborted)" if a failed flight had left
 /// its transaction open.
@@ -163,15 +176,11 @@ async fn a_failing_statement_in_a_batch_commits_nothing_and_leaves_the_session_i
         count(&admin, "SELECT count(*) FROM ratio WHERE y IS NOT NULL").await,
         0
     );
-    let applied: Option<String> = admin
-        .query_one(
-            "SELECT applied_lsn::text FROM walshift.migration WHERE name = $1",
-            &[&NAME],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(applied, None, "a failed batch recorded its position");
+    assert_eq!(
+        applied_lsn(&admin).await,
+        None,
+        "a failed batch recorded its position"
+    );
     assert_eq!(session_state(&admin, applier_pid).await, "idle");
 
     // Fixed data: the same batch applies, on the same session.
@@ -192,15 +201,7 @@ async fn a_failing_statement_in_a_batch_commits_nothing_and_leaves_the_session_i
         count(&admin, "SELECT count(*) FROM ratio WHERE y = 100 / b").await,
         2
     );
-    let applied: String = admin
-        .query_one(
-            "SELECT applied_lsn::text FROM walshift.migration WHERE name = $1",
-            &[&NAME],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(applied, "0/100");
+    assert_eq!(applied_lsn(&admin).await.as_deref(), Some("0/100"));
     assert_eq!(session_state(&admin, applier_pid).await, "idle");
 }
 
