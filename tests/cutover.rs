@@ -164,8 +164,15 @@ impl Load {
     }
 }
 
-async fn one_i64_param(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.expect(sql).get(0)
+/// Whether the `cutover_check` table the operator's cut-over SQL creates exists (it must not
+/// after a dry run, a refused or a failed cut-over).
+async fn cutover_check_exists(c: &tokio_postgres::Client) -> bool {
+    one_i64(
+        c,
+        "SELECT (to_regclass('cutover_check') IS NOT NULL)::int::int8",
+    )
+    .await
+        == 1
 }
 
 /// Runs `walshift run`, waits until it is ready (backfill complete, lag
@@ -259,7 +266,7 @@ async fn cutover_under_load_switches_exactly_and_loses_nothing() {
     // No acknowledged write lost, and none failed (they only waited).
     assert_eq!(load.failed.load(Ordering::Relaxed), 0);
     assert_eq!(
-        one_i64_param(
+        one_i64(
             &c,
             &format!("SELECT count(*) FROM users WHERE id >= {LOAD_IDS}")
         )
@@ -267,7 +274,7 @@ async fn cutover_under_load_switches_exactly_and_loses_nothing() {
         load.users_inserted.load(Ordering::Relaxed) as i64
     );
     assert_eq!(
-        one_i64_param(
+        one_i64(
             &c,
             &format!("SELECT count(*) FROM orders WHERE id >= {LOAD_IDS}")
         )
@@ -291,7 +298,7 @@ async fn cutover_under_load_switches_exactly_and_loses_nothing() {
     let out = cli(&["cleanup"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(
-        one_i64_param(
+        one_i64(
             &c,
             "SELECT (SELECT count(*) FROM pg_replication_slots)
                   + (SELECT count(*) FROM pg_publication)
@@ -324,19 +331,14 @@ async fn dry_run_rolls_back_and_mirroring_goes_on() {
     }
     let load = load.stop().await;
     assert_eq!(load.failed.load(Ordering::Relaxed), 0);
-    assert_eq!(
-        one_i64_param(
-            &c,
-            "SELECT (to_regclass('cutover_check') IS NOT NULL)::int::int8"
-        )
-        .await,
-        0,
+    assert!(
+        !cutover_check_exists(&c).await,
         "the dry run's SQL was rolled back"
     );
     assert!(run.still_running(), "{}", run.stderr());
     let out = cli(&["verify"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
-    assert_eq!(one_i64_param(&c, MISMATCHES).await, 0);
+    assert_eq!(one_i64(&c, MISMATCHES).await, 0);
     let human = cli(&["cutover", "--dry-run"], &spec, &db).await;
     assert_eq!(human.code(), Some(0), "{human}");
     assert!(human.stdout.starts_with("dry run passed"), "{human}");
@@ -365,7 +367,7 @@ async fn a_held_lock_makes_cutover_retry_then_give_up_cleanly() {
         "{o}"
     );
     assert_eq!(
-        one_i64_param(
+        one_i64(
             &c,
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
              WHERE a.application_name LIKE 'walshift%' AND l.relation IN ('users'::regclass, 'orders'::regclass)"
@@ -374,14 +376,7 @@ async fn a_held_lock_makes_cutover_retry_then_give_up_cleanly() {
         0,
         "walshift still holds a lock on a source"
     );
-    assert_eq!(
-        one_i64_param(
-            &c,
-            "SELECT (to_regclass('cutover_check') IS NOT NULL)::int::int8"
-        )
-        .await,
-        0
-    );
+    assert!(!cutover_check_exists(&c).await);
     holder.batch_execute("COMMIT").await.unwrap();
     // Still mirroring: a new write reaches the target.
     c.execute(
@@ -395,7 +390,7 @@ async fn a_held_lock_makes_cutover_retry_then_give_up_cleanly() {
     wait_for(
         "the write after the failed cut-over mirrored",
         Duration::from_secs(20),
-        || async { one_i64_param(&c, MISMATCHES).await == 0 },
+        || async { one_i64(&c, MISMATCHES).await == 0 },
     )
     .await;
     assert!(run.still_running(), "{}", run.stderr());
@@ -419,14 +414,7 @@ async fn a_failing_gate_blocks_verify_and_cutover() {
     let out = cli(&["cutover"], &spec, &db).await;
     assert_eq!(out.code(), Some(1), "{out}\nrun:\n{}", run.stderr());
     assert!(out.stdout.contains("no disabled users"), "{out}");
-    assert_eq!(
-        one_i64_param(
-            &c,
-            "SELECT (to_regclass('cutover_check') IS NOT NULL)::int::int8"
-        )
-        .await,
-        0
-    );
+    assert!(!cutover_check_exists(&c).await);
     assert!(run.still_running());
 }
 
