@@ -42,6 +42,64 @@ pub fn run_extra_args() -> &'static [&'static str] {
     })
 }
 
+/// `walshift --log-format json run <spec> --db <conninfo> [--listen off]`, its
+/// stderr (JSON log lines) into `log`; RUST_LOG, WALSHIFT_DB and WALSHIFT_LISTEN
+/// of the bench's environment do not reach it.
+pub fn spawn_run(conninfo: &str, spec: &Path, log: File) -> Child {
+    Command::new(binary())
+        .args(["--log-format", "json", "run"])
+        .arg(spec)
+        .args(["--db", conninfo])
+        .args(run_extra_args())
+        .env_remove("RUST_LOG")
+        .env_remove("WALSHIFT_DB")
+        .env_remove("WALSHIFT_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()))
+}
+
+/// Whether `walshift.backfill` says every mirror of a spec is done, one poll
+/// at a time. Setup creates the state table; asking before that is an error
+/// (and a line in the server log every poll), so it looks for the table first.
+pub struct BackfillDone {
+    sql: String,
+    table_ready: bool,
+}
+
+impl BackfillDone {
+    pub fn new(spec_name: &str) -> BackfillDone {
+        BackfillDone {
+            sql: format!(
+                "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = {}",
+                walshift::ident::quote_literal(spec_name)
+            ),
+            table_ready: false,
+        }
+    }
+
+    /// One poll: true once the backfill is done.
+    pub async fn poll(&mut self, admin: &Client) -> bool {
+        if !self.table_ready {
+            let msgs = admin
+                .simple_query("SELECT to_regclass('walshift.backfill') IS NOT NULL")
+                .await
+                .expect("look for walshift.backfill");
+            self.table_ready = first_value(&msgs).as_deref() == Some("t");
+        }
+        if !self.table_ready {
+            return false;
+        }
+        let msgs = admin
+            .simple_query(&self.sql)
+            .await
+            .expect("poll walshift.backfill");
+        first_value(&msgs).as_deref() == Some("t")
+    }
+}
+
 /// One timed `walshift run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunSample {
@@ -89,24 +147,9 @@ pub async fn run_walshift(
     )
     .await;
     let started = Instant::now();
-    let mut child = Command::new(binary())
-        .args(["--log-format", "json", "run"])
-        .arg(spec_path)
-        .args(["--db", conninfo])
-        .args(run_extra_args())
-        .env_remove("RUST_LOG")
-        .env_remove("WALSHIFT_DB")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
-    let done_sql = format!(
-        "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = {}",
-        walshift::ident::quote_literal(spec_name)
-    );
+    let mut child = spawn_run(conninfo, spec_path, log);
+    let mut done = BackfillDone::new(spec_name);
     let mut pids: Option<(i32, i32)> = None;
-    let mut table_ready = false;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait on walshift") {
             panic!(
@@ -124,23 +167,8 @@ pub async fn run_walshift(
         if pids.is_none() {
             pids = session_pids(admin).await;
         }
-        // Setup creates the state table; asking before that is an error
-        // (and a line in the server log every 20ms), so look for it first.
-        if !table_ready {
-            let msgs = admin
-                .simple_query("SELECT to_regclass('walshift.backfill') IS NOT NULL")
-                .await
-                .expect("look for walshift.backfill");
-            table_ready = first_value(&msgs).as_deref() == Some("t");
-        }
-        if table_ready {
-            let msgs = admin
-                .simple_query(&done_sql)
-                .await
-                .expect("poll walshift.backfill");
-            if first_value(&msgs).as_deref() == Some("t") {
-                break;
-            }
+        if done.poll(admin).await {
+            break;
         }
         tokio::time::sleep(POLL).await;
     }

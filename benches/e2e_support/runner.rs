@@ -4,14 +4,12 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::process::{
-    binary, cpu_seconds, first_value, peak_rss_mb, run_extra_args, session_pids, stop, tail,
-};
+use crate::process::{BackfillDone, cpu_seconds, peak_rss_mb, session_pids, spawn_run, stop, tail};
 
 use super::{confirmed_at_least, sync_point};
 
@@ -67,19 +65,7 @@ impl Walshift {
     /// `walshift --log-format json run <spec> --db <conninfo> [--listen off]`.
     pub fn spawn(conninfo: &str, spec: &Path, spec_name: &str, log: &Path) -> Walshift {
         let file = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let child = Command::new(binary())
-            .args(["--log-format", "json", "run"])
-            .arg(spec)
-            .args(["--db", conninfo])
-            .args(run_extra_args())
-            .env_remove("RUST_LOG")
-            .env_remove("WALSHIFT_DB")
-            .env_remove("WALSHIFT_LISTEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
+        let child = spawn_run(conninfo, spec, file);
         Walshift {
             child: Some(child),
             log: log.to_owned(),
@@ -143,30 +129,12 @@ impl Walshift {
     /// Polls until `walshift.backfill` says every mirror is done.
     pub async fn wait_backfill_done(&mut self, admin: &Client, within: Duration) {
         let started = Instant::now();
-        let sql = format!(
-            "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = {}",
-            walshift::ident::quote_literal(&self.spec_name)
-        );
-        let mut table_ready = false;
+        let mut done = BackfillDone::new(&self.spec_name);
         loop {
             self.ensure_running();
             self.peak_rss_mb();
-            // Setup creates the state table; asking before that is an error.
-            if !table_ready {
-                let msgs = admin
-                    .simple_query("SELECT to_regclass('walshift.backfill') IS NOT NULL")
-                    .await
-                    .expect("look for walshift.backfill");
-                table_ready = first_value(&msgs).as_deref() == Some("t");
-            }
-            if table_ready {
-                let msgs = admin
-                    .simple_query(&sql)
-                    .await
-                    .expect("poll walshift.backfill");
-                if first_value(&msgs).as_deref() == Some("t") {
-                    return;
-                }
+            if done.poll(admin).await {
+                return;
             }
             self.give_up_after(started, within, "the backfill to finish");
             tokio::time::sleep(POLL).await;
