@@ -203,7 +203,9 @@ pub async fn verify(admin: &Client, scenario: &Scenario, who: &str) -> i64 {
         .get(0)
 }
 
-pub async fn in_server(db: &Database, block: &str) -> InServerSample {
+/// A new session under walshift's apply settings, and its backend's pid (for
+/// its CPU time): where the in-server loops and the in-process engine run.
+pub async fn apply_session(db: &Database) -> (Client, i32) {
     let client = db.connect().await;
     client
         .batch_execute(SESSION_SETTINGS)
@@ -214,6 +216,11 @@ pub async fn in_server(db: &Database, block: &str) -> InServerSample {
         .await
         .expect("backend pid")
         .get(0);
+    (client, pid)
+}
+
+pub async fn in_server(db: &Database, block: &str) -> InServerSample {
+    let (client, pid) = apply_session(db).await;
     let cpu_before = cpu_seconds(pid);
     let runq_before = runq_wait_seconds(pid);
     let started = Instant::now();

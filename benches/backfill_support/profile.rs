@@ -30,6 +30,7 @@ use walshift::mirror::sql::{self, Param, Scope};
 use walshift::spec::Spec;
 use walshift::state;
 
+use crate::fixture::apply_session;
 use crate::process::{cpu_seconds, wait_slot_released};
 
 const SLOT: &str = "walshift_bench_consumer";
@@ -116,16 +117,7 @@ pub async fn engine_without_stream(
 ) -> (f64, f64) {
     state::ensure_schema(admin).await.expect("state schema");
     state::register(admin, spec, None).await.expect("state row");
-    let client = db.connect().await;
-    client
-        .batch_execute(SESSION_SETTINGS)
-        .await
-        .expect("session settings");
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let (client, pid) = apply_session(db).await;
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     let plans = std::slice::from_ref(plan);

@@ -15,10 +15,9 @@
 
 use std::time::Instant;
 
-use walshift::mirror::applier::SESSION_SETTINGS;
-
 use crate::fixture::{
-    InServerSample, Scenario, in_server, plan_for, reset, scenarios, spec_text, verify,
+    InServerSample, Scenario, apply_session, in_server, plan_for, reset, scenarios, spec_text,
+    verify,
 };
 use crate::process::{RunSample, cpu_seconds, drop_walshift_objects, run_walshift, scalar_f64};
 
@@ -159,10 +158,8 @@ $e2e$"
 
 async fn trigger_run(ctx: &Ctx<'_>, scenario: &Scenario) -> TriggerSample {
     let (source, create, drop) = trigger_ddl(scenario.name);
-    let client = ctx.db.connect().await;
-    exec(&client, SESSION_SETTINGS).await;
+    let (client, pid) = apply_session(ctx.db).await;
     let block = trigger_backfill(source);
-    let pid = scalar_f64(&client, "SELECT pg_backend_pid()::float8").await as i32;
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     exec(&client, create).await;
