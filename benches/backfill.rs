@@ -41,6 +41,8 @@ mod process;
 mod profile;
 #[path = "backfill_support/report.rs"]
 mod report;
+#[path = "backfill_support/summary.rs"]
+mod summary;
 
 use std::path::Path;
 use std::time::Instant;
@@ -257,7 +259,7 @@ async fn bin_dir(admin: &Client) -> std::path::PathBuf {
 
 fn main() {
     let cfg = Config::from_env();
-    let load_before = report::loadavg();
+    let load_before = summary::loadavg();
     let mut builder = Cluster::builder();
     let settings: Vec<(String, String)> = SETTINGS
         .iter()
@@ -287,7 +289,7 @@ fn main() {
     figures.settings = settings;
     figures.server_version_num = cluster.version_num();
     figures.loadavg_before = load_before;
-    figures.loadavg_after = report::loadavg();
+    figures.loadavg_after = summary::loadavg();
     figures.wall_s = started.elapsed().as_secs_f64();
     print!("{}", figures.markdown());
     let out = report::results_path();

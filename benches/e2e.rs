@@ -31,10 +31,12 @@ mod in_server;
 mod process;
 #[path = "decoder_support/stream.rs"]
 mod stream;
+#[path = "backfill_support/summary.rs"]
+mod summary;
 
 mod e2e_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use walshift::cluster::Cluster;
@@ -42,14 +44,9 @@ use walshift::cluster::Cluster;
 use e2e_support::report::Figures;
 use e2e_support::{Config, Ctx, backfill, catchup, decoder, live, loadavg, memory};
 
-/// `<target>/e2e`: the target directory is the one cargo built walshift in.
+/// `<target>/e2e`.
 fn out_dir() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_walshift"));
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("e2e")
+    summary::target_dir().join("e2e")
 }
 
 /// The command as run, with the E2E_* variables that were set.

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::fixture::InServerSample;
 use crate::process::RunSample;
 use crate::profile::{Steps, WithConsumer};
+use crate::summary::{median, target_dir};
 
 /// The ratio the issue allows: walshift at most 1.15x the in-server loop.
 pub const GOAL: f64 = 1.15;
@@ -308,38 +309,9 @@ impl Figures {
     }
 }
 
-/// `<target dir>/bench-results/backfill.json`: the target directory is the
-/// one cargo built the walshift binary in (`<target>/release/walshift`).
+/// `<target dir>/bench-results/backfill.json`.
 pub fn results_path() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_walshift"));
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("bench-results").join("backfill.json")
-}
-
-/// The 1, 5 and 15 minute load averages: the noise other processes add.
-pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// The median (mean of the middle two for an even count); NaN when empty.
-pub fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
+    target_dir().join("bench-results").join("backfill.json")
 }
 
 fn list(values: impl Iterator<Item = f64>) -> String {

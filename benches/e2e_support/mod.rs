@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use tokio_postgres::Client;
 use walshift::cluster::Database;
 
+pub use crate::summary::loadavg;
 pub use config::Config;
 
 /// Everything a scenario needs: the database, an admin session on it, the server's binaries
@@ -100,26 +101,9 @@ pub async fn current_lsn(admin: &Client) -> String {
         .get(0)
 }
 
-/// The 1, 5 and 15 minute load averages: the noise other processes add.
-pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// The median (mean of the middle two for an even count); NaN when empty.
+/// The median of a slice (a `fn` the charts take): [`crate::summary::median`].
 pub fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
+    crate::summary::median(values)
 }
 
 /// The `q` quantile (0..=1) by nearest rank; NaN when empty.
