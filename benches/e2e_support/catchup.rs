@@ -17,7 +17,7 @@ use crate::fixture::SET_MIRROR;
 use crate::process::drop_walshift_objects;
 
 use super::runner::{Cpu, Walshift};
-use super::{Ctx, current_lsn, exec, thousands};
+use super::{Ctx, current_lsn, exec, thousands, verify_statuses};
 
 const SPEC: &str = "e2e-catchup";
 const COPY: &str = "e2e_catchup_copy";
@@ -168,17 +168,7 @@ $e2e$",
             &format!("SELECT pg_drop_replication_slot('{COPY}')"),
         )
         .await;
-        let wrong: i64 = ctx
-            .admin
-            .query_one(
-                "SELECT count(*) FROM public.users WHERE status IS DISTINCT FROM
-                 CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
-                &[],
-            )
-            .await
-            .expect("verify")
-            .get(0);
-        assert_eq!(wrong, 0, "after the catch-up {wrong} users are wrong");
+        verify_statuses(ctx.admin, "public.users", "the catch-up").await;
         eprintln!(
             "  rep {}: backlog {:.0} MB (load {:.1} s): walshift {:.2} s (CPU {}), pg_recvlogical {:.2} s, peak RSS {:.1} MB",
             rep + 1,

@@ -27,7 +27,7 @@ use crate::process::drop_walshift_objects;
 
 use super::backfill::users_trigger;
 use super::runner::{Cpu, Walshift};
-use super::{Ctx, exec, max, quantile, thousands};
+use super::{Ctx, exec, max, quantile, thousands, verify_statuses};
 
 const SPEC: &str = "e2e-live";
 /// Ids of inserted users start here, far above the generated ones; the mix runs delete them
@@ -340,19 +340,6 @@ async fn wait_lag_settled(admin: &Client) {
     eprintln!("  (walshift's lag did not settle under {SETTLED} s within {SETTLE_WITHIN:?})");
 }
 
-async fn verify_users(admin: &Client, who: &str) {
-    let wrong: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM public.users
-             WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
-            &[],
-        )
-        .await
-        .expect("verify users.status")
-        .get(0);
-    assert_eq!(wrong, 0, "after {who}, {wrong} users have the wrong status");
-}
-
 /// Runs the live scenario.
 pub async fn run(ctx: &Ctx<'_>) -> Outcome {
     let cfg = ctx.cfg;
@@ -451,7 +438,8 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
                 let (drain_s, peak_rss_mb) = match ws.take() {
                     Some(mut w) => {
                         let drain = w.wait_caught_up(ctx.admin, WITHIN).await;
-                        verify_users(ctx.admin, "walshift's live mirroring").await;
+                        verify_statuses(ctx.admin, "public.users", "walshift's live mirroring")
+                            .await;
                         (drain, w.stop())
                     }
                     None => (f64::NAN, f64::NAN),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::process::drop_walshift_objects;
 
 use super::runner::Walshift;
-use super::{Ctx, current_lsn, exec, thousands};
+use super::{Ctx, current_lsn, exec, thousands, verify_statuses};
 
 const SPEC: &str = "e2e-bigtxn";
 const WITHIN: Duration = Duration::from_secs(3600);
@@ -65,20 +65,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
     let end = current_lsn(ctx.admin).await;
     let mirror_s = ws.wait_confirmed(ctx.admin, &end, WITHIN).await;
     let peak_rss_mb = ws.stop();
-    let wrong: i64 = ctx
-        .admin
-        .query_one(
-            "SELECT count(*) FROM public.events WHERE status IS DISTINCT FROM
-             CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
-            &[],
-        )
-        .await
-        .expect("verify events")
-        .get(0);
-    assert_eq!(
-        wrong, 0,
-        "after the huge transaction {wrong} events are wrong"
-    );
+    verify_statuses(ctx.admin, "public.events", "the huge transaction").await;
     eprintln!(
         "  insert {insert_s:.1} s, mirrored {mirror_s:.1} s after commit, peak RSS {peak_rss_mb:.1} MB"
     );

@@ -92,6 +92,23 @@ pub async fn confirmed_at_least(admin: &Client, slot: &str, lsn: &str) -> bool {
         .is_some_and(|r| r.get(0))
 }
 
+/// Asserts that every row of `table` has the `status` the set mirror maps its `is_active` to.
+pub async fn verify_statuses(admin: &Client, table: &str, after: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM {table}
+         WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END"
+    );
+    let wrong: i64 = admin
+        .query_one(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("verify {table}.status: {}", describe(&e)))
+        .get(0);
+    assert_eq!(
+        wrong, 0,
+        "after {after}, {wrong} rows of {table} have the wrong status"
+    );
+}
+
 /// `pg_current_wal_lsn()` as text.
 pub async fn current_lsn(admin: &Client) -> String {
     admin
