@@ -11,7 +11,15 @@
 //!
 //! Target (issue 5): freeze p99 under 100 ms.
 
-use std::path::PathBuf;
+// Shared with benches/backfill.rs and benches/e2e.rs; only the mirrors and
+// the binary are used here.
+#[allow(dead_code)]
+#[path = "backfill_support/fixture.rs"]
+mod fixture;
+#[allow(dead_code)]
+#[path = "backfill_support/process.rs"]
+mod process;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +27,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use walshift::cluster::{Cluster, Database};
+
+use fixture::{ROWS_MIRROR, SET_MIRROR};
+use process::binary;
 
 const USERS: i64 = 100_000;
 const ORDERS: i64 = 20_000;
@@ -32,22 +43,8 @@ CREATE TABLE order_items (order_id bigint NOT NULL, line_no bigint NOT NULL, sku
                           PRIMARY KEY (order_id, line_no));
 ";
 
-const SPEC: &str = r#"name = "cutover-bench"
-
-[[mirror]]
-source = "public.users"
-set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
-
-[[mirror]]
-source = "public.orders"
-target = "public.order_items"
-owner  = ["order_id"]
-select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
-"""
-
-[[gate]]
+/// The gate and the cut-over, after the backfill fixture's two mirrors.
+const GATE_AND_CUTOVER: &str = r#"[[gate]]
 name = "every user has a status"
 sql = "SELECT count(*) = 0 FROM users WHERE status IS NULL"
 
@@ -55,6 +52,12 @@ sql = "SELECT count(*) = 0 FROM users WHERE status IS NULL"
 lock_timeout = "200ms"
 sql = "ALTER TABLE users RENAME COLUMN is_active TO is_active_retired"
 "#;
+
+/// The spec: `users.status` (set) and `orders` -> `order_items` (rows), the
+/// mirrors of `benches/backfill.rs`, then the gate and the cut-over.
+fn spec_text() -> String {
+    format!("name = \"cutover-bench\"\n\n{SET_MIRROR}\n{ROWS_MIRROR}\n{GATE_AND_CUTOVER}")
+}
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -69,12 +72,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-fn binary() -> PathBuf {
-    std::env::var_os("WALSHIFT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_walshift")))
 }
 
 fn walshift(args: &[&str], spec: &std::path::Path, db: &Database) -> std::process::Output {
@@ -173,7 +170,7 @@ fn main() {
         .expect("create the bench database");
     let dir = tempfile::tempdir().expect("temporary directory");
     let spec = dir.path().join("cutover-bench.toml");
-    std::fs::write(&spec, SPEC).expect("write the spec");
+    std::fs::write(&spec, spec_text()).expect("write the spec");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

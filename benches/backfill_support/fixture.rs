@@ -2,6 +2,7 @@
 //! `benches/backfill.rs` and `benches/e2e.rs`: the server settings, the
 //! tables and their generated contents, the mirrors, how to put a target
 //! back to "empty", how to check it, and the in-server loop's timed run.
+//! `benches/cutover.rs` takes its two mirrors.
 
 use std::time::Instant;
 
