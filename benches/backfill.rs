@@ -27,6 +27,9 @@
 //! `BACKFILL_BENCH_ADAPTIVE_REPS` (runs with the default adaptive chunk
 //! size, default 1; 0 skips them), `BACKFILL_BENCH_PROFILE=1` (also the
 //! variants of [`profile`] that split walshift's extra time),
+//! `BACKFILL_BENCH_ENGINE_PAIRS` (pairs of the in-server loop and walshift's
+//! engine without a stream, run back to back: does driving the chunks from a
+//! client cost the backend anything, default 0),
 //! `BACKFILL_BENCH_ONLY` (`set` or `rows`), `BACKFILL_BENCH_PG_SETTINGS`
 //! (`key=value,...` added to the server settings of both contenders, for
 //! experiments), `WALSHIFT_BIN` (another binary).
@@ -63,6 +66,8 @@ struct Config {
     chunk: u64,
     adaptive_reps: usize,
     profile: bool,
+    /// `BACKFILL_BENCH_ENGINE_PAIRS`: see [`engine_pairs`].
+    engine_pairs: usize,
     /// `BACKFILL_BENCH_ONLY=set` or `rows`: one scenario.
     only: Option<String>,
     /// `BACKFILL_BENCH_PG_SETTINGS="jit=off,work_mem=64MB"`: extra server
@@ -88,6 +93,7 @@ impl Config {
             chunk: var("BACKFILL_BENCH_CHUNK", 10_000).max(1),
             adaptive_reps: var("BACKFILL_BENCH_ADAPTIVE_REPS", 1) as usize,
             profile: var("BACKFILL_BENCH_PROFILE", 0) != 0,
+            engine_pairs: var("BACKFILL_BENCH_ENGINE_PAIRS", 0) as usize,
             only: std::env::var("BACKFILL_BENCH_ONLY").ok(),
             extra_settings: std::env::var("BACKFILL_BENCH_PG_SETTINGS")
                 .unwrap_or_default()
@@ -192,6 +198,9 @@ async fn bench(cfg: &Config, db: &Database) -> Figures {
             );
             outcome.adaptive.push(s);
         }
+        if cfg.engine_pairs > 0 {
+            engine_pairs(&admin, db, &scenario, &plan, &block, cfg).await;
+        }
         if cfg.profile {
             outcome.profile =
                 Some(profile_scenario(&admin, db, &scenario, &plan, &block, cfg).await);
@@ -199,6 +208,60 @@ async fn bench(cfg: &Config, db: &Database) -> Figures {
         figures.outcomes.push(outcome);
     }
     figures
+}
+
+/// `BACKFILL_BENCH_ENGINE_PAIRS=n`: n pairs of the in-server loop and
+/// walshift's engine without a stream ([`profile::engine_without_stream`]:
+/// the same chunk steps, checkpoints and throttle look-ups as `walshift run`,
+/// driven from this process, no slot), back to back so that a drift of the
+/// machine's speed cancels. Prints each pair and the median ratios: what
+/// driving the chunks from a client costs, apart from the stream.
+async fn engine_pairs(
+    admin: &Client,
+    db: &Database,
+    scenario: &Scenario,
+    plan: &MirrorPlan,
+    block: &str,
+    cfg: &Config,
+) {
+    let text = spec_text(scenario, "bench-engine", Some(cfg.chunk));
+    let spec = Spec::from_str_named(&text, "bench.toml").expect("the bench spec is valid");
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for pair in 0..cfg.engine_pairs {
+        reset(admin, scenario).await;
+        let looped = in_server(db, block).await;
+        verify(admin, scenario, "the in-server loop").await;
+        reset(admin, scenario).await;
+        let (engine_s, engine_cpu_s) = profile::engine_without_stream(admin, db, &spec, plan).await;
+        verify(admin, scenario, "walshift's engine without a stream").await;
+        wall.push(engine_s / looped.total_s);
+        cpu.push(engine_cpu_s / looped.cpu_backend_s);
+        eprintln!(
+            "  {} engine pair {}: in-server {:.2}s (backend CPU {:.2}s), engine without stream \
+             {engine_s:.2}s (backend CPU {engine_cpu_s:.2}s): {:.2}x, CPU {:.2}x",
+            scenario.name,
+            pair + 1,
+            looped.total_s,
+            looped.cpu_backend_s,
+            wall[pair],
+            cpu[pair],
+        );
+    }
+    let range = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
+        format!("{:.2}x ({lo:.2}-{hi:.2})", summary::median(v))
+    };
+    eprintln!(
+        "  {} engine without stream over in-server, {} pairs: time {}, backend CPU {}",
+        scenario.name,
+        cfg.engine_pairs,
+        range(&wall),
+        range(&cpu)
+    );
 }
 
 /// The variants of [`profile`], once each, from a reset.
