@@ -213,8 +213,8 @@ async fn bench(cfg: &Config, db: &Database) -> Figures {
 /// `BACKFILL_BENCH_ENGINE_PAIRS=n`: n pairs of the in-server loop and
 /// walshift's engine without a stream ([`profile::engine_without_stream`]:
 /// the same chunk steps, checkpoints and throttle look-ups as `walshift run`,
-/// driven from this process, no slot), back to back so that a drift of the
-/// machine's speed cancels. Prints each pair and the median ratios: what
+/// driven from this process, no slot), back to back and in alternating order
+/// so that a drift of the machine's speed cancels. Prints each pair and the median ratios: what
 /// driving the chunks from a client costs, apart from the stream.
 async fn engine_pairs(
     admin: &Client,
@@ -228,12 +228,23 @@ async fn engine_pairs(
     let spec = Spec::from_str_named(&text, "bench.toml").expect("the bench spec is valid");
     let (mut wall, mut cpu) = (Vec::new(), Vec::new());
     for pair in 0..cfg.engine_pairs {
-        reset(admin, scenario).await;
-        let looped = in_server(db, block).await;
-        verify(admin, scenario, "the in-server loop").await;
-        reset(admin, scenario).await;
-        let (engine_s, engine_cpu_s) = profile::engine_without_stream(admin, db, &spec, plan).await;
-        verify(admin, scenario, "walshift's engine without a stream").await;
+        // Alternate who goes first, as the repetitions do.
+        let mut looped = None;
+        let mut engine = None;
+        for turn in 0..2 {
+            reset(admin, scenario).await;
+            if (turn == 0) == (pair % 2 == 0) {
+                looped = Some(in_server(db, block).await);
+                verify(admin, scenario, "the in-server loop").await;
+            } else {
+                engine = Some(profile::engine_without_stream(admin, db, &spec, plan).await);
+                verify(admin, scenario, "walshift's engine without a stream").await;
+            }
+        }
+        let (looped, (engine_s, engine_cpu_s)) = (
+            looped.expect("one turn ran the loop"),
+            engine.expect("one turn ran the engine"),
+        );
         wall.push(engine_s / looped.total_s);
         cpu.push(engine_cpu_s / looped.cpu_backend_s);
         eprintln!(
