@@ -210,6 +210,13 @@ async fn bench(cfg: &Config, db: &Database) -> Figures {
     figures
 }
 
+/// The spec walshift's engine runs with when it runs in this process
+/// (engine pairs, profile): the scenario's mirror, fixed chunks.
+fn engine_spec(scenario: &Scenario, cfg: &Config) -> Spec {
+    let text = spec_text(scenario, "bench-engine", Some(cfg.chunk));
+    Spec::from_str_named(&text, "bench.toml").expect("the bench spec is valid")
+}
+
 /// `BACKFILL_BENCH_ENGINE_PAIRS=n`: n pairs of the in-server loop and
 /// walshift's engine without a stream ([`profile::engine_without_stream`]:
 /// the same chunk steps, checkpoints and throttle look-ups as `walshift run`,
@@ -224,8 +231,7 @@ async fn engine_pairs(
     block: &str,
     cfg: &Config,
 ) {
-    let text = spec_text(scenario, "bench-engine", Some(cfg.chunk));
-    let spec = Spec::from_str_named(&text, "bench.toml").expect("the bench spec is valid");
+    let spec = engine_spec(scenario, cfg);
     let (mut wall, mut cpu) = (Vec::new(), Vec::new());
     for pair in 0..cfg.engine_pairs {
         // Alternate who goes first, as the repetitions do.
@@ -258,20 +264,12 @@ async fn engine_pairs(
             cpu[pair],
         );
     }
-    let range = |v: &[f64]| {
-        let (lo, hi) = v
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-                (lo.min(x), hi.max(x))
-            });
-        format!("{:.2}x ({lo:.2}-{hi:.2})", summary::median(v))
-    };
     eprintln!(
         "  {} engine without stream over in-server, {} pairs: time {}, backend CPU {}",
         scenario.name,
         cfg.engine_pairs,
-        range(&wall),
-        range(&cpu)
+        summary::ratio_spread(&wall),
+        summary::ratio_spread(&cpu)
     );
 }
 
@@ -300,8 +298,7 @@ async fn profile_scenario(
     );
 
     reset(admin, scenario).await;
-    let text = spec_text(scenario, "bench-engine", Some(cfg.chunk));
-    let spec = Spec::from_str_named(&text, "bench.toml").expect("the bench spec is valid");
+    let spec = engine_spec(scenario, cfg);
     let (engine_s, engine_cpu_s) = profile::engine_without_stream(admin, db, &spec, plan).await;
     verify(admin, scenario, "walshift's engine without a stream").await;
     eprintln!(

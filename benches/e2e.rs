@@ -31,6 +31,8 @@ mod in_server;
 mod process;
 #[path = "decoder_support/stream.rs"]
 mod stream;
+// ratio_spread is the backfill report's alone.
+#[allow(dead_code)]
 #[path = "backfill_support/summary.rs"]
 mod summary;
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::fixture::InServerSample;
 use crate::process::RunSample;
 use crate::profile::{Steps, WithConsumer};
-use crate::summary::{median, target_dir};
+use crate::summary::{median, ratio_spread, target_dir};
 
 /// The ratio the issue allows: walshift at most 1.15x the in-server loop.
 pub const GOAL: f64 = 1.15;
@@ -108,9 +108,7 @@ impl Figures {
                 let paired = if paired.is_empty() {
                     String::new()
                 } else {
-                    let lo = paired.iter().copied().fold(f64::INFINITY, f64::min);
-                    let hi = paired.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    format!("{:.2}x ({lo:.2}-{hi:.2})", median(paired.iter().copied()))
+                    ratio_spread(paired)
                 };
                 let _ = writeln!(
                     out,

@@ -1,5 +1,5 @@
 //! What the reports of `benches/backfill.rs` and `benches/e2e.rs` share: the
-//! median of repeated runs, the load average beside it, and the target
+//! median of repeated runs and the spread of paired ratios, the load average beside it, and the target
 //! directory the results are written under.
 
 use std::borrow::Borrow;
@@ -23,6 +23,14 @@ pub fn median<T: Borrow<f64>>(values: impl IntoIterator<Item = T>) -> f64 {
     } else {
         (v[mid - 1] + v[mid]) / 2.0
     }
+}
+
+/// Ratios as `median x (min-max)`, e.g. `1.09x (0.87-1.62)`: how paired
+/// ratios are reported.
+pub fn ratio_spread(ratios: &[f64]) -> String {
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.2}x ({lo:.2}-{hi:.2})", median(ratios))
 }
 
 /// The 1, 5 and 15 minute load averages: the noise other processes add.
