@@ -10,8 +10,8 @@ use toml::Spanned;
 use super::raw::{RawBackfill, RawCutover, RawGate, RawMirror, RawSafety, RawSpec};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Backfill, Cutover, Gate, MAX_NAME_LEN, Mirror, MirrorMode, OnMaxRetainedWal, Problem, Safety,
-    Spec, ThrottleQuery,
+    Backfill, Cutover, Gate, MAX_NAME_LEN, Mirror, MirrorMode, OnMaxRetainedWal, Problem, Reverse,
+    Safety, Spec, ThrottleQuery,
 };
 use crate::ident::{self, QualifiedName};
 
@@ -178,6 +178,12 @@ impl Checker<'_> {
                 None
             }
         };
+        let reverse = self.reverse(
+            &label,
+            (raw.reverse, raw.reverse_select),
+            mode.as_ref(),
+            key.as_deref(),
+        );
         Some(Mirror {
             number,
             line,
@@ -187,7 +193,108 @@ impl Checker<'_> {
                 (Some(_), key) => Some(key?),
             },
             mode: mode?,
+            reverse: reverse?,
         })
+    }
+
+    /// `reverse` or `reverse_select`: the way back of a two-way mirror.
+    /// `Some(None)` for a one-way mirror, `None` on a problem.
+    fn reverse(
+        &mut self,
+        label: &str,
+        (columns, select): (
+            Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+            Option<Spanned<String>>,
+        ),
+        mode: Option<&MirrorMode>,
+        key: Option<&[String]>,
+    ) -> Option<Option<Reverse>> {
+        match (columns, select) {
+            (None, None) => Some(None),
+            (Some(_), Some(select)) => {
+                self.at(
+                    select.span(),
+                    format!(
+                        "{label}: reverse and reverse_select are two ways back; keep reverse for \
+                         columns of the source computed from the new shape, or reverse_select for \
+                         source rows computed from target rows (a table split)"
+                    ),
+                );
+                None
+            }
+            (None, Some(select)) => {
+                if let Some(MirrorMode::Set { .. }) = mode {
+                    self.at(
+                        select.span(),
+                        format!(
+                            "{label}: reverse_select is for rows mode (a new table); in set mode \
+                             write reverse = {{ old_column = \"expression of the new columns\" }}"
+                        ),
+                    );
+                    return None;
+                }
+                let select = self.sql(label, "reverse_select", &select)?;
+                Some(Some(Reverse::Rows { select }))
+            }
+            (Some(columns), None) => {
+                if columns.get_ref().is_empty() {
+                    self.at(
+                        columns.span(),
+                        format!(
+                            "{label}: reverse is empty; add old_column = \"expression\" pairs, or \
+                             remove it for a one-way mirror"
+                        ),
+                    );
+                    return None;
+                }
+                let mut out = Vec::new();
+                let mut seen = BTreeMap::new();
+                let mut ok = true;
+                for (column, expr) in columns.into_inner() {
+                    let field = format!("reverse.{}", column.get_ref());
+                    let name = self.identifier(label, &field, &column);
+                    let expr = self.sql(label, &field, &expr);
+                    let (Some(name), Some(expr)) = (name, expr) else {
+                        ok = false;
+                        continue;
+                    };
+                    if key.is_some_and(|key| key.contains(&name)) {
+                        self.at(
+                            column.span(),
+                            format!(
+                                "{label}: {field} writes a key column; the key identifies the row \
+                                 in both shapes, so neither direction may compute it"
+                            ),
+                        );
+                        ok = false;
+                    }
+                    if let Some(MirrorMode::Set { columns: set }) = mode
+                        && set.iter().any(|(c, _)| *c == name)
+                    {
+                        self.at(
+                            column.span(),
+                            format!(
+                                "{label}: {field} is also in set; a column belongs to one shape: \
+                                 set computes the new columns, reverse the old ones"
+                            ),
+                        );
+                        ok = false;
+                    }
+                    if let Some(other) = seen.insert(name.clone(), column.get_ref().clone()) {
+                        self.at(
+                            column.span(),
+                            format!(
+                                "{label}: {field} and reverse.{other} name the same column; keep one"
+                            ),
+                        );
+                        ok = false;
+                    }
+                    out.push((name, expr));
+                }
+                out.sort();
+                ok.then_some(Some(Reverse::Columns(out)))
+            }
+        }
     }
 
     fn set_mode(
@@ -301,21 +408,33 @@ impl Checker<'_> {
         let mut owned: BTreeMap<(&QualifiedName, BTreeSet<&str>), usize> = BTreeMap::new();
         for m in mirrors {
             let at = Some((m.line, 1));
-            match &m.mode {
-                MirrorMode::Set { columns } => {
-                    for (column, _) in columns {
-                        if let Some(other) = written.insert((&m.source, column), m.number) {
-                            self.problems.push(Problem {
-                                at,
-                                message: format!(
-                                    "mirror #{}: set.{column} of {} is also written by mirror \
-                                     #{other}; each column must be computed by one mirror",
-                                    m.number, m.source
-                                ),
-                            });
-                        }
-                    }
+            // The old-shape columns a two-way mirror writes back are written
+            // like set columns: by one mirror only.
+            let reverse = match &m.reverse {
+                Some(Reverse::Columns(columns)) => columns.as_slice(),
+                _ => &[],
+            };
+            for (field, column) in reverse.iter().map(|(c, _)| ("reverse", c)).chain(
+                match &m.mode {
+                    MirrorMode::Set { columns } => columns.as_slice(),
+                    MirrorMode::Rows { .. } => &[],
                 }
+                .iter()
+                .map(|(c, _)| ("set", c)),
+            ) {
+                if let Some(other) = written.insert((&m.source, column), m.number) {
+                    self.problems.push(Problem {
+                        at,
+                        message: format!(
+                            "mirror #{}: {field}.{column} of {} is also written by mirror \
+                             #{other}; each column must be computed by one mirror",
+                            m.number, m.source
+                        ),
+                    });
+                }
+            }
+            match &m.mode {
+                MirrorMode::Set { .. } => {}
                 MirrorMode::Rows { target, owner, .. } => {
                     if *target == m.source {
                         self.problems.push(Problem {

@@ -56,6 +56,31 @@ pub struct Mirror {
     /// `None`: the source's primary key.
     pub key: Option<Vec<String>>,
     pub mode: MirrorMode,
+    /// The way back: `Some` makes the mirror two-way (both shapes writable,
+    /// for the rolling deploy); `None` mirrors old -> new only.
+    pub reverse: Option<Reverse>,
+}
+
+/// How the old shape is computed from the new one in a two-way mirror.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reverse {
+    /// `reverse = { column = "expression" }`: columns of the source row (the
+    /// old shape), sorted by column. In set mode the expressions read the
+    /// row's new columns; in rows mode they read the key's target rows with
+    /// a subquery (`src` is the source row).
+    Columns(Vec<(String, String)>),
+    /// `reverse_select`, rows mode: the source row a target row stands for,
+    /// for table splits where the new version inserts into the target and
+    /// the old table must receive the row. It runs once per target row,
+    /// which it names `tgt`; its output columns are source columns and must
+    /// include the key.
+    Rows { select: String },
+}
+
+impl Mirror {
+    pub fn is_two_way(&self) -> bool {
+        self.reverse.is_some()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -34,6 +34,12 @@ pub(super) struct RawMirror {
     pub target: Option<Spanned<String>>,
     pub owner: Option<Spanned<Vec<Spanned<String>>>>,
     pub select: Option<Spanned<String>>,
+    /// The way back (two-way mirror): column -> expression of the old shape,
+    /// computed from the new one. Sorted like `set`.
+    pub reverse: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    /// The way back of a table split (rows mode): the source row a target
+    /// row stands for.
+    pub reverse_select: Option<Spanned<String>>,
 }
 
 /// Durations and sizes arrive as any TOML value so that `max_replica_lag = 5`

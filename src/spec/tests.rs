@@ -535,3 +535,99 @@ fn unreadable_file_names_it() {
             .starts_with("/nonexistent/spec.toml: cannot read the spec:")
     );
 }
+
+const TWO_WAY: &str = r#"
+name = "users-status"
+
+[[mirror]]
+source = "users"
+set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
+reverse = { is_active = "status = 'active'" }
+"#;
+
+#[test]
+fn reverse_makes_a_mirror_two_way() {
+    let spec = parse(TWO_WAY);
+    let m = &spec.mirrors[0];
+    assert!(m.is_two_way());
+    assert_eq!(
+        m.reverse,
+        Some(Reverse::Columns(vec![(
+            "is_active".into(),
+            "status = 'active'".into()
+        )]))
+    );
+    assert!(!parse(MINIMAL).mirrors[0].is_two_way());
+}
+
+#[test]
+fn reverse_select_is_the_way_back_of_a_split() {
+    let spec = parse(
+        r#"
+name = "comments-split"
+[[mirror]]
+source = "comments"
+target = "product_comment"
+owner = ["id"]
+select = "SELECT src.id, src.body WHERE src.kind = 'product'"
+reverse_select = "SELECT tgt.id, tgt.body, 'product' AS kind"
+"#,
+    );
+    assert_eq!(
+        spec.mirrors[0].reverse,
+        Some(Reverse::Rows {
+            select: "SELECT tgt.id, tgt.body, 'product' AS kind".into()
+        })
+    );
+}
+
+#[test]
+fn reverse_problems_name_the_field_and_the_fix() {
+    assert_problem(
+        &TWO_WAY.replace("is_active = \"status", "status = \"status"),
+        "spec.toml:7:13: mirror #1 (users): reverse.status is also in set; a column belongs to \
+         one shape: set computes the new columns, reverse the old ones",
+    );
+    assert_problem(
+        &TWO_WAY.replace("reverse = { is_active = \"status = 'active'\" }", "reverse = {}"),
+        "spec.toml:7:11: mirror #1 (users): reverse is empty; add old_column = \"expression\" \
+         pairs, or remove it for a one-way mirror",
+    );
+    assert_problem(
+        &TWO_WAY.replace(
+            "reverse = {",
+            "reverse_select = \"SELECT 1\"\nreverse = {",
+        ),
+        "spec.toml:7:18: mirror #1 (users): reverse and reverse_select are two ways back; keep \
+         reverse for columns of the source computed from the new shape, or reverse_select for \
+         source rows computed from target rows (a table split)",
+    );
+    assert_problem(
+        &TWO_WAY.replace("reverse = { is_active = \"status = 'active'\" }", "reverse_select = \"SELECT 1\""),
+        "spec.toml:7:18: mirror #1 (users): reverse_select is for rows mode (a new table); in set \
+         mode write reverse = { old_column = \"expression of the new columns\" }",
+    );
+    assert_problem(
+        &TWO_WAY.replace("source = \"users\"", "source = \"users\"\nkey = [\"id\"]")
+            .replace("is_active = \"status", "id = \"status"),
+        "spec.toml:8:13: mirror #1 (users): reverse.id writes a key column; the key identifies \
+         the row in both shapes, so neither direction may compute it",
+    );
+    assert_problem(
+        &TWO_WAY.replace("is_active = \"status = 'active'\"", "is_active = \"status = 'active';\""),
+        "spec.toml:7:25: mirror #1 (users): reverse.is_active ends with ';'; remove it (walshift \
+         embeds it in its own statement)",
+    );
+}
+
+#[test]
+fn an_old_column_is_written_back_by_one_mirror_only() {
+    let text = format!(
+        "{TWO_WAY}\n[[mirror]]\nsource = \"users\"\nset = {{ is_active = \"status = 'x'\" }}\n"
+    );
+    assert_problem(
+        &text,
+        "spec.toml:9:1: mirror #2: set.is_active of \"public\".\"users\" is also written by mirror #1; \
+         each column must be computed by one mirror",
+    );
+}
