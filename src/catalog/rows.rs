@@ -123,6 +123,7 @@ pub(super) async fn check(
         columns: names,
         conflict_key: conflict.map(|c| c.names),
         select: select.to_string(),
+        owned_if: None,
     }))
 }
 

@@ -364,6 +364,7 @@ fn a_report_renders_its_plan_or_its_problems() {
         columns: strings(&["order_id", "sku"]),
         conflict_key: None,
         select: "SELECT src.id AS order_id, 'x' AS sku".into(),
+        owned_if: None,
     };
     let report = CheckReport {
         problems: Vec::new(),

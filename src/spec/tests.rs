@@ -589,32 +589,39 @@ fn reverse_problems_name_the_field_and_the_fix() {
          one shape: set computes the new columns, reverse the old ones",
     );
     assert_problem(
-        &TWO_WAY.replace("reverse = { is_active = \"status = 'active'\" }", "reverse = {}"),
+        &TWO_WAY.replace(
+            "reverse = { is_active = \"status = 'active'\" }",
+            "reverse = {}",
+        ),
         "spec.toml:7:11: mirror #1 (users): reverse is empty; add old_column = \"expression\" \
          pairs, or remove it for a one-way mirror",
     );
     assert_problem(
-        &TWO_WAY.replace(
-            "reverse = {",
-            "reverse_select = \"SELECT 1\"\nreverse = {",
-        ),
+        &TWO_WAY.replace("reverse = {", "reverse_select = \"SELECT 1\"\nreverse = {"),
         "spec.toml:7:18: mirror #1 (users): reverse and reverse_select are two ways back; keep \
          reverse for columns of the source computed from the new shape, or reverse_select for \
          source rows computed from target rows (a table split)",
     );
     assert_problem(
-        &TWO_WAY.replace("reverse = { is_active = \"status = 'active'\" }", "reverse_select = \"SELECT 1\""),
+        &TWO_WAY.replace(
+            "reverse = { is_active = \"status = 'active'\" }",
+            "reverse_select = \"SELECT 1\"",
+        ),
         "spec.toml:7:18: mirror #1 (users): reverse_select is for rows mode (a new table); in set \
          mode write reverse = { old_column = \"expression of the new columns\" }",
     );
     assert_problem(
-        &TWO_WAY.replace("source = \"users\"", "source = \"users\"\nkey = [\"id\"]")
+        &TWO_WAY
+            .replace("source = \"users\"", "source = \"users\"\nkey = [\"id\"]")
             .replace("is_active = \"status", "id = \"status"),
         "spec.toml:8:13: mirror #1 (users): reverse.id writes a key column; the key identifies \
          the row in both shapes, so neither direction may compute it",
     );
     assert_problem(
-        &TWO_WAY.replace("is_active = \"status = 'active'\"", "is_active = \"status = 'active';\""),
+        &TWO_WAY.replace(
+            "is_active = \"status = 'active'\"",
+            "is_active = \"status = 'active';\"",
+        ),
         "spec.toml:7:25: mirror #1 (users): reverse.is_active ends with ';'; remove it (walshift \
          embeds it in its own statement)",
     );

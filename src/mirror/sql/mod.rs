@@ -39,8 +39,11 @@ mod rows;
 mod verify;
 
 pub use crate::ident::{QualifiedName, quote_ident, quote_literal};
-pub use rows::{rows_apply, rows_truncate};
-pub use verify::{VerifyOutput, rows_owner_mismatch, rows_verify, set_verify};
+pub use rows::{reverse_rows_select, rows_apply, rows_apply_excluding, rows_truncate};
+pub use verify::{
+    VerifyOutput, rows_owner_mismatch, rows_verify, rows_verify_two_way, set_verify,
+    set_verify_two_way,
+};
 
 /// A key (or owner) column and its type as `format_type()` prints it, e.g.
 /// `bigint`, `character varying(20)`, `"My Schema"."My Type"`. The type name
@@ -87,6 +90,37 @@ pub struct RowsPlan {
     /// `columns` covers; `None` = replace-by-owner.
     pub conflict_key: Option<Vec<String>>,
     pub select: String,
+    /// Only target rows for which this rows-mode select, run on the target
+    /// row as `src`, yields a row belong to the plan; `None`: every row whose
+    /// owner columns hold a key of the scope. The way back of a table split
+    /// owns only the old table's rows of its own kind (its forward select).
+    pub owned_if: Option<String>,
+}
+
+/// Keys a range statement leaves alone: those listed for the mirror in
+/// walshift's key table (`walshift.keys`), which another step decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Excluded {
+    pub spec: String,
+    /// The mirror's number in the spec.
+    pub mirror: usize,
+}
+
+impl Excluded {
+    /// `NOT EXISTS (...)`: the key held by `columns` of `alias` (as text,
+    /// the form keys are stored in) is not listed.
+    fn condition(&self, alias: &str, columns: &[KeyColumn]) -> String {
+        let texts: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{}::text", col(alias, &c.name)))
+            .collect();
+        format!(
+            "NOT EXISTS (SELECT FROM walshift.keys AS w WHERE w.name = {} AND w.mirror = {} AND w.key = ARRAY[{}])",
+            quote_literal(&self.spec),
+            self.mirror,
+            texts.join(", ")
+        )
+    }
 }
 
 /// What a batch statement covers.
@@ -254,6 +288,11 @@ fn check_distinct(names: &[&str]) -> Result<(), PlanError> {
 ///
 /// Returns no rows; the command tag's row count is the number of rows written.
 pub fn set_apply(plan: &SetPlan, scope: Scope) -> Statement {
+    set_apply_excluding(plan, scope, None)
+}
+
+/// [`set_apply`], leaving alone the keys `excluded` lists.
+pub fn set_apply_excluding(plan: &SetPlan, scope: Scope, excluded: Option<&Excluded>) -> Statement {
     debug_assert_eq!(plan.check(), Ok(()));
     let mut params = Vec::new();
     let placed = place(scope, plan.key.len(), &mut params);
@@ -264,6 +303,7 @@ pub fn set_apply(plan: &SetPlan, scope: Scope) -> Statement {
         .collect();
     let mut conditions = placed.conditions("src", &plan.key);
     conditions.push(set_differs(plan));
+    conditions.extend(excluded.map(|e| e.condition("src", &plan.key)));
     let sql = format!(
         "UPDATE {} AS src\nSET {}\nWHERE {}",
         plan.source,

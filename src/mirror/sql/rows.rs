@@ -39,7 +39,7 @@
 //!   filter, so such a mapping shows up as a difference, and
 //!   `rows_owner_mismatch` names the keys.
 
-use super::{Placed, RowsPlan, Scope, Statement, col, place, quote_ident, row};
+use super::{Excluded, Placed, RowsPlan, Scope, Statement, col, place, quote_ident, row};
 
 /// Rows mode, one batch or one backfill chunk.
 ///
@@ -78,15 +78,20 @@ use super::{Placed, RowsPlan, Scope, Statement, col, place, quote_ident, row};
 /// row would be deleted and inserted again on each recompute (correct, not
 /// quiet): conflict keys should be NOT NULL, e.g. the primary key.
 pub fn rows_apply(plan: &RowsPlan, scope: Scope) -> Statement {
+    rows_apply_excluding(plan, scope, None)
+}
+
+/// [`rows_apply`], leaving alone the keys `excluded` lists: their source
+/// rows yield nothing and their owned rows are neither deleted nor replaced.
+pub fn rows_apply_excluding(
+    plan: &RowsPlan,
+    scope: Scope,
+    excluded: Option<&Excluded>,
+) -> Statement {
     debug_assert_eq!(plan.check(), Ok(()));
     let mut params = Vec::new();
     let placed = place(scope, plan.key.len(), &mut params);
-    let owned = placed.conditions("t", &plan.owner).join("\n    AND ");
-    let owned = if owned.is_empty() {
-        "TRUE".into()
-    } else {
-        owned
-    };
+    let owned = owned_conditions(plan, &placed, "t", excluded).join("\n    AND ");
     let target = &plan.target;
     let targets: Vec<String> = plan.columns.iter().map(|c| quote_ident(c)).collect();
     let ds = d_columns(plan);
@@ -137,12 +142,16 @@ pub fn rows_apply(plan: &RowsPlan, scope: Scope) -> Statement {
                     .map(|c| format!("{} = EXCLUDED.{}", quote_ident(c), quote_ident(c)))
                     .collect();
                 let t: Vec<String> = rest.iter().map(|c| col("t", c)).collect();
-                let excluded: Vec<String> = rest.iter().map(|c| col("EXCLUDED", c)).collect();
+                let incoming: Vec<String> = rest.iter().map(|c| col("EXCLUDED", c)).collect();
+                // A conflicting row the plan does not own is left as it is.
+                let owned = owned_if(plan, "t")
+                    .map(|c| format!("\n    AND {c}"))
+                    .unwrap_or_default();
                 format!(
-                    "ON CONFLICT ({arbiter}) DO UPDATE\n  SET {}\n  WHERE {} IS DISTINCT FROM {}",
+                    "ON CONFLICT ({arbiter}) DO UPDATE\n  SET {}\n  WHERE {} IS DISTINCT FROM {}{owned}",
                     sets.join(",\n      "),
                     row(&t),
-                    row(&excluded)
+                    row(&incoming)
                 )
             };
             format!(
@@ -152,7 +161,7 @@ pub fn rows_apply(plan: &RowsPlan, scope: Scope) -> Statement {
                  written AS (\n  INSERT INTO {target} AS t ({targets})\n  SELECT {ds}\n  FROM desired AS d\n  \
                  WHERE NOT EXISTS (\n    SELECT FROM {target} AS e\n    WHERE {already})\n  {on_conflict}\n  \
                  RETURNING 1\n)\n{COUNTS}",
-                desired = desired(plan, &placed, false),
+                desired = desired(plan, &placed, false, excluded),
                 d_ck = ck("d"),
                 t_ck = ck_target("t"),
                 already = already.join("\n      AND "),
@@ -184,7 +193,7 @@ pub fn rows_apply(plan: &RowsPlan, scope: Scope) -> Statement {
                  WHERE NOT EXISTS (\n        SELECT FROM desired AS d\n        WHERE {same_d}))\n  RETURNING 1\n),\n\
                  written AS (\n  INSERT INTO {target} ({targets})\n  SELECT {ds}\n  FROM desired AS d\n  \
                  WHERE NOT EXISTS (\n    SELECT FROM existing AS e\n    WHERE {same_w})\n  RETURNING 1\n)\n{COUNTS}",
-                desired = desired(plan, &placed, true),
+                desired = desired(plan, &placed, true, excluded),
                 aliased = aliased.join(", "),
                 t_cols = t_cols.join(", "),
                 same_d = same_copy(plan, &ds, &es.join(", "), "          "),
@@ -228,7 +237,12 @@ fn d_columns(plan: &RowsPlan) -> String {
 /// The `desired` CTE body: the select's rows for the scope's source rows, as
 /// `c1..cm` (plus the copy number `n` when `numbered`), keeping only rows
 /// whose owner columns are the source key (see the module docs).
-fn desired(plan: &RowsPlan, placed: &Placed, numbered: bool) -> String {
+fn desired(
+    plan: &RowsPlan,
+    placed: &Placed,
+    numbered: bool,
+    excluded: Option<&Excluded>,
+) -> String {
     let ms: Vec<String> = (1..=plan.columns.len())
         .map(|i| format!("m.c{i}"))
         .collect();
@@ -242,11 +256,47 @@ fn desired(plan: &RowsPlan, placed: &Placed, numbered: bool) -> String {
     let mut conditions = placed.conditions("src", &plan.key);
     let (owners, keys) = owners_and_keys(plan);
     conditions.push(format!("{owners} = {keys}"));
+    conditions.extend(excluded.map(|e| e.condition("src", &plan.key)));
     format!(
         "{select}\n{}\n  WHERE {}",
         source_lateral(plan),
         conditions.join("\n    AND ")
     )
+}
+
+/// Conditions (to be ANDed, never empty) selecting the target rows, aliased
+/// `alias`, that the scope's keys own: owner columns in the scope, owned by
+/// the plan ([`RowsPlan::owned_if`]) and not excluded.
+pub(super) fn owned_conditions(
+    plan: &RowsPlan,
+    placed: &Placed,
+    alias: &str,
+    excluded: Option<&Excluded>,
+) -> Vec<String> {
+    let mut owned = placed.conditions(alias, &plan.owner);
+    owned.extend(owned_if(plan, alias));
+    owned.extend(excluded.map(|e| e.condition(alias, &plan.owner)));
+    if owned.is_empty() {
+        owned.push("TRUE".into());
+    }
+    owned
+}
+
+/// `EXISTS (...)`: the target row `alias` is one [`RowsPlan::owned_if`]
+/// yields a row for; `None` when the plan owns every row.
+pub(super) fn owned_if(plan: &RowsPlan, alias: &str) -> Option<String> {
+    plan.owned_if.as_ref().map(|select| {
+        format!(
+            "EXISTS (SELECT FROM (SELECT {alias}.*) AS src CROSS JOIN LATERAL (\n{select}\n) AS f)"
+        )
+    })
+}
+
+/// The select of a table split's way back: the operator's `reverse_select`,
+/// which names the target row `tgt`, run on the row a rows plan from the
+/// target calls `src`.
+pub fn reverse_rows_select(reverse_select: &str) -> String {
+    format!("SELECT r.* FROM (SELECT src.*) AS tgt CROSS JOIN LATERAL (\n{reverse_select}\n) AS r")
 }
 
 /// `FROM <source> AS src CROSS JOIN LATERAL (<select>) AS m(c1, ...)`: the

@@ -59,6 +59,7 @@ fn items() -> RowsPlan {
         select: "SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty\n\
                  FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)"
             .into(),
+        owned_if: None,
     }
 }
 
@@ -74,6 +75,7 @@ fn mixed_rows() -> RowsPlan {
         select: "SELECT src.\"Region\", src.\"ID\", g AS \"Line No\", jsonb_build_object('note', src.\"Note\") \
                  FROM generate_series(1, length(src.\"Note\")) AS g"
             .into(),
+        owned_if: None,
     }
 }
 
@@ -627,4 +629,116 @@ fn declared_parameter_types_match_the_first_cast_in_the_text() {
         }
     }
     assert!(checked > 100, "only {checked} placeholders checked");
+}
+
+fn excluded() -> Excluded {
+    Excluded {
+        spec: "o'k".into(),
+        mirror: 2,
+    }
+}
+
+/// Ranges of a two-way mirror leave alone the keys walshift's key table
+/// lists, on both the source rows and the owned target rows.
+#[test]
+fn excluded_keys_are_left_alone_by_range_statements() {
+    let range = Scope::Range {
+        lower: true,
+        upper: false,
+    };
+    let set = set_apply_excluding(&users(), range, Some(&excluded()));
+    assert!(set.sql.ends_with(
+        "\n  AND NOT EXISTS (SELECT FROM walshift.keys AS w WHERE w.name = 'o''k' AND w.mirror = 2 \
+         AND w.key = ARRAY[src.\"id\"::text])"
+    ), "{}", set.sql);
+    assert_eq!(set.params, set_apply(&users(), range).params);
+    let rows = rows_apply_excluding(&mixed_rows(), range, Some(&excluded()));
+    let on_source = "AND NOT EXISTS (SELECT FROM walshift.keys AS w WHERE w.name = 'o''k' AND \
+                     w.mirror = 2 AND w.key = ARRAY[src.\"Region\"::text, src.\"ID\"::text])";
+    let on_target = "AND NOT EXISTS (SELECT FROM walshift.keys AS w WHERE w.name = 'o''k' AND \
+                     w.mirror = 2 AND w.key = ARRAY[t.\"Owner Region\"::text, t.\"Owner ID\"::text])";
+    assert_eq!(rows.sql.matches(on_source).count(), 1, "{}", rows.sql);
+    // The `existing` copy and the DELETE.
+    assert_eq!(rows.sql.matches(on_target).count(), 2, "{}", rows.sql);
+    assert_eq!(
+        rows_apply_excluding(&items(), Scope::Keys, None),
+        rows_apply(&items(), Scope::Keys)
+    );
+}
+
+/// The way back of a split owns only the old table's rows its forward
+/// select yields: the DELETE and the ON CONFLICT update skip the others.
+#[test]
+fn owned_if_restricts_deletes_and_updates_to_owned_rows() {
+    let mut back = items();
+    back.owned_if = Some("SELECT 1 WHERE src.kind = 'product'".into());
+    let s = rows_apply(&back, Scope::Keys);
+    let owned = "EXISTS (SELECT FROM (SELECT t.*) AS src CROSS JOIN LATERAL (\n\
+                 SELECT 1 WHERE src.kind = 'product'\n) AS f)";
+    assert!(
+        s.sql.contains(&format!(
+            "WHERE t.\"order_id\" = ANY($1::text[]::bigint[])\n    AND {owned}\n    AND NOT EXISTS"
+        )),
+        "{}",
+        s.sql
+    );
+    assert!(
+        s.sql.contains(&format!(
+            "WHERE (t.\"sku\", t.\"qty\") IS DISTINCT FROM (EXCLUDED.\"sku\", EXCLUDED.\"qty\")\n    AND {owned}"
+        )),
+        "{}",
+        s.sql
+    );
+    let v = rows_verify(&back, Scope::Keys, VerifyOutput::Count);
+    assert!(v.sql.contains(&format!("AND {owned}")), "{}", v.sql);
+}
+
+#[test]
+fn reverse_rows_select_names_the_target_row_tgt() {
+    assert_eq!(
+        reverse_rows_select("SELECT tgt.id, 'p' AS kind -- note"),
+        "SELECT r.* FROM (SELECT src.*) AS tgt CROSS JOIN LATERAL (\n\
+         SELECT tgt.id, 'p' AS kind -- note\n) AS r"
+    );
+}
+
+/// A two-way key differs only when neither shape follows from the other.
+#[test]
+fn two_way_verify_needs_both_directions_to_differ() {
+    let reverse = SetPlan {
+        source: QualifiedName::new("public", "users"),
+        key: vec![k("id", "bigint")],
+        set: vec![("is_active".into(), "status = 'active'".into())],
+    };
+    let s = set_verify_two_way(&users(), &reverse, Scope::Keys, VerifyOutput::Count);
+    assert_sql(
+        &s,
+        r#"SELECT count(*)
+FROM "public"."users" AS src
+WHERE src."id" = ANY($1::text[]::bigint[])
+  AND src."status" IS DISTINCT FROM (CASE WHEN is_active THEN 'active' ELSE 'disabled' END)
+  AND src."is_active" IS DISTINCT FROM (status = 'active')"#,
+        &[Param::KeyArray(0)],
+    );
+    let items_back = SetPlan {
+        source: QualifiedName::new("public", "orders"),
+        key: vec![k("id", "bigint")],
+        set: vec![("items".into(), "(SELECT '[]'::jsonb)".into())],
+    };
+    let r = rows_verify_two_way(&items(), &items_back, Scope::Keys, VerifyOutput::Count);
+    assert!(
+        r.sql.contains(
+            "differing AS (\n  SELECT f.*\n  FROM forward AS f\n  WHERE NOT EXISTS (\n    \
+             SELECT FROM \"public\".\"orders\" AS src\n    WHERE src.\"id\" = f.k1\n      \
+             AND NOT (src.\"items\" IS DISTINCT FROM ((SELECT '[]'::jsonb))))\n)\n\
+             SELECT count(*) FROM differing"
+        ),
+        "{}",
+        r.sql
+    );
+    assert!(
+        r.sql.contains("),\nforward AS (\n  SELECT d.k1"),
+        "{}",
+        r.sql
+    );
 }

@@ -3,9 +3,9 @@
 //! snapshot, so a key listed here differed at one instant (possibly only
 //! because its change was not applied yet: the caller re-checks after lag).
 
-use super::rows::{owners_and_keys, same_copy, source_lateral};
+use super::rows::{owned_conditions, owners_and_keys, same_copy, source_lateral};
 use super::{
-    Param, RowsPlan, Scope, SetPlan, Statement, col, key_list, key_texts, place, set_differs,
+    Param, RowsPlan, Scope, SetPlan, Statement, col, key_list, key_texts, place, row, set_differs,
 };
 
 /// What a verification query returns.
@@ -36,11 +36,35 @@ pub enum VerifyOutput {
 /// LIMIT $3::bigint
 /// ```
 pub fn set_verify(plan: &SetPlan, scope: Scope, output: VerifyOutput) -> Statement {
+    set_verify_where(plan, None, scope, output)
+}
+
+/// Set mode, two-way: keys in `scope` where neither shape is the mapping of
+/// the other: the new columns differ from what `forward` computes *and* the
+/// old ones from what `reverse` computes. A key written last through the new
+/// shape holds values the forward mapping may never produce (`'paused'`),
+/// and is consistent when the old shape follows from it.
+pub fn set_verify_two_way(
+    forward: &SetPlan,
+    reverse: &SetPlan,
+    scope: Scope,
+    output: VerifyOutput,
+) -> Statement {
+    set_verify_where(forward, Some(reverse), scope, output)
+}
+
+fn set_verify_where(
+    plan: &SetPlan,
+    reverse: Option<&SetPlan>,
+    scope: Scope,
+    output: VerifyOutput,
+) -> Statement {
     debug_assert_eq!(plan.check(), Ok(()));
     let mut params = Vec::new();
     let placed = place(scope, plan.key.len(), &mut params);
     let mut conditions = placed.conditions("src", &plan.key);
     conditions.push(set_differs(plan));
+    conditions.extend(reverse.map(set_differs));
     let head = match output {
         VerifyOutput::Count => "count(*)".to_string(),
         VerifyOutput::Keys => key_texts("src", &plan.key),
@@ -75,6 +99,29 @@ pub fn set_verify(plan: &SetPlan, scope: Scope, output: VerifyOutput) -> Stateme
 /// `(columns, copy number)` identifies one copy; owner equality comes first in
 /// each match so the comparison is hashed per owner.
 pub fn rows_verify(plan: &RowsPlan, scope: Scope, output: VerifyOutput) -> Statement {
+    rows_verify_where(plan, None, scope, output)
+}
+
+/// Rows mode, two-way with `reverse` computing source columns from the
+/// target rows: keys in `scope` where the target rows differ from the
+/// mapping of the source row *and* the source row's reverse columns differ
+/// from what `reverse` computes from the target rows. A key whose source row
+/// is gone keeps its difference (nothing is consistent with no row).
+pub fn rows_verify_two_way(
+    plan: &RowsPlan,
+    reverse: &SetPlan,
+    scope: Scope,
+    output: VerifyOutput,
+) -> Statement {
+    rows_verify_where(plan, Some(reverse), scope, output)
+}
+
+fn rows_verify_where(
+    plan: &RowsPlan,
+    reverse: Option<&SetPlan>,
+    scope: Scope,
+    output: VerifyOutput,
+) -> Statement {
     debug_assert_eq!(plan.check(), Ok(()));
     let mut params = Vec::new();
     let placed = place(scope, plan.key.len(), &mut params);
@@ -108,10 +155,7 @@ pub fn rows_verify(plan: &RowsPlan, scope: Scope, output: VerifyOutput) -> State
     if src_conditions.is_empty() {
         src_conditions.push("TRUE".into());
     }
-    let mut owned = placed.conditions("t", &plan.owner);
-    if owned.is_empty() {
-        owned.push("TRUE".into());
-    }
+    let owned = owned_conditions(plan, &placed, "t", None);
     let d_ks: Vec<String> = ks.iter().map(|k| format!("d.{k}")).collect();
     let e_ks: Vec<String> = ks.iter().map(|k| format!("e.{k}")).collect();
     let same = same_copy(plan, &ds.join(", "), &es.join(", "), "      ");
@@ -120,9 +164,9 @@ pub fn rows_verify(plan: &RowsPlan, scope: Scope, output: VerifyOutput) -> State
          {lateral}\n  WHERE {src_conditions}\n),\n\
          existing AS (\n  SELECT {owner_keys}, {aliased},\n    row_number() OVER (PARTITION BY {t_cols}) AS n\n  \
          FROM {target} AS t\n  WHERE {owned}\n),\n\
-         differing AS (\n  SELECT {d_ks}\n  FROM desired AS d\n  WHERE NOT EXISTS (\n    SELECT FROM existing AS e\n    \
+         {differing} AS (\n  SELECT {d_ks}\n  FROM desired AS d\n  WHERE NOT EXISTS (\n    SELECT FROM existing AS e\n    \
          WHERE {same})\n  UNION\n  SELECT {e_ks}\n  FROM existing AS e\n  WHERE NOT EXISTS (\n    \
-         SELECT FROM desired AS d\n    WHERE {same})\n)\n",
+         SELECT FROM desired AS d\n    WHERE {same})\n){filtered}\n",
         src_keys = src_keys.join(", "),
         ms = ms.join(", "),
         lateral = source_lateral(plan),
@@ -134,6 +178,14 @@ pub fn rows_verify(plan: &RowsPlan, scope: Scope, output: VerifyOutput) -> State
         owned = owned.join("\n    AND "),
         d_ks = d_ks.join(", "),
         e_ks = e_ks.join(", "),
+        differing = if reverse.is_some() {
+            "forward"
+        } else {
+            "differing"
+        },
+        filtered = reverse
+            .map(|r| reverse_filter(plan, r, &ks))
+            .unwrap_or_default(),
     );
     match output {
         VerifyOutput::Count => sql.push_str("SELECT count(*) FROM differing"),
@@ -168,6 +220,22 @@ pub fn rows_verify(plan: &RowsPlan, scope: Scope, output: VerifyOutput) -> State
         }
     }
     Statement { sql, params }
+}
+
+/// `,\ndiffering AS (...)`: the keys of `forward` (rows mode's differing
+/// keys, as `k1..`) whose source row does not have the reverse columns the
+/// target rows imply.
+fn reverse_filter(plan: &RowsPlan, reverse: &SetPlan, ks: &[String]) -> String {
+    let keys: Vec<String> = plan.key.iter().map(|k| col("src", &k.name)).collect();
+    let fs: Vec<String> = ks.iter().map(|k| format!("f.{k}")).collect();
+    format!(
+        ",\ndiffering AS (\n  SELECT f.*\n  FROM forward AS f\n  WHERE NOT EXISTS (\n    \
+         SELECT FROM {} AS src\n    WHERE {} = {}\n      AND NOT ({}))\n)",
+        plan.source,
+        row(&keys),
+        row(&fs),
+        set_differs(reverse)
+    )
 }
 
 /// For `check` (on a sample range) and to explain a `verify` failure: source
