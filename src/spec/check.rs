@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawBackfill, RawCutover, RawGate, RawMirror, RawSafety, RawSpec};
+use super::raw::{RawBackfill, RawColumns, RawCutover, RawGate, RawMirror, RawSafety, RawSpec};
 use super::units::{parse_duration, parse_size};
 use super::{
     Backfill, Cutover, Gate, MAX_NAME_LEN, Mirror, MirrorMode, OnMaxRetainedWal, Problem, Reverse,
@@ -202,10 +202,7 @@ impl Checker<'_> {
     fn reverse(
         &mut self,
         label: &str,
-        (columns, select): (
-            Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
-            Option<Spanned<String>>,
-        ),
+        (columns, select): (Option<RawColumns>, Option<Spanned<String>>),
         mode: Option<&MirrorMode>,
         key: Option<&[String]>,
     ) -> Option<Option<Reverse>> {
@@ -300,7 +297,7 @@ impl Checker<'_> {
     fn set_mode(
         &mut self,
         label: &str,
-        set: Spanned<BTreeMap<Spanned<String>, Spanned<String>>>,
+        set: RawColumns,
         key: Option<&[String]>,
     ) -> Option<MirrorMode> {
         if set.get_ref().is_empty() {

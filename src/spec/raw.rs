@@ -30,17 +30,20 @@ pub(super) struct RawMirror {
     /// Column -> expression. A `BTreeMap` because assignments in one UPDATE
     /// are simultaneous: file order carries no meaning, sorted order makes the
     /// generated SQL deterministic.
-    pub set: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub set: Option<RawColumns>,
     pub target: Option<Spanned<String>>,
     pub owner: Option<Spanned<Vec<Spanned<String>>>>,
     pub select: Option<Spanned<String>>,
     /// The way back (two-way mirror): column -> expression of the old shape,
     /// computed from the new one. Sorted like `set`.
-    pub reverse: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub reverse: Option<RawColumns>,
     /// The way back of a table split (rows mode): the source row a target
     /// row stands for.
     pub reverse_select: Option<Spanned<String>>,
 }
+
+/// `column = "expression"` pairs (`set`, `reverse`), spanned.
+pub(super) type RawColumns = Spanned<BTreeMap<Spanned<String>, Spanned<String>>>;
 
 /// Durations and sizes arrive as any TOML value so that `max_replica_lag = 5`
 /// gets "the unit is missing" rather than serde's "expected a string".
