@@ -8,7 +8,7 @@ use super::probe::{prepare_generated, type_advice};
 use super::relation::{Column, Relation};
 use super::server::Server;
 use super::source::{identity_fix, identity_index_for, identity_problem, leaves, resolve_key};
-use super::{Ctx, Lookup, MirrorKind, MirrorPlan, pretty, rows, set};
+use super::{Ctx, Lookup, MirrorKind, MirrorPlan, pretty, rows, set, twoway};
 use crate::mirror::sql::KeyColumn;
 use crate::spec::{Mirror, MirrorMode};
 
@@ -98,7 +98,7 @@ pub(super) async fn check(
         .collect();
 
     let kind = match &m.mode {
-        MirrorMode::Set { columns } => set::check(ctx, &label, &source, &key, columns)
+        MirrorMode::Set { columns } => set::check(ctx, &label, &source, &key, columns, "set")
             .await?
             .map(MirrorKind::Set),
         MirrorMode::Rows {
@@ -137,6 +137,28 @@ pub(super) async fn check(
     if ctx.problems.len() > before || !prepare_generated(ctx, &label, &kind).await? {
         return Ok(None);
     }
+    let two_way = match &m.reverse {
+        None => None,
+        Some(reverse) => {
+            let target = match &m.mode {
+                MirrorMode::Rows { target, .. } => match ctx.relation(target).await? {
+                    Lookup::Found(t) => Some(t),
+                    _ => return Ok(None),
+                },
+                MirrorMode::Set { .. } => None,
+            };
+            let fwd = twoway::Forward {
+                source: &source,
+                key: &key,
+                kind: &kind,
+                target: target.as_deref(),
+            };
+            match twoway::check(ctx, &label, fwd, reverse, server).await? {
+                Some(plan) => Some(plan),
+                None => return Ok(None),
+            }
+        }
+    };
     let estimated_rows = estimate(ctx, &source).await?;
     Ok(Some(MirrorPlan {
         number: m.number,
@@ -146,6 +168,7 @@ pub(super) async fn check(
         kind,
         estimated_rows,
         replica_identity: source.replica_identity,
+        two_way,
     }))
 }
 

@@ -41,6 +41,7 @@ mod set;
 mod source;
 #[cfg(test)]
 mod tests;
+mod twoway;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -80,6 +81,54 @@ pub struct MirrorPlan {
     pub estimated_rows: i64,
     /// `pg_class.relreplident` of the source: `d`, `f` or `i`.
     pub replica_identity: char,
+    /// The way back, for a two-way mirror.
+    pub two_way: Option<TwoWayPlan>,
+}
+
+impl MirrorPlan {
+    pub fn is_two_way(&self) -> bool {
+        self.two_way.is_some()
+    }
+}
+
+/// A two-way mirror's way back, and how the stream tells which version
+/// wrote (see [`crate::mirror::txn`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TwoWayPlan {
+    pub reverse: ReversePlan,
+    /// Source columns only the forward mapping reads: an update changing one
+    /// of them is the old version's write, and recomputes the new shape.
+    pub forward_signal: Vec<String>,
+    /// Source columns only the reverse mapping reads: an update changing one
+    /// of them is the new version's write, and recomputes the old shape. (In
+    /// rows mode the new version's writes are the target's changes.)
+    pub reverse_signal: Vec<String>,
+    /// Source columns of the old shape (what `reverse` computes) and of the
+    /// new shape (set mode: what `set` computes): an insert that leaves one
+    /// shape unset is mirrored from the other.
+    pub old_shape: Vec<ShapeColumn>,
+    pub new_shape: Vec<ShapeColumn>,
+    /// Rows mode: the target, whose changes are the new version's writes.
+    pub target_oid: Option<u32>,
+}
+
+/// How the old shape is computed from the new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReversePlan {
+    /// Columns of the source, from the row's new columns (set mode) or its
+    /// target rows (rows mode).
+    Columns(SetPlan),
+    /// A table split's way back: source rows upserted from target rows.
+    Rows(RowsPlan),
+}
+
+/// A source column of one shape, and what an insert that does not set it
+/// leaves there besides NULL: its default, when that is a constant, as the
+/// text the WAL carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapeColumn {
+    pub name: String,
+    pub default: Option<String>,
 }
 
 /// The SQL generation plan of a mirror; both have passed their `check()`.

@@ -27,6 +27,43 @@ pub(super) struct Found<'a> {
     pub key_columns: &'a [&'a Column],
 }
 
+/// A select as the operator wrote it in spec field `field`, and how the
+/// engine runs it: `before` + `text` + `after` (the way back of a split wraps
+/// `reverse_select` so that it can name the target row `tgt`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Select<'a> {
+    pub field: &'a str,
+    pub text: &'a str,
+    pub before: &'a str,
+    pub after: &'a str,
+    /// How messages name the columns the select must fill with the key, and
+    /// an example expression for the key: `("owner", "src.id")`.
+    pub owner: (&'a str, &'a str),
+}
+
+impl<'a> Select<'a> {
+    /// The forward `select` of a rows-mode mirror, run as it is.
+    pub(super) fn forward(text: &'a str) -> Self {
+        Select {
+            field: "select",
+            text,
+            before: "",
+            after: "",
+            owner: ("owner", "src.id"),
+        }
+    }
+
+    fn sql(&self) -> String {
+        format!("{}{}{}", self.before, self.text, self.after)
+    }
+
+    /// Postgres's refusal, placed inside the operator's text when it is there.
+    fn refusal_at(&self, refusal: &super::session::Refusal, head: &str) -> String {
+        let start = head.chars().count() + self.before.chars().count();
+        refusal_in(refusal, self.text, start, self.field)
+    }
+}
+
 /// An output column of the select, as Postgres describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Output {
@@ -78,16 +115,17 @@ pub(super) async fn check(
     }
     // The select is described even when the target is wrong: its own
     // mistakes are worth reporting in the same run.
-    let outputs = describe(ctx, label, found.source, select).await?;
+    let select = Select::forward(select);
+    let outputs = describe(ctx, label, found.source, &select).await?;
     let (Some(t), Some(outputs)) = (target_rel, outputs) else {
         return Ok(None);
     };
-    output_checks(ctx, label, &t, &outputs, owner);
+    output_checks(ctx, label, &t, &outputs, owner, &select);
     if ctx.problems.len() > before {
         return Ok(None);
     }
-    if !types_compare(ctx, label, &t, &outputs).await?
-        || !assignable(ctx, label, &found, &t, &outputs, select).await?
+    if !types_compare(ctx, label, &t, &outputs, &select).await?
+        || !assignable(ctx, label, found.source, &t, &outputs, &select).await?
     {
         return Ok(None);
     }
@@ -122,7 +160,7 @@ pub(super) async fn check(
         owner: owner_keys,
         columns: names,
         conflict_key: conflict.map(|c| c.names),
-        select: select.to_string(),
+        select: select.text.to_string(),
         owned_if: None,
     }))
 }
@@ -254,22 +292,25 @@ pub(super) fn has_owner_index(t: &Relation, owner: &[&Column]) -> bool {
 
 /// Ask Postgres for the select's output columns: names and types exactly
 /// as the engine's `CROSS JOIN LATERAL` will produce them.
-async fn describe(
+pub(super) async fn describe(
     ctx: &mut Ctx<'_>,
     label: &str,
     source: &Relation,
-    select: &str,
+    select: &Select<'_>,
 ) -> Result<Option<Vec<Output>>, Error> {
     let head = format!(
         "SELECT m.* FROM {} AS src CROSS JOIN LATERAL (\n",
         source.display
     );
-    let sql = format!("{head}{select}\n) AS m LIMIT 0");
+    let sql = format!("{head}{}\n) AS m LIMIT 0", select.sql());
     let statement = match ctx.session.prepare(&sql).await? {
         Ok(statement) => statement,
         Err(refusal) => {
-            let at = refusal_in(&refusal, select, head.chars().count(), "select");
-            ctx.refused(label, &refusal, || format!("select does not compile: {at}"));
+            let at = select.refusal_at(&refusal, &head);
+            let field = select.field;
+            ctx.refused(label, &refusal, || {
+                format!("{field} does not compile: {at}")
+            });
             return Ok(None);
         }
     };
@@ -309,18 +350,21 @@ async fn describe(
 
 /// Output names against the target: each a distinct, writable target
 /// column; every owner column among them; no NOT NULL column left out.
-fn output_checks(
+pub(super) fn output_checks(
     ctx: &mut Ctx<'_>,
     label: &str,
     t: &Relation,
     outputs: &[Output],
     owner: &[String],
+    select: &Select<'_>,
 ) {
     let table = &t.display;
+    let field = select.field;
+    let (owner_name, example) = select.owner;
     if outputs.is_empty() {
         ctx.problem(
             label,
-            format!("select has no output columns; select the columns of {table} to fill"),
+            format!("{field} has no output columns; select the columns of {table} to fill"),
         );
         return;
     }
@@ -331,7 +375,7 @@ fn output_checks(
             ctx.problem(
                 label,
                 format!(
-                    "select: output column {} has no name; name it after its column of {table} \
+                    "{field}: output column {} has no name; name it after its column of {table} \
                      with AS",
                     i + 1
                 ),
@@ -340,7 +384,7 @@ fn output_checks(
             ctx.problem(
                 label,
                 format!(
-                    "select: two output columns are named {name}; each fills one column of \
+                    "{field}: two output columns are named {name}; each fills one column of \
                      {table}, so rename one with AS"
                 ),
             );
@@ -349,15 +393,15 @@ fn output_checks(
                 None => ctx.problem(
                     label,
                     format!(
-                        "select: output column {name} is not a column of {table}; rename it with \
+                        "{field}: output column {name} is not a column of {table}; rename it with \
                          AS to the column it fills, or add the column"
                     ),
                 ),
                 Some(c) if c.generated || c.identity_always => ctx.problem(
                     label,
                     format!(
-                        "select: output column {name} fills {table}.{}, which is generated by \
-                         Postgres and cannot be written; drop it from the select",
+                        "{field}: output column {name} fills {table}.{}, which is generated by \
+                         Postgres and cannot be written; drop it from {field}",
                         c.display
                     ),
                 ),
@@ -370,8 +414,8 @@ fn output_checks(
             ctx.problem(
                 label,
                 format!(
-                    "owner {} is not an output column of select; select the source key into it \
-                     (e.g. src.id AS {})",
+                    "{owner_name} {} is not an output column of {field}; select the source key into it \
+                     (e.g. {example} AS {})",
                     pretty_ident(o),
                     pretty_ident(o)
                 ),
@@ -384,8 +428,8 @@ fn output_checks(
             ctx.problem(
                 label,
                 format!(
-                    "select does not produce {table}.{}, which is NOT NULL without a default; add \
-                     it to the select (... AS {}) or give it a default",
+                    "{field} does not produce {table}.{}, which is NOT NULL without a default; add \
+                     it to {field} (... AS {}) or give it a default",
                     c.display, c.display
                 ),
             );
@@ -395,12 +439,14 @@ fn output_checks(
 
 /// Every target column filled and every output type must compare (see
 /// [`super::probe`]): rows are matched whole.
-async fn types_compare(
+pub(super) async fn types_compare(
     ctx: &mut Ctx<'_>,
     label: &str,
     t: &Relation,
     outputs: &[Output],
+    select: &Select<'_>,
 ) -> Result<bool, Error> {
+    let field = select.field;
     let mut ok = true;
     for output in outputs {
         let Some(column) = t.column(&output.name) else {
@@ -428,7 +474,7 @@ async fn types_compare(
             ctx.problem(
                 label,
                 format!(
-                    "select: output column {} is {}, which cannot be compared ({}); cast it to \
+                    "{field}: output column {} is {}, which cannot be compared ({}); cast it to \
                      the column's type ({})",
                     pretty_ident(&output.name),
                     output.type_name,
@@ -444,13 +490,13 @@ async fn types_compare(
 
 /// Postgres's verdict on writing the select's rows into the target, with
 /// the assignment casts an INSERT applies.
-async fn assignable(
+pub(super) async fn assignable(
     ctx: &mut Ctx<'_>,
     label: &str,
-    found: &Found<'_>,
+    source: &Relation,
     t: &Relation,
     outputs: &[Output],
-    select: &str,
+    select: &Select<'_>,
 ) -> Result<bool, Error> {
     let columns: Vec<&str> = outputs
         .iter()
@@ -461,15 +507,16 @@ async fn assignable(
         "INSERT INTO {} ({}) SELECT m.* FROM {} AS src CROSS JOIN LATERAL (\n",
         t.display,
         columns.join(", "),
-        found.source.display
+        source.display
     );
-    let sql = format!("{head}{select}\n) AS m WHERE FALSE");
+    let sql = format!("{head}{}\n) AS m WHERE FALSE", select.sql());
     match ctx.session.prepare(&sql).await? {
         Ok(_) => Ok(true),
         Err(refusal) => {
-            let at = refusal_in(&refusal, select, head.chars().count(), "select");
+            let at = select.refusal_at(&refusal, &head);
+            let field = select.field;
             ctx.refused(label, &refusal, || {
-                format!("select: its rows do not fit {}: {at}", t.display)
+                format!("{field}: its rows do not fit {}: {at}", t.display)
             });
             Ok(false)
         }

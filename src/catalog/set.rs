@@ -10,18 +10,22 @@ use super::{Ctx, pretty_ident};
 use crate::ident::quote_ident;
 use crate::mirror::sql::{KeyColumn, SetPlan};
 
+/// `set` (or a two-way mirror's `reverse`, named by `field`) against the
+/// source: the plan of the UPDATE that computes those columns.
 pub(super) async fn check(
     ctx: &mut Ctx<'_>,
     label: &str,
     source: &Relation,
     key: &[KeyColumn],
     set: &[(String, String)],
+    field: &str,
 ) -> Result<Option<SetPlan>, Error> {
+    let spec_field = field;
     let table = &source.display;
     let mut ok = true;
     let mut not_updatable = Vec::new();
     for (name, _) in set {
-        let field = format!("set.{}", pretty_ident(name));
+        let field = format!("{spec_field}.{}", pretty_ident(name));
         let Some(column) = source.column(name) else {
             ctx.problem(
                 label,
@@ -49,7 +53,10 @@ pub(super) async fn check(
         if let Some(why) = unwritable {
             ctx.problem(
                 label,
-                format!("{field}: {} is {why}; remove it from set", column.display),
+                format!(
+                    "{field}: {} is {why}; remove it from {spec_field}",
+                    column.display
+                ),
             );
             ok = false;
             continue;
@@ -87,7 +94,7 @@ pub(super) async fn check(
         return Ok(None);
     }
     for (name, expr) in set {
-        if !expression_compiles(ctx, label, source, name, expr).await? {
+        if !expression_compiles(ctx, label, source, (spec_field, name), expr).await? {
             ok = false;
         }
     }
@@ -111,11 +118,11 @@ async fn expression_compiles(
     ctx: &mut Ctx<'_>,
     label: &str,
     source: &Relation,
-    name: &str,
+    (spec_field, name): (&str, &str),
     expr: &str,
 ) -> Result<bool, Error> {
     let table = &source.display;
-    let field = format!("set.{}", pretty_ident(name));
+    let field = format!("{spec_field}.{}", pretty_ident(name));
     let column = quote_ident(name);
     let head = format!("UPDATE {table} AS src SET {column} = (\n");
     let probe = format!("{head}{expr}\n) WHERE FALSE");

@@ -344,6 +344,7 @@ fn versions_and_etas_read_naturally() {
         }),
         estimated_rows: rows,
         replica_identity: 'd',
+        two_way: None,
     };
     assert_eq!(eta_note(&[plan(10)], None), None);
     assert_eq!(eta_note(&[plan(-1)], Some(10)), None);
@@ -377,6 +378,7 @@ fn a_report_renders_its_plan_or_its_problems() {
                 kind: MirrorKind::Rows(items),
                 estimated_rows: -1,
                 replica_identity: 'f',
+                two_way: None,
             }],
             server_version_num: 150004,
             notes: vec!["a note".into()],
