@@ -775,6 +775,7 @@ mod tests {
     fn txn(xid: u32, end: u64, keys: &[&str], echo: bool) -> CommittedTxn {
         CommittedTxn {
             xid,
+            commit_lsn: Lsn(end - 1),
             end_lsn: Lsn(end),
             commit_time: end as i64,
             echo,

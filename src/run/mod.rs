@@ -576,14 +576,7 @@ async fn session(
     let _streaming = observed.streaming();
     let feedback = stream.feedback();
 
-    let sources = plan
-        .mirrors
-        .iter()
-        .map(|m| MirrorSource {
-            source_oid: m.source_oid,
-            key_columns: m.key.iter().map(|k| k.name.clone()).collect(),
-        })
-        .collect();
+    let sources = plan.mirrors.iter().map(MirrorSource::of).collect();
     let mut assembler = TxnAssembler::new(sources, spec.origin_name(), opts.max_txn_keys);
     let mut decoder = Decoder::new(DecoderOptions {
         proto_version: 1,
