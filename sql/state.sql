@@ -83,3 +83,21 @@ CREATE INDEX IF NOT EXISTS cutover_name_state ON walshift.cutover (name, state);
 -- Runtime overrides of [backfill] limits (`walshift ctl SPEC set KEY=VALUE`),
 -- key -> value as written; a running `run` is told by NOTIFY walshift_control.
 ALTER TABLE walshift.migration ADD COLUMN IF NOT EXISTS settings jsonb NOT NULL DEFAULT '{}';
+
+-- Keys of two-way mirrors that walshift holds on to between transactions,
+-- the key columns as text (as the stream carries them), with the direction
+-- of the key's last write ('f' forward, 'r' reverse, 'b' both shapes).
+--   carry: the key's recompute met a row the application changed after the
+--          snapshot it ran in; the direction waits for the next transaction.
+--   mark:  while the mirror's backfill runs, the application wrote the key's
+--          new shape (or both); the backfill's chunks leave it alone.
+-- Written by the apply session only, in the transactions that decide them.
+CREATE TABLE IF NOT EXISTS walshift.keys (
+    name   text    NOT NULL REFERENCES walshift.migration (name) ON DELETE CASCADE,
+    mirror int     NOT NULL,
+    key    text[]  NOT NULL,
+    kind   text    NOT NULL CHECK (kind IN ('carry', 'mark')),
+    dir    text    NOT NULL CHECK (dir IN ('f', 'r', 'b')),
+    since  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, mirror, key, kind)
+);

@@ -252,6 +252,11 @@ impl Backfill {
         self.states.iter().all(|s| s.done)
     }
 
+    /// Per mirror, whether its backfill still runs.
+    pub fn running(&self) -> Vec<bool> {
+        self.states.iter().map(|s| !s.done).collect()
+    }
+
     /// Whether history must wait now, and why. Signals are read at most every
     /// [`SIGNAL_INTERVAL`]; the operator's pause and our own apply lag are
     /// cheap and always current.
@@ -400,6 +405,10 @@ impl Backfill {
             if st.done {
                 tracing::info!(mirror = %mp.label, rows = mp.rows_done, "backfill of mirror complete");
             }
+        }
+        if self.states[i].done && applier.is_two_way() {
+            // The chunks are over: nothing is left for the marks to guard.
+            applier.forget_marks(i).await?;
         }
         // The rows-per-second cap: space chunks so the average stays under
         // it. The caller waits (see `pace`), applying live batches meanwhile.

@@ -51,6 +51,12 @@ pub const STREAM_CONNECTED: &str = "walshift_stream_connected";
 pub const RECONNECTS: &str = "walshift_reconnects_total";
 /// Failures by kind; label `kind`.
 pub const ERRORS: &str = "walshift_errors_total";
+/// counter, label `mirror`
+pub const CONFLICTS: &str = "walshift_two_way_conflicts_total";
+/// counter, label `mirror`
+pub const REVERSE_KEYS: &str = "walshift_reverse_keys_applied_total";
+/// gauge, label `mirror`
+pub const CARRIED_KEYS: &str = "walshift_carried_keys";
 
 /// Every value of the `reason` label of [`BACKFILL_THROTTLED`]: the kinds of
 /// [`crate::throttle::Reason`] ([`crate::throttle::Reason::kind`]).
@@ -190,6 +196,22 @@ pub fn describe() {
         "Failures by kind: retry (transient, reconnecting), stop (run stopped; operator must act), \
          safety_stop (WAL safety limit), objects_gone (slot or state removed), lost_race (retried in place)."
     );
+    describe_counter!(
+        CONFLICTS,
+        Unit::Count,
+        "Two-way mirrors: keys both application versions wrote (one shape each) before walshift \
+         had reconciled the first write; the later commit won in both shapes."
+    );
+    describe_counter!(
+        REVERSE_KEYS,
+        Unit::Count,
+        "Two-way mirrors: keys whose old shape was recomputed from the new one (writes of the new version)."
+    );
+    describe_gauge!(
+        CARRIED_KEYS,
+        "Two-way mirrors: keys whose recompute waits for the next transaction (the application \
+         changed their row while walshift applied, or the stream is catching up)."
+    );
     for name in [
         CHANGES_RECEIVED,
         TRANSACTIONS_RECEIVED,
@@ -220,6 +242,23 @@ pub fn decoded(msg: &LogicalMessage) {
         | LogicalMessage::Truncate(_) => counter!(CHANGES_RECEIVED).increment(1),
         LogicalMessage::Commit(_) => counter!(TRANSACTIONS_RECEIVED).increment(1),
         _ => {}
+    }
+}
+
+/// Two-way mirror `mirror` (number in the spec): conflicts resolved.
+pub fn conflicts(mirror: usize, n: u64) {
+    counter!(CONFLICTS, "mirror" => mirror.to_string()).increment(n);
+}
+
+/// Two-way mirror `mirror`: keys whose old shape was recomputed.
+pub fn reverse_keys(mirror: usize, n: u64) {
+    counter!(REVERSE_KEYS, "mirror" => mirror.to_string()).increment(n);
+}
+
+/// Two-way mirrors: the keys waiting in the applier's carry, per mirror.
+pub fn carried(applier: &crate::mirror::applier::Applier) {
+    for (number, n) in applier.carried_counts() {
+        gauge!(CARRIED_KEYS, "mirror" => number.to_string()).set(n as f64);
     }
 }
 

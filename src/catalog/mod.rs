@@ -89,6 +89,17 @@ impl MirrorPlan {
     pub fn is_two_way(&self) -> bool {
         self.two_way.is_some()
     }
+
+    /// The tables the application writes for this mirror, whose changes the
+    /// stream must carry: the source, and a two-way rows mirror's target
+    /// (the new version's writes).
+    pub fn published(&self) -> Vec<QualifiedName> {
+        let mut out = vec![self.source.clone()];
+        if let (Some(_), MirrorKind::Rows(p)) = (&self.two_way, &self.kind) {
+            out.push(p.target.clone());
+        }
+        out
+    }
 }
 
 /// A two-way mirror's way back, and how the stream tells which version

@@ -15,7 +15,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -81,6 +81,8 @@ struct Positions {
     write: AtomicU64,
     flush: AtomicU64,
     apply: AtomicU64,
+    /// The next update asks the server to answer at once (with a keepalive).
+    reply: AtomicBool,
     /// Wakes the reader to send an update now.
     wake: Notify,
 }
@@ -115,6 +117,13 @@ impl Feedback {
     /// Sets only the apply position.
     pub fn set_apply(&self, lsn: Lsn) {
         self.0.apply.fetch_max(lsn.0, Ordering::AcqRel);
+        self.0.wake.notify_one();
+    }
+
+    /// Sends a status update now that asks the server for a keepalive: its
+    /// position says how far the stream has been sent.
+    pub fn request_reply(&self) {
+        self.0.reply.store(true, Ordering::Release);
         self.0.wake.notify_one();
     }
 
@@ -393,7 +402,8 @@ impl Reader {
                     return;
                 }
                 Wake::SendStatus => {
-                    if let Err(e) = self.send_status(false).await {
+                    let reply = self.positions.reply.swap(false, Ordering::AcqRel);
+                    if let Err(e) = self.send_status(reply).await {
                         let _ = self.events.send(vec![Err(e)]).await;
                         return;
                     }

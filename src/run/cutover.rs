@@ -218,7 +218,13 @@ pub(super) async fn execute(
         return out;
     }
     let cut = &ctx.spec.cutover;
-    let mut sources: Vec<String> = ctx.mirrors.iter().map(|m| m.source.to_string()).collect();
+    // Two-way mirrors: the new version writes their targets too.
+    let mut sources: Vec<String> = ctx
+        .mirrors
+        .iter()
+        .flat_map(|m| m.published())
+        .map(|t| t.to_string())
+        .collect();
     sources.sort();
     sources.dedup();
     let lock_sql = format!(

@@ -33,7 +33,7 @@ use crate::catalog::{self, Plan, Problem};
 use crate::conninfo::ConnConfig;
 use crate::error_policy::{self, Action, pg_message};
 use crate::mirror::applier::{
-    Applier, ApplierOptions, ApplyError, ApplyStats, Batch, SESSION_SETTINGS,
+    Applier, ApplierOptions, ApplyError, ApplyStats, Batch, SESSION_SETTINGS, SyncLink, SyncReply,
 };
 use crate::mirror::txn::{Assembled, MirrorSource, TxnAssembler};
 use crate::pgoutput::{Decoder, DecoderOptions};
@@ -220,6 +220,94 @@ impl Observed {
         totals.confirmed = totals.confirmed.max(lsn);
         self.confirmed.fetch_max(lsn.0, Ordering::AcqRel);
     }
+}
+
+/// Keys the session loop collects while an applier waits for the stream to
+/// reach its snapshot; past it the loop answers short and the applier
+/// stores the batch's two-way keys instead of applying them (a far-behind
+/// stream must not hold unbounded memory).
+const SYNC_MAX_KEYS: usize = 1_000_000;
+
+/// While an applier waits for the stream, how often the server is asked for
+/// a keepalive (which tells how far it has sent).
+const SYNC_NUDGE: Duration = Duration::from_millis(5);
+
+/// The session loop's side of a two-way applier's sync: at most one
+/// outstanding, answered with every transaction received before the first
+/// one committed at or past its position (or once a keepalive shows the
+/// stream is past it).
+struct Syncing {
+    reply: Option<mpsc::Sender<SyncReply>>,
+    /// The position asked for, while the answer waits.
+    to: Option<Lsn>,
+    /// How far the stream is known to have come: the last commit received,
+    /// or a keepalive's position between transactions.
+    received: Lsn,
+}
+
+impl Syncing {
+    fn new(reply: mpsc::Sender<SyncReply>) -> Self {
+        Syncing {
+            reply: Some(reply),
+            to: None,
+            received: Lsn::INVALID,
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        self.to.is_some()
+    }
+
+    /// A request for `lsn`: answered at once (true) when the stream is
+    /// already there, else when it gets there.
+    fn request(&mut self, lsn: Lsn, pending: &mut Batch, n: usize) -> bool {
+        if self.received >= lsn {
+            self.answer(pending, n, true);
+            return true;
+        }
+        self.to = Some(lsn);
+        false
+    }
+
+    /// The stream has come to `lsn` (a commit received, or a keepalive
+    /// between transactions); answers a waiting request it reaches (true).
+    fn reached(&mut self, lsn: Lsn, pending: &mut Batch, n: usize) -> bool {
+        self.received = self.received.max(lsn);
+        match self.to {
+            Some(to) if lsn >= to => {
+                self.to = None;
+                self.answer(pending, n, true);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The stream is too far behind to reach the position within bounds.
+    fn give_up(&mut self, pending: &mut Batch, n: usize) {
+        self.to = None;
+        self.answer(pending, n, false);
+    }
+
+    fn answer(&mut self, pending: &mut Batch, n: usize, complete: bool) {
+        let batch = std::mem::replace(pending, Batch::new(n));
+        if let Some(reply) = &self.reply {
+            let _ = reply.try_send(SyncReply { batch, complete });
+        }
+    }
+
+    /// The session ends: an applier waiting for an answer stops waiting.
+    fn close(&mut self) {
+        self.to = None;
+        self.reply = None;
+    }
+}
+
+/// A two-way applier's lines to the session loop.
+struct TwoWayLink {
+    sync: SyncLink,
+    /// Set when the session loop holds work for the applier.
+    work_ready: Arc<tokio::sync::Notify>,
 }
 
 /// Stream events handled per pass of the session loop at most.
@@ -605,7 +693,21 @@ async fn session(
         mirrors: plan.mirrors.clone(),
         updates: updates.clone(),
     };
-    let apply_task = tokio::spawn(apply_loop(applier, backfill, work_rx, done_tx, ctx));
+    // Two-way specs: the applier asks for the stream up to its snapshot
+    // (mirror/applier/two_way.rs) whenever there is work; see `Syncing`.
+    let two_way = applier.is_two_way();
+    let (sync_request_tx, mut sync_request_rx) = mpsc::channel::<Lsn>(1);
+    let (sync_reply_tx, sync_reply_rx) = mpsc::channel::<SyncReply>(1);
+    let work_ready = Arc::new(tokio::sync::Notify::new());
+    let mut syncing = Syncing::new(sync_reply_tx);
+    let link = two_way.then(|| TwoWayLink {
+        sync: SyncLink {
+            request: sync_request_tx,
+            reply: sync_reply_rx,
+        },
+        work_ready: work_ready.clone(),
+    });
+    let apply_task = tokio::spawn(apply_loop(applier, backfill, work_rx, done_tx, ctx, link));
     let _abort_applier = AbortOnDrop(apply_task);
     // Work for the apply task, sent as it has room: the loop never blocks
     // on it, so the apply task can always hand results back.
@@ -635,12 +737,23 @@ async fn session(
     loop {
         let job_running = cut.as_ref().is_some_and(|c| c.running);
         let forwarding = cut.as_ref().is_some_and(|c| c.forwarding);
-        let mut in_flight = outstanding > 0 || job_running;
+        let mut in_flight = outstanding > 0 || job_running || syncing.waiting();
         // Hand the next batch over as soon as the applier is free; a batch of
         // echoes or unrelated transactions needs no SQL, only a confirm.
         // While a cut-over waits for its lock or drains, every batch goes
         // straight on: the drain applies them under the lock.
-        if forwarding && pending.txns > 0 {
+        if two_way && !forwarding {
+            // The applier takes the work when it syncs; it is told there is
+            // some. What needs no SQL is confirmed here, as below.
+            if pending.has_work() {
+                work_ready.notify_one();
+            } else if !in_flight && pending.txns > 0 {
+                let batch = std::mem::replace(&mut pending, Batch::new(n));
+                observed.confirm(&feedback, cap.as_ref(), totals, batch.end_lsn);
+                applied_txns += batch.txns as u64;
+                release_watermarks(&mut watermarks, applied_txns, observed);
+            }
+        } else if forwarding && pending.txns > 0 {
             let batch = std::mem::replace(&mut pending, Batch::new(n));
             in_flight_since = in_flight_since.or(pending_since.take());
             outstanding += 1;
@@ -658,8 +771,10 @@ async fn session(
                 release_watermarks(&mut watermarks, applied_txns, observed);
             }
         }
-        let may_read =
-            (!in_flight || pending.key_count() < opts.max_batch_keys) && outbox.len() < 64;
+        let may_read = (!in_flight
+            || pending.key_count() < opts.max_batch_keys
+            || (syncing.waiting() && pending.key_count() < SYNC_MAX_KEYS))
+            && outbox.len() < 64;
 
         tokio::select! {
             biased;
@@ -676,6 +791,8 @@ async fn session(
                 }
                 // Sent but not yet taken: never applied, nothing to confirm.
                 outstanding -= outbox.iter().filter(|w| matches!(w, Work::Batch(_))).count();
+                // An applier waiting for the stream gives up.
+                syncing.close();
                 while outstanding > 0 {
                     match done_rx.recv().await {
                         Some(Done::Batch(batch, result)) => {
@@ -692,6 +809,20 @@ async fn session(
                 let _ = stream.close().await;
                 tracing::info!(confirmed = %totals.confirmed, "stopped");
                 return Ok(Ended::Stopped);
+            }
+            // The applier of a two-way spec asks for the stream up to its
+            // snapshot's WAL position.
+            Some(lsn) = sync_request_rx.recv(), if two_way && !syncing.waiting() => {
+                outstanding += 1;
+                if syncing.request(lsn, &mut pending, n) {
+                    in_flight_since = in_flight_since.or(pending_since.take());
+                } else {
+                    feedback.request_reply();
+                }
+            }
+            _ = tokio::time::sleep(SYNC_NUDGE), if syncing.waiting() => {
+                // Ask the server for a keepalive: it says how far the stream is.
+                feedback.request_reply();
             }
             // Work for the apply task, as soon as it has room.
             permit = work_tx.reserve(), if !outbox.is_empty() => {
@@ -819,6 +950,11 @@ async fn session(
                         crate::metrics::decoded(&msg);
                         match assembler.feed(msg).map_err(|e| SessionError::stop(e.to_string()))? {
                             Assembled::Committed(txn) => {
+                                // A sync is answered before the first
+                                // transaction past its position.
+                                if syncing.reached(txn.commit_lsn, &mut pending, n) {
+                                    in_flight_since = in_flight_since.or(pending_since.take());
+                                }
                                 if txn.has_work() && pending_since.is_none() {
                                     pending_since = Some(Instant::now());
                                     live_lag.set(in_flight_since.or(pending_since));
@@ -827,6 +963,10 @@ async fn session(
                                 received_txns += 1;
                                 totals.echo_txns += txn.echo as u64;
                                 pending.add(txn, opts.max_txn_keys);
+                                if syncing.waiting() && pending.key_count() >= SYNC_MAX_KEYS {
+                                    syncing.give_up(&mut pending, n);
+                                    in_flight_since = in_flight_since.or(pending_since.take());
+                                }
                             }
                             Assembled::Message { prefix, content, .. } if prefix == crate::cutover::MARKER_PREFIX => {
                                 // A marker of the cut-over under way: every
@@ -855,6 +995,9 @@ async fn session(
                         }
                     }
                     Some(Ok(ReplicationEvent::Keepalive { wal_end, .. })) => {
+                        if !assembler.in_transaction() && syncing.reached(wal_end, &mut pending, n) {
+                            in_flight_since = in_flight_since.or(pending_since.take());
+                        }
                         // Nothing pending anywhere: every change before this
                         // keepalive is applied, so the slot may move on and
                         // an idle slot does not pin WAL.
@@ -864,7 +1007,9 @@ async fn session(
                     }
                 }
                 burst += 1;
-                let may_read = (!in_flight || pending.key_count() < opts.max_batch_keys)
+                let may_read = (!in_flight
+                    || pending.key_count() < opts.max_batch_keys
+                    || (syncing.waiting() && pending.key_count() < SYNC_MAX_KEYS))
                     && outbox.len() < 64;
                 if burst >= STREAM_BURST || !may_read {
                     break;
@@ -1197,7 +1342,11 @@ async fn apply_loop(
     mut work_rx: mpsc::Receiver<Work>,
     done_tx: mpsc::Sender<Done>,
     ctx: cutover::Context,
+    link: Option<TwoWayLink>,
 ) {
+    if let Some(link) = link {
+        return apply_loop_two_way(applier, backfill, work_rx, done_tx, ctx, link).await;
+    }
     let mut tracker: Option<cutover::Tracker> = None;
     let mut last_chunk = Instant::now();
     loop {
@@ -1223,6 +1372,7 @@ async fn apply_loop(
                 &mut tracker,
                 &ctx,
                 work,
+                None,
             )
             .await;
             if !go_on {
@@ -1245,7 +1395,7 @@ async fn apply_loop(
                 tokio::select! {
                     w = work_rx.recv() => match w {
                         Some(w) => {
-                            let go_on = handle_work(&mut applier, &mut work_rx, &done_tx, &mut tracker, &ctx, w).await;
+                            let go_on = handle_work(&mut applier, &mut work_rx, &done_tx, &mut tracker, &ctx, w, None).await;
                             if !go_on {
                                 return;
                             }
@@ -1264,6 +1414,129 @@ async fn apply_loop(
             return;
         }
     }
+}
+
+/// How soon carried keys of a two-way spec are tried again when nothing
+/// else brings a transaction.
+const CARRY_RETRY: Duration = Duration::from_millis(50);
+
+/// What the two-way applier does next.
+enum Next {
+    Work(Work),
+    Live,
+    History,
+}
+
+/// The applier task of a spec with two-way mirrors: like [`apply_loop`],
+/// but live work is not handed over in batches: the applier takes it from
+/// the session loop when it syncs (mirror/applier/two_way.rs), whenever the
+/// loop says it holds some, or carried keys wait.
+async fn apply_loop_two_way(
+    mut applier: Applier,
+    mut backfill: Backfill,
+    mut work_rx: mpsc::Receiver<Work>,
+    done_tx: mpsc::Sender<Done>,
+    ctx: cutover::Context,
+    mut link: TwoWayLink,
+) {
+    let mut tracker: Option<cutover::Tracker> = None;
+    let mut last_chunk = Instant::now();
+    loop {
+        let history_due = !backfill.is_done() && last_chunk.elapsed() >= HISTORY_TURN;
+        let next = tokio::select! {
+            biased;
+            // 1. Control items and the cut-over, in order.
+            w = work_rx.recv() => match w {
+                Some(w) => Next::Work(w),
+                None => return,
+            },
+            // 2. Live work, unless history's turn is due.
+            _ = link.work_ready.notified(), if !history_due => Next::Live,
+            _ = tokio::time::sleep(CARRY_RETRY), if applier.has_carried() && !history_due => Next::Live,
+            // 3. History.
+            _ = std::future::ready(()), if !backfill.is_done() => Next::History,
+        };
+        let go_on = match next {
+            Next::Work(work) => {
+                handle_work(
+                    &mut applier,
+                    &mut work_rx,
+                    &done_tx,
+                    &mut tracker,
+                    &ctx,
+                    work,
+                    Some((&mut link, &backfill)),
+                )
+                .await
+            }
+            Next::Live => {
+                synced_and_report(
+                    &mut applier,
+                    &mut link,
+                    &backfill,
+                    &done_tx,
+                    tracker.as_mut(),
+                )
+                .await
+            }
+            Next::History => {
+                let wait = match backfill.throttled(applier.client()).await {
+                    Ok(Some(_)) => Some(Duration::from_millis(250)),
+                    Ok(None) => backfill.pace().map(|d| d.min(Duration::from_millis(250))),
+                    Err(e) => {
+                        let _ = done_tx.send(Done::Failed(e)).await;
+                        return;
+                    }
+                };
+                match wait {
+                    Some(wait) => tokio::select! {
+                        w = work_rx.recv() => match w {
+                            Some(w) => handle_work(&mut applier, &mut work_rx, &done_tx, &mut tracker, &ctx, w, Some((&mut link, &backfill))).await,
+                            None => return,
+                        },
+                        _ = link.work_ready.notified() => {
+                            synced_and_report(&mut applier, &mut link, &backfill, &done_tx, tracker.as_mut()).await
+                        }
+                        _ = tokio::time::sleep(wait) => true,
+                    },
+                    None => {
+                        last_chunk = Instant::now();
+                        match backfill.step(&mut applier).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                let _ = done_tx.send(Done::Failed(e)).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        crate::metrics::carried(&applier);
+        if !go_on {
+            return;
+        }
+    }
+}
+
+/// A two-way transaction in step with the stream (it takes whatever the
+/// session loop holds), reported like a batch. `false` when the session is
+/// gone.
+async fn synced_and_report(
+    applier: &mut Applier,
+    link: &mut TwoWayLink,
+    backfill: &Backfill,
+    done_tx: &mpsc::Sender<Done>,
+    tracker: Option<&mut cutover::Tracker>,
+) -> bool {
+    let n = backfill.running().len();
+    let (batch, r) = applier
+        .apply_synced(Batch::new(n), &mut link.sync, &backfill.running())
+        .await;
+    if let (Ok(_), Some(t)) = (&r, tracker) {
+        t.add(&batch);
+    }
+    done_tx.send(Done::Batch(batch, r)).await.is_ok()
 }
 
 /// Applies one live batch, notes its keys if a cut-over is tracking them,
@@ -1289,8 +1562,20 @@ async fn handle_work(
     tracker: &mut Option<cutover::Tracker>,
     ctx: &cutover::Context,
     work: Work,
+    two_way: Option<(&mut TwoWayLink, &Backfill)>,
 ) -> bool {
     match work {
+        // A two-way spec's batches come through syncs; one handed over
+        // (after a cut-over that gave up) is applied in step all the same.
+        Work::Batch(batch) if let Some((link, backfill)) = two_way => {
+            let (batch, r) = applier
+                .apply_synced(batch, &mut link.sync, &backfill.running())
+                .await;
+            if let (Ok(_), Some(t)) = (&r, tracker.as_mut()) {
+                t.add(&batch);
+            }
+            done_tx.send(Done::Batch(batch, r)).await.is_ok()
+        }
         Work::Batch(batch) => apply_and_report(applier, done_tx, tracker.as_mut(), batch).await,
         Work::Track => {
             *tracker = Some(cutover::Tracker::new(ctx.mirrors.len()));

@@ -25,12 +25,13 @@ pub struct Objects {
     pub created_slot: bool,
 }
 
-/// Every source table, once, in spec order.
+/// Every table the publication lists, once, in spec order: the sources and
+/// the targets of two-way rows mirrors ([`crate::catalog::MirrorPlan::published`]).
 pub fn sources(plan: &Plan) -> Vec<QualifiedName> {
     let mut out: Vec<QualifiedName> = Vec::new();
-    for m in &plan.mirrors {
-        if !out.contains(&m.source) {
-            out.push(m.source.clone());
+    for t in plan.mirrors.iter().flat_map(|m| m.published()) {
+        if !out.contains(&t) {
+            out.push(t);
         }
     }
     out

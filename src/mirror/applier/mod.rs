@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+mod two_way;
+
+pub use two_way::{SyncLink, SyncReply};
+
 use super::bind::Args;
 use super::flight;
 use super::sql::{self, Param, Scope};
@@ -223,6 +227,8 @@ struct PreparedMirror {
     keys: tokio_postgres::Statement,
     keys_params: Vec<Param>,
     truncate: Option<(tokio_postgres::Statement, Vec<Param>)>,
+    /// A two-way mirror's way back, for a batch of keys.
+    reverse: Option<two_way::PreparedReverse>,
 }
 
 /// The single writer of the targets.
@@ -234,6 +240,9 @@ pub struct Applier {
     /// only in the state table, and echoes are recomputed once).
     origin: bool,
     opts: ApplierOptions,
+    /// Keys of two-way specs carried to the next transaction (as stored in
+    /// `walshift.keys`), per mirror.
+    carried: Vec<std::collections::HashMap<Key, super::txn::Dir>>,
 }
 
 impl Applier {
@@ -266,21 +275,35 @@ impl Applier {
                 )),
                 None => None,
             };
+            let reverse = two_way::PreparedReverse::prepare(&client, plan).await?;
             mirrors.push(PreparedMirror {
                 label: label(plan),
                 plan: plan.clone(),
                 keys,
                 keys_params: stmt.params,
                 truncate,
+                reverse,
             });
         }
+        let carried = if plans.iter().any(MirrorPlan::is_two_way) {
+            two_way::load_carried(&client, spec_name, plans).await?
+        } else {
+            vec![Default::default(); plans.len()]
+        };
         Ok(Applier {
             client,
             spec_name: spec_name.to_string(),
             mirrors,
             origin,
             opts,
+            carried,
         })
+    }
+
+    /// Whether the spec has two-way mirrors: then every batch is applied
+    /// in step with the stream ([`Applier::apply_synced`]).
+    pub fn is_two_way(&self) -> bool {
+        self.mirrors.iter().any(|m| m.reverse.is_some())
     }
 
     /// Recomputes every dirty key of `batch` and commits, with the batch's end
@@ -338,6 +361,9 @@ impl Applier {
     /// position is not recorded: call [`Applier::record_position`] once,
     /// with the last batch, before committing.
     pub async fn apply_in_transaction(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        if self.is_two_way() {
+            return self.apply_two_way_in_transaction(batch).await;
+        }
         let mut stats = self.before_keys(batch).await?;
         let steps = key_steps(&self.mirrors, &self.client, batch, &mut stats);
         // The caller rolls its transaction back on an error.

@@ -1,0 +1,786 @@
+//! Batches of specs with two-way mirrors: applied in step with the stream,
+//! under one snapshot, so that the later commit wins in both shapes.
+//!
+//! ```text
+//!  BEGIN ISOLATION LEVEL REPEATABLE READ
+//!  snapshot Q, WAL position L (and the state row locked)      ─┐ one statement
+//!  ── ask the session loop for every transaction before L ──▶  │ (sync)
+//!  ◀── all of them: the state Q shows is theirs, known key by key
+//!  each key: the direction of its last write (carried keys first)
+//!    reverse keys ─▶ old shape = g(new)     ┐ each in a savepoint; a key whose row
+//!    forward keys ─▶ new shape = f(old)     ┘ changed after Q is carried, not lost
+//!  marks (backfill), carried keys, position (I4)
+//!  COMMIT
+//! ```
+//!
+//! Why a snapshot and a sync: recomputing from current state is only right
+//! when walshift knows every write the state holds. The old version writes
+//! `is_active` (commit 1), the new version writes `status` on the same key
+//! (commit 2): applying commit 1 as "status = f(current row)" would erase
+//! commit 2. Here the snapshot Q holds exactly the transactions committed
+//! before L, walshift has received all of them before it decides, and each
+//! key's direction is its last write's: commit 2 decides, the old shape
+//! follows from `status`, and commit 1's write to the key is a conflict it
+//! lost, counted and logged.
+//!
+//! A key whose row the application changes after Q cannot be written under
+//! Q (Postgres refuses with a serialization failure). Its statement is split
+//! until the key is alone, and the key is *carried*: its direction is stored
+//! in `walshift.keys` in the same transaction and decided again in the next
+//! one, which by then knows the later write.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+
+use super::super::bind::Args;
+use super::super::flight;
+use super::super::sql::keys::{KEYS_CARRIED, KEYS_FORGET_MARKS, KeyKind, keys_forget, keys_store};
+use super::super::sql::{self, Param, Scope};
+use super::super::txn::{Conflicts, Dir, Key, MirrorKeys};
+use super::super::visibility::Snapshot;
+use super::{
+    Applier, ApplyError, ApplyStats, Batch, PreparedMirror, Step, Wrote, in_transaction,
+    mirror_err, position_steps, simple,
+};
+use crate::Lsn;
+use crate::catalog::{MirrorKind, MirrorPlan, ReversePlan};
+use crate::error_policy::Action;
+
+/// Carried keys taken into one transaction at most, per mirror (the rest
+/// wait for the next): after a long catch-up the carry can be large.
+const CARRIED_PER_TRANSACTION: usize = 20_000;
+
+/// The snapshot, the WAL position no transaction visible to it committed
+/// past, and the lock on the state row the transaction will write (so no
+/// other session's update of it can make the position's write fail).
+const SYNC_POINT: &str = "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text \
+     FROM walshift.migration WHERE name = $1 FOR UPDATE";
+
+/// A two-way mirror's way back for a batch of keys, prepared.
+pub(super) struct PreparedReverse {
+    statement: tokio_postgres::Statement,
+    params: Vec<Param>,
+    /// The way back of a split upserts rows (its answer is a row of counts);
+    /// the columns form updates (a row count).
+    rows: bool,
+    /// The whole table at once (after the target was truncated).
+    whole: sql::Statement,
+    /// Source columns the way back writes: other mirrors of the source that
+    /// read one of them are recomputed for the key too.
+    writes: Vec<String>,
+}
+
+impl PreparedReverse {
+    pub(super) async fn prepare(
+        client: &Client,
+        plan: &MirrorPlan,
+    ) -> Result<Option<Self>, ApplyError> {
+        let Some(two_way) = &plan.two_way else {
+            return Ok(None);
+        };
+        let whole = Scope::Range {
+            lower: false,
+            upper: false,
+        };
+        let (keys, whole, rows, writes) = match &two_way.reverse {
+            ReversePlan::Columns(p) => (
+                sql::set_apply(p, Scope::Keys),
+                sql::set_apply(p, whole),
+                false,
+                p.set.iter().map(|(c, _)| c.clone()).collect(),
+            ),
+            ReversePlan::Rows(p) => (
+                sql::rows_apply(p, Scope::Keys),
+                sql::rows_apply(p, whole),
+                true,
+                p.columns.clone(),
+            ),
+        };
+        let statement = client
+            .prepare(&keys.sql)
+            .await
+            .map_err(ApplyError::session)?;
+        Ok(Some(PreparedReverse {
+            statement,
+            params: keys.params,
+            rows,
+            whole,
+            writes,
+        }))
+    }
+}
+
+/// The applier's line to the session loop: it asks for every transaction
+/// committed before a WAL position, and gets them as one batch.
+pub struct SyncLink {
+    pub request: mpsc::Sender<Lsn>,
+    pub reply: mpsc::Receiver<SyncReply>,
+}
+
+/// What the session loop answers a sync with.
+#[derive(Debug)]
+pub struct SyncReply {
+    /// Every transaction received since the last reply (those committed
+    /// before the position asked for, and rarely one or two after it).
+    pub batch: Batch,
+    /// `false`: the stream is so far behind that the loop stopped short of
+    /// the position (its memory bound); the batch is only staged.
+    pub complete: bool,
+}
+
+impl SyncLink {
+    async fn until(&mut self, lsn: Lsn) -> Result<SyncReply, ApplyError> {
+        let gone = || ApplyError::Session {
+            message: "the session ended while the applier waited for the stream".into(),
+            action: Action::Retry,
+            sqlstate: None,
+        };
+        self.request.send(lsn).await.map_err(|_| gone())?;
+        self.reply.recv().await.ok_or_else(gone)
+    }
+}
+
+/// The carried keys of the spec, per mirror.
+pub(super) async fn load_carried(
+    client: &Client,
+    spec_name: &str,
+    plans: &[MirrorPlan],
+) -> Result<Vec<HashMap<Key, Dir>>, ApplyError> {
+    let mut carried = vec![HashMap::new(); plans.len()];
+    let rows = client
+        .query(KEYS_CARRIED, &[&spec_name])
+        .await
+        .map_err(ApplyError::session)?;
+    for row in rows {
+        let mirror: i32 = row.get(0);
+        let key: Vec<String> = row.get(1);
+        let dir: String = row.get(2);
+        let (Some(i), Some(dir)) = (
+            plans.iter().position(|p| p.number as i32 == mirror),
+            Dir::from_code(&dir),
+        ) else {
+            continue;
+        };
+        carried[i].insert(key.into_iter().map(Into::into).collect(), dir);
+    }
+    Ok(carried)
+}
+
+/// One mirror's part of a two-way transaction.
+#[derive(Debug, Default)]
+struct MirrorWork {
+    forward: Vec<Key>,
+    reverse: Vec<Key>,
+    /// Keys whose new shape the application wrote while the backfill runs.
+    marks: Vec<(Key, Dir)>,
+    /// Carried keys this transaction takes up (their rows are forgotten;
+    /// those carried again are stored again).
+    settled: Vec<Key>,
+    truncated: bool,
+    target_truncated: bool,
+    /// A one-way mirror whose keys overflowed: the whole range.
+    overflowed: bool,
+    conflicts: Conflicts,
+}
+
+/// What the statements of a transaction did.
+#[derive(Default)]
+struct Outcome {
+    stats: ApplyStats,
+    /// Keys to carry, per mirror, with their direction.
+    carried: Vec<Vec<(Key, Dir)>>,
+}
+
+/// A statement lost to a row the application changed after the snapshot
+/// (or to a deadlock with it): the key waits for the next transaction.
+fn lost_to_a_later_write(e: &ApplyError) -> bool {
+    e.retry_in_place()
+}
+
+impl Applier {
+    /// Applies `batch` in step with the stream (see the module docs): waits
+    /// for every transaction committed before its snapshot's WAL position,
+    /// applies them all with the carried keys, and returns the batch it
+    /// applied (with the transactions the sync added), whose end LSN may be
+    /// confirmed when the result is `Ok`.
+    pub async fn apply_synced(
+        &mut self,
+        batch: Batch,
+        sync: &mut SyncLink,
+        backfilling: &[bool],
+    ) -> (Batch, Result<ApplyStats, ApplyError>) {
+        let started = Instant::now();
+        let mut batch = batch;
+        let mut pause = Duration::from_micros(500);
+        let mut warned = false;
+        let mut lost = 0u32;
+        loop {
+            match self.synced_once(&mut batch, sync, backfilling).await {
+                Ok(Some(stats)) => {
+                    crate::metrics::batch_applied(
+                        stats.keys,
+                        stats.rows_written,
+                        stats.rows_deleted,
+                        started.elapsed(),
+                    );
+                    return (batch, Ok(stats));
+                }
+                // A transaction of the batch is committed but not yet
+                // visible (I2), or committed after the snapshot: again.
+                Ok(None) => {
+                    if !warned && started.elapsed() > Duration::from_secs(5) {
+                        warned = true;
+                        tracing::warn!(
+                            "committed transactions are in the WAL but not yet visible after 5s \
+                             (synchronous replication waiting for a standby?); waiting before \
+                             applying them"
+                        );
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) if e.retry_in_place() && lost < super::IN_PLACE_RETRIES => {
+                    lost += 1;
+                    crate::metrics::error(crate::metrics::error_kind::LOST_RACE);
+                    tracing::debug!(error = %e, tries = lost, "retrying a two-way batch after a lost race");
+                    tokio::time::sleep(Duration::from_millis(10 * lost as u64)).await;
+                }
+                Err(e) => return (batch, Err(e)),
+            }
+        }
+    }
+
+    /// One attempt: `Ok(None)` when a transaction of the batch is not visible
+    /// to the snapshot (nothing was written; try again).
+    async fn synced_once(
+        &mut self,
+        batch: &mut Batch,
+        sync: &mut SyncLink,
+        backfilling: &[bool],
+    ) -> Result<Option<ApplyStats>, ApplyError> {
+        let c = &self.client;
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(ApplyError::session)?;
+        let point = c
+            .query_typed_one(SYNC_POINT, &[(&self.spec_name, Type::TEXT)])
+            .await;
+        let (snapshot, lsn) = match point {
+            Ok(row) => (row.get::<_, String>(0), row.get::<_, String>(1)),
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                return Err(ApplyError::session(e));
+            }
+        };
+        let (Some(snapshot), Ok(lsn)) = (Snapshot::parse(&snapshot), lsn.parse::<Lsn>()) else {
+            let _ = c.batch_execute("ROLLBACK").await;
+            return Err(ApplyError::Session {
+                message: format!("cannot read the sync point ({snapshot:?}, {lsn:?})"),
+                action: Action::Stop,
+                sqlstate: None,
+            });
+        };
+        let reply = match sync.until(lsn).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        batch.absorb(&reply.batch, usize::MAX);
+        if !reply.complete {
+            let _ = c.batch_execute("ROLLBACK").await;
+            return self.stage(batch).await.map(Some);
+        }
+        if !snapshot.invisible(&batch.xids).is_empty() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Ok(None);
+        }
+        let work = self.plan_work(batch, backfilling);
+        let outcome = match self.run_work(&work).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        let c = &self.client;
+        let mut steps = self.keep_keys(&work, &outcome);
+        if batch.txns > 0 {
+            steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
+        }
+        steps.push(simple(c, "COMMIT"));
+        in_transaction(c, steps).await?;
+        self.carried_after(&work, outcome.carried);
+        self.report_conflicts(&work);
+        Ok(Some(outcome.stats))
+    }
+
+    /// Like [`Applier::apply_in_transaction`] for a spec with two-way
+    /// mirrors, in the cut-over's locked transaction: nothing can change
+    /// under it, so every key is applied (and every carried one).
+    pub async fn apply_two_way_in_transaction(
+        &mut self,
+        batch: &Batch,
+    ) -> Result<ApplyStats, ApplyError> {
+        let none = vec![false; self.mirrors.len()];
+        let work = self.plan_work(batch, &none);
+        let outcome = self.run_work(&work).await?;
+        if outcome.carried.iter().any(|c| !c.is_empty()) {
+            return Err(ApplyError::Session {
+                message: "a key changed under the cut-over's lock".into(),
+                action: Action::Retry,
+                sqlstate: None,
+            });
+        }
+        let steps = self.keep_keys(&work, &outcome);
+        flight::in_order(steps).await.map_err(|f| f.error)?;
+        self.carried_after(&work, outcome.carried);
+        self.report_conflicts(&work);
+        Ok(outcome.stats)
+    }
+
+    /// Whether keys wait in the carry.
+    pub fn has_carried(&self) -> bool {
+        self.carried.iter().any(|c| !c.is_empty())
+    }
+
+    /// How many keys wait in the carry: (mirror number, count) per
+    /// two-way mirror.
+    pub fn carried_counts(&self) -> Vec<(usize, usize)> {
+        self.mirrors
+            .iter()
+            .zip(&self.carried)
+            .filter(|(m, _)| m.reverse.is_some())
+            .map(|(m, c)| (m.plan.number, c.len()))
+            .collect()
+    }
+
+    /// The stream could not be followed up to the snapshot (it is far
+    /// behind): the batch's two-way keys are stored with their directions
+    /// (the carry), one-way keys are applied as usual, and the position
+    /// moves on. The carry is applied once the stream has caught up.
+    async fn stage(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        let c = &self.client;
+        let mut stats = ApplyStats::default();
+        let mut staged: Vec<Vec<(Key, Dir)>> = vec![Vec::new(); self.mirrors.len()];
+        for (i, (m, keys)) in self.mirrors.iter().zip(&batch.mirrors).enumerate() {
+            if m.reverse.is_none() {
+                continue;
+            }
+            let mut dirs = self.carried[i].clone();
+            if keys.target_truncated {
+                dirs.clear();
+            }
+            for (k, d) in &keys.dirs {
+                dirs.insert(k.clone(), *d);
+            }
+            staged[i] = dirs.into_iter().collect();
+        }
+        let one_way = Batch {
+            mirrors: self
+                .mirrors
+                .iter()
+                .zip(&batch.mirrors)
+                .map(|(m, k)| {
+                    if m.reverse.is_none() {
+                        k.clone()
+                    } else {
+                        MirrorKeys::default()
+                    }
+                })
+                .collect(),
+            ..Batch::default()
+        };
+        let mut steps = vec![simple(c, "BEGIN")];
+        steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
+        steps.extend(super::key_steps(&self.mirrors, c, &one_way, &mut stats));
+        for (m, keys) in self.mirrors.iter().zip(&staged) {
+            if !keys.is_empty() {
+                steps.push(store_keys(c, &self.spec_name, m, KeyKind::Carry, keys));
+            }
+        }
+        steps.push(simple(c, "COMMIT"));
+        stats.add(in_transaction(c, steps).await?);
+        for (i, keys) in staged.into_iter().enumerate() {
+            if !keys.is_empty() {
+                self.carried[i] = keys.into_iter().collect();
+            }
+        }
+        tracing::info!(
+            carried = self.carried.iter().map(HashMap::len).sum::<usize>(),
+            "the stream is far behind: two-way keys are stored with their directions and applied \
+             once it has caught up"
+        );
+        Ok(stats)
+    }
+
+    /// Each mirror's keys by direction, the carried keys first (older than
+    /// anything in the batch), and the cascades: a key whose old shape is
+    /// recomputed is recomputed forward for the other mirrors of its source
+    /// that read what the way back writes (walshift's own writes do not come
+    /// back through the stream to do it).
+    fn plan_work(&self, batch: &Batch, backfilling: &[bool]) -> Vec<MirrorWork> {
+        let mut work: Vec<MirrorWork> = Vec::with_capacity(self.mirrors.len());
+        for (i, (m, keys)) in self.mirrors.iter().zip(&batch.mirrors).enumerate() {
+            let mut w = MirrorWork {
+                truncated: keys.truncated,
+                target_truncated: keys.target_truncated,
+                overflowed: keys.overflowed,
+                conflicts: keys.conflicts.clone(),
+                ..Default::default()
+            };
+            let carried: Vec<(&Key, &Dir)> = self.carried[i]
+                .iter()
+                .filter(|(k, _)| keys.dirs.contains_key(*k) || keys.keys.contains(*k))
+                .chain(
+                    self.carried[i]
+                        .iter()
+                        .filter(|(k, _)| !keys.dirs.contains_key(*k) && !keys.keys.contains(*k))
+                        .take(CARRIED_PER_TRANSACTION),
+                )
+                .collect();
+            w.settled = carried.iter().map(|(k, _)| (*k).clone()).collect();
+            if m.reverse.is_none() {
+                // One-way: every key forward, carried ones included.
+                let mut all: std::collections::HashSet<Key> = keys.keys.clone();
+                all.extend(carried.iter().map(|(k, _)| (*k).clone()));
+                w.forward = all.into_iter().collect();
+                work.push(w);
+                continue;
+            }
+            let mut dirs: HashMap<Key, Dir> = if keys.target_truncated {
+                HashMap::new()
+            } else {
+                carried.iter().map(|(k, d)| ((*k).clone(), **d)).collect()
+            };
+            for (k, d) in &keys.dirs {
+                if let Some(old) = dirs.insert(k.clone(), *d)
+                    && self.carried[i].contains_key(k)
+                    && old.conflicts_with(*d)
+                {
+                    w.conflicts.add(k);
+                }
+            }
+            for (k, d) in dirs {
+                if backfilling.get(i).copied().unwrap_or(false) && d != Dir::Forward {
+                    w.marks.push((k.clone(), d));
+                }
+                match d {
+                    Dir::Forward => w.forward.push(k),
+                    Dir::Reverse => w.reverse.push(k),
+                    Dir::Both => {}
+                }
+            }
+            work.push(w);
+        }
+        // Cascades from the way back to the other mirrors of the source.
+        for i in 0..work.len() {
+            let Some(reverse) = &self.mirrors[i].reverse else {
+                continue;
+            };
+            if work[i].reverse.is_empty() {
+                continue;
+            }
+            let keys = work[i].reverse.clone();
+            for (j, (other, w)) in self.mirrors.iter().zip(work.iter_mut()).enumerate() {
+                if j == i || other.plan.source != self.mirrors[i].plan.source {
+                    continue;
+                }
+                let reads = match &other.plan.two_way {
+                    None => true,
+                    Some(t) => t.forward_signal.iter().any(|c| reverse.writes.contains(c)),
+                };
+                if !reads {
+                    continue;
+                }
+                let decided = batch.mirrors[j].dirs.keys().chain(self.carried[j].keys());
+                let decided: std::collections::HashSet<&Key> = decided.collect();
+                let mut add: Vec<Key> = keys
+                    .iter()
+                    .filter(|k| !decided.contains(k) && !w.forward.contains(k))
+                    .cloned()
+                    .collect();
+                w.forward.append(&mut add);
+            }
+        }
+        work
+    }
+
+    /// The statements: every way back first (it writes the old columns the
+    /// forward mappings read), then every forward mapping, each in spec
+    /// order.
+    async fn run_work(&self, work: &[MirrorWork]) -> Result<Outcome, ApplyError> {
+        let mut out = Outcome {
+            carried: vec![Vec::new(); work.len()],
+            ..Default::default()
+        };
+        for (i, (m, w)) in self.mirrors.iter().zip(work).enumerate() {
+            let Some(reverse) = &m.reverse else {
+                continue;
+            };
+            if w.target_truncated {
+                let s = &reverse.whole;
+                let wrote = self
+                    .guarded(range(&self.client, m, s, reverse.rows))
+                    .await?;
+                out.stats.add(vec![wrote]);
+                out.stats.full_passes += 1;
+            }
+            let (wrote, lost) = self.keyed(m, Dir::Reverse, w.reverse.clone()).await?;
+            out.stats.keys += w.reverse.len() - lost.len();
+            out.stats.add(vec![wrote]);
+            crate::metrics::reverse_keys(m.plan.number, (w.reverse.len() - lost.len()) as u64);
+            out.carried[i].extend(lost.into_iter().map(|k| (k, Dir::Reverse)));
+        }
+        for (i, (m, w)) in self.mirrors.iter().zip(work).enumerate() {
+            if w.overflowed {
+                let whole = Scope::Range {
+                    lower: false,
+                    upper: false,
+                };
+                let (s, rows) = match &m.plan.kind {
+                    MirrorKind::Set(p) => (sql::set_apply(p, whole), false),
+                    MirrorKind::Rows(p) => (sql::rows_apply(p, whole), true),
+                };
+                let wrote = self.guarded(range(&self.client, m, &s, rows)).await?;
+                out.stats.add(vec![wrote]);
+                out.stats.full_passes += 1;
+            }
+            if w.truncated
+                && let MirrorKind::Rows(p) = &m.plan.kind
+            {
+                let s = sql::rows_truncate(p);
+                let mut wrote = self.guarded(range(&self.client, m, &s, false)).await?;
+                wrote.deleted = wrote.written;
+                wrote.written = 0;
+                out.stats.add(vec![wrote]);
+            }
+            let (wrote, lost) = self.keyed(m, Dir::Forward, w.forward.clone()).await?;
+            out.stats.keys += w.forward.len() - lost.len();
+            out.stats.add(vec![wrote]);
+            out.carried[i].extend(lost.into_iter().map(|k| (k, Dir::Forward)));
+        }
+        Ok(out)
+    }
+
+    /// Runs `step` in a savepoint: a failure leaves the transaction as it
+    /// was before it, so the caller may split the work and go on.
+    async fn guarded<'a>(&'a self, step: Step<'a>) -> Result<Wrote, ApplyError> {
+        let c = &self.client;
+        let steps = vec![
+            simple(c, "SAVEPOINT walshift_keys"),
+            step,
+            simple(c, "RELEASE SAVEPOINT walshift_keys"),
+        ];
+        match flight::in_order(steps).await {
+            Ok(mut wrote) => Ok(wrote.swap_remove(1)),
+            Err(failed) => {
+                c.batch_execute(
+                    "ROLLBACK TO SAVEPOINT walshift_keys; RELEASE SAVEPOINT walshift_keys",
+                )
+                .await
+                .map_err(ApplyError::session)?;
+                Err(failed.error)
+            }
+        }
+    }
+
+    /// One direction of mirror `m` for `keys`, split in halves around keys
+    /// whose rows changed after the snapshot until each such key is alone:
+    /// those come back, to be carried.
+    async fn keyed(
+        &self,
+        m: &PreparedMirror,
+        dir: Dir,
+        keys: Vec<Key>,
+    ) -> Result<(Wrote, Vec<Key>), ApplyError> {
+        let mut total = Wrote::default();
+        let mut lost = Vec::new();
+        let mut parts = vec![keys];
+        while let Some(part) = parts.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            match self.guarded(keyed_step(&self.client, m, dir, &part)).await {
+                Ok(w) => {
+                    total.written += w.written;
+                    total.deleted += w.deleted;
+                }
+                Err(e) if lost_to_a_later_write(&e) => {
+                    if part.len() == 1 {
+                        lost.extend(part);
+                    } else {
+                        let mut part = part;
+                        let second = part.split_off(part.len() / 2);
+                        parts.push(second);
+                        parts.push(part);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((total, lost))
+    }
+
+    /// Writes of the key table that go with the transaction: the marks,
+    /// the carried keys it took up and the ones it carries on.
+    fn keep_keys<'a>(&'a self, work: &'a [MirrorWork], outcome: &'a Outcome) -> Vec<Step<'a>> {
+        let c = &self.client;
+        let mut steps = Vec::new();
+        for ((m, w), carried) in self.mirrors.iter().zip(work).zip(&outcome.carried) {
+            if !w.marks.is_empty() {
+                steps.push(store_keys(c, &self.spec_name, m, KeyKind::Mark, &w.marks));
+            }
+            if !w.settled.is_empty() {
+                steps.push(forget_keys(c, &self.spec_name, m, &w.settled));
+            }
+            if !carried.is_empty() {
+                steps.push(store_keys(c, &self.spec_name, m, KeyKind::Carry, carried));
+            }
+        }
+        steps
+    }
+
+    fn carried_after(&mut self, work: &[MirrorWork], carried: Vec<Vec<(Key, Dir)>>) {
+        for ((mine, w), again) in self.carried.iter_mut().zip(work).zip(carried) {
+            for k in &w.settled {
+                mine.remove(k);
+            }
+            mine.extend(again);
+        }
+    }
+
+    fn report_conflicts(&self, work: &[MirrorWork]) {
+        for (m, w) in self.mirrors.iter().zip(work) {
+            if w.conflicts.count == 0 {
+                continue;
+            }
+            crate::metrics::conflicts(m.plan.number, w.conflicts.count);
+            let keys: Vec<String> = w
+                .conflicts
+                .examples
+                .iter()
+                .map(|k| format!("({})", k.join(", ")))
+                .collect();
+            tracing::info!(
+                mirror = %m.label,
+                conflicts = w.conflicts.count,
+                keys = %keys.join(" "),
+                "both versions wrote these keys before walshift had reconciled the first write; \
+                 the later commit won in both shapes"
+            );
+        }
+    }
+
+    /// Forgets the marks of mirror `i` once its backfill is complete.
+    pub async fn forget_marks(&self, i: usize) -> Result<(), ApplyError> {
+        let mirror = self.mirrors[i].plan.number as i32;
+        self.client
+            .execute(KEYS_FORGET_MARKS, &[&self.spec_name, &mirror])
+            .await
+            .map(drop)
+            .map_err(ApplyError::session)
+    }
+}
+
+/// The statement of mirror `m` in direction `dir` for `keys`.
+fn keyed_step<'a>(c: &'a Client, m: &'a PreparedMirror, dir: Dir, keys: &[Key]) -> Step<'a> {
+    let keys: Vec<Key> = keys.to_vec();
+    Box::pin(async move {
+        let refs: Vec<&Key> = keys.iter().collect();
+        let args = Args::engine_keys(&refs, m.plan.key.len());
+        let err = |e| mirror_err(&m.label, e);
+        let (statement, params, rows) = match (dir, &m.reverse) {
+            (Dir::Reverse, Some(r)) => (&r.statement, &r.params, r.rows),
+            _ => (
+                &m.keys,
+                &m.keys_params,
+                matches!(m.plan.kind, MirrorKind::Rows(_)),
+            ),
+        };
+        let params = args.bind(params);
+        if rows {
+            Ok(Wrote::rows(
+                &c.query_one(statement, &params).await.map_err(err)?,
+            ))
+        } else {
+            Ok(Wrote::set(
+                c.execute(statement, &params).await.map_err(err)?,
+            ))
+        }
+    })
+}
+
+/// A whole-table statement of mirror `m` (no parameters).
+fn range<'a>(c: &'a Client, m: &'a PreparedMirror, s: &'a sql::Statement, rows: bool) -> Step<'a> {
+    Box::pin(async move {
+        let err = |e| mirror_err(&m.label, e);
+        if rows {
+            Ok(Wrote::rows(
+                &c.query_typed_one(&s.sql, &[]).await.map_err(err)?,
+            ))
+        } else {
+            Ok(Wrote::set(c.execute_typed(&s.sql, &[]).await.map_err(err)?))
+        }
+    })
+}
+
+/// Stores `keys` of mirror `m` in the key table.
+fn store_keys<'a>(
+    c: &'a Client,
+    spec_name: &'a str,
+    m: &'a PreparedMirror,
+    kind: KeyKind,
+    keys: &[(Key, Dir)],
+) -> Step<'a> {
+    let n = m.plan.key.len();
+    let dirs: Vec<String> = keys.iter().map(|(_, d)| d.code().to_string()).collect();
+    let columns: Vec<Vec<String>> = (0..n)
+        .map(|c| keys.iter().map(|(k, _)| k[c].to_string()).collect())
+        .collect();
+    Box::pin(async move {
+        let mirror = m.plan.number as i32;
+        let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> = vec![
+            (&spec_name, Type::TEXT),
+            (&mirror, Type::INT4),
+            (&dirs, Type::TEXT_ARRAY),
+        ];
+        for col in &columns {
+            params.push((col, Type::TEXT_ARRAY));
+        }
+        c.execute_typed(&keys_store(kind, n), &params)
+            .await
+            .map_err(ApplyError::session)?;
+        Ok(Wrote::default())
+    })
+}
+
+/// Forgets carried `keys` of mirror `m`.
+fn forget_keys<'a>(
+    c: &'a Client,
+    spec_name: &'a str,
+    m: &'a PreparedMirror,
+    keys: &[Key],
+) -> Step<'a> {
+    let n = m.plan.key.len();
+    let columns: Vec<Vec<String>> = (0..n)
+        .map(|c| keys.iter().map(|k| k[c].to_string()).collect())
+        .collect();
+    Box::pin(async move {
+        let mirror = m.plan.number as i32;
+        let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> =
+            vec![(&spec_name, Type::TEXT), (&mirror, Type::INT4)];
+        for col in &columns {
+            params.push((col, Type::TEXT_ARRAY));
+        }
+        c.execute_typed(&keys_forget(KeyKind::Carry, n), &params)
+            .await
+            .map_err(ApplyError::session)?;
+        Ok(Wrote::default())
+    })
+}

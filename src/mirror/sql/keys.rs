@@ -1,0 +1,109 @@
+//! Statements on walshift's key table, `walshift.keys` (sql/state.sql): the
+//! keys of two-way mirrors held between transactions. Pure, like the rest of
+//! this module.
+//!
+//! Keys travel as one `text[]` per key column (as in a batch's statements)
+//! and are stored as one `text[]` per key; directions as their one-letter
+//! codes ([`crate::mirror::txn::Dir::code`]).
+
+/// Which kind of row of the key table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Work waiting for the next transaction.
+    Carry,
+    /// A key the backfill must leave alone.
+    Mark,
+}
+
+impl KeyKind {
+    fn literal(self) -> &'static str {
+        match self {
+            KeyKind::Carry => "'carry'",
+            KeyKind::Mark => "'mark'",
+        }
+    }
+}
+
+/// `ARRAY[u.k1, ...]` and `$4::text[], ...` for `key_len` key columns whose
+/// arrays start at parameter `first`.
+fn key_rows(key_len: usize, first: usize) -> (String, Vec<String>, Vec<String>) {
+    let names: Vec<String> = (1..=key_len).map(|i| format!("k{i}")).collect();
+    let arrays: Vec<String> = (0..key_len)
+        .map(|i| format!("${}::text[]", first + i))
+        .collect();
+    let key = format!(
+        "ARRAY[{}]",
+        names
+            .iter()
+            .map(|n| format!("u.{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    (key, names, arrays)
+}
+
+/// Stores keys with their directions. Params: `$1` spec name, `$2` mirror
+/// (`int4`), `$3` directions (`text[]`), `$4..` one `text[]` per key column.
+/// A carried key takes the newer direction; a mark, once set, stays.
+pub fn keys_store(kind: KeyKind, key_len: usize) -> String {
+    let (key, names, arrays) = key_rows(key_len, 4);
+    let on_conflict = match kind {
+        KeyKind::Carry => "DO UPDATE SET dir = EXCLUDED.dir, since = now()",
+        KeyKind::Mark => "DO NOTHING",
+    };
+    format!(
+        "INSERT INTO walshift.keys (name, mirror, kind, key, dir)\n\
+         SELECT $1, $2, {}, {key}, u.dir\n\
+         FROM unnest($3::text[], {}) AS u(dir, {})\n\
+         ON CONFLICT (name, mirror, key, kind) {on_conflict}",
+        kind.literal(),
+        arrays.join(", "),
+        names.join(", ")
+    )
+}
+
+/// Forgets carried keys. Params: `$1` spec name, `$2` mirror, `$3..` one
+/// `text[]` per key column.
+pub fn keys_forget(kind: KeyKind, key_len: usize) -> String {
+    let (key, names, arrays) = key_rows(key_len, 3);
+    format!(
+        "DELETE FROM walshift.keys\n\
+         WHERE name = $1 AND mirror = $2 AND kind = {}\n  \
+         AND key IN (SELECT {key} FROM unnest({}) AS u({}))",
+        kind.literal(),
+        arrays.join(", "),
+        names.join(", ")
+    )
+}
+
+/// The carried keys of a spec: `mirror int4, key text[], dir text`.
+pub const KEYS_CARRIED: &str =
+    "SELECT mirror, key, dir FROM walshift.keys WHERE name = $1 AND kind = 'carry' ORDER BY mirror";
+
+/// Once a mirror's backfill is complete its marks have done their job.
+/// Params: `$1` spec name, `$2` mirror.
+pub const KEYS_FORGET_MARKS: &str =
+    "DELETE FROM walshift.keys WHERE name = $1 AND mirror = $2 AND kind = 'mark'";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_for_a_composite_key() {
+        assert_eq!(
+            keys_store(KeyKind::Carry, 2),
+            "INSERT INTO walshift.keys (name, mirror, kind, key, dir)\n\
+             SELECT $1, $2, 'carry', ARRAY[u.k1, u.k2], u.dir\n\
+             FROM unnest($3::text[], $4::text[], $5::text[]) AS u(dir, k1, k2)\n\
+             ON CONFLICT (name, mirror, key, kind) DO UPDATE SET dir = EXCLUDED.dir, since = now()"
+        );
+        assert!(keys_store(KeyKind::Mark, 1).ends_with("DO NOTHING"));
+        assert_eq!(
+            keys_forget(KeyKind::Carry, 1),
+            "DELETE FROM walshift.keys\n\
+             WHERE name = $1 AND mirror = $2 AND kind = 'carry'\n  \
+             AND key IN (SELECT ARRAY[u.k1] FROM unnest($3::text[]) AS u(k1))"
+        );
+    }
+}
