@@ -77,6 +77,10 @@ enum Command {
         /// visibility barrier is needed.
         #[arg(long, hide = true)]
         unsafe_no_visibility_barrier: bool,
+        /// Plant a bug in the two-way engine. Loses data; exists only so a
+        /// test can prove it fails without the rule it checks.
+        #[arg(long, hide = true, value_enum)]
+        unsafe_plant: Option<walshift::mirror::plant::Plant>,
         /// Keys one mirror may collect per batch before falling back to a
         /// whole-mirror pass (bounds memory for huge transactions).
         #[arg(long, hide = true, default_value_t = RunOptions::default().max_txn_keys)]
@@ -380,10 +384,18 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             spec,
             db,
             unsafe_no_visibility_barrier,
+            unsafe_plant,
             max_txn_keys,
             listen,
             ready_max_lag,
         } => {
+            if let Some(plant) = unsafe_plant {
+                walshift::mirror::plant::set(plant);
+                tracing::warn!(
+                    ?plant,
+                    "a bug is planted in the two-way engine: data will be lost; never do this outside tests"
+                );
+            }
             let (spec, config) = match load(&spec, &db) {
                 Ok(v) => v,
                 Err(code) => return code,

@@ -128,3 +128,280 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {}).await;
     drop(run);
 }
+
+mod two_way_support;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use two_way_support::{Load, Rng, Step, conflicts_logged};
+
+type Fut<'a> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>>;
+
+/// Hot keys both versions write.
+const HOT: u64 = 300;
+
+const STATUSES: [&str; 3] = ["active", "disabled", "paused"];
+
+const ACK: &str = "
+CREATE TABLE ack (seq bigserial PRIMARY KEY, id bigint NOT NULL, version text NOT NULL,
+                  is_active boolean, status text);
+";
+
+/// The old version: flips `is_active` of a hot user (or inserts a user
+/// with the old shape only), and acknowledges it in the same transaction.
+fn old_version<'a>(
+    c: &'a tokio_postgres::Client,
+    rng: &'a mut Rng,
+    writer: u64,
+    i: u64,
+) -> Fut<'a> {
+    Box::pin(async move {
+        if rng.chance(3) {
+            let id = (1_000_000 * writer + i) as i64;
+            let active = rng.chance(50);
+            c.batch_execute("BEGIN").await?;
+            c.execute(
+                "INSERT INTO users (id, name, is_active) VALUES ($1, 'old', $2)",
+                &[&id, &active],
+            )
+            .await?;
+            c.execute(
+                "INSERT INTO ack (id, version, is_active) VALUES ($1, 'old', $2)",
+                &[&id, &active],
+            )
+            .await?;
+            c.batch_execute("COMMIT").await
+        } else {
+            old_flip(c, 1 + rng.below(HOT) as i64).await
+        }
+    })
+}
+
+/// The old version flips `is_active` of user `id` (read under its row lock,
+/// so the write always changes it).
+async fn old_flip(c: &tokio_postgres::Client, id: i64) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute("BEGIN").await?;
+    let row = c
+        .query_one(
+            "SELECT is_active FROM users WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?;
+    let active = !row.get::<_, Option<bool>>(0).unwrap_or(false);
+    c.execute(
+        "UPDATE users SET is_active = $2 WHERE id = $1",
+        &[&id, &active],
+    )
+    .await?;
+    c.execute(
+        "INSERT INTO ack (id, version, is_active) VALUES ($1, 'old', $2)",
+        &[&id, &active],
+    )
+    .await?;
+    c.batch_execute("COMMIT").await
+}
+
+/// The new version: sets `status` of a hot user to another value (or
+/// inserts a user with the new shape only), acknowledged likewise.
+fn new_version<'a>(
+    c: &'a tokio_postgres::Client,
+    rng: &'a mut Rng,
+    writer: u64,
+    i: u64,
+) -> Fut<'a> {
+    Box::pin(async move {
+        if rng.chance(3) {
+            let id = (1_000_000 * writer + i) as i64;
+            let status = STATUSES[rng.below(3) as usize];
+            c.batch_execute("BEGIN").await?;
+            c.execute(
+                "INSERT INTO users (id, name, status) VALUES ($1, 'new', $2)",
+                &[&id, &status],
+            )
+            .await?;
+            c.execute(
+                "INSERT INTO ack (id, version, status) VALUES ($1, 'new', $2)",
+                &[&id, &status],
+            )
+            .await?;
+            c.batch_execute("COMMIT").await
+        } else {
+            let id = 1 + rng.below(HOT) as i64;
+            new_set(c, id, rng).await
+        }
+    })
+}
+
+/// The new version sets `status` of user `id` to a value other than the one
+/// it reads under the row lock.
+async fn new_set(
+    c: &tokio_postgres::Client,
+    id: i64,
+    rng: &mut Rng,
+) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute("BEGIN").await?;
+    let row = c
+        .query_one("SELECT status FROM users WHERE id = $1 FOR UPDATE", &[&id])
+        .await?;
+    let now: Option<String> = row.get(0);
+    let others: Vec<&str> = STATUSES
+        .iter()
+        .copied()
+        .filter(|s| Some(*s) != now.as_deref())
+        .collect();
+    let status = others[rng.below(others.len() as u64) as usize];
+    c.execute(
+        "UPDATE users SET status = $2 WHERE id = $1",
+        &[&id, &status],
+    )
+    .await?;
+    c.execute(
+        "INSERT INTO ack (id, version, status) VALUES ($1, 'new', $2)",
+        &[&id, &status],
+    )
+    .await?;
+    c.batch_execute("COMMIT").await
+}
+
+/// Either version writing an unrelated column: changes neither shape.
+fn rename<'a>(c: &'a tokio_postgres::Client, rng: &'a mut Rng, _: u64, i: u64) -> Fut<'a> {
+    Box::pin(async move {
+        let id = 1 + rng.below(HOT) as i64;
+        c.execute(
+            "UPDATE users SET name = $2 WHERE id = $1",
+            &[&id, &format!("n{i}")],
+        )
+        .await
+        .map(drop)
+    })
+}
+
+/// Keys whose shapes are not what their last acknowledged write implies:
+/// the old version's `is_active` with `status` following from it, or the
+/// new version's `status` with `is_active` following from it. Users no
+/// version wrote keep the backfill's mapping.
+const LOST_USERS: &str = "
+WITH last AS (SELECT DISTINCT ON (id) id, version, is_active, status FROM ack ORDER BY id, seq DESC)
+SELECT u.id, u.is_active, u.status, l.version, l.is_active, l.status
+FROM users u LEFT JOIN last l USING (id)
+WHERE NOT CASE
+  WHEN l.version = 'old' THEN u.is_active IS NOT DISTINCT FROM l.is_active
+       AND u.status IS NOT DISTINCT FROM CASE WHEN l.is_active THEN 'active' ELSE 'disabled' END
+  WHEN l.version = 'new' THEN u.status IS NOT DISTINCT FROM l.status
+       AND u.is_active IS NOT DISTINCT FROM (l.status = 'active')
+  ELSE u.status IS NOT DISTINCT FROM CASE WHEN u.is_active THEN 'active' ELSE 'disabled' END
+END
+ORDER BY u.id";
+
+/// The end of the rollout's overlap: both versions write every hot key
+/// once more, one right after the other (in a random order per key), and
+/// nothing writes after. The last write of each key then meets the other
+/// version's in walshift's hands: only the later may decide.
+async fn last_writes_of_both(db: &common::Database) -> u64 {
+    let old = db.connect().await;
+    let new = db.connect().await;
+    let mut rng = Rng::new(7);
+    for k in 1..=HOT as i64 {
+        if rng.chance(50) {
+            old_flip(&old, k).await.unwrap();
+            new_set(&new, k, &mut rng).await.unwrap();
+        } else {
+            new_set(&new, k, &mut rng).await.unwrap();
+            old_flip(&old, k).await.unwrap();
+        }
+    }
+    2 * HOT
+}
+
+/// Runs both versions and the renamer against users for `seconds`, with
+/// `walshift run <extra>`; returns the users whose last acknowledged write
+/// does not hold, the transactions committed and the conflicts logged.
+async fn users_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String>, u64, u64) {
+    let db = fresh_db().await;
+    let c = db.connect().await;
+    c.batch_execute(USERS).await.unwrap();
+    c.batch_execute(ACK).await.unwrap();
+    c.execute(
+        "ALTER TABLE users REPLICA IDENTITY FULL;
+         INSERT INTO users (id, name, is_active) SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, $1::bigint) g",
+        &[&(HOT as i64)],
+    )
+    .await
+    .ok();
+    c.batch_execute(&format!(
+        "INSERT INTO users (id, name, is_active) SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, {HOT}) g \
+         ON CONFLICT DO NOTHING; ALTER TABLE users REPLICA IDENTITY FULL"
+    ))
+    .await
+    .unwrap();
+    // Slots are the cluster's: one name per scenario.
+    let name = format!(
+        "two-way{}",
+        extra.last().map(|p| format!("-{p}")).unwrap_or_default()
+    );
+    let spec = Spec::new(&name, USERS_TWO_WAY);
+    let mut run = Run::spawn_with(&spec, &db, extra);
+    wait_backfill_done(&c, &spec.name).await;
+    let writers: [(Step, u64); 3] = [(old_version, 2), (new_version, 2), (rename, 1)];
+    let load = Load::start(&db.conninfo(), &writers, Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let mut committed = load.stop().await;
+    committed += last_writes_of_both(&db).await;
+    wait_caught_up(&c, &spec.object()).await;
+    let lost: Vec<String> = c
+        .query(LOST_USERS, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "user {}: is_active {:?}, status {:?}; last write: {} {:?} {:?}",
+                r.get::<_, i64>(0),
+                r.get::<_, Option<bool>>(1),
+                r.get::<_, Option<String>>(2),
+                r.get::<_, Option<String>>(3).unwrap_or_default(),
+                r.get::<_, Option<bool>>(4),
+                r.get::<_, Option<String>>(5),
+            )
+        })
+        .collect();
+    run.sigterm();
+    run.exit(Duration::from_secs(20)).await;
+    (lost, committed, conflicts_logged(&run.stderr()))
+}
+
+/// Both versions write hot keys at once, with inserts from each and an
+/// unrelated column written meanwhile: every user ends as its last
+/// acknowledged write implies, in both shapes.
+#[tokio::test]
+async fn set_mode_last_acknowledged_write_holds_under_both_versions() {
+    let (lost, committed, conflicts) = users_under_both_versions(&[], 8).await;
+    eprintln!("set mode: {committed} transactions, {conflicts} conflicts");
+    assert!(
+        lost.is_empty(),
+        "{} users lost their last write:\n{}",
+        lost.len(),
+        lost.join("\n")
+    );
+    assert!(
+        committed > 1000,
+        "the load was too light to prove anything: {committed}"
+    );
+}
+
+/// The same load with each rule planted wrong fails: the test can see the
+/// bugs it guards against.
+#[tokio::test]
+async fn set_mode_test_fails_with_direction_or_conflict_rule_planted_wrong() {
+    let (lost, _, _) =
+        users_under_both_versions(&["--unsafe-plant", "recompute-every-write"], 4).await;
+    assert!(!lost.is_empty(), "recomputing on every write lost nothing?");
+    let (lost, committed, conflicts) =
+        users_under_both_versions(&["--unsafe-plant", "earlier-write-wins"], 8).await;
+    eprintln!("planted: {committed} transactions, {} lost", lost.len());
+    assert!(
+        !lost.is_empty(),
+        "the earlier write winning lost nothing ({conflicts} conflicts)?"
+    );
+}

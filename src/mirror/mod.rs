@@ -15,6 +15,7 @@
 pub mod applier;
 pub mod bind;
 pub mod flight;
+pub mod plant;
 pub mod sql;
 pub mod txn;
 pub mod visibility;

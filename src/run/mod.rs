@@ -243,6 +243,8 @@ struct Syncing {
     /// How far the stream is known to have come: the last commit received,
     /// or a keepalive's position between transactions.
     received: Lsn,
+    /// The applier holds what a sync took, until it reports it done.
+    busy: bool,
 }
 
 impl Syncing {
@@ -251,11 +253,17 @@ impl Syncing {
             reply: Some(reply),
             to: None,
             received: Lsn::INVALID,
+            busy: false,
         }
     }
 
     fn waiting(&self) -> bool {
         self.to.is_some()
+    }
+
+    /// Work has left the session loop and is not reported done.
+    fn in_flight(&self) -> bool {
+        self.busy || self.waiting()
     }
 
     /// A request for `lsn`: answered at once (true) when the stream is
@@ -290,6 +298,7 @@ impl Syncing {
     }
 
     fn answer(&mut self, pending: &mut Batch, n: usize, complete: bool) {
+        self.busy = true;
         let batch = std::mem::replace(pending, Batch::new(n));
         if let Some(reply) = &self.reply {
             let _ = reply.try_send(SyncReply { batch, complete });
@@ -568,6 +577,20 @@ async fn session(
         opts.applier.clone(),
     )
     .await?;
+    let applier = if applier.is_two_way() {
+        let flusher = config
+            .with_application_name("walshift-flush")
+            .connect_sql()
+            .await
+            .map_err(|e| SessionError {
+                message: format!("connecting the flush session: {e}"),
+                action: Action::Retry,
+                deliberate: false,
+            })?;
+        applier.with_flusher(flusher).await?
+    } else {
+        applier
+    };
     let live_lag = Arc::new(LiveLag::default());
     let backfill = Backfill::load(
         applier.client(),
@@ -737,7 +760,7 @@ async fn session(
     loop {
         let job_running = cut.as_ref().is_some_and(|c| c.running);
         let forwarding = cut.as_ref().is_some_and(|c| c.forwarding);
-        let mut in_flight = outstanding > 0 || job_running || syncing.waiting();
+        let mut in_flight = outstanding > 0 || job_running || syncing.in_flight();
         // Hand the next batch over as soon as the applier is free; a batch of
         // echoes or unrelated transactions needs no SQL, only a confirm.
         // While a cut-over waits for its lock or drains, every batch goes
@@ -791,19 +814,27 @@ async fn session(
                 }
                 // Sent but not yet taken: never applied, nothing to confirm.
                 outstanding -= outbox.iter().filter(|w| matches!(w, Work::Batch(_))).count();
-                // An applier waiting for the stream gives up.
+                // An applier waiting for the stream gives up; one applying
+                // what it took finishes.
+                let mut busy = syncing.in_flight();
                 syncing.close();
-                while outstanding > 0 {
-                    match done_rx.recv().await {
+                while outstanding > 0 || busy {
+                    let (batch, result) = match done_rx.recv().await {
                         Some(Done::Batch(batch, result)) => {
-                            outstanding -= 1;
-                            if result.is_ok() {
-                                observed.confirm(&feedback, cap.as_ref(), totals, batch.end_lsn);
-                            } else {
-                                break;
-                            }
+                            outstanding = outstanding.saturating_sub(1);
+                            (batch, result)
+                        }
+                        Some(Done::Synced(batch, result, handed)) => {
+                            busy = false;
+                            outstanding = outstanding.saturating_sub(handed);
+                            (batch, result)
                         }
                         Some(_) | None => break,
+                    };
+                    if result.is_ok() {
+                        observed.confirm(&feedback, cap.as_ref(), totals, batch.end_lsn);
+                    } else {
+                        break;
                     }
                 }
                 let _ = stream.close().await;
@@ -813,7 +844,6 @@ async fn session(
             // The applier of a two-way spec asks for the stream up to its
             // snapshot's WAL position.
             Some(lsn) = sync_request_rx.recv(), if two_way && !syncing.waiting() => {
-                outstanding += 1;
                 if syncing.request(lsn, &mut pending, n) {
                     in_flight_since = in_flight_since.or(pending_since.take());
                 } else {
@@ -896,7 +926,17 @@ async fn session(
             // 3. A batch is committed: now, and only now, confirm it (I4).
             done = done_rx.recv() => {
                 let (batch, result) = match done {
-                    Some(Done::Batch(batch, result)) => (batch, result),
+                    Some(Done::Batch(batch, result)) => {
+                        outstanding = outstanding.saturating_sub(1);
+                        (batch, result)
+                    }
+                    // The applier of a two-way spec is done with what its
+                    // syncs took.
+                    Some(Done::Synced(batch, result, handed)) => {
+                        syncing.busy = false;
+                        outstanding = outstanding.saturating_sub(handed);
+                        (batch, result)
+                    }
                     Some(Done::Failed(e)) => return Err(e.into()),
                     Some(Done::Cutover(outcome)) => {
                         let c = cut.take().expect("a cut-over was running");
@@ -912,7 +952,6 @@ async fn session(
                     }
                     None => return Err(SessionError::stop("the applier task ended unexpectedly")),
                 };
-                outstanding = outstanding.saturating_sub(1);
                 live_lag.set(pending_since);
                 in_flight_since = None;
                 let stats = result?;
@@ -1180,6 +1219,9 @@ enum Work {
 /// What the applier task reports.
 enum Done {
     Batch(Batch, Result<ApplyStats, ApplyError>),
+    /// A two-way transaction, with everything its syncs took from the
+    /// session loop, and how many handed-over batches it applied too.
+    Synced(Batch, Result<ApplyStats, ApplyError>, usize),
     /// The backfill failed; the session ends.
     Failed(ApplyError),
     /// A cut-over ended (its drained batches were reported before).
@@ -1536,7 +1578,7 @@ async fn synced_and_report(
     if let (Ok(_), Some(t)) = (&r, tracker) {
         t.add(&batch);
     }
-    done_tx.send(Done::Batch(batch, r)).await.is_ok()
+    done_tx.send(Done::Synced(batch, r, 0)).await.is_ok()
 }
 
 /// Applies one live batch, notes its keys if a cut-over is tracking them,
@@ -1574,7 +1616,7 @@ async fn handle_work(
             if let (Ok(_), Some(t)) = (&r, tracker.as_mut()) {
                 t.add(&batch);
             }
-            done_tx.send(Done::Batch(batch, r)).await.is_ok()
+            done_tx.send(Done::Synced(batch, r, 1)).await.is_ok()
         }
         Work::Batch(batch) => apply_and_report(applier, done_tx, tracker.as_mut(), batch).await,
         Work::Track => {

@@ -144,6 +144,11 @@ pub struct Run {
 
 impl Run {
     pub fn spawn(spec: &Spec, db: &Database) -> Run {
+        Run::spawn_with(spec, db, &[])
+    }
+
+    /// `walshift run SPEC --db ... <extra>`.
+    pub fn spawn_with(spec: &Spec, db: &Database, extra: &[&str]) -> Run {
         static RUNS: AtomicU32 = AtomicU32::new(0);
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
         let log = spec.dir.path().join(format!("run-{n}.stderr"));
@@ -152,7 +157,9 @@ impl Run {
             .append(true)
             .open(&log)
             .expect("run log");
-        let mut cmd = command(&["run"], &spec.path, db);
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        let mut cmd = command(&args, &spec.path, db);
         cmd.stdout(Stdio::from(file.try_clone().expect("clone")))
             .stderr(Stdio::from(file));
         Run {

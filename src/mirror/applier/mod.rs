@@ -243,6 +243,9 @@ pub struct Applier {
     /// Keys of two-way specs carried to the next transaction (as stored in
     /// `walshift.keys`), per mirror.
     carried: Vec<std::collections::HashMap<Key, super::txn::Dir>>,
+    /// Two-way specs: a session of its own that flushes the WAL while the
+    /// applier waits for the stream to reach its sync point.
+    flusher: Option<Client>,
 }
 
 impl Applier {
@@ -297,7 +300,18 @@ impl Applier {
             origin,
             opts,
             carried,
+            flusher: None,
         })
+    }
+
+    /// Gives a two-way applier its flusher session (see [`two_way`]).
+    pub async fn with_flusher(mut self, flusher: Client) -> Result<Self, ApplyError> {
+        flusher
+            .batch_execute(two_way::FLUSHER_SETTINGS)
+            .await
+            .map_err(ApplyError::session)?;
+        self.flusher = Some(flusher);
+        Ok(self)
     }
 
     /// Whether the spec has two-way mirrors: then every batch is applied

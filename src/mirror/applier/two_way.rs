@@ -132,17 +132,43 @@ pub struct SyncReply {
     pub complete: bool,
 }
 
+/// How long the applier waits for the stream to reach its sync point before
+/// it has the WAL flushed: the walsender sends only flushed WAL, and a WAL
+/// record nobody commits behind (a non-transactional message, the tail of a
+/// page) is not flushed by itself.
+const FLUSH_AFTER: Duration = Duration::from_millis(10);
+
 impl SyncLink {
-    async fn until(&mut self, lsn: Lsn) -> Result<SyncReply, ApplyError> {
+    /// Every transaction committed before `lsn`; `flusher` (a session of
+    /// its own) commits an empty transaction now and then meanwhile, which
+    /// flushes the WAL up to it.
+    async fn until(&mut self, lsn: Lsn, flusher: Option<&Client>) -> Result<SyncReply, ApplyError> {
         let gone = || ApplyError::Session {
             message: "the session ended while the applier waited for the stream".into(),
             action: Action::Retry,
             sqlstate: None,
         };
         self.request.send(lsn).await.map_err(|_| gone())?;
-        self.reply.recv().await.ok_or_else(gone)
+        loop {
+            tokio::select! {
+                reply = self.reply.recv() => return reply.ok_or_else(gone),
+                _ = tokio::time::sleep(FLUSH_AFTER), if flusher.is_some() => {
+                    if let Some(f) = flusher {
+                        f.batch_execute(FLUSH).await.map_err(ApplyError::session)?;
+                    }
+                }
+            }
+        }
     }
 }
+
+/// An empty transaction that still writes a commit record (it takes an
+/// xid), and so flushes the WAL before it.
+const FLUSH: &str = "SELECT pg_current_xact_id()";
+
+/// Settings of the flusher session: flush locally, do not wait for
+/// synchronous standbys (the walsender needs only the local flush).
+pub const FLUSHER_SETTINGS: &str = "SET synchronous_commit = local";
 
 /// The carried keys of the spec, per mirror.
 pub(super) async fn load_carried(
@@ -284,7 +310,7 @@ impl Applier {
                 sqlstate: None,
             });
         };
-        let reply = match sync.until(lsn).await {
+        let reply = match sync.until(lsn, self.flusher.as_ref()).await {
             Ok(reply) => reply,
             Err(e) => {
                 let _ = c.batch_execute("ROLLBACK").await;
@@ -459,6 +485,11 @@ impl Applier {
                 carried.iter().map(|(k, d)| ((*k).clone(), **d)).collect()
             };
             for (k, d) in &keys.dirs {
+                if crate::mirror::plant::active(crate::mirror::plant::Plant::EarlierWriteWins)
+                    && dirs.contains_key(k)
+                {
+                    continue;
+                }
                 if let Some(old) = dirs.insert(k.clone(), *d)
                     && self.carried[i].contains_key(k)
                     && old.conflicts_with(*d)

@@ -1,0 +1,27 @@
+//! Bugs a test can plant in the two-way engine, to prove that the test
+//! fails without the rule it checks (`walshift run --unsafe-plant BUG`,
+//! hidden). Never set outside tests: each loses data by design.
+
+use std::sync::OnceLock;
+
+/// A planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Plant {
+    /// Direction detection wrong: every update of a source recomputes the
+    /// new shape, whatever it changed (pgroll's up trigger).
+    RecomputeEveryWrite,
+    /// Conflict rule wrong: of two writes of one key in opposite directions,
+    /// the earlier decides.
+    EarlierWriteWins,
+}
+
+static PLANTED: OnceLock<Plant> = OnceLock::new();
+
+/// Plants `plant` for the rest of the process.
+pub fn set(plant: Plant) {
+    let _ = PLANTED.set(plant);
+}
+
+pub fn active(plant: Plant) -> bool {
+    PLANTED.get() == Some(&plant)
+}
