@@ -375,9 +375,16 @@ impl Backfill {
             None => st.sizer.rows(),
         };
         let started = Instant::now();
-        let out = applier
-            .backfill_chunk(i, st.lower.as_deref(), rows as i64)
-            .await?;
+        let running: Vec<bool> = self.states.iter().map(|s| !s.done).collect();
+        let st = &mut self.states[i];
+        let Some(out) = applier
+            .backfill_chunk_in(i, st.lower.as_deref(), rows as i64, &running)
+            .await?
+        else {
+            // A two-way chunk that could not run now (the stream is far
+            // behind): nothing moved.
+            return Ok(());
+        };
         st.sizer.observe(out.rows.max(1), out.elapsed);
         st.done = out.upper.is_none();
         st.lower = out.upper;

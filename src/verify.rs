@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::catalog::{MirrorKind, MirrorPlan, Plan};
+use crate::catalog::{MirrorKind, MirrorPlan, Plan, ReversePlan};
 use crate::mirror::bind::Args;
 use crate::mirror::sql::{self, Scope, VerifyOutput};
 use crate::spec::Spec;
@@ -164,6 +164,53 @@ fn key_rows(rows: &[tokio_postgres::Row], columns: usize) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The statement listing the keys of `m` in `scope` whose target is not
+/// the mapping of the source. A two-way key differs only when neither shape
+/// follows from the other (the new version's `'paused'` is consistent when
+/// the old shape is its reverse); a split's way back is checked afterwards,
+/// on the keys found ([`still_differing`]).
+fn verify_statement(m: &MirrorPlan, scope: Scope, output: VerifyOutput) -> sql::Statement {
+    let reverse = m.two_way.as_ref().map(|t| &t.reverse);
+    match (&m.kind, reverse) {
+        (MirrorKind::Set(p), Some(ReversePlan::Columns(r))) => {
+            sql::set_verify_two_way(p, r, scope, output)
+        }
+        (MirrorKind::Rows(p), Some(ReversePlan::Columns(r))) => {
+            sql::rows_verify_two_way(p, r, scope, output)
+        }
+        (MirrorKind::Set(p), _) => sql::set_verify(p, scope, output),
+        (MirrorKind::Rows(p), _) => sql::rows_verify(p, scope, output),
+    }
+}
+
+/// Of `keys` found differing by [`verify_statement`], those that still
+/// differ once a split's way back is asked too: a key whose source row is
+/// what its target rows imply is consistent.
+async fn still_differing(
+    client: &Client,
+    m: &MirrorPlan,
+    keys: Vec<Vec<String>>,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let Some(ReversePlan::Rows(back)) = m.two_way.as_ref().map(|t| &t.reverse) else {
+        return Ok(keys);
+    };
+    if keys.is_empty() {
+        return Ok(keys);
+    }
+    let stmt = sql::rows_verify(back, Scope::Keys, VerifyOutput::Keys);
+    let mut args = Args::keys(&keys, m.key.len());
+    args.count = keys.len() as i64;
+    let params = args.bind(&stmt.params);
+    let back_differs: std::collections::HashSet<Vec<String>> =
+        key_rows(&client.query(&stmt.sql, &params).await?, m.key.len())
+            .into_iter()
+            .collect();
+    Ok(keys
+        .into_iter()
+        .filter(|k| back_differs.contains(k))
+        .collect())
+}
+
 /// Keys of `m` that differ in `(lower, upper]` (bounds as text).
 async fn differing_in_range(
     client: &Client,
@@ -176,10 +223,7 @@ async fn differing_in_range(
         lower: lower.is_some(),
         upper: upper.is_some(),
     };
-    let stmt = match &m.kind {
-        MirrorKind::Set(p) => sql::set_verify(p, scope, VerifyOutput::Keys),
-        MirrorKind::Rows(p) => sql::rows_verify(p, scope, VerifyOutput::Keys),
-    };
+    let stmt = verify_statement(m, scope, VerifyOutput::Keys);
     let args = Args {
         lower,
         upper,
@@ -187,10 +231,8 @@ async fn differing_in_range(
         ..Default::default()
     };
     let params = args.bind(&stmt.params);
-    Ok(key_rows(
-        &client.query(&stmt.sql, &params).await?,
-        m.key.len(),
-    ))
+    let keys = key_rows(&client.query(&stmt.sql, &params).await?, m.key.len());
+    still_differing(client, m, keys).await
 }
 
 /// Keys among `keys` that still differ.
@@ -202,17 +244,12 @@ pub async fn differing_among(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let stmt = match &m.kind {
-        MirrorKind::Set(p) => sql::set_verify(p, Scope::Keys, VerifyOutput::Keys),
-        MirrorKind::Rows(p) => sql::rows_verify(p, Scope::Keys, VerifyOutput::Keys),
-    };
+    let stmt = verify_statement(m, Scope::Keys, VerifyOutput::Keys);
     let mut args = Args::keys(keys, m.key.len());
     args.count = keys.len() as i64;
     let params = args.bind(&stmt.params);
-    Ok(key_rows(
-        &client.query(&stmt.sql, &params).await?,
-        m.key.len(),
-    ))
+    let found = key_rows(&client.query(&stmt.sql, &params).await?, m.key.len());
+    still_differing(client, m, found).await
 }
 
 /// How the rows of `keys` differ: (missing, extra, changed) key counts.
@@ -224,10 +261,7 @@ async fn kinds(
     if keys.is_empty() {
         return Ok((0, 0, 0));
     }
-    let stmt = match &m.kind {
-        MirrorKind::Set(p) => sql::set_verify(p, Scope::Keys, VerifyOutput::Kinds),
-        MirrorKind::Rows(p) => sql::rows_verify(p, Scope::Keys, VerifyOutput::Kinds),
-    };
+    let stmt = verify_statement(m, Scope::Keys, VerifyOutput::Kinds);
     let mut args = Args::keys(keys, m.key.len());
     args.count = keys.len() as i64;
     let params = args.bind(&stmt.params);

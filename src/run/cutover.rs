@@ -124,11 +124,11 @@ impl Tracker {
             return;
         }
         for (i, work) in batch.mirrors.iter().enumerate() {
-            if work.overflowed || work.truncated {
+            if work.overflowed || work.truncated || work.target_truncated {
                 self.incomplete = Some(format!(
                     "mirror {} was {} while the verify ran",
                     i + 1,
-                    if work.truncated {
+                    if work.truncated || work.target_truncated {
                         "truncated"
                     } else {
                         "changed by a transaction too large to track key by key"
@@ -137,7 +137,7 @@ impl Tracker {
                 self.keys.clear();
                 return;
             }
-            for k in &work.keys {
+            for k in work.keys.iter().chain(work.dirs.keys()) {
                 if self.keys[i].insert(k.clone()) {
                     self.total += 1;
                 }
@@ -368,7 +368,8 @@ enum Probe {
 }
 
 /// Emits probe marker `token` and applies every batch the stream delivers
-/// before it, merged into one transaction.
+/// before it, merged into one transaction. A two-way spec's applier syncs
+/// instead: it takes everything committed until now, which is the same.
 async fn probe(
     applier: &mut Applier,
     work_rx: &mut mpsc::Receiver<Work>,
@@ -377,6 +378,12 @@ async fn probe(
     token: &str,
 ) -> Probe {
     let sent = Instant::now();
+    if applier.is_two_way() {
+        return match synced(applier, done_tx, tracker).await {
+            true => Probe::Back(sent.elapsed()),
+            false => Probe::Ended,
+        };
+    }
     if let Err(e) = lag::emit_message(applier.client(), MARKER_PREFIX, token).await {
         tracing::debug!(error = %e, "cannot emit a cut-over probe");
         return Probe::Lost;
@@ -460,6 +467,9 @@ async fn under_lock(
     asked: Instant,
 ) -> Outcome {
     let locked = Instant::now();
+    if applier.is_two_way() {
+        return under_lock_two_way(applier, done_tx, tracker, job, ctx, out, asked).await;
+    }
     let token = marker_content(
         &marker(&ctx.spec.name, job.id),
         MarkerKind::Lock,
@@ -572,6 +582,82 @@ async fn under_lock(
                 ),
             });
             reapply(applier, done_tx, drained).await;
+        }
+    }
+    out
+}
+
+/// [`under_lock`] for a spec with two-way mirrors: the drain is a sync
+/// under the lock (the application waits on every table both versions
+/// write), with every carried key; the rest is the same.
+async fn under_lock_two_way(
+    applier: &mut Applier,
+    done_tx: &mpsc::Sender<Done>,
+    mut tracker: Tracker,
+    job: &Job,
+    ctx: &Context,
+    mut out: Outcome,
+    asked: Instant,
+) -> Outcome {
+    let locked = Instant::now();
+    let _ = ctx.updates.send(Update::step(
+        job.id,
+        "draining",
+        "sources and two-way targets locked; applying the last changes",
+    ));
+    let backup = applier.carried_backup();
+    let (batch, stats) = match tokio::time::timeout(DRAIN_TIMEOUT, applier.drain_locked()).await {
+        Ok(Ok(drained)) => drained,
+        failed => {
+            let _ = applier.client().batch_execute("ROLLBACK").await;
+            applier.restore_carried(backup);
+            out.freeze_ms = ms(asked.elapsed());
+            out.error = Some(match failed {
+                Ok(Err(e)) => format!("applying the last changes: {e}"),
+                _ => format!(
+                    "the stream did not bring the last changes within {DRAIN_TIMEOUT:?}                      (walshift is behind, or the stream is stuck); nothing was changed"
+                ),
+            });
+            return out;
+        }
+    };
+    tracker.add(&batch);
+    out.drained_txns = batch.txns as u64;
+    let checks_from = Instant::now();
+    out.drain_ms = ms(checks_from - locked);
+    let _ = ctx.updates.send(Update::step(
+        job.id,
+        "checking",
+        "re-checking the keys changed since the verify, and the gates",
+    ));
+    let failure = checks_and_sql(applier, &tracker, job, ctx, &mut out, checks_from).await;
+    let client = applier.client();
+    let end = match &failure {
+        None if !job.dry_run => "COMMIT",
+        _ => "ROLLBACK TO SAVEPOINT walshift_cutover; COMMIT",
+    };
+    let committing = Instant::now();
+    let committed = client.batch_execute(end).await;
+    out.commit_ms = ms(committing.elapsed());
+    out.freeze_ms = ms(asked.elapsed());
+    match committed {
+        Ok(()) => {
+            let _ = done_tx.send(Done::Synced(batch, Ok(stats), 0)).await;
+            out.error = failure;
+            out.passed = out.error.is_none();
+            out.committed = out.passed && !job.dry_run;
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            applier.restore_carried(backup);
+            out.error = Some(match failure {
+                Some(f) => f,
+                None => format!(
+                    "the cut-over transaction did not commit: {}; nothing was changed",
+                    pg_message(&e)
+                ),
+            });
+            reapply(applier, done_tx, vec![(batch, stats)]).await;
         }
     }
     out
@@ -695,11 +781,34 @@ async fn reapply(
     drained: Vec<(Batch, ApplyStats)>,
 ) {
     for (b, _) in drained {
+        if applier.is_two_way() {
+            let none = vec![false; b.mirrors.len()];
+            let (b, r) = applier.apply_synced(b, &none).await;
+            if done_tx.send(Done::Synced(b, r, 0)).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let r = applier.apply(&b).await;
         if done_tx.send(Done::Batch(b, r)).await.is_err() {
             return;
         }
     }
+}
+
+/// A two-way transaction in step with the stream, its keys tracked and it
+/// reported. `false` when the session is ending or it failed.
+async fn synced(
+    applier: &mut Applier,
+    done_tx: &mpsc::Sender<Done>,
+    tracker: &mut Tracker,
+) -> bool {
+    let (batch, r) = applier.sync_now(&[]).await;
+    let ok = r.is_ok();
+    if ok {
+        tracker.add(&batch);
+    }
+    done_tx.send(Done::Synced(batch, r, 0)).await.is_ok() && ok
 }
 
 /// Between lock attempts: applies live batches for `pause`. `false` when the
@@ -712,6 +821,15 @@ async fn apply_for(
     pause: Duration,
 ) -> bool {
     let until = tokio::time::Instant::now() + pause;
+    if applier.is_two_way() {
+        while tokio::time::Instant::now() < until {
+            if !synced(applier, done_tx, tracker).await {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        return true;
+    }
     loop {
         tokio::select! {
             w = work_rx.recv() => match w {

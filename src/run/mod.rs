@@ -312,9 +312,9 @@ impl Syncing {
     }
 }
 
-/// A two-way applier's lines to the session loop.
+/// A two-way applier's signal from the session loop (its sync link is
+/// the applier's own).
 struct TwoWayLink {
-    sync: SyncLink,
     /// Set when the session loop holds work for the applier.
     work_ready: Arc<tokio::sync::Notify>,
 }
@@ -577,7 +577,14 @@ async fn session(
         opts.applier.clone(),
     )
     .await?;
-    let applier = if applier.is_two_way() {
+    // Two-way specs: the applier asks for the stream up to its snapshot
+    // (mirror/applier/two_way.rs) whenever there is work; see `Syncing`.
+    let two_way = applier.is_two_way();
+    let (sync_request_tx, mut sync_request_rx) = mpsc::channel::<Lsn>(1);
+    let (sync_reply_tx, sync_reply_rx) = mpsc::channel::<SyncReply>(1);
+    let work_ready = Arc::new(tokio::sync::Notify::new());
+    let mut syncing = Syncing::new(sync_reply_tx);
+    let applier = if two_way {
         let flusher = config
             .with_application_name("walshift-flush")
             .connect_sql()
@@ -587,7 +594,15 @@ async fn session(
                 action: Action::Retry,
                 deliberate: false,
             })?;
-        applier.with_flusher(flusher).await?
+        applier
+            .with_sync(
+                SyncLink {
+                    request: sync_request_tx.clone(),
+                    reply: sync_reply_rx,
+                },
+                flusher,
+            )
+            .await?
     } else {
         applier
     };
@@ -716,18 +731,7 @@ async fn session(
         mirrors: plan.mirrors.clone(),
         updates: updates.clone(),
     };
-    // Two-way specs: the applier asks for the stream up to its snapshot
-    // (mirror/applier/two_way.rs) whenever there is work; see `Syncing`.
-    let two_way = applier.is_two_way();
-    let (sync_request_tx, mut sync_request_rx) = mpsc::channel::<Lsn>(1);
-    let (sync_reply_tx, sync_reply_rx) = mpsc::channel::<SyncReply>(1);
-    let work_ready = Arc::new(tokio::sync::Notify::new());
-    let mut syncing = Syncing::new(sync_reply_tx);
     let link = two_way.then(|| TwoWayLink {
-        sync: SyncLink {
-            request: sync_request_tx,
-            reply: sync_reply_rx,
-        },
         work_ready: work_ready.clone(),
     });
     let apply_task = tokio::spawn(apply_loop(applier, backfill, work_rx, done_tx, ctx, link));
@@ -893,7 +897,9 @@ async fn session(
                     None => {
                         tracing::info!(request = c.job.id, dry_run = c.job.dry_run, seconds = c.verify_seconds, "verify passed; locking the sources for the cut-over");
                         c.running = true;
-                        c.forwarding = true;
+                        // A two-way spec's applier takes the stream itself
+                        // (syncs), under the lock too.
+                        c.forwarding = !two_way;
                         outbox.push_back(Work::Cutover(c.job.clone()));
                     }
                 }
@@ -1543,7 +1549,17 @@ async fn apply_loop_two_way(
                     },
                     None => {
                         last_chunk = Instant::now();
-                        match backfill.step(&mut applier).await {
+                        let step = backfill.step(&mut applier).await;
+                        // What the chunk's sync took from the stream.
+                        if let Some((batch, r)) = applier.take_synced() {
+                            if let (Ok(_), Some(t)) = (&r, tracker.as_mut()) {
+                                t.add(&batch);
+                            }
+                            if done_tx.send(Done::Synced(batch, r, 0)).await.is_err() {
+                                return;
+                            }
+                        }
+                        match step {
                             Ok(()) => true,
                             Err(e) => {
                                 let _ = done_tx.send(Done::Failed(e)).await;
@@ -1571,10 +1587,8 @@ async fn synced_and_report(
     done_tx: &mpsc::Sender<Done>,
     tracker: Option<&mut cutover::Tracker>,
 ) -> bool {
-    let n = backfill.running().len();
-    let (batch, r) = applier
-        .apply_synced(Batch::new(n), &mut link.sync, &backfill.running())
-        .await;
+    let _ = link;
+    let (batch, r) = applier.sync_now(&backfill.running()).await;
     if let (Ok(_), Some(t)) = (&r, tracker) {
         t.add(&batch);
     }
@@ -1610,9 +1624,8 @@ async fn handle_work(
         // A two-way spec's batches come through syncs; one handed over
         // (after a cut-over that gave up) is applied in step all the same.
         Work::Batch(batch) if let Some((link, backfill)) = two_way => {
-            let (batch, r) = applier
-                .apply_synced(batch, &mut link.sync, &backfill.running())
-                .await;
+            let _ = link;
+            let (batch, r) = applier.apply_synced(batch, &backfill.running()).await;
             if let (Ok(_), Some(t)) = (&r, tracker.as_mut()) {
                 t.add(&batch);
             }

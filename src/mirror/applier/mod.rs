@@ -246,6 +246,11 @@ pub struct Applier {
     /// Two-way specs: a session of its own that flushes the WAL while the
     /// applier waits for the stream to reach its sync point.
     flusher: Option<Client>,
+    /// Two-way specs: the line to the session loop that hands over the
+    /// stream up to a sync point.
+    sync: Option<SyncLink>,
+    /// What a two-way chunk's sync took, until the apply loop reports it.
+    synced: Option<(Batch, Result<ApplyStats, ApplyError>)>,
 }
 
 impl Applier {
@@ -301,16 +306,20 @@ impl Applier {
             opts,
             carried,
             flusher: None,
+            sync: None,
+            synced: None,
         })
     }
 
-    /// Gives a two-way applier its flusher session (see [`two_way`]).
-    pub async fn with_flusher(mut self, flusher: Client) -> Result<Self, ApplyError> {
+    /// Gives a two-way applier its line to the session loop and its flusher
+    /// session (see [`two_way`]).
+    pub async fn with_sync(mut self, sync: SyncLink, flusher: Client) -> Result<Self, ApplyError> {
         flusher
             .batch_execute(two_way::FLUSHER_SETTINGS)
             .await
             .map_err(ApplyError::session)?;
         self.flusher = Some(flusher);
+        self.sync = Some(sync);
         Ok(self)
     }
 
@@ -455,6 +464,35 @@ impl Applier {
     /// mirror's checkpoint (I6). Runs on the applier's session, so it never
     /// overlaps a live batch (I3).
     pub async fn backfill_chunk(
+        &mut self,
+        i: usize,
+        lower: Option<&[String]>,
+        rows: i64,
+    ) -> Result<ChunkOutcome, ApplyError> {
+        self.backfill_chunk_in(i, lower, rows, &[])
+            .await
+            .map(|out| out.expect("a one-way chunk always runs"))
+    }
+
+    /// [`Applier::backfill_chunk`] for any spec: a two-way mirror's chunk
+    /// runs in step with the stream (`None` when it could not run now), and
+    /// `backfilling` says which mirrors' backfills still run.
+    pub async fn backfill_chunk_in(
+        &mut self,
+        i: usize,
+        lower: Option<&[String]>,
+        rows: i64,
+        backfilling: &[bool],
+    ) -> Result<Option<ChunkOutcome>, ApplyError> {
+        if self.mirrors[i].reverse.is_some() {
+            return self
+                .backfill_chunk_synced(i, lower, rows, backfilling)
+                .await;
+        }
+        self.backfill_chunk_one_way(i, lower, rows).await.map(Some)
+    }
+
+    async fn backfill_chunk_one_way(
         &mut self,
         i: usize,
         lower: Option<&[String]>,

@@ -236,7 +236,6 @@ impl Applier {
     pub async fn apply_synced(
         &mut self,
         batch: Batch,
-        sync: &mut SyncLink,
         backfilling: &[bool],
     ) -> (Batch, Result<ApplyStats, ApplyError>) {
         let started = Instant::now();
@@ -245,7 +244,7 @@ impl Applier {
         let mut warned = false;
         let mut lost = 0u32;
         loop {
-            match self.synced_once(&mut batch, sync, backfilling).await {
+            match self.synced_once(&mut batch, backfilling).await {
                 Ok(Some(stats)) => {
                     crate::metrics::batch_applied(
                         stats.keys,
@@ -285,7 +284,6 @@ impl Applier {
     async fn synced_once(
         &mut self,
         batch: &mut Batch,
-        sync: &mut SyncLink,
         backfilling: &[bool],
     ) -> Result<Option<ApplyStats>, ApplyError> {
         let c = &self.client;
@@ -310,16 +308,16 @@ impl Applier {
                 sqlstate: None,
             });
         };
-        let reply = match sync.until(lsn, self.flusher.as_ref()).await {
+        let reply = match self.sync_until(lsn).await {
             Ok(reply) => reply,
             Err(e) => {
-                let _ = c.batch_execute("ROLLBACK").await;
+                let _ = self.client.batch_execute("ROLLBACK").await;
                 return Err(e);
             }
         };
         batch.absorb(&reply.batch, usize::MAX);
         if !reply.complete {
-            let _ = c.batch_execute("ROLLBACK").await;
+            let _ = self.client.batch_execute("ROLLBACK").await;
             return self.stage(batch).await.map(Some);
         }
         if !snapshot.invisible(&batch.xids).is_empty() {
@@ -368,6 +366,328 @@ impl Applier {
         self.carried_after(&work, outcome.carried);
         self.report_conflicts(&work);
         Ok(outcome.stats)
+    }
+
+    /// Every transaction the stream carries before `lsn`, from the session
+    /// loop.
+    async fn sync_until(&mut self, lsn: Lsn) -> Result<SyncReply, ApplyError> {
+        let Some(sync) = self.sync.as_mut() else {
+            return Err(ApplyError::Session {
+                message: "internal: a two-way applier without its line to the stream".into(),
+                action: Action::Stop,
+                sqlstate: None,
+            });
+        };
+        sync.until(lsn, self.flusher.as_ref()).await
+    }
+
+    /// A two-way transaction with whatever the stream holds now (a probe
+    /// of the cut-over, carried keys waiting): see [`Applier::apply_synced`].
+    pub async fn sync_now(
+        &mut self,
+        backfilling: &[bool],
+    ) -> (Batch, Result<ApplyStats, ApplyError>) {
+        let n = self.mirrors.len();
+        self.apply_synced(Batch::new(n), backfilling).await
+    }
+
+    /// The cut-over's drain for a two-way spec, in its transaction holding
+    /// the locks: every transaction committed before now comes from the
+    /// stream (nothing can commit on the locked tables meanwhile) and is
+    /// applied with every carried key, and the position recorded. Returns
+    /// what it applied, to be reported once the transaction commits.
+    pub async fn drain_locked(&mut self) -> Result<(Batch, ApplyStats), ApplyError> {
+        let lsn: String = self
+            .client
+            .query_typed_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .map_err(ApplyError::session)?
+            .get(0);
+        let lsn: Lsn = lsn.parse().map_err(|_| ApplyError::Session {
+            message: format!("cannot read the WAL position {lsn:?}"),
+            action: Action::Stop,
+            sqlstate: None,
+        })?;
+        let reply = self.sync_until(lsn).await?;
+        if !reply.complete {
+            return Err(ApplyError::Session {
+                message: "the stream is too far behind to drain under the lock".into(),
+                action: Action::Retry,
+                sqlstate: None,
+            });
+        }
+        let batch = reply.batch;
+        let mut stats = self.apply_two_way_in_transaction(&batch).await?;
+        // Every carried key too: nothing may wait past the switch.
+        while self.has_carried() {
+            let more = self
+                .apply_two_way_in_transaction(&Batch::new(self.mirrors.len()))
+                .await?;
+            stats.keys += more.keys;
+            stats.rows_written += more.rows_written;
+            stats.rows_deleted += more.rows_deleted;
+        }
+        if batch.txns > 0 {
+            self.record_position(&batch).await?;
+        }
+        Ok((batch, stats))
+    }
+
+    /// The carry as it is, to be put back with [`Applier::restore_carried`]
+    /// when a transaction that took carried keys up rolls back.
+    pub fn carried_backup(&self) -> Vec<HashMap<Key, Dir>> {
+        self.carried.clone()
+    }
+
+    pub fn restore_carried(&mut self, backup: Vec<HashMap<Key, Dir>>) {
+        self.carried = backup;
+    }
+
+    /// One backfill chunk of two-way mirror `i` (see [`Applier::backfill_chunk`]),
+    /// in step with the stream like a batch: the chunk recomputes the new
+    /// shape of history, so it runs under the snapshot of a sync, after the
+    /// transactions it brings, and leaves alone the keys whose new shape the
+    /// application wrote since the slot (marks) or that wait in the carry.
+    /// A row the application changes after the snapshot makes the range
+    /// split until that key is alone, and the key is carried forward.
+    /// `Ok(None)`: no chunk ran (the stream is far behind; the batch was
+    /// staged). What the sync took is kept for [`Applier::take_synced`].
+    pub(super) async fn backfill_chunk_synced(
+        &mut self,
+        i: usize,
+        lower: Option<&[String]>,
+        rows: i64,
+        backfilling: &[bool],
+    ) -> Result<Option<super::ChunkOutcome>, ApplyError> {
+        let n = self.mirrors.len();
+        let mut batch = Batch::new(n);
+        let mut lost = 0u32;
+        let result = loop {
+            match self
+                .chunk_once(i, lower, rows, &mut batch, backfilling)
+                .await
+            {
+                Ok(Some(out)) => break Ok(out),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(e) if e.retry_in_place() && lost < super::IN_PLACE_RETRIES => {
+                    lost += 1;
+                    crate::metrics::error(crate::metrics::error_kind::LOST_RACE);
+                    tokio::time::sleep(Duration::from_millis(10 * lost as u64)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok((out, stats)) => {
+                self.synced = Some((batch, Ok(stats)));
+                Ok(out)
+            }
+            Err(e) => {
+                // Its transactions were not applied: reported as failed.
+                self.synced = Some((
+                    batch,
+                    Err(ApplyError::Session {
+                        message: format!("a backfill chunk failed: {e}"),
+                        action: e.action(),
+                        sqlstate: None,
+                    }),
+                ));
+                Err(e)
+            }
+        }
+    }
+
+    /// What the last chunk's sync took from the session loop, to be
+    /// reported like a synced batch.
+    pub fn take_synced(&mut self) -> Option<(Batch, Result<ApplyStats, ApplyError>)> {
+        self.synced.take()
+    }
+
+    /// One attempt of a two-way chunk: `Ok(None)` to try again (a
+    /// transaction not yet visible).
+    async fn chunk_once(
+        &mut self,
+        i: usize,
+        lower: Option<&[String]>,
+        rows: i64,
+        batch: &mut Batch,
+        backfilling: &[bool],
+    ) -> Result<Option<(Option<super::ChunkOutcome>, ApplyStats)>, ApplyError> {
+        let c = &self.client;
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(ApplyError::session)?;
+        let mirror = self.mirrors[i].plan.number as i32;
+        let point = c
+            .query_typed_one(
+                CHUNK_SYNC_POINT,
+                &[(&self.spec_name, Type::TEXT), (&mirror, Type::INT4)],
+            )
+            .await;
+        let (snapshot, lsn) = match point {
+            Ok(row) => (row.get::<_, String>(0), row.get::<_, String>(1)),
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                return Err(ApplyError::session(e));
+            }
+        };
+        let (Some(snapshot), Ok(lsn)) = (Snapshot::parse(&snapshot), lsn.parse::<Lsn>()) else {
+            let _ = c.batch_execute("ROLLBACK").await;
+            return Err(ApplyError::Session {
+                message: format!("cannot read the sync point ({snapshot:?}, {lsn:?})"),
+                action: Action::Stop,
+                sqlstate: None,
+            });
+        };
+        let reply = match self.sync_until(lsn).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        batch.absorb(&reply.batch, usize::MAX);
+        if !reply.complete {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            let stats = self.stage(batch).await?;
+            return Ok(Some((None, stats)));
+        }
+        if !snapshot.invisible(&batch.xids).is_empty() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Ok(None);
+        }
+        let work = self.plan_work(batch, backfilling);
+        let attempt = async {
+            let mut outcome = self.run_work(&work).await?;
+            // The chunk, after the live work: its marks are visible to it.
+            let mark_steps = self.keep_marks(&work);
+            flight::in_order(mark_steps).await.map_err(|f| f.error)?;
+            let chunk = self.history_range(i, lower, rows, &mut outcome).await?;
+            Ok::<_, ApplyError>((outcome, chunk))
+        }
+        .await;
+        let (outcome, chunk) = match attempt {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        let c = &self.client;
+        let upper = chunk.upper.clone();
+        let covered = chunk.rows as i64;
+        let spec_name = &self.spec_name;
+        let mut steps = self.keep_carry(&work, &outcome);
+        steps.push(Box::pin(async move {
+            c.execute_typed(
+                crate::state::RECORD_CHUNK,
+                &[
+                    (spec_name, Type::TEXT),
+                    (&mirror, Type::INT4),
+                    (&upper, Type::TEXT_ARRAY),
+                    (&covered, Type::INT8),
+                ],
+            )
+            .await
+            .map_err(ApplyError::session)?;
+            Ok(Wrote::default())
+        }));
+        if batch.txns > 0 {
+            steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
+        }
+        steps.push(simple(c, "COMMIT"));
+        in_transaction(c, steps).await?;
+        self.carried_after(&work, outcome.carried);
+        self.report_conflicts(&work);
+        crate::metrics::chunk_applied(chunk.written, chunk.deleted);
+        Ok(Some((Some(chunk), outcome.stats)))
+    }
+
+    /// The chunk's range of mirror `i`, from `lower` over `rows` source rows,
+    /// recomputed forward but for the keys the key table lists, split around
+    /// rows the application changed after the snapshot (their keys are
+    /// carried forward, in `outcome`).
+    async fn history_range(
+        &self,
+        i: usize,
+        lower: Option<&[String]>,
+        rows: i64,
+        outcome: &mut Outcome,
+    ) -> Result<super::ChunkOutcome, ApplyError> {
+        let m = &self.mirrors[i];
+        let c = &self.client;
+        let started = Instant::now();
+        let upper = super::bound_step(c, m, lower, rows)
+            .await?
+            .upper_key(&m.plan);
+        let covered = match upper {
+            Some(_) => rows.max(1),
+            None => self.count_after(m, lower).await?,
+        };
+        let excluded = sql::Excluded {
+            spec: self.spec_name.clone(),
+            mirror: m.plan.number,
+        };
+        let mut written = 0u64;
+        let mut deleted = 0u64;
+        // (lower, upper, rows in between)
+        let mut parts: Vec<(Option<Vec<String>>, Option<Vec<String>>, i64)> =
+            vec![(lower.map(<[String]>::to_vec), upper.clone(), covered)];
+        while let Some((lo, hi, n)) = parts.pop() {
+            if n <= 0 {
+                continue;
+            }
+            let step = excluded_range(c, m, &excluded, lo.clone(), hi.clone());
+            match self.guarded(step).await {
+                Ok(w) => {
+                    written += w.written;
+                    deleted += w.deleted;
+                }
+                Err(e) if lost_to_a_later_write(&e) => {
+                    let half = (n / 2).max(1);
+                    let mid = super::bound_step(c, m, lo.as_deref(), half)
+                        .await?
+                        .upper_key(&m.plan);
+                    match mid {
+                        Some(mid) if n > 1 => {
+                            parts.push((Some(mid.clone()), hi, n - half));
+                            parts.push((lo, Some(mid), half));
+                        }
+                        // One row left: its key waits in the carry.
+                        Some(key) => outcome.carried[i]
+                            .push((key.into_iter().map(Into::into).collect(), Dir::Forward)),
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(super::ChunkOutcome {
+            upper,
+            rows: covered.max(0) as u64,
+            written,
+            deleted,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Source rows of mirror `m` after `lower` (the last chunk's size).
+    async fn count_after(
+        &self,
+        m: &PreparedMirror,
+        lower: Option<&[String]>,
+    ) -> Result<i64, ApplyError> {
+        let count = sql::range_count(&m.plan.source, &m.plan.key, lower.is_some());
+        let args = Args {
+            lower,
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .query_typed_one(&count.sql, &args.bind_typed(&count.params))
+            .await
+            .map_err(|e| mirror_err(&m.label, e))?
+            .get::<_, i64>(0))
     }
 
     /// Whether keys wait in the carry.
@@ -661,12 +981,25 @@ impl Applier {
     /// Writes of the key table that go with the transaction: the marks,
     /// the carried keys it took up and the ones it carries on.
     fn keep_keys<'a>(&'a self, work: &'a [MirrorWork], outcome: &'a Outcome) -> Vec<Step<'a>> {
+        let mut steps = self.keep_marks(work);
+        steps.extend(self.keep_carry(work, outcome));
+        steps
+    }
+
+    fn keep_marks<'a>(&'a self, work: &'a [MirrorWork]) -> Vec<Step<'a>> {
+        let c = &self.client;
+        self.mirrors
+            .iter()
+            .zip(work)
+            .filter(|(_, w)| !w.marks.is_empty())
+            .map(|(m, w)| store_keys(c, &self.spec_name, m, KeyKind::Mark, &w.marks))
+            .collect()
+    }
+
+    fn keep_carry<'a>(&'a self, work: &'a [MirrorWork], outcome: &'a Outcome) -> Vec<Step<'a>> {
         let c = &self.client;
         let mut steps = Vec::new();
         for ((m, w), carried) in self.mirrors.iter().zip(work).zip(&outcome.carried) {
-            if !w.marks.is_empty() {
-                steps.push(store_keys(c, &self.spec_name, m, KeyKind::Mark, &w.marks));
-            }
             if !w.settled.is_empty() {
                 steps.push(forget_keys(c, &self.spec_name, m, &w.settled));
             }
@@ -717,6 +1050,46 @@ impl Applier {
             .map(drop)
             .map_err(ApplyError::session)
     }
+}
+
+/// The chunk's SYNC_POINT: its mirror's checkpoint row is locked as well
+/// (the run's rate recorder updates it meanwhile).
+const CHUNK_SYNC_POINT: &str = "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text \
+     FROM walshift.migration AS m, walshift.backfill AS b \
+     WHERE m.name = $1 AND b.name = $1 AND b.mirror = $2 FOR UPDATE";
+
+/// Mirror `m` forward over `(lower, upper]`, leaving `excluded` keys alone.
+fn excluded_range<'a>(
+    c: &'a Client,
+    m: &'a PreparedMirror,
+    excluded: &'a sql::Excluded,
+    lower: Option<Vec<String>>,
+    upper: Option<Vec<String>>,
+) -> Step<'a> {
+    Box::pin(async move {
+        let scope = Scope::Range {
+            lower: lower.is_some(),
+            upper: upper.is_some(),
+        };
+        let args = Args {
+            lower: lower.as_deref(),
+            upper: upper.as_deref(),
+            ..Default::default()
+        };
+        let err = |e| mirror_err(&m.label, e);
+        match &m.plan.kind {
+            MirrorKind::Set(p) => {
+                let s = sql::set_apply_excluding(p, scope, Some(excluded));
+                let n = c.execute_typed(&s.sql, &args.bind_typed(&s.params)).await;
+                Ok(Wrote::set(n.map_err(err)?))
+            }
+            MirrorKind::Rows(p) => {
+                let s = sql::rows_apply_excluding(p, scope, Some(excluded));
+                let row = c.query_typed_one(&s.sql, &args.bind_typed(&s.params)).await;
+                Ok(Wrote::rows(&row.map_err(err)?))
+            }
+        }
+    })
 }
 
 /// The statement of mirror `m` in direction `dir` for `keys`.
