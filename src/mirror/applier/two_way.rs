@@ -630,9 +630,7 @@ impl Applier {
         };
         let mut written = 0u64;
         let mut deleted = 0u64;
-        // (lower, upper, rows in between)
-        let mut parts: Vec<(Option<Vec<String>>, Option<Vec<String>>, i64)> =
-            vec![(lower.map(<[String]>::to_vec), upper.clone(), covered)];
+        let mut parts: Vec<Part> = vec![(lower.map(<[String]>::to_vec), upper.clone(), covered)];
         while let Some((lo, hi, n)) = parts.pop() {
             if n <= 0 {
                 continue;
@@ -1051,6 +1049,9 @@ impl Applier {
             .map_err(ApplyError::session)
     }
 }
+
+/// A part of a chunk's range: lower bound, upper bound, rows in between.
+type Part = (Option<Vec<String>>, Option<Vec<String>>, i64);
 
 /// The chunk's SYNC_POINT: its mirror's checkpoint row is locked as well
 /// (the run's rate recorder updates it meanwhile).
