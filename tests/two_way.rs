@@ -141,6 +141,14 @@ type Fut<'a> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + 
 /// Hot keys both versions write.
 const HOT: u64 = 300;
 
+/// Hot key `i` (1..=HOT) is user `1 + (i - 1) * SPREAD`: spread over a larger
+/// table for the tests that backfill one.
+static SPREAD: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+
+fn hot_key(i: u64) -> i64 {
+    1 + (i as i64 - 1) * SPREAD.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 const STATUSES: [&str; 3] = ["active", "disabled", "paused"];
 
 const ACK: &str = "
@@ -173,7 +181,7 @@ fn old_version<'a>(
             .await?;
             c.batch_execute("COMMIT").await
         } else {
-            old_flip(c, 1 + rng.below(HOT) as i64).await
+            old_flip(c, hot_key(1 + rng.below(HOT))).await
         }
     })
 }
@@ -227,7 +235,7 @@ fn new_version<'a>(
             .await?;
             c.batch_execute("COMMIT").await
         } else {
-            let id = 1 + rng.below(HOT) as i64;
+            let id = hot_key(1 + rng.below(HOT));
             new_set(c, id, rng).await
         }
     })
@@ -267,7 +275,7 @@ async fn new_set(
 /// Either version writing an unrelated column: changes neither shape.
 fn rename<'a>(c: &'a tokio_postgres::Client, rng: &'a mut Rng, _: u64, i: u64) -> Fut<'a> {
     Box::pin(async move {
-        let id = 1 + rng.below(HOT) as i64;
+        let id = hot_key(1 + rng.below(HOT));
         c.execute(
             "UPDATE users SET name = $2 WHERE id = $1",
             &[&id, &format!("n{i}")],
@@ -302,7 +310,9 @@ async fn last_writes_of_both(db: &common::Database) -> u64 {
     let old = db.connect().await;
     let new = db.connect().await;
     let mut rng = Rng::new(7);
-    for k in 1..=HOT as i64 {
+    // Every other hot key: the rest keep the last write the load gave them
+    // (while a backfill may still run).
+    for k in (1..=HOT).step_by(2).map(hot_key) {
         if rng.chance(50) {
             old_flip(&old, k).await.unwrap();
             new_set(&new, k, &mut rng).await.unwrap();
@@ -311,43 +321,90 @@ async fn last_writes_of_both(db: &common::Database) -> u64 {
             old_flip(&old, k).await.unwrap();
         }
     }
-    2 * HOT
+    HOT
 }
 
-/// Runs both versions and the renamer against users for `seconds`, with
-/// `walshift run <extra>`; returns the users whose last acknowledged write
-/// does not hold, the transactions committed and the conflicts logged.
-async fn users_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String>, u64, u64) {
+/// How a set-mode scenario runs.
+struct Scenario<'a> {
+    /// Users before walshift starts (backfilled).
+    users: i64,
+    /// Extra spec text (e.g. a slow `[backfill]`).
+    spec: &'a str,
+    /// `walshift run` arguments.
+    extra: &'a [&'a str],
+    /// Load time.
+    seconds: u64,
+    /// SIGKILL walshift this long into the load, and start it again.
+    kill_after: Option<Duration>,
+}
+
+/// Runs both versions and the renamer against users, then the last writes
+/// of both; returns the users whose last acknowledged write does not hold,
+/// the transactions committed and the conflicts logged.
+async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
+    SPREAD.store(
+        (s.users / HOT as i64).max(1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let db = fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(USERS).await.unwrap();
     c.batch_execute(ACK).await.unwrap();
-    c.execute(
-        "ALTER TABLE users REPLICA IDENTITY FULL;
-         INSERT INTO users (id, name, is_active) SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, $1::bigint) g",
-        &[&(HOT as i64)],
-    )
-    .await
-    .ok();
     c.batch_execute(&format!(
-        "INSERT INTO users (id, name, is_active) SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, {HOT}) g \
-         ON CONFLICT DO NOTHING; ALTER TABLE users REPLICA IDENTITY FULL"
+        "INSERT INTO users (id, name, is_active) SELECT g, 'u' || g, g % 2 = 0 FROM generate_series(1, {}) g;
+         ALTER TABLE users REPLICA IDENTITY FULL; ANALYZE users",
+        s.users
     ))
     .await
     .unwrap();
     // Slots are the cluster's: one name per scenario.
     let name = format!(
-        "two-way{}",
-        extra.last().map(|p| format!("-{p}")).unwrap_or_default()
+        "two-way{}{}",
+        s.extra.last().map(|p| format!("-{p}")).unwrap_or_default(),
+        if s.kill_after.is_some() { "-kill" } else { "" }
     );
-    let spec = Spec::new(&name, USERS_TWO_WAY);
-    let mut run = Run::spawn_with(&spec, &db, extra);
-    wait_backfill_done(&c, &spec.name).await;
+    let spec = Spec::new(&name, &format!("{USERS_TWO_WAY}\n{}", s.spec));
+    let mut run = Run::spawn_with(&spec, &db, s.extra);
+    // The new version starts once walshift runs (before it, history is the
+    // old shape's): its slot streams.
+    let slot = spec.object();
+    common::wait_for("walshift's slot to stream", Duration::from_secs(30), || {
+        let c = &c;
+        let slot = slot.clone();
+        async move {
+            c.query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    if s.users <= HOT as i64 {
+        wait_backfill_done(&c, &spec.name).await;
+    }
     let writers: [(Step, u64); 3] = [(old_version, 2), (new_version, 2), (rename, 1)];
     let load = Load::start(&db.conninfo(), &writers, Duration::from_millis(1)).await;
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let mut log = String::new();
+    match s.kill_after {
+        Some(after) => {
+            tokio::time::sleep(after).await;
+            let pid = run.child.id().expect("run is running") as i32;
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            run.exit(Duration::from_secs(10)).await;
+            log.push_str(&run.stderr());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            run = Run::spawn_with(&spec, &db, s.extra);
+            tokio::time::sleep(Duration::from_secs(s.seconds).saturating_sub(after)).await;
+        }
+        None => tokio::time::sleep(Duration::from_secs(s.seconds)).await,
+    }
     let mut committed = load.stop().await;
     committed += last_writes_of_both(&db).await;
+    wait_backfill_done(&c, &spec.name).await;
     wait_caught_up(&c, &spec.object()).await;
     let lost: Vec<String> = c
         .query(LOST_USERS, &[])
@@ -368,15 +425,24 @@ async fn users_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String>
         .collect();
     run.sigterm();
     run.exit(Duration::from_secs(20)).await;
-    (lost, committed, conflicts_logged(&run.stderr()))
+    log.push_str(&run.stderr());
+    (lost, committed, conflicts_logged(&log))
 }
+
+const HOT_USERS: Scenario<'static> = Scenario {
+    users: HOT as i64,
+    spec: "",
+    extra: &[],
+    seconds: 8,
+    kill_after: None,
+};
 
 /// Both versions write hot keys at once, with inserts from each and an
 /// unrelated column written meanwhile: every user ends as its last
 /// acknowledged write implies, in both shapes.
 #[tokio::test]
 async fn set_mode_last_acknowledged_write_holds_under_both_versions() {
-    let (lost, committed, conflicts) = users_under_both_versions(&[], 8).await;
+    let (lost, committed, conflicts) = users_under_both_versions(HOT_USERS).await;
     eprintln!("set mode: {committed} transactions, {conflicts} conflicts");
     assert!(
         lost.is_empty(),
@@ -388,20 +454,71 @@ async fn set_mode_last_acknowledged_write_holds_under_both_versions() {
         committed > 1000,
         "the load was too light to prove anything: {committed}"
     );
+    assert!(
+        conflicts > 0,
+        "no conflict: the test did not make both versions meet"
+    );
 }
 
 /// The same load with each rule planted wrong fails: the test can see the
 /// bugs it guards against.
 #[tokio::test]
 async fn set_mode_test_fails_with_direction_or_conflict_rule_planted_wrong() {
-    let (lost, _, _) =
-        users_under_both_versions(&["--unsafe-plant", "recompute-every-write"], 4).await;
+    let (lost, _, _) = users_under_both_versions(Scenario {
+        extra: &["--unsafe-plant", "recompute-every-write"],
+        seconds: 4,
+        ..HOT_USERS
+    })
+    .await;
     assert!(!lost.is_empty(), "recomputing on every write lost nothing?");
-    let (lost, committed, conflicts) =
-        users_under_both_versions(&["--unsafe-plant", "earlier-write-wins"], 8).await;
+    let (lost, committed, _) = users_under_both_versions(Scenario {
+        extra: &["--unsafe-plant", "earlier-write-wins"],
+        ..HOT_USERS
+    })
+    .await;
     eprintln!("planted: {committed} transactions, {} lost", lost.len());
+    assert!(!lost.is_empty(), "the earlier write winning lost nothing?");
+}
+
+/// A backfill slower than the load: the new version writes keys before the
+/// backfill reaches them.
+const BACKFILLING: Scenario<'static> = Scenario {
+    users: 30_000,
+    spec: "[backfill]\nmax_rows_per_second = 2500\nmax_chunk_rows = 500\n",
+    seconds: 8,
+    ..HOT_USERS
+};
+
+/// Both versions write while the backfill runs (the new version before it
+/// reached their keys), and walshift is killed with SIGKILL in the middle
+/// and started again: exact all the same.
+#[tokio::test]
+async fn set_mode_backfill_and_sigkill_under_both_versions() {
+    let (lost, committed, conflicts) = users_under_both_versions(Scenario {
+        kill_after: Some(Duration::from_secs(3)),
+        ..BACKFILLING
+    })
+    .await;
+    eprintln!("set mode, backfill and SIGKILL: {committed} transactions, {conflicts} conflicts");
+    assert!(
+        lost.is_empty(),
+        "{} users lost their last write:\n{}",
+        lost.len(),
+        lost.join("\n")
+    );
+}
+
+/// Chunks that recompute keys the new version wrote before the backfill
+/// reached them lose those writes: the test sees it.
+#[tokio::test]
+async fn set_mode_backfill_test_fails_with_chunks_ignoring_marks() {
+    let (lost, _, _) = users_under_both_versions(Scenario {
+        extra: &["--unsafe-plant", "chunks-ignore-marks"],
+        ..BACKFILLING
+    })
+    .await;
     assert!(
         !lost.is_empty(),
-        "the earlier write winning lost nothing ({conflicts} conflicts)?"
+        "chunks ignoring the new version's writes lost nothing?"
     );
 }

@@ -13,6 +13,9 @@ pub enum Plant {
     /// Conflict rule wrong: of two writes of one key in opposite directions,
     /// the earlier decides.
     EarlierWriteWins,
+    /// Backfill wrong: chunks recompute every key of their range, also those
+    /// whose new shape the new version wrote meanwhile.
+    ChunksIgnoreMarks,
 }
 
 static PLANTED: OnceLock<Plant> = OnceLock::new();

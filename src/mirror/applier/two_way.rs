@@ -635,7 +635,9 @@ impl Applier {
             if n <= 0 {
                 continue;
             }
-            let step = excluded_range(c, m, &excluded, lo.clone(), hi.clone());
+            let ignore =
+                crate::mirror::plant::active(crate::mirror::plant::Plant::ChunksIgnoreMarks);
+            let step = excluded_range(c, m, (!ignore).then_some(&excluded), lo.clone(), hi.clone());
             match self.guarded(step).await {
                 Ok(w) => {
                     written += w.written;
@@ -1063,7 +1065,7 @@ const CHUNK_SYNC_POINT: &str = "SELECT pg_current_snapshot()::text, pg_current_w
 fn excluded_range<'a>(
     c: &'a Client,
     m: &'a PreparedMirror,
-    excluded: &'a sql::Excluded,
+    excluded: Option<&'a sql::Excluded>,
     lower: Option<Vec<String>>,
     upper: Option<Vec<String>>,
 ) -> Step<'a> {
@@ -1080,12 +1082,12 @@ fn excluded_range<'a>(
         let err = |e| mirror_err(&m.label, e);
         match &m.plan.kind {
             MirrorKind::Set(p) => {
-                let s = sql::set_apply_excluding(p, scope, Some(excluded));
+                let s = sql::set_apply_excluding(p, scope, excluded);
                 let n = c.execute_typed(&s.sql, &args.bind_typed(&s.params)).await;
                 Ok(Wrote::set(n.map_err(err)?))
             }
             MirrorKind::Rows(p) => {
-                let s = sql::rows_apply_excluding(p, scope, Some(excluded));
+                let s = sql::rows_apply_excluding(p, scope, excluded);
                 let row = c.query_typed_one(&s.sql, &args.bind_typed(&s.params)).await;
                 Ok(Wrote::rows(&row.map_err(err)?))
             }
