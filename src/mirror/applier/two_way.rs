@@ -325,6 +325,7 @@ impl Applier {
             return Ok(None);
         }
         let work = self.plan_work(batch, backfilling);
+        log_work(&self.mirrors, &work, batch, &snapshot_text(&snapshot));
         let outcome = match self.run_work(&work).await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -964,6 +965,7 @@ impl Applier {
                 }
                 Err(e) if lost_to_a_later_write(&e) => {
                     if part.len() == 1 {
+                        tracing::debug!(mirror = m.plan.number, key = %part[0].join(","), ?dir, error = %e, "carried");
                         lost.extend(part);
                     } else {
                         let mut part = part;
@@ -1093,6 +1095,42 @@ fn excluded_range<'a>(
             }
         }
     })
+}
+
+fn snapshot_text(s: &Snapshot) -> String {
+    format!("{s:?}")
+}
+
+/// At debug level, what a two-way transaction decided, key by key while
+/// there are few.
+fn log_work(mirrors: &[PreparedMirror], work: &[MirrorWork], batch: &Batch, snapshot: &str) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let show = |keys: &[Key]| -> String {
+        if keys.len() > 40 {
+            return format!("{} keys", keys.len());
+        }
+        keys.iter()
+            .map(|k| k.join(","))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for (m, w) in mirrors.iter().zip(work) {
+        if w.forward.is_empty() && w.reverse.is_empty() && w.settled.is_empty() {
+            continue;
+        }
+        tracing::debug!(
+            mirror = m.plan.number,
+            forward = %show(&w.forward),
+            reverse = %show(&w.reverse),
+            carried_in = %show(&w.settled),
+            xids = ?batch.xids,
+            end = %batch.end_lsn,
+            snapshot,
+            "two-way transaction"
+        );
+    }
 }
 
 /// The statement of mirror `m` in direction `dir` for `keys`.
