@@ -5,7 +5,9 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use super::{CheckReport, MirrorKind, MirrorPlan, Plan, pretty};
+use super::{
+    CheckReport, MirrorKind, MirrorPlan, Plan, ReversePlan, ShapeColumn, TwoWayPlan, pretty,
+};
 use crate::mirror::sql::{KeyColumn, Scope, rows_apply, set_apply};
 
 impl CheckReport {
@@ -83,6 +85,73 @@ fn mirror(out: &mut String, m: &MirrorPlan) {
     );
     let _ = writeln!(out, "  estimated rows: {}", rows_text(m.estimated_rows));
     out.push_str("  statement per batch of keys ($1 = the keys as text[]):\n");
+    for line in statement.sql.lines() {
+        let _ = writeln!(out, "    {line}");
+    }
+    if let Some(t) = &m.two_way {
+        two_way(out, m, t);
+    }
+}
+
+/// A two-way mirror's way back and what tells its directions apart.
+fn two_way(out: &mut String, m: &MirrorPlan, t: &TwoWayPlan) {
+    let names = |cols: &[String]| -> String {
+        if cols.is_empty() {
+            "none".to_string()
+        } else {
+            cols.iter()
+                .map(|c| super::pretty_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "  two-way: a write changing {} recomputes the new shape",
+        names(&t.forward_signal)
+    );
+    match &m.kind {
+        MirrorKind::Rows(p) => {
+            let _ = writeln!(
+                out,
+                "  two-way: a write to {} recomputes the old shape of its owner",
+                pretty(&p.target)
+            );
+        }
+        MirrorKind::Set(_) => {
+            let _ = writeln!(
+                out,
+                "  two-way: a write changing {} recomputes the old shape",
+                names(&t.reverse_signal)
+            );
+        }
+    }
+    let shape = |cols: &[ShapeColumn]| -> String {
+        cols.iter()
+            .map(|c| match &c.default {
+                Some(d) => format!("{} (default {d})", super::pretty_ident(&c.name)),
+                None => super::pretty_ident(&c.name),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !t.old_shape.is_empty() {
+        let _ = writeln!(
+            out,
+            "  two-way: an insert leaving {} NULL (or at its default) is mirrored from {}",
+            shape(&t.old_shape),
+            if t.new_shape.is_empty() {
+                "the target rows".to_string()
+            } else {
+                shape(&t.new_shape)
+            }
+        );
+    }
+    let statement = match &t.reverse {
+        ReversePlan::Columns(p) => set_apply(p, Scope::Keys),
+        ReversePlan::Rows(p) => rows_apply(p, Scope::Keys),
+    };
+    out.push_str("  the way back per batch of keys:\n");
     for line in statement.sql.lines() {
         let _ = writeln!(out, "    {line}");
     }

@@ -149,6 +149,9 @@ pub(super) async fn check(
     let Some(new_shape) = shape(ctx, label, fwd.source, &new_shape, "new").await? else {
         return Ok(None);
     };
+    if let (MirrorKind::Set(f), ReversePlan::Columns(g)) = (fwd.kind, &reverse_plan) {
+        round_trips(ctx, label, fwd.source, f, g).await?;
+    }
     Ok(Some(TwoWayPlan {
         reverse: reverse_plan,
         forward_signal,
@@ -315,6 +318,129 @@ async fn reverse_rows(
         select: wrapped,
         owned_if: Some(forward.select.clone()),
     })))
+}
+
+/// Rows sampled for the round trips.
+const ROUND_TRIP_SAMPLE: usize = 1000;
+
+/// Set mode: on a sample of the rows, values that do not survive a round
+/// trip through both mappings. Where the new shape holds a value the forward
+/// mapping cannot produce (`'paused'` -> false -> `'disabled'`), a later write
+/// of the old version to that row changes what the new version wrote; where
+/// an old value does not survive (NULL -> `'disabled'` -> false), a write of
+/// the new version changes the old shape. Both are notes: they may be
+/// intended, the operator should know.
+async fn round_trips(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    source: &Relation,
+    forward: &crate::mirror::sql::SetPlan,
+    reverse: &crate::mirror::sql::SetPlan,
+) -> Result<(), Error> {
+    if !source.can_read_all() {
+        return Ok(());
+    }
+    for (there, back, what) in [
+        (reverse, forward, "new -> old -> new"),
+        (forward, reverse, "old -> new -> old"),
+    ] {
+        // Each sampled row with `there`'s columns replaced by what `there`
+        // computes from the row, then `back` computed again and compared
+        // with the row's own values.
+        let replaced: Vec<String> = source
+            .columns
+            .iter()
+            .map(|c| match there.set.iter().find(|(n, _)| *n == c.name) {
+                Some((_, e)) => format!("({e}\n) AS {}", c.display),
+                None => format!("src.{}", c.display),
+            })
+            .collect();
+        let starts: Vec<String> = back
+            .set
+            .iter()
+            .map(|(c, _)| format!("src.{}", quote_ident(c)))
+            .collect();
+        let backs: Vec<String> = back.set.iter().map(|(_, e)| format!("({e}\n)")).collect();
+        let text = |cols: &[String]| -> String {
+            cols.iter()
+                .map(|c| format!("coalesce(quote_literal({c}), 'NULL')"))
+                .collect::<Vec<_>>()
+                .join(" || ', ' || ")
+        };
+        let key: Vec<String> = forward
+            .key
+            .iter()
+            .map(|k| format!("src.{}::text", quote_ident(&k.name)))
+            .collect();
+        // The new shape is sampled where it holds something (before the
+        // backfill it is NULL everywhere); the old shape everywhere.
+        let set_filter: Vec<String> = if what.starts_with("new") {
+            starts.iter().map(|c| format!("{c} IS NOT NULL")).collect()
+        } else {
+            vec!["TRUE".to_string()]
+        };
+        let mid_src: Vec<String> = there
+            .set
+            .iter()
+            .map(|(c, _)| format!("src.{}", quote_ident(c)))
+            .collect();
+        let sql = format!(
+            "WITH sample AS (SELECT * FROM {table} AS src WHERE {set} LIMIT {ROUND_TRIP_SAMPLE}),\n\
+             there AS (SELECT {replaced} FROM sample AS src),\n\
+             trip AS (SELECT {key} AS key, {start} AS start, {mid} AS mid, {back} AS back,\n\
+                      ({starts}) IS DISTINCT FROM ({backs}) AS lost\n\
+                      FROM there AS src)\n\
+             SELECT count(*) FILTER (WHERE lost), (SELECT count(*) FROM sample),\n\
+                    (array_agg(key || ': ' || start || ' -> ' || mid || ' -> ' || back) FILTER (WHERE lost))[1]\n\
+             FROM trip",
+            table = source.display,
+            set = set_filter.join(" OR "),
+            replaced = replaced.join(", "),
+            key = if key.len() == 1 {
+                key[0].clone()
+            } else {
+                format!("concat_ws(', ', {})", key.join(", "))
+            },
+            start = text(&starts),
+            mid = text(&mid_src),
+            back = text(&backs),
+            starts = starts.join(", "),
+            backs = backs.join(", "),
+        );
+        let rows = match ctx.session.query(&sql, &[]).await? {
+            Ok(rows) => rows,
+            Err(refusal) => {
+                ctx.notes.push(format!(
+                    "{label}: the {what} round trip could not be sampled: {}",
+                    refusal.describe(None)
+                ));
+                continue;
+            }
+        };
+        let Some(row) = rows.first() else { continue };
+        let (lost, sampled): (i64, i64) = (row.get(0), row.get(1));
+        if lost == 0 {
+            continue;
+        }
+        let example: Option<String> = row.get(2);
+        ctx.notes.push(format!(
+            "{label}: {lost} of {sampled} sampled rows do not survive the round trip {what} \
+             (e.g. key {}); on such a row a later write of the {} version changes what the {} \
+             version wrote",
+            example.unwrap_or_default(),
+            if what.starts_with("new") {
+                "old"
+            } else {
+                "new"
+            },
+            if what.starts_with("new") {
+                "new"
+            } else {
+                "old"
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// What a mapping is, for finding the columns it reads.
