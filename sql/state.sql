@@ -101,3 +101,11 @@ CREATE TABLE IF NOT EXISTS walshift.keys (
     since  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (name, mirror, key, kind)
 );
+
+-- Two-way mirrors, per mirror, since the migration began (written by a
+-- running `run` about once a second): writes of both versions to one key
+-- that met before walshift reconciled the first (the later commit won), and
+-- keys whose old shape was recomputed from the new one.
+ALTER TABLE walshift.backfill
+    ADD COLUMN IF NOT EXISTS conflicts    bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS reverse_keys bigint NOT NULL DEFAULT 0;

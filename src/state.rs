@@ -195,4 +195,10 @@ pub const RECORD_LAG: &str = "UPDATE walshift.migration
     WHERE name = $1";
 
 /// Records a mirror's backfill rate (params: name, mirror, rows per second).
+/// Adds a two-way mirror's conflicts and written-back keys since the last
+/// record: `$1` name, `$2` mirror, `$3` conflicts, `$4` keys.
+pub const RECORD_TWO_WAY: &str = "UPDATE walshift.backfill
+    SET conflicts = conflicts + $3::bigint, reverse_keys = reverse_keys + $4::bigint
+    WHERE name = $1 AND mirror = $2::int4";
+
 pub const RECORD_RATE: &str = "UPDATE walshift.backfill SET rows_per_second = $3::float8 WHERE name = $1 AND mirror = $2 AND NOT done";

@@ -32,6 +32,22 @@ pub struct Status {
     pub backfill: BackfillState,
     pub slot: SlotState,
     pub cutover: CutoverState,
+    /// The two-way mirrors of the spec (empty when it has none).
+    pub two_way: Vec<MirrorTwoWay>,
+}
+
+/// A two-way mirror, since the migration began.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct MirrorTwoWay {
+    pub mirror: i32,
+    /// Keys both versions wrote before walshift had reconciled the first
+    /// write (the later commit won in both shapes).
+    pub conflicts: i64,
+    /// Keys whose old shape was recomputed from the new one.
+    pub reverse_keys: i64,
+    /// Keys waiting for the next transaction (their row changed while
+    /// walshift applied, or the stream was far behind).
+    pub carried: i64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
@@ -152,6 +168,17 @@ impl Status {
 
     /// The one-screen summary.
     pub fn render(&self) -> String {
+        let mut out = self.render_main();
+        for t in &self.two_way {
+            out.push_str(&format!(
+                "  two-way:   mirror {}: {} conflict(s) resolved, {} key(s) written back, {} carried\n",
+                t.mirror, t.conflicts, t.reverse_keys, t.carried
+            ));
+        }
+        out
+    }
+
+    fn render_main(&self) -> String {
         let mut out = String::new();
         let ready = if self.ready { "READY" } else { "not ready" };
         out.push_str(&format!(
@@ -331,6 +358,7 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
             backfill: BackfillState::default(),
             slot,
             cutover: CutoverState::default(),
+            two_way: Vec::new(),
         });
     };
     let f64_of = |k: &str| {
@@ -370,6 +398,7 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
         })
         .collect();
     let complete = mirrors.len() == spec.mirrors.len() && mirrors.iter().all(|m| m.done);
+    let two_way = two_way_state(client, spec).await?;
     let paused = row
         .get("backfill_paused")
         .and_then(|v| v.as_bool())
@@ -412,6 +441,7 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
                 .unwrap_or_default(),
         },
         slot,
+        two_way,
         cutover: CutoverState {
             cut_over_at: str_of("cutover_at"),
             postponed: row
@@ -491,6 +521,7 @@ mod tests {
             },
             slot: SlotState::default(),
             cutover: CutoverState::default(),
+            two_way: Vec::new(),
         }
     }
 
@@ -538,4 +569,48 @@ mod tests {
         assert!(v["lag"].get("seconds").is_some() && v["lag"].get("bytes").is_some());
         assert!(v["backfill"].get("mirrors").is_some());
     }
+}
+
+/// The two-way mirrors' counts, from the checkpoint rows and the key table.
+async fn two_way_state(
+    client: &Client,
+    spec: &Spec,
+) -> Result<Vec<MirrorTwoWay>, tokio_postgres::Error> {
+    let numbers: Vec<i32> = spec
+        .mirrors
+        .iter()
+        .filter(|m| m.is_two_way())
+        .map(|m| m.number as i32)
+        .collect();
+    if numbers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = client
+        .query_one("SELECT to_regclass('walshift.keys') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    let carried = if keys {
+        "(SELECT count(*) FROM walshift.keys k WHERE k.name = b.name AND k.mirror = b.mirror AND k.kind = 'carry')"
+    } else {
+        "0::bigint"
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT b.mirror, coalesce((to_jsonb(b)->>'conflicts')::bigint, 0),
+                        coalesce((to_jsonb(b)->>'reverse_keys')::bigint, 0), {carried}
+                 FROM walshift.backfill b WHERE b.name = $1 AND b.mirror = ANY($2) ORDER BY b.mirror"
+            ),
+            &[&spec.name, &numbers],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| MirrorTwoWay {
+            mirror: r.get(0),
+            conflicts: r.get(1),
+            reverse_keys: r.get(2),
+            carried: r.get(3),
+        })
+        .collect())
 }

@@ -468,6 +468,18 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
             )
         })
         .collect();
+    // `status` counts what the run logged (it records about once a second).
+    if s.kill_after.is_none() {
+        common::wait_for(
+            "status to count the conflicts",
+            Duration::from_secs(10),
+            || async {
+                let v = common::cli::status_json(&spec, &db).await;
+                v["two_way"][0]["conflicts"].as_u64() == Some(conflicts_logged(&run.stderr()))
+            },
+        )
+        .await;
+    }
     run.sigterm();
     run.exit(Duration::from_secs(20)).await;
     log.push_str(&run.stderr());

@@ -178,6 +178,9 @@ pub struct Observed {
     pub connected: Arc<AtomicBool>,
     /// What the watermark task last measured in the database.
     pub measured: Arc<std::sync::Mutex<Measured>>,
+    /// Two-way mirrors' conflicts and written-back keys, counted by the
+    /// applier and recorded by the watermark task.
+    pub two_way: Arc<crate::mirror::applier::TwoWayCounts>,
 }
 
 /// Lag bytes and retained WAL, as the watermark task last read them (once a
@@ -383,6 +386,17 @@ async fn emit_watermarks(
             let _ = c
                 .execute(state::RECORD_RATE, &[&name, &(m.mirror as i32), &m.rate])
                 .await;
+        }
+        for (mirror, conflicts, keys) in observed.two_way.take() {
+            let recorded = c
+                .execute(
+                    state::RECORD_TWO_WAY,
+                    &[&name, &(mirror as i32), &(conflicts as i64), &(keys as i64)],
+                )
+                .await;
+            if recorded.is_err() {
+                observed.two_way.add(mirror, conflicts, keys);
+            }
         }
         let measured = measure_slot(c, &spec, &confirmed).await;
         crate::metrics::lag(lag, measured.lag_bytes);
@@ -601,6 +615,7 @@ async fn session(
                     reply: sync_reply_rx,
                 },
                 flusher,
+                observed.two_way.clone(),
             )
             .await?
     } else {

@@ -28,7 +28,7 @@ use tokio_postgres::types::Type;
 
 mod two_way;
 
-pub use two_way::{SyncLink, SyncReply};
+pub use two_way::{SyncLink, SyncReply, TwoWayCounts};
 
 use super::bind::Args;
 use super::flight;
@@ -251,6 +251,8 @@ pub struct Applier {
     sync: Option<SyncLink>,
     /// What a two-way chunk's sync took, until the apply loop reports it.
     synced: Option<(Batch, Result<ApplyStats, ApplyError>)>,
+    /// Two-way mirrors' conflicts and written-back keys, for `status`.
+    counts: std::sync::Arc<TwoWayCounts>,
 }
 
 impl Applier {
@@ -308,12 +310,19 @@ impl Applier {
             flusher: None,
             sync: None,
             synced: None,
+            counts: Default::default(),
         })
     }
 
     /// Gives a two-way applier its line to the session loop and its flusher
     /// session (see [`two_way`]).
-    pub async fn with_sync(mut self, sync: SyncLink, flusher: Client) -> Result<Self, ApplyError> {
+    pub async fn with_sync(
+        mut self,
+        sync: SyncLink,
+        flusher: Client,
+        counts: std::sync::Arc<TwoWayCounts>,
+    ) -> Result<Self, ApplyError> {
+        self.counts = counts;
         flusher
             .batch_execute(two_way::FLUSHER_SETTINGS)
             .await

@@ -60,6 +60,30 @@ const CARRIED_PER_TRANSACTION: usize = 20_000;
 const SYNC_POINT: &str = "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text \
      FROM walshift.migration WHERE name = $1 FOR UPDATE";
 
+/// Per two-way mirror (by number): conflicts and written-back keys counted
+/// since they were last taken.
+#[derive(Debug, Default)]
+pub struct TwoWayCounts(std::sync::Mutex<std::collections::BTreeMap<usize, (u64, u64)>>);
+
+impl TwoWayCounts {
+    pub fn add(&self, mirror: usize, conflicts: u64, keys: u64) {
+        let mut m = self.0.lock().expect("two-way counts");
+        let e = m.entry(mirror).or_default();
+        e.0 += conflicts;
+        e.1 += keys;
+    }
+
+    /// `(mirror, conflicts, keys)` counted since the last take.
+    pub fn take(&self) -> Vec<(usize, u64, u64)> {
+        let mut m = self.0.lock().expect("two-way counts");
+        std::mem::take(&mut *m)
+            .into_iter()
+            .filter(|(_, (c, k))| *c > 0 || *k > 0)
+            .map(|(mirror, (c, k))| (mirror, c, k))
+            .collect()
+    }
+}
+
 /// A two-way mirror's way back for a batch of keys, prepared.
 pub(super) struct PreparedReverse {
     statement: tokio_postgres::Statement,
@@ -219,6 +243,8 @@ struct Outcome {
     stats: ApplyStats,
     /// Keys to carry, per mirror, with their direction.
     carried: Vec<Vec<(Key, Dir)>>,
+    /// Keys whose old shape was recomputed, per mirror.
+    reversed: Vec<u64>,
 }
 
 /// A statement lost to a row the application changed after the snapshot
@@ -340,8 +366,8 @@ impl Applier {
         }
         steps.push(simple(c, "COMMIT"));
         in_transaction(c, steps).await?;
+        self.report(&work, &outcome.reversed);
         self.carried_after(&work, outcome.carried);
-        self.report_conflicts(&work);
         Ok(Some(outcome.stats))
     }
 
@@ -364,8 +390,8 @@ impl Applier {
         }
         let steps = self.keep_keys(&work, &outcome);
         flight::in_order(steps).await.map_err(|f| f.error)?;
+        self.report(&work, &outcome.reversed);
         self.carried_after(&work, outcome.carried);
-        self.report_conflicts(&work);
         Ok(outcome.stats)
     }
 
@@ -598,8 +624,8 @@ impl Applier {
         }
         steps.push(simple(c, "COMMIT"));
         in_transaction(c, steps).await?;
+        self.report(&work, &outcome.reversed);
         self.carried_after(&work, outcome.carried);
-        self.report_conflicts(&work);
         crate::metrics::chunk_applied(chunk.written, chunk.deleted);
         Ok(Some((Some(chunk), outcome.stats)))
     }
@@ -869,6 +895,7 @@ impl Applier {
     async fn run_work(&self, work: &[MirrorWork]) -> Result<Outcome, ApplyError> {
         let mut out = Outcome {
             carried: vec![Vec::new(); work.len()],
+            reversed: vec![0; work.len()],
             ..Default::default()
         };
         for (i, (m, w)) in self.mirrors.iter().zip(work).enumerate() {
@@ -886,7 +913,7 @@ impl Applier {
             let (wrote, lost) = self.keyed(m, Dir::Reverse, w.reverse.clone()).await?;
             out.stats.keys += w.reverse.len() - lost.len();
             out.stats.add(vec![wrote]);
-            crate::metrics::reverse_keys(m.plan.number, (w.reverse.len() - lost.len()) as u64);
+            out.reversed[i] = (w.reverse.len() - lost.len()) as u64;
             out.carried[i].extend(lost.into_iter().map(|k| (k, Dir::Reverse)));
         }
         for (i, (m, w)) in self.mirrors.iter().zip(work).enumerate() {
@@ -1021,8 +1048,14 @@ impl Applier {
         }
     }
 
-    fn report_conflicts(&self, work: &[MirrorWork]) {
-        for (m, w) in self.mirrors.iter().zip(work) {
+    /// After a commit: the conflicts it resolved (metric, count, a log line
+    /// naming the keys) and the keys it wrote back.
+    fn report(&self, work: &[MirrorWork], reversed: &[u64]) {
+        for ((m, w), reversed) in self.mirrors.iter().zip(work).zip(reversed) {
+            if *reversed > 0 || w.conflicts.count > 0 {
+                self.counts.add(m.plan.number, w.conflicts.count, *reversed);
+                crate::metrics::reverse_keys(m.plan.number, *reversed);
+            }
             if w.conflicts.count == 0 {
                 continue;
             }
