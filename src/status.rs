@@ -497,6 +497,50 @@ async fn last_cutover(
         }))
 }
 
+/// The two-way mirrors' counts, from the checkpoint rows and the key table.
+async fn two_way_state(
+    client: &Client,
+    spec: &Spec,
+) -> Result<Vec<MirrorTwoWay>, tokio_postgres::Error> {
+    let numbers: Vec<i32> = spec
+        .mirrors
+        .iter()
+        .filter(|m| m.is_two_way())
+        .map(|m| m.number as i32)
+        .collect();
+    if numbers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = client
+        .query_one("SELECT to_regclass('walshift.keys') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    let carried = if keys {
+        "(SELECT count(*) FROM walshift.keys k WHERE k.name = b.name AND k.mirror = b.mirror AND k.kind = 'carry')"
+    } else {
+        "0::bigint"
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT b.mirror, coalesce((to_jsonb(b)->>'conflicts')::bigint, 0),
+                        coalesce((to_jsonb(b)->>'reverse_keys')::bigint, 0), {carried}
+                 FROM walshift.backfill b WHERE b.name = $1 AND b.mirror = ANY($2) ORDER BY b.mirror"
+            ),
+            &[&spec.name, &numbers],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| MirrorTwoWay {
+            mirror: r.get(0),
+            conflicts: r.get(1),
+            reverse_keys: r.get(2),
+            carried: r.get(3),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,48 +613,4 @@ mod tests {
         assert!(v["lag"].get("seconds").is_some() && v["lag"].get("bytes").is_some());
         assert!(v["backfill"].get("mirrors").is_some());
     }
-}
-
-/// The two-way mirrors' counts, from the checkpoint rows and the key table.
-async fn two_way_state(
-    client: &Client,
-    spec: &Spec,
-) -> Result<Vec<MirrorTwoWay>, tokio_postgres::Error> {
-    let numbers: Vec<i32> = spec
-        .mirrors
-        .iter()
-        .filter(|m| m.is_two_way())
-        .map(|m| m.number as i32)
-        .collect();
-    if numbers.is_empty() {
-        return Ok(Vec::new());
-    }
-    let keys = client
-        .query_one("SELECT to_regclass('walshift.keys') IS NOT NULL", &[])
-        .await?
-        .get::<_, bool>(0);
-    let carried = if keys {
-        "(SELECT count(*) FROM walshift.keys k WHERE k.name = b.name AND k.mirror = b.mirror AND k.kind = 'carry')"
-    } else {
-        "0::bigint"
-    };
-    let rows = client
-        .query(
-            &format!(
-                "SELECT b.mirror, coalesce((to_jsonb(b)->>'conflicts')::bigint, 0),
-                        coalesce((to_jsonb(b)->>'reverse_keys')::bigint, 0), {carried}
-                 FROM walshift.backfill b WHERE b.name = $1 AND b.mirror = ANY($2) ORDER BY b.mirror"
-            ),
-            &[&spec.name, &numbers],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| MirrorTwoWay {
-            mirror: r.get(0),
-            conflicts: r.get(1),
-            reverse_keys: r.get(2),
-            carried: r.get(3),
-        })
-        .collect())
 }
