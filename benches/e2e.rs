@@ -8,13 +8,15 @@
 //!   4 catchup 1M changes in the slot:     walshift run │ pg_recvlogical on a copy of the slot
 //!   5 memory VmHWM of walshift in 1, 3, 4 and during one 5M-row transaction
 //!   6 decoder in-process decode loop of benches/decoder.rs
+//!   7 identity pgbench update: REPLICA IDENTITY DEFAULT │ FULL │ walshift one-way │ two-way
+//!            (tps and WAL bytes per transaction)
 //!  medians of E2E_REPS ─▶ stdout + target/e2e/report.md (one table, same rows every run)
 //!                        + target/e2e/*.svg (a chart per scenario, lag over time)
 //! ```
 //!
 //! Run with `cargo bench --bench e2e`. Environment (see `e2e_support/config.rs`):
 //! `E2E_REPS` (default 3), `E2E_SCALE` (default 1; 0.05 for a quick run), `E2E_ONLY`
-//! (`set,rows,live,catchup,memory,decoder`), `E2E_CLIENTS` (4), `E2E_LIVE_SECONDS`
+//! (`set,rows,live,catchup,memory,decoder,identity`), `E2E_CLIENTS` (4), `E2E_LIVE_SECONDS`
 //! (20 x scale), `E2E_CHUNK` (10000), `WALSHIFT_BIN` (another walshift binary), `PG_BIN`
 //! (other server binaries; pgbench and pg_recvlogical are taken from the same directory, or
 //! from `E2E_CLIENT_BIN`).
@@ -44,7 +46,7 @@ use std::time::Instant;
 use walshift::cluster::Cluster;
 
 use e2e_support::report::Figures;
-use e2e_support::{Config, Ctx, backfill, catchup, decoder, live, loadavg, memory};
+use e2e_support::{Config, Ctx, backfill, catchup, decoder, identity, live, loadavg, memory};
 
 /// `<target>/e2e`.
 fn out_dir() -> PathBuf {
@@ -86,7 +88,7 @@ async fn scenarios(cfg: &Config, cluster: &Cluster, figures: &mut Figures) {
         bin_dir: cluster.bin_dir(),
         scratch: scratch.path(),
     };
-    if ["set", "rows", "live", "catchup"]
+    if ["set", "rows", "live", "catchup", "identity"]
         .iter()
         .any(|s| cfg.runs(s))
     {
@@ -111,6 +113,11 @@ async fn scenarios(cfg: &Config, cluster: &Cluster, figures: &mut Figures) {
         let before = loadavg();
         catchup = Some(catchup::run(&ctx).await);
         timed("catch-up", before);
+    }
+    if cfg.runs("identity") {
+        let before = loadavg();
+        figures.identity = Some(identity::run(&ctx).await);
+        timed("identity", before);
     }
     let mut memory = None;
     if cfg.runs("memory") {
@@ -148,7 +155,7 @@ fn main() {
         cfg.scale,
         process::binary().display()
     );
-    if ["set", "rows", "live", "catchup", "memory"]
+    if ["set", "rows", "live", "catchup", "memory", "identity"]
         .iter()
         .any(|s| cfg.runs(s))
     {

@@ -11,7 +11,9 @@
 //! | `E2E_CLIENT_BIN` | the server's directory | where pgbench and pg_recvlogical are (e.g. Debian's 15 against a PG_BIN 16 server) |
 
 /// The scenarios, in the order they run and are reported.
-pub const SCENARIOS: [&str; 6] = ["set", "rows", "live", "catchup", "memory", "decoder"];
+pub const SCENARIOS: [&str; 7] = [
+    "set", "rows", "live", "catchup", "memory", "decoder", "identity",
+];
 
 #[derive(Debug, Clone)]
 pub struct Config {

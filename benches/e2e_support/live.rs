@@ -149,12 +149,12 @@ impl Outcome {
 }
 
 /// The pgbench scripts, written once.
-struct Scripts {
-    update: PathBuf,
-    insert: PathBuf,
+pub(super) struct Scripts {
+    pub update: PathBuf,
+    pub insert: PathBuf,
 }
 
-fn write_scripts(dir: &Path) -> Scripts {
+pub(super) fn write_scripts(dir: &Path) -> Scripts {
     let update = dir.join("e2e-update.sql");
     let insert = dir.join("e2e-insert.sql");
     std::fs::write(
@@ -172,12 +172,12 @@ fn write_scripts(dir: &Path) -> Scripts {
     Scripts { update, insert }
 }
 
-struct Pgbench {
-    tps: f64,
-    latencies_ms: Vec<f64>,
+pub(super) struct Pgbench {
+    pub tps: f64,
+    pub latencies_ms: Vec<f64>,
 }
 
-async fn pgbench(
+pub(super) async fn pgbench(
     ctx: &Ctx<'_>,
     pgbench: &Path,
     scripts: &[(&Path, u32)],

@@ -7,6 +7,7 @@ pub mod catchup;
 pub mod chart;
 pub mod config;
 pub mod decoder;
+pub mod identity;
 pub mod live;
 pub mod memory;
 pub mod report;

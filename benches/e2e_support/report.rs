@@ -26,6 +26,7 @@ pub struct Figures {
     pub catchup: Option<catchup::Outcome>,
     pub memory: Option<memory::Outcome>,
     pub decoder: Option<decoder::Outcome>,
+    pub identity: Option<super::identity::Outcome>,
     pub command: String,
     pub server: String,
     pub settings: Vec<(String, String)>,
@@ -367,6 +368,9 @@ impl Figures {
             self.wall_s
         );
         out.push_str(&self.table());
+        if let Some(identity) = &self.identity {
+            out.push_str(&identity.markdown());
+        }
         out.push_str("\n## Details\n");
         for o in &self.backfill {
             let _ = writeln!(
