@@ -794,12 +794,15 @@ async fn pg18_default_origin_limit_and_idle_timeout_are_off_walshifts_path() {
 // --- PostgreSQL 18: idle_replication_slot_timeout ----------------------------------------------
 
 /// 18 invalidates a slot left idle longer than idle_replication_slot_timeout, at a checkpoint.
-/// A running walshift's slot is never idle; a stopped one's is, and then status shows it lost.
+/// A running walshift's slot is never idle; a stopped one's is: status shows it lost, and check
+/// (so run) refuses to resume from it, naming the way out, cleanup and a fresh run.
 ///
 /// Checked to fail: with walshift stopped before the first CHECKPOINT, the running-slot
-/// assertion sees (idle_timeout, lost).
+/// assertion sees (idle_timeout, lost); before src/catalog/server.rs looked at the slot's
+/// wal_status, check passed with "run resumes from it" and run retried forever against
+/// "can no longer access replication slot".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg18_idle_slot_timeout_spares_a_running_slot_only() {
+async fn pg18_idle_slot_timeout_spares_a_running_slot_and_check_refuses_a_lost_one() {
     let Some(cluster) = cluster_of(18, &[("idle_replication_slot_timeout", "1s")]).await else {
         return;
     };
@@ -842,4 +845,33 @@ async fn pg18_idle_slot_timeout_spares_a_running_slot_only() {
     );
     let status = status_json(&spec, &db).await;
     assert_eq!(status["slot"]["wal_status"], "lost", "{status}");
+
+    // check (and run, which checks first) says so instead of resuming from a dead slot.
+    let check = cli(&["check"], &spec, &db).await;
+    assert_eq!(check.code(), Some(1), "{check}");
+    assert!(
+        check.stdout.contains(&format!(
+            "slot {slot}: was invalidated by the server (idle_timeout)"
+        )),
+        "{check}"
+    );
+    let mut refused = Run::spawn(&spec, &db);
+    let status = refused.exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{}", refused.stderr());
+    // The way out it names: cleanup, then a run that starts over.
+    let cleanup = cli(&["cleanup"], &spec, &db).await;
+    assert_eq!(cleanup.code(), Some(0), "{cleanup}");
+    c.execute(
+        "UPDATE users SET is_active = NOT is_active WHERE id <= 10",
+        &[],
+    )
+    .await
+    .unwrap();
+    let run = Run::spawn(&spec, &db);
+    mirrored(
+        &c,
+        "the writes after the slot was lost, by a run started over",
+    )
+    .await;
+    stop(run).await;
 }

@@ -68,10 +68,12 @@ SELECT current_setting('server_version_num')::int4 AS version_num,
 FROM pg_catalog.pg_roles AS r
 WHERE r.rolname = current_user";
 
+/// `invalidation_reason` exists from PostgreSQL 17 on; through jsonb it is
+/// NULL before.
 const OWN_SLOT: &str = "\
 SELECT plugin, slot_type, database = current_database() AS here, quote_ident(database) AS database,
-       active
-FROM pg_catalog.pg_replication_slots WHERE slot_name = $1";
+       active, wal_status::text AS wal_status, to_jsonb(s) ->> 'invalidation_reason' AS invalidation_reason
+FROM pg_catalog.pg_replication_slots AS s WHERE slot_name = $1";
 
 const PUBLICATION: &str = "\
 SELECT p.puballtables,
@@ -148,6 +150,21 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
                          or give the spec another name",
                         plugin.map(|p| format!(" for {p}")).unwrap_or_default(),
                         database.unwrap_or_else(|| "(none)".into())
+                    ),
+                );
+            } else if row.get::<_, Option<String>>("wal_status").as_deref() == Some("lost") {
+                // Invalidated: its WAL is gone (max_slot_wal_keep_size), it sat idle past
+                // idle_timeout (18's idle_replication_slot_timeout), or it conflicted with
+                // recovery. The server refuses to stream from it, so run would only retry.
+                let reason: Option<String> = row.get("invalidation_reason");
+                ctx.problem(
+                    &format!("slot {slot}"),
+                    format!(
+                        "was invalidated by the server{}, so run cannot resume from it; \
+                         `walshift cleanup` removes walshift's objects for this spec and the next \
+                         run starts over (a new slot, the backfill again), or drop the slot \
+                         (SELECT pg_drop_replication_slot('{slot}'))",
+                        reason.map(|r| format!(" ({r})")).unwrap_or_default()
                     ),
                 );
             } else if row.get::<_, bool>("active") {
