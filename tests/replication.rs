@@ -103,6 +103,14 @@ impl Tap {
     }
 }
 
+/// `server_version_num`, e.g. 140023.
+async fn server_version(sql: &tokio_postgres::Client) -> i32 {
+    sql.query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn repl_client(conninfo: &str) -> ReplicationClient {
     ReplicationClient::connect(&ConnConfig::parse(conninfo).unwrap())
         .await
@@ -340,9 +348,13 @@ async fn logical_message_and_origin_arrive() {
     }
 
     // A session with a replication origin: its transactions name it.
+    // The origin first, in a transaction of its own (as walshift's setup makes its origin):
+    // PostgreSQL 14's pgoutput names no origin that was created in the decoded transaction.
+    sql.batch_execute("SELECT pg_replication_origin_create('upstream_feed')")
+        .await
+        .unwrap();
     sql.batch_execute(
-        "SELECT pg_replication_origin_create('upstream_feed');
-         SELECT pg_replication_origin_session_setup('upstream_feed');
+        "SELECT pg_replication_origin_session_setup('upstream_feed');
          BEGIN;
          SELECT pg_replication_origin_xact_setup('0/AB', now());
          INSERT INTO t VALUES (1);
@@ -352,14 +364,22 @@ async fn logical_message_and_origin_arrive() {
     )
     .await
     .unwrap();
-    let (body, _) = tap.txn().await;
+    // PostgreSQL 14 also sends the (empty) transaction of pg_replication_origin_create; 15
+    // stopped sending transactions that touched no published table.
+    let version = server_version(&sql).await;
+    let body = loop {
+        let (body, _) = tap.txn().await;
+        if !(body.is_empty() && version < 150000) {
+            break body;
+        }
+    };
     let origin = body
         .iter()
         .find_map(|m| match m {
             LogicalMessage::Origin(o) => Some(o.clone()),
             _ => None,
         })
-        .expect("an Origin message in the transaction");
+        .unwrap_or_else(|| panic!("an Origin message in the transaction: {body:?}"));
     assert_eq!(origin.name, "upstream_feed");
     assert_eq!(origin.origin_lsn, "0/AB".parse().unwrap());
     assert!(body.iter().any(|m| matches!(m, LogicalMessage::Insert(_))));
@@ -539,6 +559,7 @@ async fn idle_slot_confirmed_flush_follows_keepalives() {
             .unwrap();
         row.get::<_, String>(0).parse::<Lsn>().unwrap()
     };
+    let version = server_version(&sql).await;
     let before = slot_flush(db.connect().await).await;
     let target: Lsn = {
         sql.batch_execute("INSERT INTO other SELECT generate_series(1, 1000)")
@@ -564,7 +585,11 @@ async fn idle_slot_confirmed_flush_follows_keepalives() {
             ReplicationEvent::Keepalive { wal_end, .. } => feedback.confirm(wal_end),
             ReplicationEvent::XLogData { data, .. } => {
                 let m = tap.decoder.decode(data).unwrap();
-                panic!("nothing published changed, got {m:?}");
+                // PostgreSQL 14 sends BEGIN and COMMIT even for a transaction that touched no
+                // published table (15 stopped); nothing else may come.
+                let empty_txn = version < 150000
+                    && matches!(m, LogicalMessage::Begin(_) | LogicalMessage::Commit(_));
+                assert!(empty_txn, "nothing published changed, got {m:?}");
             }
         }
         let now = slot_flush(db.connect().await).await;

@@ -96,7 +96,15 @@ impl Outcome {
         out.push_str("| variant | tps | vs default | WAL bytes / txn | vs default | drain after the load |\n");
         out.push_str("|---|---|---|---|---|---|\n");
         let tps = |v| median(&self.of(v).iter().map(|r| r.tps).collect::<Vec<_>>());
-        let wal = |v| median(&self.of(v).iter().map(|r| r.wal_bytes_per_txn).collect::<Vec<_>>());
+        let wal = |v| {
+            median(
+                &self
+                    .of(v)
+                    .iter()
+                    .map(|r| r.wal_bytes_per_txn)
+                    .collect::<Vec<_>>(),
+            )
+        };
         for v in Variant::ALL {
             let drain = median(&self.of(v).iter().map(|r| r.drain_s).collect::<Vec<_>>());
             let _ = writeln!(
@@ -168,7 +176,14 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
             exec(ctx.admin, "CHECKPOINT").await;
             let before = current_lsn(ctx.admin).await;
             let tag = format!("identity-{rep}-{variant:?}");
-            let bench = pgbench(ctx, &pgbench_bin, &[(scripts.update.as_path(), 1)], None, &tag).await;
+            let bench = pgbench(
+                ctx,
+                &pgbench_bin,
+                &[(scripts.update.as_path(), 1)],
+                None,
+                &tag,
+            )
+            .await;
             let after = current_lsn(ctx.admin).await;
             let wal: f64 = ctx
                 .admin

@@ -53,6 +53,8 @@ SELECT current_setting('server_version_num')::int4 AS version_num,
        current_setting('max_replication_slots')::int4 AS max_slots,
        (SELECT count(*) FROM pg_catalog.pg_replication_slots) AS slots,
        current_setting('max_wal_senders')::int4 AS max_senders,
+       current_setting('max_active_replication_origins', true) AS max_origins,
+       has_table_privilege('pg_catalog.pg_replication_origin_status', 'SELECT') AS origin_status_readable,
        (SELECT count(*) FROM pg_catalog.pg_stat_get_wal_senders()) AS senders,
        quote_ident(current_user) AS role, r.rolsuper, r.rolreplication,
        quote_ident(current_database()) AS database,
@@ -66,10 +68,12 @@ SELECT current_setting('server_version_num')::int4 AS version_num,
 FROM pg_catalog.pg_roles AS r
 WHERE r.rolname = current_user";
 
+/// `invalidation_reason` exists from PostgreSQL 17 on; through jsonb it is
+/// NULL before.
 const OWN_SLOT: &str = "\
 SELECT plugin, slot_type, database = current_database() AS here, quote_ident(database) AS database,
-       active
-FROM pg_catalog.pg_replication_slots WHERE slot_name = $1";
+       active, wal_status::text AS wal_status, to_jsonb(s) ->> 'invalidation_reason' AS invalidation_reason
+FROM pg_catalog.pg_replication_slots AS s WHERE slot_name = $1";
 
 const PUBLICATION: &str = "\
 SELECT p.puballtables,
@@ -146,6 +150,21 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
                          or give the spec another name",
                         plugin.map(|p| format!(" for {p}")).unwrap_or_default(),
                         database.unwrap_or_else(|| "(none)".into())
+                    ),
+                );
+            } else if row.get::<_, Option<String>>("wal_status").as_deref() == Some("lost") {
+                // Invalidated: its WAL is gone (max_slot_wal_keep_size), it sat idle past
+                // idle_timeout (18's idle_replication_slot_timeout), or it conflicted with
+                // recovery. The server refuses to stream from it, so run would only retry.
+                let reason: Option<String> = row.get("invalidation_reason");
+                ctx.problem(
+                    &format!("slot {slot}"),
+                    format!(
+                        "was invalidated by the server{}, so run cannot resume from it; \
+                         `walshift cleanup` removes walshift's objects for this spec and the next \
+                         run starts over (a new slot, the backfill again), or drop the slot \
+                         (SELECT pg_drop_replication_slot('{slot}'))",
+                        reason.map(|r| format!(" ({r})")).unwrap_or_default()
                     ),
                 );
             } else if row.get::<_, bool>("active") {
@@ -271,12 +290,81 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
         ));
     }
     if has_origin {
+        origin_capacity(ctx, spec, facts, version_num).await?;
         origin_filter_note(ctx, spec, version_num).await?;
     }
     Ok(Some(Server {
         version_num,
         publication,
     }))
+}
+
+/// The first server version with its own limit on replication origins
+/// (`max_active_replication_origins`); before it, `max_replication_slots`
+/// bounds them too.
+const ORIGIN_LIMIT_SINCE: u32 = 180000;
+
+/// Replication origins that hold a progress slot in shared memory, other
+/// than `$1`, and whether `$1` holds one.
+const ORIGIN_STATES: &str = "\
+SELECT count(*) FILTER (WHERE external_id IS DISTINCT FROM $1) AS others,
+       coalesce(bool_or(external_id = $1), false) AS own
+FROM pg_catalog.pg_replication_origin_status";
+
+/// Whether walshift's origin can be set up: each origin that has been used
+/// holds one of a fixed number of progress slots until it is dropped, and
+/// `run` fails to set up its origin when none is free. The limit is
+/// `max_active_replication_origins` from PostgreSQL 18, `max_replication_slots`
+/// before. Skipped when the role may not read `pg_replication_origin_status`.
+async fn origin_capacity(
+    ctx: &mut Ctx<'_>,
+    spec: &Spec,
+    facts: &tokio_postgres::Row,
+    version_num: u32,
+) -> Result<(), Error> {
+    if !facts.get::<_, bool>("origin_status_readable") {
+        return Ok(());
+    }
+    let (setting, max) = if version_num >= ORIGIN_LIMIT_SINCE {
+        let max: Option<String> = facts.get("max_origins");
+        let Some(max) = max.and_then(|m| m.parse::<i64>().ok()) else {
+            return Ok(());
+        };
+        ("max_active_replication_origins", max)
+    } else {
+        (
+            "max_replication_slots",
+            i64::from(facts.get::<_, i32>("max_slots")),
+        )
+    };
+    let origin = spec.origin_name();
+    let row = match ctx.session.query(ORIGIN_STATES, &[&origin]).await? {
+        Ok(rows) => rows.into_iter().next(),
+        Err(refusal) => {
+            ctx.query_failed("pg_replication_origin_status", &refusal);
+            return Ok(());
+        }
+    };
+    let Some(row) = row else { return Ok(()) };
+    let used: i64 = row.get("others");
+    if row.get::<_, bool>("own") || used < max {
+        return Ok(());
+    }
+    let bound = if version_num >= ORIGIN_LIMIT_SINCE {
+        ""
+    } else {
+        " (before PostgreSQL 18 it bounds replication origins as well as slots)"
+    };
+    ctx.problem(
+        setting,
+        format!(
+            "is {max}{bound} and {used} other replication origin(s) hold progress \
+             (pg_replication_origin_status), so none is free for walshift's origin {origin} and \
+             run could not set it up; raise {setting} in postgresql.conf and restart, or drop an \
+             unused origin (SELECT pg_replication_origin_drop('<name>'))"
+        ),
+    );
+    Ok(())
 }
 
 /// The first server version whose pgoutput takes the `origin` option.

@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Running as root (CI), server programs run as the `postgres` user, or `WALSHIFT_TEST_PG_USER`
-//! ([`account::PG_USER_ENV`]). `PG_BIN` selects the binaries (e.g. from `scripts/fetch-pg 16`).
+//! ([`account::PG_USER_ENV`]). `PG_BIN` selects the binaries (e.g. from `scripts/fetch-pg 17`),
+//! and `WALSHIFT_PG_MAJOR` ([`PG_MAJOR_ENV`]) makes sure they are the major a run is meant for.
 //! Clusters live under `/dev/shm/walshift-pg-<uid>/` when /dev/shm is a roomy tmpfs (else the
 //! temp dir; `WALSHIFT_CLUSTER_DIR` overrides, see [`CLUSTER_DIR_ENV`]).
 //!
@@ -40,6 +41,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
+pub use bins::PG_MAJOR_ENV;
 pub use builder::ClusterBuilder;
 pub use dirs::{CLUSTER_DIR_ENV, process_alive};
 

@@ -69,7 +69,8 @@ pub(crate) fn spawn_postmaster(
     let _ = account::chown(log_file, account);
     let log_err = log.try_clone().map_err(|e| format!("dup log fd: {e}"))?;
     let cwd = data_dir.parent().unwrap_or(data_dir);
-    let mut child = account::command(&bins.program("postgres"), account, cwd)
+    let mut child = bins
+        .command("postgres", account, cwd)
         .arg("-D")
         .arg(data_dir)
         .stdin(Stdio::null())
@@ -151,7 +152,8 @@ pub(crate) fn set_password(
         ));
     }
     let cwd = data_dir.parent().unwrap_or(data_dir);
-    let mut child = account::command(&bins.program("postgres"), account, cwd)
+    let mut child = bins
+        .command("postgres", account, cwd)
         .arg("--single")
         .arg("-D")
         .arg(data_dir)

@@ -1,8 +1,8 @@
 //! A physical standby of a cluster, for tests of replica-lag throttling.
 //!
 //! The base backup uses the low-level API (`pg_backup_start` / `pg_backup_stop` in one session,
-//! copying the files in between) rather than `pg_basebackup`, which the npm
-//! `@embedded-postgres` builds do not ship. A physical slot, created before the backup starts,
+//! copying the files in between) rather than `pg_basebackup`, so a server-only install (one
+//! without the client tools) can make standbys too. A physical slot, created before the backup starts,
 //! keeps the WAL the standby needs from the backup's start until it streams; it is dropped with
 //! the standby.
 

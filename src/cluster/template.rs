@@ -100,7 +100,8 @@ fn run_initdb(
     data: &Path,
     cwd: &Path,
 ) -> Result<(), Error> {
-    let output = account::command(&bins.program("initdb"), account, cwd)
+    let output = bins
+        .command("initdb", account, cwd)
         .arg("-D")
         .arg(data)
         .args([
@@ -136,6 +137,7 @@ mod tests {
         let a = Bins {
             dir: PathBuf::from("/usr/lib/postgresql/16/bin"),
             version: "postgres (PostgreSQL) 16.4".into(),
+            lib_dir: None,
         };
         let upgraded = Bins {
             version: "postgres (PostgreSQL) 16.5".into(),

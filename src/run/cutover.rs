@@ -36,7 +36,7 @@ use crate::error_policy::pg_message;
 use crate::mirror::applier::{Applier, ApplyStats, Batch};
 use crate::mirror::txn::Key;
 use crate::spec::Spec;
-use crate::{lag, verify};
+use crate::verify;
 
 /// Longest the drain may take with the lock held before the cut-over gives
 /// up (rolls back, releasing the lock). The marker normally arrives within
@@ -384,7 +384,7 @@ async fn probe(
             false => Probe::Ended,
         };
     }
-    if let Err(e) = lag::emit_message(applier.client(), MARKER_PREFIX, token).await {
+    if let Err(e) = applier.emit_message(MARKER_PREFIX, token).await {
         tracing::debug!(error = %e, "cannot emit a cut-over probe");
         return Probe::Lost;
     }
@@ -475,7 +475,7 @@ async fn under_lock(
         MarkerKind::Lock,
         out.attempts,
     );
-    if let Err(e) = lag::emit_message(applier.client(), MARKER_PREFIX, &token).await {
+    if let Err(e) = applier.emit_message(MARKER_PREFIX, &token).await {
         let _ = applier.client().batch_execute("ROLLBACK").await;
         out.error = Some(format!(
             "cannot emit the cut-over marker: {}",

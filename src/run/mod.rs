@@ -560,6 +560,13 @@ async fn session(
             deliberate: false,
         })?;
     client.batch_execute(SESSION_SETTINGS).await?;
+    // Every apply transaction records its position in the state row and in
+    // the origin's progress (I4); only the state row is to be trusted. From
+    // PostgreSQL 16 on, a transaction that set up the origin and then rolled
+    // back (walshift killed mid-apply, a failed batch) advances the origin's
+    // progress too, past writes never committed: resuming from there would
+    // lose them. Without a recorded position the stream starts at the slot's
+    // confirmed position, which never passes an uncommitted apply.
     let mut start = state::applied_lsn(&client, &spec.name)
         .await?
         .unwrap_or(Lsn::INVALID);
@@ -570,18 +577,6 @@ async fn session(
                 &[&spec.origin_name()],
             )
             .await?;
-        let row = client
-            .query_one(
-                "SELECT pg_replication_origin_progress($1, true)::text",
-                &[&spec.origin_name()],
-            )
-            .await?;
-        if let Some(lsn) = row
-            .get::<_, Option<String>>(0)
-            .and_then(|s| s.parse::<Lsn>().ok())
-        {
-            start = start.max(lsn);
-        }
     }
     let applier = Applier::new(
         client,

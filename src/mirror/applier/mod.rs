@@ -608,6 +608,33 @@ impl Applier {
     pub fn client(&self) -> &Client {
         &self.client
     }
+
+    /// [`crate::lag::emit_message`] on this session, the message carrying no replication
+    /// origin: walshift's origin, when set up here, is reset around it. A message that
+    /// carried it would be skipped by a stream with `origin = none` (PostgreSQL 16+,
+    /// src/run/origins.rs), and the cut-over would wait for its marker in vain.
+    pub async fn emit_message(
+        &self,
+        prefix: &str,
+        content: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        if !self.origin {
+            return crate::lag::emit_message(&self.client, prefix, content).await;
+        }
+        self.client
+            .execute("SELECT pg_replication_origin_session_reset()", &[])
+            .await?;
+        let emitted = crate::lag::emit_message(&self.client, prefix, content).await;
+        let restored = self
+            .client
+            .execute(
+                "SELECT pg_replication_origin_session_setup($1)",
+                &[&crate::spec::object_name(&self.spec_name)],
+            )
+            .await;
+        emitted?;
+        restored.map(drop)
+    }
 }
 
 /// One statement of a [`flight`] on the applier's session, and what it wrote.
