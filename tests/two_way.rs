@@ -719,11 +719,18 @@ async fn new_lines(
         .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
     let (op, sku) = match last {
         Some((n, dropped)) if n > 2 && rng.chance(40) => {
-            c.execute(
-                "DELETE FROM order_items WHERE order_id = $1 AND line_no = $2",
-                &[&id, &n],
-            )
-            .await?;
+            let deleted = c
+                .execute(
+                    "DELETE FROM order_items WHERE order_id = $1 AND line_no = $2",
+                    &[&id, &n],
+                )
+                .await?;
+            if deleted == 0 {
+                // walshift renumbered the lines meanwhile (the old
+                // version's write reached them): nothing was dropped, and
+                // nothing is acknowledged.
+                return c.batch_execute("ROLLBACK").await;
+            }
             ("drop", dropped)
         }
         _ => {
