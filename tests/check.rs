@@ -1,4 +1,4 @@
-//! `walshift check` against a real PostgreSQL: the DESIGN.md examples resolve
+//! `walshift check` against a real PostgreSQL: the examples of docs/design.md resolve
 //! to the expected plans, and each broken spec or database is reported as
 //! exactly one line that names the object and the fix, with nothing created
 //! (no publication, slot, replication origin, `walshift` schema, prepared
@@ -12,7 +12,7 @@ use walshift::ident::QualifiedName;
 use walshift::mirror::sql::KeyColumn;
 use walshift::spec::Spec;
 
-/// DESIGN.md's tables, with three users and no rows in the new shape yet.
+/// The design's tables, with three users and no rows in the new shape yet.
 const SHOP: &str = "
 CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean NOT NULL DEFAULT true,
                     email text NOT NULL, status text, score int);
@@ -33,7 +33,7 @@ source = "public.users"
 set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
 "#;
 
-/// The `select` of DESIGN.md's rows-mode example.
+/// The `select` of the design's rows-mode example.
 const ITEMS_SELECT: &str =
     "SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
 FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)";

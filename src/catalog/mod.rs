@@ -1,5 +1,5 @@
 //! Introspection of the live database, and every check `walshift check` runs
-//! before `run` touches anything (DESIGN.md section 1, step 3).
+//! before `run` touches anything (docs/design.md, section 2, step 3).
 //!
 //! ```text
 //!  Spec ─▶ server: version, wal_level, free slot and WAL sender, role ──────────┐

@@ -13,7 +13,7 @@ pub(super) const MIN_VERSION_NUM: u32 = 140_000;
 /// Name of walshift's state schema (created by `run`).
 const STATE_SCHEMA: &str = "walshift";
 
-/// Replication-origin functions the applier calls (DESIGN.md I4, I5). They
+/// Replication-origin functions the applier calls (docs/design.md, I4 and I5). They
 /// are revoked from PUBLIC by default, so a non-superuser needs explicit
 /// grants; matched by name so that signature changes across versions do
 /// not matter.

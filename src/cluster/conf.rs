@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// The settings every throwaway cluster starts with, before the builder's own.
 ///
-/// `synchronous_commit` is deliberately absent: tests of the visibility barrier (DESIGN I2)
+/// `synchronous_commit` is deliberately absent: tests of the visibility barrier (docs/design.md I2)
 /// and of confirm-after-commit rely on real commit semantics.
 pub(crate) fn default_settings(
     port: u16,

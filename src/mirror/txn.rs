@@ -1,7 +1,7 @@
 //! From decoded pgoutput messages to the dirty keys of committed
 //! transactions. Pure: no I/O.
 //!
-//! The WAL only tells walshift *which* source keys changed (DESIGN.md §3);
+//! The WAL only tells walshift *which* source keys changed (docs/design.md §4);
 //! values are never copied out of it. For each transaction this collects, per
 //! mirror, the set of keys whose target must be recomputed, and hands them
 //! over at Commit — not before, since an uncommitted change is not visible to

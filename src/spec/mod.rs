@@ -1,5 +1,5 @@
 //! The spec file: what to mirror, how to throttle the backfill, which gates
-//! must hold and what to run at cut-over (DESIGN.md section 2).
+//! must hold and what to run at cut-over (docs/design.md section 3).
 //!
 //! ```text
 //!  spec.toml ──toml──▶ raw (every field optional, spanned) ──validate──▶ Spec

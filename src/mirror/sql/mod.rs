@@ -1,5 +1,5 @@
 //! SQL text for the "dirty keys, recomputed from current state" engine
-//! (DESIGN.md section 3). Pure: plans in, statement text out; nothing here
+//! (docs/design.md section 4). Pure: plans in, statement text out; nothing here
 //! talks to a server.
 //!
 //! ```text

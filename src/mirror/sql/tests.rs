@@ -1,5 +1,5 @@
 //! Exact-text tests of the generated SQL. Every expected statement here was
-//! also run against PostgreSQL 15 on the DESIGN.md example tables (batch,
+//! also run against PostgreSQL 15 on the example tables of docs/design.md (batch,
 //! range, rerun-writes-nothing, verify, truncate) before it was pinned.
 
 use super::*;
@@ -21,7 +21,7 @@ const BETWEEN: Scope = Scope::Range {
     upper: true,
 };
 
-/// DESIGN.md: `users.status` from `is_active`.
+/// The design's example: `users.status` from `is_active`.
 fn users() -> SetPlan {
     SetPlan {
         source: QualifiedName::new("public", "users"),
@@ -46,7 +46,7 @@ fn mixed_set() -> SetPlan {
     }
 }
 
-/// DESIGN.md: `orders.items` (jsonb array) -> `order_items`, upsert on its
+/// The design's example: `orders.items` (jsonb array) -> `order_items`, upsert on its
 /// primary key.
 fn items() -> RowsPlan {
     RowsPlan {
