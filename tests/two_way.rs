@@ -170,8 +170,48 @@ async fn set_mode_follows_the_shape_each_write_changed() {
         users_row(&c, 1003).await,
         (Some(false), Some("paused".into()))
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {}).await;
-    drop(run);
+    // No loop, no echo: once caught up, walshift's own writes in either
+    // direction bring no more writes of its own.
+    let writes = "SELECT n_tup_upd + n_tup_ins FROM pg_stat_user_tables WHERE relname = 'users'";
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    let before = common::cli::one_i64(&c, writes).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_caught_up(&c, &slot).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    assert_eq!(
+        common::cli::one_i64(&c, writes).await,
+        before,
+        "walshift kept writing users after it caught up"
+    );
+    // cleanup removes walshift's objects, the key table's rows with them.
+    let mut run = run;
+    run.sigterm();
+    run.exit(Duration::from_secs(20)).await;
+    let out = cli(&["cleanup"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    let slots = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(slots, 0);
+    assert_eq!(
+        common::cli::one_i64(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'walshift'"
+        )
+        .await,
+        0
+    );
 }
 
 mod two_way_support;
