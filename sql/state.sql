@@ -109,3 +109,10 @@ CREATE TABLE IF NOT EXISTS walshift.keys (
 ALTER TABLE walshift.backfill
     ADD COLUMN IF NOT EXISTS conflicts    bigint NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS reverse_keys bigint NOT NULL DEFAULT 0;
+
+-- The spec a cut-over request was made with (`Spec::cutover_digest`, and its
+-- file for messages): the run refuses a request whose spec differs from the
+-- one it loaded.
+ALTER TABLE walshift.cutover
+    ADD COLUMN IF NOT EXISTS spec_digest text,
+    ADD COLUMN IF NOT EXISTS spec_file   text;

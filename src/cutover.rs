@@ -215,8 +215,9 @@ pub async fn request(client: &Client, spec: &Spec, req: &Request) -> Result<i64,
     }
     let id: i64 = client
         .query_one(
-            "INSERT INTO walshift.cutover (name, dry_run) VALUES ($1, $2) RETURNING id",
-            &[&spec.name, &req.dry_run],
+            "INSERT INTO walshift.cutover (name, dry_run, spec_digest, spec_file)
+             VALUES ($1, $2, $3, $4) RETURNING id",
+            &[&spec.name, &req.dry_run, &spec.cutover_digest(), &spec.file],
         )
         .await?
         .get(0);

@@ -440,3 +440,34 @@ async fn postpone_and_allow_cutover() {
     let out = cli(&["cutover", "--dry-run"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
 }
+
+/// Guards that a cut-over honours the spec it is given: `walshift cutover
+/// other.toml`, whose gate would fail, is refused by the run that loaded
+/// another spec of the same name (before, the run used its own gates and
+/// switched). Nothing is changed; the run goes on, and a cut-over with its
+/// own spec still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cutover_with_another_spec_than_the_runs_is_refused() {
+    let (db, c) = setup(100, 20).await;
+    let spec = spec("co-other", &cutover_sql("200ms", 2));
+    let mut run = running(&spec, &db).await;
+    let other = Spec::new(
+        "co-other",
+        &format!(
+            "{USERS_MIRROR}\n{ORDERS_MIRROR}\n[[gate]]\nname = \"no users at all\"\nsql = \"SELECT count(*) = 0 FROM users\"\n\n{}",
+            cutover_sql("200ms", 2)
+        ),
+    );
+    let out = cli(&["cutover"], &other, &db).await;
+    assert_eq!(out.code(), Some(1), "{out}\nrun:\n{}", run.stderr());
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("whose mirrors, gates or [cutover] differ from")
+            && all.contains("cut over with the spec the run uses"),
+        "{out}"
+    );
+    assert!(!cutover_check_exists(&c).await);
+    assert!(run.still_running());
+    let out = cli(&["cutover", "--dry-run"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+}

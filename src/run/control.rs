@@ -127,7 +127,8 @@ pub(super) async fn control(
                  WHERE id = (SELECT id FROM walshift.cutover WHERE name = $1 AND state = 'requested'
                              ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING id, dry_run,
-                           (SELECT cutover_postponed FROM walshift.migration WHERE name = $1)",
+                           (SELECT cutover_postponed FROM walshift.migration WHERE name = $1),
+                           spec_digest, spec_file",
                 &[&name],
             )
             .await;
@@ -135,6 +136,8 @@ pub(super) async fn control(
             let job = Job {
                 id: row.get(0),
                 dry_run: row.get(1),
+                spec_digest: row.get(3),
+                spec_file: row.get(4),
             };
             let postponed: Option<bool> = row.get(2);
             active = Some(job.id);

@@ -71,6 +71,10 @@ const DRAIN_MAX_KEYS: usize = 1_000_000;
 pub(super) struct Job {
     pub id: i64,
     pub dry_run: bool,
+    /// What the request was made with (`Spec::cutover_digest` and file);
+    /// `None` for a request of an older walshift.
+    pub spec_digest: Option<String>,
+    pub spec_file: Option<String>,
 }
 
 /// What the apply task needs to carry a cut-over out.

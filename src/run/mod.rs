@@ -1295,7 +1295,17 @@ fn handle_control(
         }
         Control::Request(job) => job,
     };
-    let why = if cut.is_some() {
+    let differs = job
+        .spec_digest
+        .as_ref()
+        .is_some_and(|d| *d != spec.cutover_digest());
+    let why = if differs {
+        Some(format!(
+            "the request was made with {}, whose mirrors, gates or [cutover] differ from {}, which              this run loaded; cut over with the spec the run uses, or restart `walshift run` with              the new one",
+            job.spec_file.as_deref().unwrap_or("another spec"),
+            spec.file
+        ))
+    } else if cut.is_some() {
         Some("another cut-over is under way".to_string())
     } else if !progress.lock().expect("progress lock").done() {
         Some("the backfill is not complete; `walshift wait` returns once it is".to_string())

@@ -235,6 +235,22 @@ impl Spec {
         }
     }
 
+    /// A fingerprint of what a cut-over depends on: the name, the mirrors,
+    /// the gates and `[cutover]` (not the file's path, not `[backfill]` or
+    /// `[safety]`). A cut-over request carries it, and the running walshift
+    /// refuses one made with another spec than the one it loaded.
+    pub fn cutover_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let canonical = format!(
+            "{:?}\n{:?}\n{:?}\n{:?}",
+            self.name, self.mirrors, self.gates, self.cutover
+        );
+        Sha256::digest(canonical.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The logical replication slot: `walshift_<name>`.
     pub fn slot_name(&self) -> String {
         object_name(&self.name)
