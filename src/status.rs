@@ -89,11 +89,16 @@ pub struct LagState {
     /// Server WAL position minus walshift's confirmed position.
     pub bytes: Option<i64>,
     pub measured_age_seconds: Option<f64>,
+    /// Measured by a run that is alive now: otherwise the figures are the
+    /// last ones a run recorded, `measured_age_seconds` ago.
+    pub live: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct BackfillState {
     pub complete: bool,
+    /// Chunks are being copied now: not complete, and a run alive.
+    pub running: bool,
     pub paused: bool,
     /// Why history waits right now (`None` while it runs or when done).
     pub throttle: Option<String>,
@@ -192,16 +197,29 @@ impl Status {
             _ => out.push_str("  run:       not running\n"),
         }
         let lag = match (self.lag.seconds, self.lag.bytes) {
-            (Some(s), Some(b)) => format!(
+            (Some(s), Some(b)) if self.lag.live => format!(
                 "{:.0} ms, {} behind",
                 s * 1000.0,
                 human_bytes(b.max(0) as u64)
+            ),
+            // No run alive: the last figures are history, not the lag now.
+            (Some(s), _) => format!(
+                "not measured: no run alive (the last run measured {:.0} ms, {} ago)",
+                s * 1000.0,
+                self.lag
+                    .measured_age_seconds
+                    .map(|a| human_eta(Duration::from_secs_f64(a.max(0.0))))
+                    .unwrap_or_else(|| "?".into())
             ),
             _ => "not measured".into(),
         };
         out.push_str(&format!("  lag:       {lag}\n"));
         let bf = if self.backfill.complete {
             "complete".to_string()
+        } else if !self.run.alive {
+            let done: i64 = self.backfill.mirrors.iter().map(|m| m.rows_done).sum();
+            let est: i64 = self.backfill.mirrors.iter().map(|m| m.rows_estimate).sum();
+            format!("stopped at {done} of ~{est} rows: no run alive (it resumes with the next run)")
         } else if self.backfill.paused {
             "paused by the operator".to_string()
         } else if let Some(t) = &self.backfill.throttle {
@@ -229,6 +247,8 @@ impl Status {
             };
             let tail = if m.done {
                 "done".to_string()
+            } else if !self.run.alive {
+                "stopped".to_string()
             } else {
                 let rate = m
                     .rows_per_second
@@ -392,8 +412,8 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
                 rows_estimate: est,
                 chunks: r.get(3),
                 done,
-                rows_per_second: rate.filter(|_| !done),
-                eta_seconds: eta,
+                rows_per_second: rate.filter(|_| !done && alive),
+                eta_seconds: eta.filter(|_| done || alive),
             }
         })
         .collect();
@@ -420,11 +440,13 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
             seconds: f64_of("lag_seconds"),
             bytes: row.get("lag_bytes").and_then(|v| v.as_i64()),
             measured_age_seconds: f64_of("lag_age"),
+            live: alive,
         },
         backfill: BackfillState {
             complete,
+            running: !complete && alive,
             paused,
-            throttle: if complete {
+            throttle: if complete || !alive {
                 None
             } else {
                 str_of("throttle_reason")
@@ -558,6 +580,7 @@ mod tests {
                 seconds: lag,
                 bytes: Some(0),
                 measured_age_seconds: Some(0.5),
+                live: alive,
             },
             backfill: BackfillState {
                 complete,

@@ -668,3 +668,46 @@ async fn safety_drops_the_slot_past_max_retained_wal() {
     .await;
     assert_eq!(slots, 0, "the slot remains: {stderr}");
 }
+
+/// Guards that `status` never shows stale figures as live: after the run is
+/// killed mid-backfill it says no run is alive, gives the last lag with its
+/// age, and calls the backfill stopped, not running (nor throttled, nor with
+/// a rate or an ETA).
+#[tokio::test]
+async fn status_without_a_live_run_shows_no_stale_figures() {
+    let (db, _c) = setup(2_000, 0).await;
+    let spec = capped_users_spec("ops-stale", 200);
+    let mut run = Run::spawn(&spec, &db);
+    wait_backfill_under_way("the backfill under way", &spec, &db).await;
+    status_until("a lag measured", Duration::from_secs(15), &spec, &db, |s| {
+        s["lag"]["seconds"].as_f64().is_some()
+    })
+    .await;
+    let pid = run.child.id().expect("running") as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    run.exit(Duration::from_secs(10)).await;
+    let s = status_until("the run dead", Duration::from_secs(15), &spec, &db, |s| {
+        s["run"]["alive"] == false
+    })
+    .await;
+    assert_eq!(s["phase"], "stopped", "{s}");
+    assert_eq!(s["lag"]["live"], false, "{s}");
+    assert_eq!(s["backfill"]["running"], false, "{s}");
+    assert!(s["backfill"]["throttle"].is_null(), "{s}");
+    assert!(
+        s["backfill"]["mirrors"][0]["rows_per_second"].is_null(),
+        "{s}"
+    );
+    assert!(s["backfill"]["mirrors"][0]["eta_seconds"].is_null(), "{s}");
+    let out = cli(&["status"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("run:       not running"), "{out}");
+    assert!(
+        out.stdout
+            .contains("lag:       not measured: no run alive (the last run measured"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("backfill:  stopped at "), "{out}");
+    assert!(!out.stdout.contains("backfill:  running"), "{out}");
+}
