@@ -91,14 +91,18 @@ ALTER TABLE walshift.migration ADD COLUMN IF NOT EXISTS settings jsonb NOT NULL 
 --          snapshot it ran in; the direction waits for the next transaction.
 --   mark:  while the mirror's backfill runs, the application wrote the key's
 --          new shape (or both); the backfill's chunks leave it alone.
+--   held:  (any mirror) the key's recompute fails on its data; it waits, with
+--          the error, until its row changes or `walshift ctl SPEC retry`.
 -- Written by the apply session only, in the transactions that decide them.
 CREATE TABLE IF NOT EXISTS walshift.keys (
-    name   text    NOT NULL REFERENCES walshift.migration (name) ON DELETE CASCADE,
-    mirror int     NOT NULL,
-    key    text[]  NOT NULL,
-    kind   text    NOT NULL CHECK (kind IN ('carry', 'mark')),
-    dir    text    NOT NULL CHECK (dir IN ('f', 'r', 'b')),
-    since  timestamptz NOT NULL DEFAULT now(),
+    name     text    NOT NULL REFERENCES walshift.migration (name) ON DELETE CASCADE,
+    mirror   int     NOT NULL,
+    key      text[]  NOT NULL,
+    kind     text    NOT NULL CHECK (kind IN ('carry', 'mark', 'held')),
+    dir      text    NOT NULL CHECK (dir IN ('f', 'r', 'b')),
+    since    timestamptz NOT NULL DEFAULT now(),
+    sqlstate text,
+    error    text,
     PRIMARY KEY (name, mirror, key, kind)
 );
 
@@ -116,3 +120,6 @@ ALTER TABLE walshift.backfill
 ALTER TABLE walshift.cutover
     ADD COLUMN IF NOT EXISTS spec_digest text,
     ADD COLUMN IF NOT EXISTS spec_file   text;
+
+-- `walshift ctl SPEC retry` counts up; the run tries its held keys again.
+ALTER TABLE walshift.migration ADD COLUMN IF NOT EXISTS retry_held bigint NOT NULL DEFAULT 0;

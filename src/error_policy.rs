@@ -42,6 +42,22 @@ pub fn for_sqlstate(code: &str) -> Action {
     }
 }
 
+/// Whether an error of a recompute is about the data of the rows it read
+/// (so the failing keys are isolated and held, and the rest goes on) rather
+/// than about the database or the mapping as a whole (which stops the run):
+/// data exceptions (22: invalid input, division by zero, out of range),
+/// integrity violations (23: unique, NOT NULL, CHECK, foreign key),
+/// cardinality violations (21: ON CONFLICT hitting a row twice), exceptions
+/// raised by functions the mapping calls (2F, P0) and program limits a row
+/// can hit (54: a value too large). A dropped table (42P01), a lost
+/// privilege (42501) or a broken expression (42xxx) is not.
+pub fn is_about_the_row(code: &str) -> bool {
+    matches!(
+        code.get(..2).unwrap_or(""),
+        "22" | "23" | "21" | "2F" | "P0" | "54"
+    )
+}
+
 /// For tokio-postgres errors: a closed connection or an error without a
 /// SQLSTATE (I/O, TLS, protocol) is retried.
 pub fn for_pg(e: &tokio_postgres::Error) -> Action {

@@ -188,6 +188,10 @@ enum CtlAction {
     PostponeCutover,
     /// Allow `walshift cutover` again.
     AllowCutover,
+    /// Try the held keys again now (keys whose rows failed the mapping or the target's
+    /// constraints; `walshift status` lists them). A held key is also tried again whenever
+    /// its row changes, and when `walshift run` starts.
+    Retry,
 }
 
 fn main() -> ExitCode {
@@ -697,6 +701,18 @@ async fn ctl(spec: &Spec, config: &ConnConfig, action: CtlAction) -> ExitCode {
                 Err(e) => (Err(e), String::new()),
             }
         }
+        CtlAction::Retry => match state::request_retry(&client, name).await {
+            Ok(Some(held)) => (
+                Ok(true),
+                format!(
+                    "{held} held key(s) of {name} will be tried again by the run (at once if it is \
+                     running, else when it starts); `walshift status {}` shows what is still held",
+                    spec.file
+                ),
+            ),
+            Ok(None) => (Ok(false), String::new()),
+            Err(e) => (Err(e), String::new()),
+        },
         CtlAction::Show => match settings::read(&client, name).await {
             Ok(now) => (Ok(true), render_overrides(name, &now)),
             Err(e) => (Err(e), String::new()),

@@ -57,6 +57,8 @@ pub const CONFLICTS: &str = "walshift_two_way_conflicts_total";
 pub const REVERSE_KEYS: &str = "walshift_reverse_keys_applied_total";
 /// gauge, label `mirror`
 pub const CARRIED_KEYS: &str = "walshift_carried_keys";
+/// gauge, label `mirror`
+pub const HELD_KEYS: &str = "walshift_held_keys";
 
 /// Every value of the `reason` label of [`BACKFILL_THROTTLED`]: the kinds of
 /// [`crate::throttle::Reason`] ([`crate::throttle::Reason::kind`]).
@@ -212,6 +214,12 @@ pub fn describe() {
         "Two-way mirrors: keys whose recompute waits for the next transaction (the application \
          changed their row while walshift applied, or the stream is catching up)."
     );
+    describe_gauge!(
+        HELD_KEYS,
+        "Keys whose recompute fails on their data (a mapping error, a constraint of the target): \
+         held, with their error, until their row changes or `walshift ctl SPEC retry`; every \
+         other key goes on. Not ready while any is held."
+    );
     for name in [
         CHANGES_RECEIVED,
         TRANSACTIONS_RECEIVED,
@@ -260,6 +268,11 @@ pub fn carried(applier: &crate::mirror::applier::Applier) {
     for (number, n) in applier.carried_counts() {
         gauge!(CARRIED_KEYS, "mirror" => number.to_string()).set(n as f64);
     }
+}
+
+/// Keys of mirror `mirror` held on their data.
+pub fn held_keys(mirror: usize, n: usize) {
+    gauge!(HELD_KEYS, "mirror" => mirror.to_string()).set(n as f64);
 }
 
 /// A live batch committed: its keys, rows and how long it took.

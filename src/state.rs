@@ -157,6 +157,31 @@ pub async fn set_cutover_postponed(
     Ok(n == 1)
 }
 
+/// `walshift ctl SPEC retry`: asks the run to try its held keys again.
+/// Returns how many keys are held, or `None` without state for `name`.
+pub async fn request_retry(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "UPDATE walshift.migration SET retry_held = retry_held + 1 WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let held: i64 = client
+        .query_one(
+            "SELECT count(*) FROM walshift.keys WHERE name = $1 AND kind = 'held'",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    Ok(Some(held))
+}
+
 /// When `name` was cut over, if it was (`None` also when walshift has no
 /// state here yet).
 pub async fn cutover_at(

@@ -34,7 +34,34 @@ pub struct Status {
     pub cutover: CutoverState,
     /// The two-way mirrors of the spec (empty when it has none).
     pub two_way: Vec<MirrorTwoWay>,
+    /// Keys held because their rows fail the mapping or the target's
+    /// constraints (empty when none is): not ready while any is.
+    pub held: Vec<MirrorHeld>,
 }
+
+/// A mirror's held keys.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct MirrorHeld {
+    pub mirror: i32,
+    pub count: i64,
+    /// The first few (oldest first), with their errors.
+    pub examples: Vec<HeldExample>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct HeldExample {
+    /// The key's columns as text.
+    pub key: Vec<String>,
+    /// `f` forward (old shape to new), `r` the way back of a two-way mirror.
+    pub dir: String,
+    pub sqlstate: String,
+    pub error: String,
+    /// When it was first held.
+    pub since: String,
+}
+
+/// Held keys `status` shows per mirror.
+const HELD_EXAMPLES: i64 = 3;
 
 /// A two-way mirror, since the migration began.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
@@ -137,6 +164,7 @@ impl Status {
     /// The readiness definition, in one place.
     pub fn is_ready(&self, max_lag: Duration) -> bool {
         self.backfill.complete
+            && self.held.is_empty()
             && self.run.alive
             && self.lag.seconds.is_some_and(|l| l <= max_lag.as_secs_f64())
             && self
@@ -164,6 +192,13 @@ impl Status {
             }
             return Some(s);
         }
+        if !self.held.is_empty() {
+            let n: i64 = self.held.iter().map(|h| h.count).sum();
+            return Some(format!(
+                "{n} key(s) held: their rows fail the mapping or the target's constraints (see \
+                 `walshift status`); fix the rows or the spec, or run `walshift ctl SPEC retry`"
+            ));
+        }
         match self.lag.seconds {
             Some(l) if l <= max_lag.as_secs_f64() && self.is_ready(max_lag) => None,
             Some(l) => Some(format!("lag {:.3}s > {:.3}s", l, max_lag.as_secs_f64())),
@@ -179,6 +214,29 @@ impl Status {
                 "  two-way:   mirror {}: {} conflict(s) resolved, {} key(s) written back, {} carried\n",
                 t.mirror, t.conflicts, t.reverse_keys, t.carried
             ));
+        }
+        for h in &self.held {
+            out.push_str(&format!(
+                "  held:      mirror {}: {} key(s) fail on their data; every other key goes on \
+                 (fix the rows, or `walshift ctl SPEC retry`)\n",
+                h.mirror, h.count
+            ));
+            for e in &h.examples {
+                let way = if e.dir == "r" { " (way back)" } else { "" };
+                out.push_str(&format!(
+                    "    ({}){way}: {} [{}] since {}\n",
+                    e.key.join(", "),
+                    e.error,
+                    e.sqlstate,
+                    e.since
+                ));
+            }
+            if h.count > h.examples.len() as i64 {
+                out.push_str(&format!(
+                    "    and {} more\n",
+                    h.count - h.examples.len() as i64
+                ));
+            }
         }
         out
     }
@@ -379,6 +437,7 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
             slot,
             cutover: CutoverState::default(),
             two_way: Vec::new(),
+            held: Vec::new(),
         });
     };
     let f64_of = |k: &str| {
@@ -419,6 +478,7 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
         .collect();
     let complete = mirrors.len() == spec.mirrors.len() && mirrors.iter().all(|m| m.done);
     let two_way = two_way_state(client, spec).await?;
+    let held = held_state(client, &spec.name).await?;
     let paused = row
         .get("backfill_paused")
         .and_then(|v| v.as_bool())
@@ -464,6 +524,7 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
         },
         slot,
         two_way,
+        held,
         cutover: CutoverState {
             cut_over_at: str_of("cutover_at"),
             postponed: row
@@ -517,6 +578,55 @@ async fn last_cutover(
             requested_at: r.get(5),
             finished_at: r.get(6),
         }))
+}
+
+/// The held keys, per mirror with a few examples.
+pub async fn held_state(
+    client: &Client,
+    name: &str,
+) -> Result<Vec<MirrorHeld>, tokio_postgres::Error> {
+    let keys = client
+        .query_one(
+            "SELECT to_regclass('walshift.keys') IS NOT NULL \
+             AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('walshift.keys') AND attname = 'error')",
+            &[],
+        )
+        .await?
+        .get::<_, bool>(0);
+    if !keys {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT mirror, total, key, dir, coalesce(sqlstate, ''), coalesce(error, ''), since::text
+             FROM (SELECT *, row_number() OVER (PARTITION BY mirror ORDER BY since, key) AS n,
+                          count(*) OVER (PARTITION BY mirror) AS total
+                   FROM walshift.keys WHERE name = $1 AND kind = 'held') k
+             WHERE n <= $2
+             ORDER BY mirror, n",
+            &[&name, &HELD_EXAMPLES],
+        )
+        .await?;
+    let mut out: Vec<MirrorHeld> = Vec::new();
+    for r in rows {
+        let mirror: i32 = r.get(0);
+        if out.last().is_none_or(|h| h.mirror != mirror) {
+            out.push(MirrorHeld {
+                mirror,
+                count: r.get(1),
+                examples: Vec::new(),
+            });
+        }
+        let h = out.last_mut().expect("pushed above");
+        h.examples.push(HeldExample {
+            key: r.get(2),
+            dir: r.get(3),
+            sqlstate: r.get(4),
+            error: r.get(5),
+            since: r.get(6),
+        });
+    }
+    Ok(out)
 }
 
 /// The two-way mirrors' counts, from the checkpoint rows and the key table.
@@ -589,6 +699,7 @@ mod tests {
             slot: SlotState::default(),
             cutover: CutoverState::default(),
             two_way: Vec::new(),
+            held: Vec::new(),
         }
     }
 

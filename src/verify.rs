@@ -49,6 +49,24 @@ pub struct MirrorReport {
     pub missing: u64,
     pub extra: u64,
     pub changed: u64,
+    /// Keys the run holds because their rows fail the mapping or the
+    /// target's constraints (they differ, or are missing, until fixed).
+    pub held: u64,
+    /// The first of them, with their errors.
+    pub held_examples: Vec<crate::status::HeldExample>,
+    /// Keys whose source row the mapping fails on (a data error, found by
+    /// splitting the chunk that failed), up to `MAX_CANDIDATES`.
+    pub unmappable: u64,
+    /// The first of them, with the error.
+    pub unmappable_examples: Vec<Unmappable>,
+}
+
+/// A key whose row the mapping fails on.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Unmappable {
+    pub key: Vec<String>,
+    pub sqlstate: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Default)]
@@ -75,9 +93,9 @@ impl Report {
         let mut parts: Vec<String> = self
             .mirrors
             .iter()
-            .filter(|m| m.differing > 0 || m.truncated)
+            .filter(|m| m.differing > 0 || m.truncated || m.held > 0 || m.unmappable > 0)
             .map(|m| {
-                format!(
+                let mut line = format!(
                     "{}: {}{} differing row(s){}",
                     m.label,
                     if m.truncated { "at least " } else { "" },
@@ -86,7 +104,24 @@ impl Report {
                         .first()
                         .map(|k| format!(" (e.g. key {})", k.join(", ")))
                         .unwrap_or_default()
-                )
+                );
+                if let Some(u) = m.unmappable_examples.first() {
+                    line.push_str(&format!(
+                        ", the mapping fails on {} key(s) (e.g. key {}: {})",
+                        m.unmappable,
+                        u.key.join(", "),
+                        u.error
+                    ));
+                }
+                if let Some(e) = m.held_examples.first() {
+                    line.push_str(&format!(
+                        ", {} key(s) held (e.g. key {}: {})",
+                        m.held,
+                        e.key.join(", "),
+                        e.error
+                    ));
+                }
+                line
             })
             .collect();
         parts.extend(
@@ -127,7 +162,40 @@ impl Report {
                 }
             ));
             for k in &m.examples {
-                out.push_str(&format!("    key ({})\n", k.join(", ")));
+                let held = m.held_examples.iter().any(|e| e.key == *k);
+                let note = if held { " (held)" } else { "" };
+                out.push_str(&format!("    key ({}){note}\n", k.join(", ")));
+            }
+            if m.unmappable > 0 {
+                out.push_str(&format!(
+                    "  the mapping fails on {} key(s): fix their rows or the spec\n",
+                    m.unmappable
+                ));
+                for u in &m.unmappable_examples {
+                    let held = m.held_examples.iter().any(|e| e.key == u.key);
+                    let note = if held { " (held by the run)" } else { "" };
+                    out.push_str(&format!(
+                        "    key ({}){note}: {} [{}]\n",
+                        u.key.join(", "),
+                        u.error,
+                        u.sqlstate
+                    ));
+                }
+            }
+            if m.held > 0 {
+                out.push_str(&format!(
+                    "  {} key(s) held by the run: their rows fail the mapping or the target's \
+                     constraints (fix the rows or the spec; `walshift ctl SPEC retry`)\n",
+                    m.held
+                ));
+                for e in &m.held_examples {
+                    out.push_str(&format!(
+                        "    held key ({}): {} [{}]\n",
+                        e.key.join(", "),
+                        e.error,
+                        e.sqlstate
+                    ));
+                }
             }
         }
         for g in &self.gates {
@@ -233,6 +301,78 @@ async fn differing_in_range(
     let params = args.bind(&stmt.params);
     let keys = key_rows(&client.query(&stmt.sql, &params).await?, m.key.len());
     still_differing(client, m, keys).await
+}
+
+/// Whether `e` is about the data of a row the statement read.
+fn is_about_a_row(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| crate::error_policy::is_about_the_row(c.code()))
+}
+
+/// The keys of a chunk the mapping failed on, found by splitting its key
+/// list in halves around the failures; returns the keys of the rest that
+/// differ. Failing keys go to `unmappable` (at most `MAX_CANDIDATES`).
+async fn split_range(
+    client: &Client,
+    m: &MirrorPlan,
+    (lower, upper): (Option<&[String]>, Option<&[String]>),
+    unmappable: &mut Vec<Unmappable>,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let scope = Scope::Range {
+        lower: lower.is_some(),
+        upper: upper.is_some(),
+    };
+    let stmt = sql::range_keys(&m.source, &m.key, scope);
+    let args = Args {
+        lower,
+        upper,
+        ..Default::default()
+    };
+    let all = key_rows(
+        &client.query(&stmt.sql, &args.bind(&stmt.params)).await?,
+        m.key.len(),
+    );
+    among_isolating(client, m, all, unmappable).await
+}
+
+/// [`differing_among`], split in halves around the keys the mapping fails
+/// on (those go to `unmappable`).
+async fn among_isolating(
+    client: &Client,
+    m: &MirrorPlan,
+    keys: Vec<Vec<String>>,
+    unmappable: &mut Vec<Unmappable>,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let mut differing = Vec::new();
+    let mut parts = vec![keys];
+    while let Some(part) = parts.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        match differing_among(client, m, &part).await {
+            Ok(keys) => differing.extend(keys),
+            Err(e) if is_about_a_row(&e) && part.len() == 1 => {
+                if (unmappable.len() as i64) < MAX_CANDIDATES {
+                    let db = e.as_db_error();
+                    unmappable.push(Unmappable {
+                        key: part.into_iter().next().expect("one key"),
+                        sqlstate: e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+                        error: db
+                            .map(|d| d.message().to_string())
+                            .unwrap_or_else(|| e.to_string()),
+                    });
+                }
+            }
+            Err(e) if is_about_a_row(&e) => {
+                let mut part = part;
+                let second = part.split_off(part.len() / 2);
+                parts.push(second);
+                parts.push(part);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(differing)
 }
 
 /// Keys among `keys` that still differ.
@@ -349,6 +489,7 @@ pub async fn verify_with(
     let mut candidates: Vec<Vec<Vec<String>>> = Vec::new();
     for m in &plan.mirrors {
         let mut found: Vec<Vec<String>> = Vec::new();
+        let mut unmappable: Vec<Unmappable> = Vec::new();
         let mut truncated = false;
         let mut chunks = 0u64;
         let mut lower: Option<Vec<String>> = None;
@@ -367,9 +508,15 @@ pub async fn verify_with(
             if room == 0 {
                 truncated = true;
             } else {
-                let keys =
-                    differing_in_range(client, m, lower.as_deref(), upper.as_deref(), room + 1)
-                        .await?;
+                let range = (lower.as_deref(), upper.as_deref());
+                let keys = match differing_in_range(client, m, range.0, range.1, room + 1).await {
+                    Ok(keys) => keys,
+                    // A row the mapping fails on: the chunk key by key.
+                    Err(e) if is_about_a_row(&e) => {
+                        split_range(client, m, range, &mut unmappable).await?
+                    }
+                    Err(e) => return Err(e),
+                };
                 if keys.len() as i64 > room {
                     truncated = true;
                 }
@@ -392,6 +539,10 @@ pub async fn verify_with(
             missing: 0,
             extra: 0,
             changed: 0,
+            held: 0,
+            held_examples: Vec::new(),
+            unmappable: unmappable.len() as u64,
+            unmappable_examples: unmappable.into_iter().take(examples).collect(),
         });
         candidates.push(found);
     }
@@ -401,28 +552,47 @@ pub async fn verify_with(
     // still differ get a few more rounds; a real difference survives them
     // all (and a key a run is not alive to fix does not wait at all).
     let found: Vec<usize> = candidates.iter().map(Vec::len).collect();
+    let mut late_unmappable: Vec<Vec<Unmappable>> = vec![Vec::new(); plan.mirrors.len()];
     for round in 0..RECHECK_ROUNDS {
         if candidates.iter().all(|c| c.is_empty()) {
             break;
         }
         let caught_up = wait_caught_up(client, &spec.slot_name(), Duration::from_secs(60)).await?;
-        for (m, keys) in plan.mirrors.iter().zip(&mut candidates) {
-            *keys = differing_among(client, m, keys).await?;
+        for ((m, keys), late) in plan
+            .mirrors
+            .iter()
+            .zip(&mut candidates)
+            .zip(&mut late_unmappable)
+        {
+            *keys = among_isolating(client, m, std::mem::take(keys), late).await?;
         }
         if caught_up.is_none() || round + 1 == RECHECK_ROUNDS {
             break;
         }
     }
-    for (((report, still), found), m) in mirrors
+    for ((((report, still), found), m), late) in mirrors
         .iter_mut()
         .zip(candidates)
         .zip(found)
         .zip(&plan.mirrors)
+        .zip(late_unmappable)
     {
-        report.settled = (found - still.len()) as u64;
+        report.settled = (found - still.len() - late.len()) as u64;
+        report.unmappable += late.len() as u64;
+        let room = examples.saturating_sub(report.unmappable_examples.len());
+        report
+            .unmappable_examples
+            .extend(late.into_iter().take(room));
         report.differing = still.len() as u64;
         (report.missing, report.extra, report.changed) = kinds(client, m, &still).await?;
         report.examples = still.into_iter().take(examples).collect();
+    }
+    // Keys the run holds: named, and the verify fails while any is.
+    for h in crate::status::held_state(client, &spec.name).await? {
+        if let Some(report) = mirrors.iter_mut().find(|r| r.mirror as i32 == h.mirror) {
+            report.held = h.count as u64;
+            report.held_examples = h.examples;
+        }
     }
 
     let run_gates = gates;
@@ -430,8 +600,10 @@ pub async fn verify_with(
     for g in spec.gates.iter().filter(|_| run_gates) {
         gates.push(run_gate(client, &g.name, &g.sql).await);
     }
-    let passed =
-        mirrors.iter().all(|m| m.differing == 0 && !m.truncated) && gates.iter().all(|g| g.passed);
+    let passed = mirrors
+        .iter()
+        .all(|m| m.differing == 0 && !m.truncated && m.held == 0 && m.unmappable == 0)
+        && gates.iter().all(|g| g.passed);
     Ok(Report {
         name: spec.name.clone(),
         passed,

@@ -3,10 +3,13 @@
 //! must not change, on a real PostgreSQL:
 //!
 //! - all or nothing (I4, I6): a statement failing in the middle of a batch or
-//!   a chunk leaves nothing committed (no target row, no recorded position, no
-//!   moved checkpoint), the error returned is the one that caused it (not the
-//!   25P02 of the statements after it), and the session is idle, out of any
-//!   transaction, so the retry runs clean;
+//!   a chunk (not on a row's data: the database refuses it) leaves nothing
+//!   committed (no target row, no recorded position, no moved checkpoint), the
+//!   error returned is the one that caused it (not the 25P02 of the
+//!   statements after it), and the session is idle, out of any transaction,
+//!   so the retry runs clean;
+//! - a row the mapping fails on (division by zero) is held, alone: the rest
+//!   of its batch or chunk commits with the position or checkpoint;
 //! - how many round trips a batch and a chunk cost, counted by a relay
 //!   between the applier and the server, so a statement that sneaks back to a
 //!   prepare-then-execute (two round trips of its own) fails the count.
@@ -130,15 +133,42 @@ async fn session_state(admin: &Client, pid: i32) -> String {
         .get(0)
 }
 
-/// [`prepared`] with `ratio.b = 0` at `zero_id` (so mirror 2's recompute
-/// divides by zero there), and an applier on a new session: the admin
-/// session, the applier, and the applier session's backend pid.
-async fn failing_at(zero_id: i64) -> (Client, Applier, i32) {
+/// [`prepared`] with a trigger that refuses mirror 2's write of `ratio` at
+/// `id` as a lost privilege would (42501: not about the row's data, so the
+/// statement fails as a whole), and an applier on a new session: the admin
+/// session, the applier, and the applier session's backend pid. Dropping
+/// the trigger `refuse` lets the writes through.
+async fn failing_at(id: i64) -> (Client, Applier, i32) {
+    let (db, admin, spec, plans) = prepared().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'refused by the test' USING ERRCODE = '42501'; END $$;
+             CREATE TRIGGER refuse BEFORE UPDATE ON ratio FOR EACH ROW WHEN (NEW.id = {id})
+               EXECUTE FUNCTION refuse();"
+        ))
+        .await
+        .unwrap();
+    applier_on(db, admin, spec, plans).await
+}
+
+/// [`prepared`] with `ratio.b = 0` at `zero_id` (mirror 2's recompute divides
+/// by zero there: 22012, about that row's data), as [`failing_at`].
+async fn dividing_by_zero_at(zero_id: i64) -> (Client, Applier, i32) {
     let (db, admin, spec, plans) = prepared().await;
     admin
         .execute("UPDATE ratio SET b = 0 WHERE id = $1", &[&zero_id])
         .await
         .unwrap();
+    applier_on(db, admin, spec, plans).await
+}
+
+async fn applier_on(
+    db: walshift::cluster::Database,
+    admin: Client,
+    spec: Spec,
+    plans: Vec<MirrorPlan>,
+) -> (Client, Applier, i32) {
     let client = db.connect().await;
     let pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
@@ -157,15 +187,15 @@ async fn a_failing_statement_in_a_batch_commits_nothing_and_leaves_the_session_i
     let err = applier
         .apply(&batch(&[1, 2], &[2, 3], 0x100))
         .await
-        .expect_err("100 / 0 must fail the batch");
+        .expect_err("the refused write must fail the batch");
     match &err {
         ApplyError::Mirror {
             mirror, sqlstate, ..
         } => {
             assert!(mirror.contains("ratio"), "{err}");
-            assert_eq!(sqlstate.as_deref(), Some("22012"), "{err}");
+            assert_eq!(sqlstate.as_deref(), Some("42501"), "{err}");
         }
-        other => panic!("expected mirror 2's division by zero, got {other}"),
+        other => panic!("expected mirror 2's refused write, got {other}"),
     }
     assert_eq!(
         count(&admin, "SELECT count(*) FROM doubled WHERE x IS NOT NULL").await,
@@ -183,15 +213,15 @@ async fn a_failing_statement_in_a_batch_commits_nothing_and_leaves_the_session_i
     );
     assert_eq!(session_state(&admin, applier_pid).await, "idle");
 
-    // Fixed data: the same batch applies, on the same session.
+    // The database lets it through: the same batch applies, on the same session.
     admin
-        .batch_execute("UPDATE ratio SET b = 4 WHERE id = 3")
+        .batch_execute("DROP TRIGGER refuse ON ratio")
         .await
         .unwrap();
     let stats = applier
         .apply(&batch(&[1, 2], &[2, 3], 0x100))
         .await
-        .expect("the batch applies once the row is fixed");
+        .expect("the batch applies once the write is allowed");
     assert_eq!((stats.keys, stats.rows_written), (4, 4));
     assert_eq!(
         count(&admin, "SELECT count(*) FROM doubled WHERE x = a * 2").await,
@@ -235,10 +265,10 @@ async fn a_failing_chunk_keeps_its_checkpoint_and_the_retry_goes_on_from_it() {
     let err = applier
         .backfill_chunk(1, first.upper.as_deref(), 5)
         .await
-        .expect_err("id 7 divides by zero");
+        .expect_err("the write of id 7 is refused");
     assert!(
-        matches!(&err, ApplyError::Mirror { sqlstate, .. } if sqlstate.as_deref() == Some("22012")),
-        "expected the division by zero, got {err}"
+        matches!(&err, ApplyError::Mirror { sqlstate, .. } if sqlstate.as_deref() == Some("42501")),
+        "expected the refused write, got {err}"
     );
     assert_eq!(
         checkpoint().await,
@@ -253,7 +283,7 @@ async fn a_failing_chunk_keeps_its_checkpoint_and_the_retry_goes_on_from_it() {
     assert_eq!(session_state(&admin, applier_pid).await, "idle");
 
     admin
-        .batch_execute("UPDATE ratio SET b = 2 WHERE id = 7")
+        .batch_execute("DROP TRIGGER refuse ON ratio")
         .await
         .unwrap();
     let second = applier
@@ -270,6 +300,110 @@ async fn a_failing_chunk_keeps_its_checkpoint_and_the_retry_goes_on_from_it() {
     assert_eq!(
         count(&admin, "SELECT count(*) FROM ratio WHERE y = 100 / b").await,
         10
+    );
+    assert_eq!(session_state(&admin, applier_pid).await, "idle");
+}
+
+/// The keys walshift holds for mirror `mirror`, with their SQLSTATEs.
+async fn held(admin: &Client, mirror: i32) -> Vec<(Vec<String>, String)> {
+    admin
+        .query(
+            "SELECT key, sqlstate FROM walshift.keys WHERE name = $1 AND mirror = $2 AND kind = 'held' ORDER BY key",
+            &[&NAME, &mirror],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_row_the_mapping_fails_on_is_held_and_the_rest_of_the_batch_commits() {
+    let (admin, mut applier, applier_pid) = dividing_by_zero_at(3).await;
+    let stats = applier
+        .apply(&batch(&[1, 2], &[2, 3, 4], 0x100))
+        .await
+        .expect("the batch commits without its failing key");
+    assert_eq!(stats.keys, 4, "{stats:?}");
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM doubled WHERE x = a * 2").await,
+        2
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM ratio WHERE id IN (2, 4) AND y = 100 / b"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM ratio WHERE id = 3 AND y IS NULL"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        held(&admin, 2).await,
+        [(vec!["3".to_string()], "22012".to_string())]
+    );
+    assert_eq!(applied_lsn(&admin).await.as_deref(), Some("0/100"));
+    assert_eq!(applier.held_total(), 1);
+    assert_eq!(session_state(&admin, applier_pid).await, "idle");
+
+    // Its row changes (the key comes in a batch again): fixed, forgotten.
+    admin
+        .batch_execute("UPDATE ratio SET b = 5 WHERE id = 3")
+        .await
+        .unwrap();
+    applier
+        .apply(&batch(&[], &[3], 0x200))
+        .await
+        .expect("the fixed key applies");
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM ratio WHERE id = 3 AND y = 20").await,
+        1
+    );
+    assert!(held(&admin, 2).await.is_empty());
+    assert_eq!(applier.held_total(), 0);
+}
+
+#[tokio::test]
+async fn a_chunk_with_a_row_the_mapping_fails_on_holds_it_and_moves_its_checkpoint() {
+    let (admin, mut applier, applier_pid) = dividing_by_zero_at(7).await;
+    let first = applier.backfill_chunk(1, None, 5).await.expect("ids 1-5");
+    let second = applier
+        .backfill_chunk(1, first.upper.as_deref(), 5)
+        .await
+        .expect("the chunk commits without id 7");
+    assert_eq!(second.upper, Some(vec!["10".to_string()]));
+    assert_eq!((second.rows, second.written), (5, 4));
+    let checkpoint = admin
+        .query_one(
+            "SELECT lower_key, rows_done FROM walshift.backfill WHERE name = $1 AND mirror = 2",
+            &[&NAME],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpoint.get::<_, Option<Vec<String>>>(0),
+        Some(vec!["10".to_string()])
+    );
+    assert_eq!(checkpoint.get::<_, i64>(1), 10);
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM ratio WHERE id <> 7 AND y = 100 / b"
+        )
+        .await,
+        9
+    );
+    assert_eq!(
+        held(&admin, 2).await,
+        [(vec!["7".to_string()], "22012".to_string())]
     );
     assert_eq!(session_state(&admin, applier_pid).await, "idle");
 }
@@ -302,22 +436,28 @@ impl Relay {
                 let (a, n) = (answered.clone(), counter.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
+                    // The flag is taken before the bytes go on and set before
+                    // the answer goes on: otherwise an answer that came back
+                    // while the request was still being forwarded would be
+                    // cleared with it, and the next request not counted.
                     while let Ok(len) = cr.read(&mut buf).await {
+                        if len > 0 && a.swap(false, Ordering::SeqCst) {
+                            n.fetch_add(1, Ordering::SeqCst);
+                        }
                         if len == 0 || sw.write_all(&buf[..len]).await.is_err() {
                             break;
-                        }
-                        if a.swap(false, Ordering::SeqCst) {
-                            n.fetch_add(1, Ordering::SeqCst);
                         }
                     }
                 });
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(len) = sr.read(&mut buf).await {
+                        if len > 0 {
+                            answered.store(true, Ordering::SeqCst);
+                        }
                         if len == 0 || cw.write_all(&buf[..len]).await.is_err() {
                             break;
                         }
-                        answered.store(true, Ordering::SeqCst);
                     }
                 });
             }

@@ -1,4 +1,4 @@
-//! Bugs a test can plant in the two-way engine, to prove that the test
+//! Bugs a test can plant in the engine, to prove that the test
 //! fails without the rule it checks (`walshift run --unsafe-plant BUG`,
 //! hidden). Never set outside tests: each loses data by design.
 
@@ -16,6 +16,9 @@ pub enum Plant {
     /// Backfill wrong: chunks recompute every key of their range, also those
     /// whose new shape the new version wrote meanwhile.
     ChunksIgnoreMarks,
+    /// Poison keys not isolated: a row the mapping cannot take stops the
+    /// run, and with it every other key (as before held keys).
+    NoIsolation,
 }
 
 static PLANTED: OnceLock<Plant> = OnceLock::new();

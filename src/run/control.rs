@@ -2,9 +2,10 @@
 //! through the database (so it works from any host). It reads the pause and
 //! the `ctl set` overrides from the state row, hands cut-over requests from
 //! `walshift.cutover` to the session and writes their steps back, and
-//! notices a request the operator cancelled. It LISTENs on
-//! [`crate::settings::CHANNEL`], so `ctl` takes effect at once, and polls
-//! every 200 ms as well (a notification can be lost with its connection).
+//! notices a request the operator cancelled, and passes `ctl retry` on. It
+//! LISTENs on [`crate::settings::CHANNEL`], so `ctl` takes effect at once,
+//! and polls every 200 ms as well (a notification can be lost with its
+//! connection).
 
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ pub(super) async fn control(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut active: Option<i64> = None;
     let mut first = true;
+    // `walshift ctl SPEC retry` counts up; the count when the run started
+    // is the baseline (the run loads its held keys fresh anyway).
+    let mut retries: Option<i64> = None;
     loop {
         let notified = async {
             match session.as_mut() {
@@ -85,11 +89,18 @@ pub(super) async fn control(
         // The pause and the overrides.
         if let Ok(Some(row)) = c
             .query_opt(
-                "SELECT backfill_paused, (to_jsonb(m)->'settings')::text FROM walshift.migration m WHERE name = $1",
+                "SELECT backfill_paused, (to_jsonb(m)->'settings')::text, \
+                        coalesce((to_jsonb(m)->>'retry_held')::int8, 0) \
+                 FROM walshift.migration m WHERE name = $1",
                 &[&name],
             )
             .await
         {
+            let asked: i64 = row.get(2);
+            if retries.is_some_and(|r| r != asked) && requests.send(Control::Retry).await.is_err() {
+                return;
+            }
+            retries = Some(asked);
             let now = settings::Control {
                 paused: row.get(0),
                 overrides: row
@@ -166,6 +177,8 @@ pub(super) enum Control {
     /// Requested while the operator had postponed cut-over.
     Postponed(Job),
     Cancelled(i64),
+    /// `walshift ctl SPEC retry`: try the held keys again.
+    Retry,
 }
 
 async fn connected<'a>(

@@ -181,6 +181,8 @@ pub struct Observed {
     /// Two-way mirrors' conflicts and written-back keys, counted by the
     /// applier and recorded by the watermark task.
     pub two_way: Arc<crate::mirror::applier::TwoWayCounts>,
+    /// Keys held on their data, as the applier counts them.
+    pub held: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Lag bytes and retained WAL, as the watermark task last read them (once a
@@ -578,7 +580,7 @@ async fn session(
             )
             .await?;
     }
-    let applier = Applier::new(
+    let mut applier = Applier::new(
         client,
         &spec.name,
         &plan.mirrors,
@@ -586,6 +588,7 @@ async fn session(
         opts.applier.clone(),
     )
     .await?;
+    applier.count_held_into(observed.held.clone());
     // Two-way specs: the applier asks for the stream up to its snapshot
     // (mirror/applier/two_way.rs) whenever there is work; see `Syncing`.
     let two_way = applier.is_two_way();
@@ -749,6 +752,11 @@ async fn session(
     // Work for the apply task, sent as it has room: the loop never blocks
     // on it, so the apply task can always hand results back.
     let mut outbox: VecDeque<Work> = VecDeque::new();
+    // Keys held by an earlier run are tried again first: the rows or the
+    // spec may have been fixed meanwhile.
+    if observed.held.load(Ordering::Acquire) > 0 {
+        outbox.push_back(Work::RetryHeld);
+    }
     // Batches handed over and not yet reported done.
     let mut outstanding = 0usize;
     let mut cut: Option<Cut> = None;
@@ -877,7 +885,12 @@ async fn session(
             }
             // A cut-over request, or its cancellation.
             Some(ev) = control_rx.recv() => {
-                handle_control(ev, &mut cut, &mut outbox, &updates, &progress, config, spec, plan);
+                if matches!(ev, control::Control::Retry) {
+                    outbox.push_back(Work::RetryHeld);
+                    continue;
+                }
+                let held = observed.held.load(Ordering::Acquire);
+                handle_control(ev, &mut cut, &mut outbox, &updates, &progress, held, config, spec, plan);
             }
             // The verify before a cut-over has finished.
             verified = async {
@@ -1230,6 +1243,8 @@ enum Work {
     /// The cut-over's marker came through the stream: every batch before it
     /// has been sent.
     DrainEnd(String),
+    /// `walshift ctl SPEC retry`: try the held keys again.
+    RetryHeld,
 }
 
 /// What the applier task reports.
@@ -1270,6 +1285,7 @@ fn handle_control(
     outbox: &mut VecDeque<Work>,
     updates: &mpsc::UnboundedSender<cutover::Update>,
     progress: &SharedProgress,
+    held: usize,
     config: &ConnConfig,
     spec: &Spec,
     plan: &Plan,
@@ -1294,6 +1310,7 @@ fn handle_control(
             return;
         }
         Control::Request(job) => job,
+        Control::Retry => return,
     };
     let differs = job
         .spec_digest
@@ -1309,6 +1326,12 @@ fn handle_control(
         Some("another cut-over is under way".to_string())
     } else if !progress.lock().expect("progress lock").done() {
         Some("the backfill is not complete; `walshift wait` returns once it is".to_string())
+    } else if held > 0 {
+        Some(format!(
+            "{held} key(s) are held: their rows fail the mapping or the target's constraints (see \
+             `walshift status {}`); fix the rows or the spec, or run `walshift ctl {} retry`",
+            spec.file, spec.file
+        ))
     } else {
         None
     };
@@ -1667,6 +1690,22 @@ async fn handle_work(
         }
         // The marker of a cut-over that already gave up.
         Work::DrainEnd(_) => true,
+        Work::RetryHeld => {
+            let running = two_way.map(|(_, b)| b.running()).unwrap_or_default();
+            match applier.retry_held(&running).await {
+                (Some(batch), r) => {
+                    if let (Ok(_), Some(t)) = (&r, tracker.as_mut()) {
+                        t.add(&batch);
+                    }
+                    done_tx.send(Done::Synced(batch, r, 0)).await.is_ok()
+                }
+                (None, Ok(_)) => true,
+                (None, Err(e)) => {
+                    let _ = done_tx.send(Done::Failed(e)).await;
+                    false
+                }
+            }
+        }
     }
 }
 

@@ -197,6 +197,27 @@ impl Run {
         s
     }
 
+    /// The address a run started with `--listen 127.0.0.1:0` serves (it
+    /// logs it once bound).
+    pub async fn listening(&mut self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.stderr();
+            if let Some(rest) = text.split("listening on http://").nth(1) {
+                return rest.split('/').next().expect("an address").to_string();
+            }
+            assert!(
+                self.still_running(),
+                "walshift run exited before listening:\n{text}"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "walshift run did not say where it listens within 20 s:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn still_running(&mut self) -> bool {
         self.exited.is_none() && self.child.try_wait().expect("try_wait").is_none()
     }

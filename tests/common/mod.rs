@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod http;
 
 use std::future::Future;
 use std::path::Path;

@@ -26,8 +26,10 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+mod isolate;
 mod two_way;
 
+pub use isolate::HeldKey;
 pub use two_way::{SyncLink, SyncReply, TwoWayCounts};
 
 use super::bind::Args;
@@ -253,6 +255,12 @@ pub struct Applier {
     synced: Option<(Batch, Result<ApplyStats, ApplyError>)>,
     /// Two-way mirrors' conflicts and written-back keys, for `status`.
     counts: std::sync::Arc<TwoWayCounts>,
+    /// Keys whose recompute fails on their data (as stored in
+    /// `walshift.keys`), per mirror: isolated and held while everything
+    /// else goes on (isolate.rs).
+    held: Vec<std::collections::HashMap<Key, HeldKey>>,
+    /// How many keys are held, for the run (cut-over refusal).
+    held_total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Applier {
@@ -300,7 +308,8 @@ impl Applier {
         } else {
             vec![Default::default(); plans.len()]
         };
-        Ok(Applier {
+        let held = isolate::load_held(&client, spec_name, plans).await?;
+        let applier = Applier {
             client,
             spec_name: spec_name.to_string(),
             mirrors,
@@ -311,7 +320,53 @@ impl Applier {
             sync: None,
             synced: None,
             counts: Default::default(),
-        })
+            held,
+            held_total: Default::default(),
+        };
+        applier.publish_held();
+        Ok(applier)
+    }
+
+    /// Shares the count of held keys with `total` (kept up to date from now).
+    pub fn count_held_into(&mut self, total: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        self.held_total = total;
+        self.publish_held();
+    }
+
+    /// How many keys are held.
+    pub fn held_total(&self) -> usize {
+        self.held.iter().map(|h| h.len()).sum()
+    }
+
+    /// Tries every held key again (`walshift ctl SPEC retry`): those that
+    /// now succeed are forgotten, the others stay held with their new
+    /// error. A two-way spec's retry runs in step with the stream: the
+    /// batch its sync took comes back, to be reported like any.
+    pub async fn retry_held(
+        &mut self,
+        backfilling: &[bool],
+    ) -> (Option<Batch>, Result<ApplyStats, ApplyError>) {
+        let before = self.held_total();
+        let (batch, r) = if self.is_two_way() {
+            let (batch, r) = self.retry_held_two_way(backfilling).await;
+            (Some(batch), r)
+        } else {
+            let mut batch = Batch::new(self.mirrors.len());
+            for (keys, held) in batch.mirrors.iter_mut().zip(&self.held) {
+                keys.keys.extend(held.keys().cloned());
+            }
+            let r = retrying_in_place!("held keys", self.apply_isolating(&batch, false).await);
+            (None, r)
+        };
+        if r.is_ok() {
+            tracing::info!(
+                tried = before,
+                mirrored = before.saturating_sub(self.held_total()),
+                held = self.held_total(),
+                "retried the held keys (walshift ctl retry)"
+            );
+        }
+        (batch, r)
     }
 
     /// Gives a two-way applier its line to the session loop and its flusher
@@ -379,12 +434,29 @@ impl Applier {
 
     async fn apply_once(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
         let mut stats = self.before_keys(batch).await?;
+        // A held key's row changed: it is tried again key by key.
+        if self.batch_touches_held(batch) {
+            stats.absorb(self.apply_isolating(batch, true).await?);
+            return Ok(stats);
+        }
         let c = &self.client;
+        let mut keyed = ApplyStats::default();
         let mut steps = vec![simple(c, "BEGIN")];
         steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
-        steps.extend(key_steps(&self.mirrors, c, batch, &mut stats));
+        steps.extend(key_steps(&self.mirrors, c, batch, &mut keyed));
         steps.push(simple(c, "COMMIT"));
-        stats.add(in_transaction(c, steps).await?);
+        match in_transaction(c, steps).await {
+            Ok(wrote) => {
+                keyed.add(wrote);
+                stats.absorb(keyed);
+            }
+            // A key's data fails: the batch again, isolating it.
+            Err(e) if isolate::about_the_row(&e) => {
+                tracing::debug!(error = %e, "a batch failed on a row's data; isolating its keys");
+                stats.absorb(self.apply_isolating(batch, true).await?);
+            }
+            Err(e) => return Err(e),
+        }
         Ok(stats)
     }
 
@@ -448,23 +520,129 @@ impl Applier {
         }
     }
 
-    /// Recomputes mirror `i` over its whole key range, chunk by chunk.
+    /// Recomputes mirror `i` over its whole key range, chunk by chunk. A
+    /// chunk that fails on a row's data runs again isolating its keys; as
+    /// every key is tried, held keys that no longer fail are forgotten.
     async fn full_pass(&mut self, i: usize) -> Result<(u64, u64), ApplyError> {
-        let m = &self.mirrors[i];
-        let c = &self.client;
+        let rows = self.opts.full_pass_chunk_rows;
         let mut lower: Option<Vec<String>> = None;
         let (mut written, mut deleted) = (0u64, 0u64);
+        let mut failing: std::collections::HashSet<Key> = Default::default();
         loop {
-            let found = bound_step(c, m, lower.as_deref(), self.opts.full_pass_chunk_rows);
+            let m = &self.mirrors[i];
+            let c = &self.client;
+            let found = bound_step(c, m, lower.as_deref(), rows);
             let upper = found.await?.upper_key(&m.plan);
-            let w = range_step(c, m, lower.as_deref(), upper.as_deref()).await?;
-            written += w.written;
-            deleted += w.deleted;
+            let upper = match range_step(c, m, lower.as_deref(), upper.as_deref()).await {
+                Ok(w) => {
+                    written += w.written;
+                    deleted += w.deleted;
+                    upper
+                }
+                Err(e) if isolate::about_the_row(&e) => {
+                    let (upper, w, held) =
+                        self.isolated_chunk(i, lower.as_deref(), rows, None).await?;
+                    written += w.written;
+                    deleted += w.deleted;
+                    failing.extend(held);
+                    upper
+                }
+                Err(e) => return Err(e),
+            };
             match upper {
                 Some(u) => lower = Some(u),
-                None => return Ok((written, deleted)),
+                None => break,
             }
         }
+        // Every key was tried: the held keys that did not fail are written.
+        let recovered: Vec<Key> = self.held[i]
+            .keys()
+            .filter(|k| !failing.contains(*k))
+            .cloned()
+            .collect();
+        if !recovered.is_empty() {
+            let mut holdings: Vec<isolate::Holding> = (0..self.mirrors.len())
+                .map(|_| Default::default())
+                .collect();
+            holdings[i].recovered = recovered;
+            flight::in_order(self.holding_steps(&holdings))
+                .await
+                .map_err(|f| f.error)?;
+            self.held_after(holdings);
+        }
+        Ok((written, deleted))
+    }
+
+    /// One chunk of mirror `i` isolating the keys that fail on their data:
+    /// a REPEATABLE READ transaction (the splitting counts rows, which must
+    /// hold from statement to statement), the failing keys held, the
+    /// checkpoint recorded when `checkpoint` (a backfill chunk). Keys lost
+    /// to a concurrent write are left to the stream, which brings that
+    /// write. Returns the chunk's upper key, what it wrote and the keys it
+    /// held.
+    async fn isolated_chunk(
+        &mut self,
+        i: usize,
+        lower: Option<&[String]>,
+        rows: i64,
+        checkpoint: Option<&mut i64>,
+    ) -> Result<(Option<Vec<String>>, Wrote, Vec<Key>), ApplyError> {
+        let c = &self.client;
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(ApplyError::session)?;
+        let excluded = self.excluded(i);
+        let excluded = self.holds(i).then_some(&excluded);
+        let attempt = self.isolated_range(i, excluded, lower, rows).await;
+        let (upper, covered, wrote, lost) = match attempt {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        let mut holdings: Vec<isolate::Holding> = (0..self.mirrors.len())
+            .map(|_| Default::default())
+            .collect();
+        let later = self.sort_lost(
+            i,
+            super::txn::Dir::Forward,
+            std::iter::empty(),
+            lost,
+            &mut holdings[i],
+        );
+        if !later.is_empty() {
+            tracing::debug!(
+                keys = later.len(),
+                "keys changed under a chunk; the stream brings their writes"
+            );
+        }
+        let held: Vec<Key> = holdings[i].hold.iter().map(|(k, _)| k.clone()).collect();
+        let mut steps = self.holding_steps(&holdings);
+        let mirror = self.mirrors[i].plan.number as i32;
+        let spec_name = &self.spec_name;
+        if let Some(out) = checkpoint {
+            *out = covered;
+            let upper = upper.clone();
+            steps.push(Box::pin(async move {
+                c.execute_typed(
+                    state::RECORD_CHUNK,
+                    &[
+                        (spec_name, Type::TEXT),
+                        (&mirror, Type::INT4),
+                        (&upper, Type::TEXT_ARRAY),
+                        (&covered, Type::INT8),
+                    ],
+                )
+                .await
+                .map_err(ApplyError::session)?;
+                Ok(Wrote::default())
+            }));
+        }
+        steps.push(simple(c, "COMMIT"));
+        in_transaction(c, steps).await?;
+        self.held_after(holdings);
+        Ok((upper, wrote, held))
     }
 
     /// One backfill chunk of mirror `i`: the keys in `(lower, upper]` where
@@ -509,12 +687,40 @@ impl Applier {
     ) -> Result<ChunkOutcome, ApplyError> {
         let r = retrying_in_place!(
             "a backfill chunk",
-            self.backfill_chunk_once(i, lower, rows).await
+            self.backfill_chunk_attempt(i, lower, rows).await
         );
         if let Ok(out) = &r {
             crate::metrics::chunk_applied(out.written, out.deleted);
         }
         r
+    }
+
+    /// A one-way chunk; when a row's data fails it, the chunk again,
+    /// isolating its keys.
+    async fn backfill_chunk_attempt(
+        &mut self,
+        i: usize,
+        lower: Option<&[String]>,
+        rows: i64,
+    ) -> Result<ChunkOutcome, ApplyError> {
+        match self.backfill_chunk_once(i, lower, rows).await {
+            Err(e) if isolate::about_the_row(&e) => {
+                tracing::debug!(error = %e, "a chunk failed on a row's data; isolating its keys");
+                let started = Instant::now();
+                let mut covered = 0i64;
+                let (upper, w, _) = self
+                    .isolated_chunk(i, lower, rows, Some(&mut covered))
+                    .await?;
+                Ok(ChunkOutcome {
+                    upper,
+                    rows: covered.max(0) as u64,
+                    written: w.written,
+                    deleted: w.deleted,
+                    elapsed: started.elapsed(),
+                })
+            }
+            r => r,
+        }
     }
 
     async fn backfill_chunk_once(
@@ -564,10 +770,18 @@ impl Applier {
         // anywhere leaves the COMMIT to roll back.
         let mirror = plan.number as i32;
         let started = Instant::now();
+        // Held keys are left alone (tried again when their rows change).
+        let excluded = self.excluded(i);
+        let recompute = if self.holds(i) {
+            let upper = upper.clone();
+            isolate::excluded_range(c, m, Some(&excluded), lower.map(<[String]>::to_vec), upper)
+        } else {
+            range_step(c, m, lower, upper.as_deref())
+        };
         let wrote = in_transaction(
             c,
             vec![
-                range_step(c, m, lower, upper.as_deref()),
+                recompute,
                 Box::pin(async {
                     let r = c
                         .execute_typed(
@@ -681,6 +895,14 @@ impl Wrote {
 }
 
 impl ApplyStats {
+    fn absorb(&mut self, other: ApplyStats) {
+        self.keys += other.keys;
+        self.rows_written += other.rows_written;
+        self.rows_deleted += other.rows_deleted;
+        self.full_passes += other.full_passes;
+        self.visibility_waits += other.visibility_waits;
+    }
+
     fn add(&mut self, wrote: Vec<Wrote>) {
         for w in wrote {
             self.rows_written += w.written;
@@ -868,7 +1090,11 @@ fn label(plan: &MirrorPlan) -> String {
 fn mirror_err(label: &str, e: tokio_postgres::Error) -> ApplyError {
     let action = error_policy::for_pg(&e);
     let mut message = pg_message(&e);
-    if action == Action::Stop {
+    let about_the_row = e
+        .code()
+        .is_some_and(|c| error_policy::is_about_the_row(c.code()));
+    // A row's data error isolates and holds its key; other refusals stop.
+    if action == Action::Stop && !about_the_row {
         message.push_str(
             ": fix the mapping in the spec (or the data it fails on), then restart walshift",
         );

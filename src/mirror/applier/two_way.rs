@@ -36,15 +36,15 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use super::super::bind::Args;
 use super::super::flight;
-use super::super::sql::keys::{KEYS_CARRIED, KEYS_FORGET_MARKS, KeyKind, keys_forget, keys_store};
+use super::super::sql::keys::{KEYS_CARRIED, KEYS_FORGET_MARKS, KeyKind};
 use super::super::sql::{self, Param, Scope};
 use super::super::txn::{Conflicts, Dir, Key, MirrorKeys};
 use super::super::visibility::Snapshot;
+use super::isolate::{Holding, forget_keys, range, store_keys};
 use super::{
     Applier, ApplyError, ApplyStats, Batch, PreparedMirror, Step, Wrote, in_transaction,
-    mirror_err, position_steps, simple,
+    position_steps, simple,
 };
 use crate::Lsn;
 use crate::catalog::{MirrorKind, MirrorPlan, ReversePlan};
@@ -86,11 +86,11 @@ impl TwoWayCounts {
 
 /// A two-way mirror's way back for a batch of keys, prepared.
 pub(super) struct PreparedReverse {
-    statement: tokio_postgres::Statement,
-    params: Vec<Param>,
+    pub(super) statement: tokio_postgres::Statement,
+    pub(super) params: Vec<Param>,
     /// The way back of a split upserts rows (its answer is a row of counts);
     /// the columns form updates (a row count).
-    rows: bool,
+    pub(super) rows: bool,
     /// The whole table at once (after the target was truncated).
     whole: sql::Statement,
     /// Source columns the way back writes: other mirrors of the source that
@@ -245,12 +245,8 @@ struct Outcome {
     carried: Vec<Vec<(Key, Dir)>>,
     /// Keys whose old shape was recomputed, per mirror.
     reversed: Vec<u64>,
-}
-
-/// A statement lost to a row the application changed after the snapshot
-/// (or to a deadlock with it): the key waits for the next transaction.
-fn lost_to_a_later_write(e: &ApplyError) -> bool {
-    e.retry_in_place()
+    /// Keys held and recovered, per mirror.
+    holdings: Vec<Holding>,
 }
 
 impl Applier {
@@ -368,6 +364,7 @@ impl Applier {
         in_transaction(c, steps).await?;
         self.report(&work, &outcome.reversed);
         self.carried_after(&work, outcome.carried);
+        self.held_after(outcome.holdings);
         Ok(Some(outcome.stats))
     }
 
@@ -388,11 +385,47 @@ impl Applier {
                 sqlstate: None,
             });
         }
+        if let Some((m, h)) = self
+            .mirrors
+            .iter()
+            .zip(&outcome.holdings)
+            .find(|(_, h)| !h.is_empty())
+        {
+            let keys = h.hold.iter().map(|(k, _)| k).chain(&h.recovered);
+            return Err(ApplyError::Session {
+                message: format!(
+                    "{}: keys {} fail on their data (or were held) under the cut-over's lock",
+                    m.label,
+                    super::isolate::name_keys(keys)
+                ),
+                action: Action::Retry,
+                sqlstate: None,
+            });
+        }
         let steps = self.keep_keys(&work, &outcome);
         flight::in_order(steps).await.map_err(|f| f.error)?;
         self.report(&work, &outcome.reversed);
         self.carried_after(&work, outcome.carried);
+        self.held_after(outcome.holdings);
         Ok(outcome.stats)
+    }
+
+    /// Tries every held key again in its direction, in step with the
+    /// stream (see [`Applier::retry_held`]).
+    pub(super) async fn retry_held_two_way(
+        &mut self,
+        backfilling: &[bool],
+    ) -> (Batch, Result<ApplyStats, ApplyError>) {
+        let mut batch = Batch::new(self.mirrors.len());
+        for ((keys, held), m) in batch.mirrors.iter_mut().zip(&self.held).zip(&self.mirrors) {
+            for (k, h) in held {
+                if m.reverse.is_some() {
+                    keys.dirs.insert(k.clone(), h.dir);
+                }
+                keys.keys.insert(k.clone());
+            }
+        }
+        self.apply_synced(batch, backfilling).await
     }
 
     /// Every transaction the stream carries before `lsn`, from the session
@@ -626,6 +659,7 @@ impl Applier {
         in_transaction(c, steps).await?;
         self.report(&work, &outcome.reversed);
         self.carried_after(&work, outcome.carried);
+        self.held_after(outcome.holdings);
         crate::metrics::chunk_applied(chunk.written, chunk.deleted);
         Ok(Some((Some(chunk), outcome.stats)))
     }
@@ -641,80 +675,29 @@ impl Applier {
         rows: i64,
         outcome: &mut Outcome,
     ) -> Result<super::ChunkOutcome, ApplyError> {
-        let m = &self.mirrors[i];
-        let c = &self.client;
         let started = Instant::now();
-        let upper = super::bound_step(c, m, lower, rows)
-            .await?
-            .upper_key(&m.plan);
-        let covered = match upper {
-            Some(_) => rows.max(1),
-            None => self.count_after(m, lower).await?,
-        };
-        let excluded = sql::Excluded {
-            spec: self.spec_name.clone(),
-            mirror: m.plan.number,
-        };
-        let mut written = 0u64;
-        let mut deleted = 0u64;
-        let mut parts: Vec<Part> = vec![(lower.map(<[String]>::to_vec), upper.clone(), covered)];
-        while let Some((lo, hi, n)) = parts.pop() {
-            if n <= 0 {
-                continue;
-            }
-            let ignore =
-                crate::mirror::plant::active(crate::mirror::plant::Plant::ChunksIgnoreMarks);
-            let step = excluded_range(c, m, (!ignore).then_some(&excluded), lo.clone(), hi.clone());
-            match self.guarded(step).await {
-                Ok(w) => {
-                    written += w.written;
-                    deleted += w.deleted;
-                }
-                Err(e) if lost_to_a_later_write(&e) => {
-                    let half = (n / 2).max(1);
-                    let mid = super::bound_step(c, m, lo.as_deref(), half)
-                        .await?
-                        .upper_key(&m.plan);
-                    match mid {
-                        Some(mid) if n > 1 => {
-                            parts.push((Some(mid.clone()), hi, n - half));
-                            parts.push((lo, Some(mid), half));
-                        }
-                        // One row left: its key waits in the carry.
-                        Some(key) => outcome.carried[i]
-                            .push((key.into_iter().map(Into::into).collect(), Dir::Forward)),
-                        None => return Err(e),
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let ignore = crate::mirror::plant::active(crate::mirror::plant::Plant::ChunksIgnoreMarks);
+        let excluded = self.excluded(i);
+        let (upper, covered, wrote, lost) = self
+            .isolated_range(i, (!ignore).then_some(&excluded), lower, rows)
+            .await?;
+        // Keys lost to a later write wait in the carry; keys whose data
+        // fails are held.
+        let later = self.sort_lost(
+            i,
+            Dir::Forward,
+            std::iter::empty(),
+            lost,
+            &mut outcome.holdings[i],
+        );
+        outcome.carried[i].extend(later.into_iter().map(|k| (k, Dir::Forward)));
         Ok(super::ChunkOutcome {
             upper,
             rows: covered.max(0) as u64,
-            written,
-            deleted,
+            written: wrote.written,
+            deleted: wrote.deleted,
             elapsed: started.elapsed(),
         })
-    }
-
-    /// Source rows of mirror `m` after `lower` (the last chunk's size).
-    async fn count_after(
-        &self,
-        m: &PreparedMirror,
-        lower: Option<&[String]>,
-    ) -> Result<i64, ApplyError> {
-        let count = sql::range_count(&m.plan.source, &m.plan.key, lower.is_some());
-        let args = Args {
-            lower,
-            ..Default::default()
-        };
-        Ok(self
-            .client
-            .query_typed_one(&count.sql, &args.bind_typed(&count.params))
-            .await
-            .map_err(|e| mirror_err(&m.label, e))?
-            .get::<_, i64>(0))
     }
 
     /// Whether keys wait in the carry.
@@ -896,6 +879,7 @@ impl Applier {
         let mut out = Outcome {
             carried: vec![Vec::new(); work.len()],
             reversed: vec![0; work.len()],
+            holdings: (0..work.len()).map(|_| Holding::default()).collect(),
             ..Default::default()
         };
         for (i, (m, w)) in self.mirrors.iter().zip(work).enumerate() {
@@ -914,21 +898,27 @@ impl Applier {
             out.stats.keys += w.reverse.len() - lost.len();
             out.stats.add(vec![wrote]);
             out.reversed[i] = (w.reverse.len() - lost.len()) as u64;
-            out.carried[i].extend(lost.into_iter().map(|k| (k, Dir::Reverse)));
+            let later = self.sort_lost(
+                i,
+                Dir::Reverse,
+                w.reverse.iter(),
+                lost,
+                &mut out.holdings[i],
+            );
+            out.carried[i].extend(later.into_iter().map(|k| (k, Dir::Reverse)));
         }
         for (i, (m, w)) in self.mirrors.iter().zip(work).enumerate() {
             if w.overflowed {
-                let whole = Scope::Range {
-                    lower: false,
-                    upper: false,
-                };
-                let (s, rows) = match &m.plan.kind {
-                    MirrorKind::Set(p) => (sql::set_apply(p, whole), false),
-                    MirrorKind::Rows(p) => (sql::rows_apply(p, whole), true),
-                };
-                let wrote = self.guarded(range(&self.client, m, &s, rows)).await?;
+                // The whole range, split around the rows that fail.
+                let rows = self.count_after(m, None).await?;
+                let (wrote, lost) = self.ranged(m, None, None, None, rows).await?;
                 out.stats.add(vec![wrote]);
                 out.stats.full_passes += 1;
+                // Every key was tried: held keys not lost are recovered.
+                let held: Vec<Key> = self.held[i].keys().cloned().collect();
+                let later =
+                    self.sort_lost(i, Dir::Forward, held.iter(), lost, &mut out.holdings[i]);
+                out.carried[i].extend(later.into_iter().map(|k| (k, Dir::Forward)));
             }
             if w.truncated
                 && let MirrorKind::Rows(p) = &m.plan.kind
@@ -939,72 +929,22 @@ impl Applier {
                 wrote.written = 0;
                 out.stats.add(vec![wrote]);
             }
+            if w.truncated {
+                out.holdings[i].forget_all = true;
+            }
             let (wrote, lost) = self.keyed(m, Dir::Forward, w.forward.clone()).await?;
             out.stats.keys += w.forward.len() - lost.len();
             out.stats.add(vec![wrote]);
-            out.carried[i].extend(lost.into_iter().map(|k| (k, Dir::Forward)));
+            let later = self.sort_lost(
+                i,
+                Dir::Forward,
+                w.forward.iter(),
+                lost,
+                &mut out.holdings[i],
+            );
+            out.carried[i].extend(later.into_iter().map(|k| (k, Dir::Forward)));
         }
         Ok(out)
-    }
-
-    /// Runs `step` in a savepoint: a failure leaves the transaction as it
-    /// was before it, so the caller may split the work and go on.
-    async fn guarded<'a>(&'a self, step: Step<'a>) -> Result<Wrote, ApplyError> {
-        let c = &self.client;
-        let steps = vec![
-            simple(c, "SAVEPOINT walshift_keys"),
-            step,
-            simple(c, "RELEASE SAVEPOINT walshift_keys"),
-        ];
-        match flight::in_order(steps).await {
-            Ok(mut wrote) => Ok(wrote.swap_remove(1)),
-            Err(failed) => {
-                c.batch_execute(
-                    "ROLLBACK TO SAVEPOINT walshift_keys; RELEASE SAVEPOINT walshift_keys",
-                )
-                .await
-                .map_err(ApplyError::session)?;
-                Err(failed.error)
-            }
-        }
-    }
-
-    /// One direction of mirror `m` for `keys`, split in halves around keys
-    /// whose rows changed after the snapshot until each such key is alone:
-    /// those come back, to be carried.
-    async fn keyed(
-        &self,
-        m: &PreparedMirror,
-        dir: Dir,
-        keys: Vec<Key>,
-    ) -> Result<(Wrote, Vec<Key>), ApplyError> {
-        let mut total = Wrote::default();
-        let mut lost = Vec::new();
-        let mut parts = vec![keys];
-        while let Some(part) = parts.pop() {
-            if part.is_empty() {
-                continue;
-            }
-            match self.guarded(keyed_step(&self.client, m, dir, &part)).await {
-                Ok(w) => {
-                    total.written += w.written;
-                    total.deleted += w.deleted;
-                }
-                Err(e) if lost_to_a_later_write(&e) => {
-                    if part.len() == 1 {
-                        tracing::debug!(mirror = m.plan.number, key = %part[0].join(","), ?dir, error = %e, "carried");
-                        lost.extend(part);
-                    } else {
-                        let mut part = part;
-                        let second = part.split_off(part.len() / 2);
-                        parts.push(second);
-                        parts.push(part);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((total, lost))
     }
 
     /// Writes of the key table that go with the transaction: the marks,
@@ -1030,12 +970,19 @@ impl Applier {
         let mut steps = Vec::new();
         for ((m, w), carried) in self.mirrors.iter().zip(work).zip(&outcome.carried) {
             if !w.settled.is_empty() {
-                steps.push(forget_keys(c, &self.spec_name, m, &w.settled));
+                steps.push(forget_keys(
+                    c,
+                    &self.spec_name,
+                    m,
+                    KeyKind::Carry,
+                    &w.settled,
+                ));
             }
             if !carried.is_empty() {
                 steps.push(store_keys(c, &self.spec_name, m, KeyKind::Carry, carried));
             }
         }
+        steps.extend(self.holding_steps(&outcome.holdings));
         steps
     }
 
@@ -1087,48 +1034,11 @@ impl Applier {
     }
 }
 
-/// A part of a chunk's range: lower bound, upper bound, rows in between.
-type Part = (Option<Vec<String>>, Option<Vec<String>>, i64);
-
 /// The chunk's SYNC_POINT: its mirror's checkpoint row is locked as well
 /// (the run's rate recorder updates it meanwhile).
 const CHUNK_SYNC_POINT: &str = "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text \
      FROM walshift.migration AS m, walshift.backfill AS b \
      WHERE m.name = $1 AND b.name = $1 AND b.mirror = $2 FOR UPDATE";
-
-/// Mirror `m` forward over `(lower, upper]`, leaving `excluded` keys alone.
-fn excluded_range<'a>(
-    c: &'a Client,
-    m: &'a PreparedMirror,
-    excluded: Option<&'a sql::Excluded>,
-    lower: Option<Vec<String>>,
-    upper: Option<Vec<String>>,
-) -> Step<'a> {
-    Box::pin(async move {
-        let scope = Scope::Range {
-            lower: lower.is_some(),
-            upper: upper.is_some(),
-        };
-        let args = Args {
-            lower: lower.as_deref(),
-            upper: upper.as_deref(),
-            ..Default::default()
-        };
-        let err = |e| mirror_err(&m.label, e);
-        match &m.plan.kind {
-            MirrorKind::Set(p) => {
-                let s = sql::set_apply_excluding(p, scope, excluded);
-                let n = c.execute_typed(&s.sql, &args.bind_typed(&s.params)).await;
-                Ok(Wrote::set(n.map_err(err)?))
-            }
-            MirrorKind::Rows(p) => {
-                let s = sql::rows_apply_excluding(p, scope, excluded);
-                let row = c.query_typed_one(&s.sql, &args.bind_typed(&s.params)).await;
-                Ok(Wrote::rows(&row.map_err(err)?))
-            }
-        }
-    })
-}
 
 fn snapshot_text(s: &Snapshot) -> String {
     format!("{s:?}")
@@ -1164,101 +1074,4 @@ fn log_work(mirrors: &[PreparedMirror], work: &[MirrorWork], batch: &Batch, snap
             "two-way transaction"
         );
     }
-}
-
-/// The statement of mirror `m` in direction `dir` for `keys`.
-fn keyed_step<'a>(c: &'a Client, m: &'a PreparedMirror, dir: Dir, keys: &[Key]) -> Step<'a> {
-    let keys: Vec<Key> = keys.to_vec();
-    Box::pin(async move {
-        let refs: Vec<&Key> = keys.iter().collect();
-        let args = Args::engine_keys(&refs, m.plan.key.len());
-        let err = |e| mirror_err(&m.label, e);
-        let (statement, params, rows) = match (dir, &m.reverse) {
-            (Dir::Reverse, Some(r)) => (&r.statement, &r.params, r.rows),
-            _ => (
-                &m.keys,
-                &m.keys_params,
-                matches!(m.plan.kind, MirrorKind::Rows(_)),
-            ),
-        };
-        let params = args.bind(params);
-        if rows {
-            Ok(Wrote::rows(
-                &c.query_one(statement, &params).await.map_err(err)?,
-            ))
-        } else {
-            Ok(Wrote::set(
-                c.execute(statement, &params).await.map_err(err)?,
-            ))
-        }
-    })
-}
-
-/// A whole-table statement of mirror `m` (no parameters).
-fn range<'a>(c: &'a Client, m: &'a PreparedMirror, s: &'a sql::Statement, rows: bool) -> Step<'a> {
-    Box::pin(async move {
-        let err = |e| mirror_err(&m.label, e);
-        if rows {
-            Ok(Wrote::rows(
-                &c.query_typed_one(&s.sql, &[]).await.map_err(err)?,
-            ))
-        } else {
-            Ok(Wrote::set(c.execute_typed(&s.sql, &[]).await.map_err(err)?))
-        }
-    })
-}
-
-/// Stores `keys` of mirror `m` in the key table.
-fn store_keys<'a>(
-    c: &'a Client,
-    spec_name: &'a str,
-    m: &'a PreparedMirror,
-    kind: KeyKind,
-    keys: &[(Key, Dir)],
-) -> Step<'a> {
-    let n = m.plan.key.len();
-    let dirs: Vec<String> = keys.iter().map(|(_, d)| d.code().to_string()).collect();
-    let columns: Vec<Vec<String>> = (0..n)
-        .map(|c| keys.iter().map(|(k, _)| k[c].to_string()).collect())
-        .collect();
-    Box::pin(async move {
-        let mirror = m.plan.number as i32;
-        let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> = vec![
-            (&spec_name, Type::TEXT),
-            (&mirror, Type::INT4),
-            (&dirs, Type::TEXT_ARRAY),
-        ];
-        for col in &columns {
-            params.push((col, Type::TEXT_ARRAY));
-        }
-        c.execute_typed(&keys_store(kind, n), &params)
-            .await
-            .map_err(ApplyError::session)?;
-        Ok(Wrote::default())
-    })
-}
-
-/// Forgets carried `keys` of mirror `m`.
-fn forget_keys<'a>(
-    c: &'a Client,
-    spec_name: &'a str,
-    m: &'a PreparedMirror,
-    keys: &[Key],
-) -> Step<'a> {
-    let n = m.plan.key.len();
-    let columns: Vec<Vec<String>> = (0..n)
-        .map(|c| keys.iter().map(|k| k[c].to_string()).collect())
-        .collect();
-    Box::pin(async move {
-        let mirror = m.plan.number as i32;
-        let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> =
-            vec![(&spec_name, Type::TEXT), (&mirror, Type::INT4)];
-        for col in &columns {
-            params.push((col, Type::TEXT_ARRAY));
-        }
-        c.execute_typed(&keys_forget(KeyKind::Carry, n), &params)
-            .await
-            .map_err(ApplyError::session)?;
-        Ok(Wrote::default())
-    })
 }

@@ -13,6 +13,8 @@ pub enum KeyKind {
     Carry,
     /// A key the backfill must leave alone.
     Mark,
+    /// A key whose recompute fails on its data.
+    Held,
 }
 
 impl KeyKind {
@@ -20,6 +22,7 @@ impl KeyKind {
         match self {
             KeyKind::Carry => "'carry'",
             KeyKind::Mark => "'mark'",
+            KeyKind::Held => "'held'",
         }
     }
 }
@@ -48,7 +51,7 @@ fn key_rows(key_len: usize, first: usize) -> (String, Vec<String>, Vec<String>) 
 pub fn keys_store(kind: KeyKind, key_len: usize) -> String {
     let (key, names, arrays) = key_rows(key_len, 4);
     let on_conflict = match kind {
-        KeyKind::Carry => "DO UPDATE SET dir = EXCLUDED.dir, since = now()",
+        KeyKind::Carry | KeyKind::Held => "DO UPDATE SET dir = EXCLUDED.dir, since = now()",
         KeyKind::Mark => "DO NOTHING",
     };
     format!(
@@ -61,6 +64,28 @@ pub fn keys_store(kind: KeyKind, key_len: usize) -> String {
         names.join(", ")
     )
 }
+
+/// Holds keys with their errors. Params: `$1` spec name, `$2` mirror, `$3`
+/// directions, `$4` SQLSTATEs, `$5` messages (each `text[]`), `$6..` one
+/// `text[]` per key column. A key held again keeps the time it was first
+/// held and takes the new error.
+pub fn keys_hold(key_len: usize) -> String {
+    let (key, names, arrays) = key_rows(key_len, 6);
+    format!(
+        "INSERT INTO walshift.keys (name, mirror, kind, key, dir, sqlstate, error)\n\
+         SELECT $1, $2, 'held', {key}, u.dir, u.sqlstate, u.error\n\
+         FROM unnest($3::text[], $4::text[], $5::text[], {}) AS u(dir, sqlstate, error, {})\n\
+         ON CONFLICT (name, mirror, key, kind) DO UPDATE\n  \
+         SET dir = EXCLUDED.dir, sqlstate = EXCLUDED.sqlstate, error = EXCLUDED.error",
+        arrays.join(", "),
+        names.join(", ")
+    )
+}
+
+/// The held keys of a spec: `mirror int4, key text[], dir text, sqlstate
+/// text, error text`.
+pub const KEYS_HELD: &str = "SELECT mirror, key, dir, coalesce(sqlstate, ''), coalesce(error, '') \
+     FROM walshift.keys WHERE name = $1 AND kind = 'held' ORDER BY mirror";
 
 /// Forgets carried keys. Params: `$1` spec name, `$2` mirror, `$3..` one
 /// `text[]` per key column.
@@ -75,6 +100,11 @@ pub fn keys_forget(kind: KeyKind, key_len: usize) -> String {
         names.join(", ")
     )
 }
+
+/// Forgets every held key of a mirror (its source was truncated).
+/// Params: `$1` spec name, `$2` mirror.
+pub const KEYS_FORGET_HELD: &str =
+    "DELETE FROM walshift.keys WHERE name = $1 AND mirror = $2 AND kind = 'held'";
 
 /// The carried keys of a spec: `mirror int4, key text[], dir text`.
 pub const KEYS_CARRIED: &str =

@@ -371,6 +371,20 @@ pub fn chunk_upper_bound(
     Statement { sql, params }
 }
 
+/// The keys of the source rows in a range, in key order, as text: what
+/// `verify` splits when the mapping fails on a row of the range.
+pub fn range_keys(source: &QualifiedName, key: &[KeyColumn], scope: Scope) -> Statement {
+    let mut params = Vec::new();
+    let placed = place(scope, key.len(), &mut params);
+    let mut sql = format!("SELECT {}\nFROM {source} AS src\n", key_texts("src", key));
+    let conditions = placed.conditions("src", key);
+    if !conditions.is_empty() {
+        sql.push_str(&format!("WHERE {}\n", conditions.join("\n  AND ")));
+    }
+    sql.push_str(&format!("ORDER BY {}", key_list("src", key)));
+    Statement { sql, params }
+}
+
 /// How many source rows lie in `lower < key` (or in the whole table without
 /// `after_lower`): the size of a backfill's last chunk, whose upper bound is
 /// open, so progress counts rows and not guesses.
