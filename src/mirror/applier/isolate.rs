@@ -50,8 +50,10 @@ pub(super) async fn load_held(
     plans: &[MirrorPlan],
 ) -> Result<Vec<HashMap<Key, HeldKey>>, ApplyError> {
     let mut held = vec![HashMap::new(); plans.len()];
+    // Unprepared: a prepared statement's Close would travel later, on its
+    // own, and cost a round trip of the first batch.
     let rows = client
-        .query(KEYS_HELD, &[&spec_name])
+        .query_typed(KEYS_HELD, &[(&spec_name, Type::TEXT)])
         .await
         .map_err(ApplyError::session)?;
     for row in rows {
