@@ -1,4 +1,4 @@
-//! Lag, measured end to end with watermarks (docs/design.md §6).
+//! Lag, measured end to end with watermarks (docs/design.md §7).
 //!
 //! `run` emits `pg_logical_emit_message(false, 'walshift', '<name>:<n>')`
 //! every interval. The message travels through the WAL and the slot like any

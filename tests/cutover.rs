@@ -1,4 +1,4 @@
-//! `walshift cutover` against a running `walshift run` (docs/design.md §7): the
+//! `walshift cutover` against a running `walshift run` (docs/design.md §8): the
 //! switch under a concurrent write load, the dry run, a lock it cannot get,
 //! a failing gate, the operator's hold, and what happens after the switch.
 //! Everything is driven through the real binary against a fresh database.

@@ -1,6 +1,6 @@
 //! The operator's commands around a running `walshift run`: `status`, `wait`,
 //! `verify`, `cleanup`, `ctl`, and the `[safety]` WAL limit — each driven
-//! through the real binary against a fresh database (docs/design.md §6-7, README
+//! through the real binary against a fresh database (docs/design.md §7-8, README
 //! "Commands").
 
 mod common;

@@ -1,4 +1,4 @@
-//! Rows a mapping cannot take (docs/design.md, "Poison keys"): a key whose
+//! Rows a mapping cannot take (docs/design.md §6, "Poison keys"): a key whose
 //! recompute fails on its data is isolated and held, with its error, while
 //! every other key goes on, live and backfill; it shows in `status`,
 //! `/readyz`, `verify` and `cutover`, and is mirrored once its row is fixed
