@@ -8,7 +8,7 @@ use super::probe::{prepare_generated, type_advice};
 use super::relation::{Column, Relation};
 use super::server::Server;
 use super::source::{identity_fix, identity_index_for, identity_problem, leaves, resolve_key};
-use super::{Ctx, Lookup, MirrorKind, MirrorPlan, pretty, rows, set, twoway};
+use super::{Ctx, Lookup, MirrorKind, MirrorPlan, depends, pretty, rows, set, twoway};
 use crate::mirror::sql::KeyColumn;
 use crate::spec::{Mirror, MirrorMode};
 
@@ -159,6 +159,13 @@ pub(super) async fn check(
             }
         }
     };
+    let must_publish =
+        |t: &crate::ident::QualifiedName| server.is_none_or(|s| s.must_publish(&t.schema, &t.name));
+    let Some(depends) = depends::check(ctx, &label, &source, &m.depends, must_publish).await?
+    else {
+        return Ok(None);
+    };
+    undeclared_reads(ctx, &label, m, &kind).await?;
     let estimated_rows = estimate(ctx, &source).await?;
     Ok(Some(MirrorPlan {
         number: m.number,
@@ -169,7 +176,36 @@ pub(super) async fn check(
         estimated_rows,
         replica_identity: source.replica_identity,
         two_way,
+        depends,
     }))
+}
+
+/// Warns of every table the mapping reads that is neither its source, its
+/// target nor declared in `depends`: a change there would not reach the
+/// rows that read it until they change themselves.
+async fn undeclared_reads(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    m: &Mirror,
+    kind: &MirrorKind,
+) -> Result<(), Error> {
+    for table in depends::read_tables(ctx, &m.source, kind).await? {
+        if m.depends.iter().any(|d| d.table == table) {
+            continue;
+        }
+        ctx.warnings.push(format!(
+            "{label}: the mapping reads {} but does not declare it, so a change there reaches \
+             no row of {} until that row changes itself; add depends = [{{ table = \"{}\", \
+             columns = [<columns of {} holding its key>] }}] (or ignore this if {} never changes \
+             while walshift runs)",
+            pretty(&table),
+            pretty(&m.source),
+            pretty(&table),
+            pretty(&m.source),
+            pretty(&table),
+        ));
+    }
+    Ok(())
 }
 
 fn kind_name(kind: char) -> &'static str {
@@ -219,7 +255,7 @@ fn source_privileges(ctx: &mut Ctx<'_>, source: &Relation, m: &Mirror, server: O
     }
 }
 
-async fn replica_identity(
+pub(super) async fn replica_identity(
     ctx: &mut Ctx<'_>,
     label: &str,
     source: &Relation,

@@ -28,6 +28,7 @@
 //! expression compile against a missing column), so each mistake is reported
 //! once, in the place the operator has to fix it.
 
+mod depends;
 mod mirror;
 mod privileges;
 mod probe;
@@ -64,6 +65,9 @@ pub struct Plan {
     /// (public.order_items): no unique key covered by the select;
     /// replace-by-owner`.
     pub notes: Vec<String>,
+    /// Things that will not stop `run` but may make a target wrong, e.g. a
+    /// table the mapping reads without a `depends`. `run` logs them too.
+    pub warnings: Vec<String>,
 }
 
 /// One mirror of the spec, resolved.
@@ -83,6 +87,19 @@ pub struct MirrorPlan {
     pub replica_identity: char,
     /// The way back, for a two-way mirror.
     pub two_way: Option<TwoWayPlan>,
+    /// Other tables the mapping reads (`depends`).
+    pub depends: Vec<DependPlan>,
+}
+
+/// A table a mapping reads, and which source rows read each of its rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DependPlan {
+    pub table: QualifiedName,
+    pub table_oid: u32,
+    /// Its primary key, with `format_type` names.
+    pub key: Vec<KeyColumn>,
+    /// The source columns holding that key, in key order, of the same types.
+    pub refs: Vec<KeyColumn>,
 }
 
 impl MirrorPlan {
@@ -91,13 +108,14 @@ impl MirrorPlan {
     }
 
     /// The tables the application writes for this mirror, whose changes the
-    /// stream must carry: the source, and a two-way rows mirror's target
-    /// (the new version's writes).
+    /// stream must carry: the source, a two-way rows mirror's target (the new
+    /// version's writes) and the tables the mapping depends on.
     pub fn published(&self) -> Vec<QualifiedName> {
         let mut out = vec![self.source.clone()];
         if let (Some(_), MirrorKind::Rows(p)) = (&self.two_way, &self.kind) {
             out.push(p.target.clone());
         }
+        out.extend(self.depends.iter().map(|d| d.table.clone()));
         out
     }
 }
@@ -210,6 +228,7 @@ async fn run(session: &Session<'_>, spec: &Spec) -> Result<CheckReport, Error> {
                 mirrors,
                 server_version_num: server.version_num,
                 notes: ctx.notes,
+                warnings: ctx.warnings,
             }),
         });
     }
@@ -234,6 +253,7 @@ struct Ctx<'a> {
     session: &'a Session<'a>,
     problems: Vec<Problem>,
     notes: Vec<String>,
+    warnings: Vec<String>,
     grants: Grants,
     type_probes: HashMap<String, Option<Refusal>>,
 }
@@ -244,6 +264,7 @@ impl<'a> Ctx<'a> {
             session,
             problems: Vec::new(),
             notes: Vec::new(),
+            warnings: Vec::new(),
             grants: Grants::default(),
             type_probes: HashMap::new(),
         }

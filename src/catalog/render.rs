@@ -38,6 +38,12 @@ fn render(plan: &Plan) -> String {
         out.push('\n');
         mirror(&mut out, m);
     }
+    if !plan.warnings.is_empty() {
+        out.push_str("\nwarnings:\n");
+        for warning in &plan.warnings {
+            let _ = writeln!(out, "  - {warning}");
+        }
+    }
     if !plan.notes.is_empty() {
         out.push_str("\nnotes:\n");
         for note in &plan.notes {
@@ -83,6 +89,15 @@ fn mirror(out: &mut String, m: &MirrorPlan) {
             _ => "nothing",
         }
     );
+    for d in &m.depends {
+        let _ = writeln!(
+            out,
+            "  depends on {}: a change to its row ({}) makes dirty the rows whose ({}) hold it",
+            pretty(&d.table),
+            key_text(&d.key),
+            key_text(&d.refs)
+        );
+    }
     let _ = writeln!(out, "  estimated rows: {}", rows_text(m.estimated_rows));
     out.push_str("  statement per batch of keys ($1 = the keys as text[]):\n");
     for line in statement.sql.lines() {

@@ -345,6 +345,7 @@ fn versions_and_etas_read_naturally() {
         estimated_rows: rows,
         replica_identity: 'd',
         two_way: None,
+        depends: Vec::new(),
     };
     assert_eq!(eta_note(&[plan(10)], None), None);
     assert_eq!(eta_note(&[plan(-1)], Some(10)), None);
@@ -379,9 +380,11 @@ fn a_report_renders_its_plan_or_its_problems() {
                 estimated_rows: -1,
                 replica_identity: 'f',
                 two_way: None,
+                depends: Vec::new(),
             }],
             server_version_num: 150004,
             notes: vec!["a note".into()],
+            warnings: Vec::new(),
         }),
     };
     let text = report.render_plan();

@@ -19,6 +19,9 @@ pub enum Plant {
     /// Poison keys not isolated: a row the mapping cannot take stops the
     /// run, and with it every other key (as before held keys).
     NoIsolation,
+    /// Dependencies ignored: a change to a table the mapping reads through
+    /// `depends` makes no source row dirty (as without `depends`).
+    IgnoreDepends,
 }
 
 static PLANTED: OnceLock<Plant> = OnceLock::new();

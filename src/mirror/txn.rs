@@ -36,6 +36,8 @@ pub struct MirrorSource {
     pub key_columns: Vec<String>,
     /// A two-way mirror: how a change tells which shape it wrote.
     pub two_way: Option<TwoWaySource>,
+    /// Tables the mapping depends on: OID and primary key column names.
+    pub depends: Vec<(u32, Vec<String>)>,
 }
 
 impl MirrorSource {
@@ -62,6 +64,11 @@ impl MirrorSource {
                     _ => None,
                 },
             }),
+            depends: plan
+                .depends
+                .iter()
+                .map(|d| (d.table_oid, d.key.iter().map(|k| k.name.clone()).collect()))
+                .collect(),
         }
     }
 }
@@ -171,12 +178,17 @@ pub struct MirrorKeys {
     pub target_truncated: bool,
     /// Merged writes of one key in opposite directions.
     pub conflicts: Conflicts,
+    /// Keys of rows of the tables the mapping depends on that changed: the
+    /// index into the mirror's dependencies, and that table's key. Each
+    /// makes dirty the source rows that refer to it.
+    pub depends: HashSet<(usize, Key)>,
 }
 
 impl MirrorKeys {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
             && self.dirs.is_empty()
+            && self.depends.is_empty()
             && !self.overflowed
             && !self.truncated
             && !self.target_truncated
@@ -184,7 +196,7 @@ impl MirrorKeys {
 
     /// How many keys it holds.
     pub fn len(&self) -> usize {
-        self.keys.len() + self.dirs.len()
+        self.keys.len() + self.dirs.len() + self.depends.len()
     }
 
     /// A two-way key's write in direction `dir`, later than those held: it
@@ -219,12 +231,15 @@ impl MirrorKeys {
         }
         if self.overflowed {
             self.keys.clear();
+            self.depends.clear();
             return;
         }
         self.keys.extend(other.keys);
-        if self.keys.len() > max_keys {
+        self.depends.extend(other.depends);
+        if self.keys.len() + self.depends.len() > max_keys {
             self.overflowed = true;
             self.keys = HashSet::new();
+            self.depends = HashSet::new();
         }
     }
 }
@@ -307,6 +322,13 @@ enum Binding {
     /// A two-way rows mirror's target: every change is the new version's
     /// write to the keys its owner columns hold.
     Target { mirror: usize, owner: Vec<usize> },
+    /// A table the mirror's mapping depends on (`dep` indexes the mirror's
+    /// dependencies): its primary key columns.
+    Depends {
+        mirror: usize,
+        dep: usize,
+        key: Vec<usize>,
+    },
 }
 
 /// [`TwoWaySource`] as positions in the source relation.
@@ -451,10 +473,14 @@ impl TxnAssembler {
             LogicalMessage::Truncate(t) => {
                 let mut sources = Vec::new();
                 let mut targets = Vec::new();
+                let mut depending = Vec::new();
                 for relid in &t.relids {
                     for (i, s) in self.sources.iter().enumerate() {
                         if s.source_oid == *relid {
                             sources.push(i);
+                        }
+                        if s.depends.iter().any(|(oid, _)| oid == relid) {
+                            depending.push(i);
                         }
                         let target = s.two_way.as_ref().and_then(|t| t.target.as_ref());
                         if target.is_some_and(|(oid, _)| oid == relid) {
@@ -465,6 +491,13 @@ impl TxnAssembler {
                 let txn = self.txn("Truncate")?;
                 for i in sources {
                     txn.mirrors[i].truncated = true;
+                }
+                // Every source row may have read the emptied table.
+                for i in depending {
+                    let m = &mut txn.mirrors[i];
+                    m.overflowed = true;
+                    m.keys.clear();
+                    m.depends.clear();
                 }
                 for i in targets {
                     // Later writes in this transaction still decide their keys.
@@ -560,6 +593,15 @@ impl TxnAssembler {
                     mirror: i,
                     owner: positions(owner)?,
                 });
+            }
+            for (dep, (oid, key)) in s.depends.iter().enumerate() {
+                if *oid == r.oid {
+                    bindings.push(Binding::Depends {
+                        mirror: i,
+                        dep,
+                        key: positions(key)?,
+                    });
+                }
             }
         }
         self.bindings.insert(r.oid, bindings);
@@ -698,6 +740,25 @@ impl TxnAssembler {
                         }
                     }
                 }
+                Binding::Depends { mirror, dep, key } => {
+                    // The row's key now, and before when it changed.
+                    for tuple in [merged.as_deref(), old.map(OldTuple::columns)]
+                        .into_iter()
+                        .flatten()
+                    {
+                        let k = extract(tuple, key).map_err(no_key)?;
+                        let m = &mut txn.mirrors[*mirror];
+                        if m.overflowed {
+                            continue;
+                        }
+                        m.depends.insert((*dep, k));
+                        if m.keys.len() + m.depends.len() > max {
+                            m.overflowed = true;
+                            m.keys = HashSet::new();
+                            m.depends = HashSet::new();
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -709,9 +770,10 @@ fn add(m: &mut MirrorKeys, key: Key, max: usize) {
         return;
     }
     m.keys.insert(key);
-    if m.keys.len() > max {
+    if m.keys.len() + m.depends.len() > max {
         m.overflowed = true;
         m.keys = HashSet::new();
+        m.depends = HashSet::new();
     }
 }
 
@@ -805,6 +867,7 @@ mod tests {
                 source_oid: 10,
                 key_columns: vec!["id".into()],
                 two_way: None,
+                depends: Vec::new(),
             }],
             "walshift_x",
             1000,
@@ -934,6 +997,7 @@ mod tests {
                 source_oid: 10,
                 key_columns: vec!["id".into()],
                 two_way: None,
+                depends: Vec::new(),
             }],
             "w",
             3,
@@ -960,11 +1024,13 @@ mod tests {
                     source_oid: 10,
                     key_columns: vec!["b".into(), "a".into()],
                     two_way: None,
+                    depends: Vec::new(),
                 },
                 MirrorSource {
                     source_oid: 11,
                     key_columns: vec!["id".into()],
                     two_way: None,
+                    depends: Vec::new(),
                 },
             ],
             "w",
@@ -1052,6 +1118,7 @@ mod tests {
                     rows: false,
                     target: None,
                 }),
+                depends: Vec::new(),
             }],
             "w",
             1000,
@@ -1197,6 +1264,7 @@ mod tests {
                     rows: true,
                     target: Some((20, vec!["order_id".into()])),
                 }),
+                depends: Vec::new(),
             }],
             "w",
             1000,

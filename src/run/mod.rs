@@ -480,6 +480,9 @@ pub async fn run(
     for note in &plan.notes {
         tracing::info!("{note}");
     }
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
     let objects = setup::ensure(&client, config, spec, &plan)
         .await
         .map_err(RunError::Setup)?;

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawBackfill, RawColumns, RawCutover, RawGate, RawMirror, RawSafety, RawSpec};
+use super::raw::{
+    RawBackfill, RawColumns, RawCutover, RawDepends, RawGate, RawMirror, RawSafety, RawSpec,
+};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Backfill, Cutover, Gate, MAX_NAME_LEN, Mirror, MirrorMode, OnMaxRetainedWal, Problem, Reverse,
-    Safety, Spec, ThrottleQuery,
+    Backfill, Cutover, Depends, Gate, MAX_NAME_LEN, Mirror, MirrorMode, OnMaxRetainedWal, Problem,
+    Reverse, Safety, Spec, ThrottleQuery,
 };
 use crate::ident::{self, QualifiedName};
 
@@ -184,6 +186,7 @@ impl Checker<'_> {
             mode.as_ref(),
             key.as_deref(),
         );
+        let depends = self.depends(&label, raw.depends, source.as_ref());
         Some(Mirror {
             number,
             line,
@@ -194,7 +197,78 @@ impl Checker<'_> {
             },
             mode: mode?,
             reverse: reverse?,
+            depends: depends?,
         })
+    }
+
+    /// `depends`: distinct tables other than the source, each with columns.
+    fn depends(
+        &mut self,
+        label: &str,
+        raw: Option<Spanned<Vec<Spanned<RawDepends>>>>,
+        source: Option<&QualifiedName>,
+    ) -> Option<Vec<Depends>> {
+        let Some(raw) = raw else {
+            return Some(Vec::new());
+        };
+        let mut out: Vec<Depends> = Vec::new();
+        let mut ok = true;
+        for (i, entry) in raw.into_inner().into_iter().enumerate() {
+            let span = entry.span();
+            let entry = entry.into_inner();
+            let field = format!("depends[{i}]");
+            let table = match &entry.table {
+                Some(t) => self.table(label, &format!("{field}.table"), t),
+                None => {
+                    self.at(
+                        span.clone(),
+                        format!(
+                            "{label}: {field}: table is missing; write {{ table = \"public.users\", \
+                             columns = [\"user_id\"] }}"
+                        ),
+                    );
+                    None
+                }
+            };
+            let columns = match &entry.columns {
+                Some(c) => self.columns(label, &format!("{field}.columns"), c),
+                None => {
+                    self.at(
+                        span.clone(),
+                        format!(
+                            "{label}: {field}: columns is missing; list the source columns that \
+                             hold the key of the table it reads, e.g. columns = [\"user_id\"]"
+                        ),
+                    );
+                    None
+                }
+            };
+            let (Some(table), Some(columns)) = (table, columns) else {
+                ok = false;
+                continue;
+            };
+            if Some(&table) == source {
+                self.at(
+                    span,
+                    format!(
+                        "{label}: {field}: {table} is the source itself; a change to the source \
+                         already makes its row dirty, so leave it out"
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            if out.iter().any(|d| d.table == table) {
+                self.at(
+                    span,
+                    format!("{label}: {field}: {table} is listed twice; keep one entry per table"),
+                );
+                ok = false;
+                continue;
+            }
+            out.push(Depends { table, columns });
+        }
+        ok.then_some(out)
     }
 
     /// `reverse` or `reverse_select`: the way back of a two-way mirror.
@@ -401,6 +475,19 @@ impl Checker<'_> {
 
     /// Checks that need every mirror at once.
     fn across_mirrors(&mut self, mirrors: &[Mirror]) {
+        if let Some(two_way) = mirrors.iter().find(|m| m.is_two_way()) {
+            for m in mirrors.iter().filter(|m| !m.depends.is_empty()) {
+                self.problems.push(Problem {
+                    at: Some((m.line, 1)),
+                    message: format!(
+                        "mirror #{}: depends is not supported yet in a spec with a two-way mirror \
+                         (#{} has reverse): a change to a dependency could not tell which shape \
+                         to recompute; mirror one way, or make the mapping read only its source",
+                        m.number, two_way.number
+                    ),
+                });
+            }
+        }
         let mut written: BTreeMap<(&QualifiedName, &str), usize> = BTreeMap::new();
         let mut owned: BTreeMap<(&QualifiedName, BTreeSet<&str>), usize> = BTreeMap::new();
         for m in mirrors {

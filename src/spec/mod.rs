@@ -59,6 +59,19 @@ pub struct Mirror {
     /// The way back: `Some` makes the mirror two-way (both shapes writable,
     /// for the rolling deploy); `None` mirrors old -> new only.
     pub reverse: Option<Reverse>,
+    /// Other tables the mapping reads, whose changes make source rows dirty.
+    pub depends: Vec<Depends>,
+}
+
+/// `depends = [{ table = "public.users", columns = ["user_id"] }]`: the
+/// mapping reads `table`, and the source's `columns` hold the key of the
+/// `table` row each source row reads. A change to a row of `table` makes
+/// every source row whose `columns` hold its key dirty.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Depends {
+    pub table: QualifiedName,
+    /// Source columns, in the order of `table`'s key columns.
+    pub columns: Vec<String>,
 }
 
 /// How the old shape is computed from the new one in a two-way mirror.

@@ -40,6 +40,16 @@ pub(super) struct RawMirror {
     /// The way back of a table split (rows mode): the source row a target
     /// row stands for.
     pub reverse_select: Option<Spanned<String>>,
+    /// Other tables the mapping reads: `[{ table, columns }]`.
+    pub depends: Option<Spanned<Vec<Spanned<RawDepends>>>>,
+}
+
+/// One `depends` entry: the source's `columns` refer to `table`'s key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDepends {
+    pub table: Option<Spanned<String>>,
+    pub columns: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `column = "expression"` pairs (`set`, `reverse`), spanned.

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+mod depends;
 mod isolate;
 mod two_way;
 
@@ -212,6 +213,9 @@ pub struct ApplierOptions {
     pub visibility_barrier: bool,
     /// Rows per chunk of a whole-mirror pass.
     pub full_pass_chunk_rows: i64,
+    /// Source keys a batch's dependency changes may make dirty per mirror
+    /// before the mirror is recomputed whole instead.
+    pub max_depends_keys: usize,
 }
 
 impl Default for ApplierOptions {
@@ -219,6 +223,7 @@ impl Default for ApplierOptions {
         ApplierOptions {
             visibility_barrier: true,
             full_pass_chunk_rows: 10_000,
+            max_depends_keys: 200_000,
         }
     }
 }
@@ -421,6 +426,13 @@ impl Applier {
         if self.opts.visibility_barrier && !batch.xids.is_empty() {
             stats.visibility_waits = self.wait_visible(&batch.xids).await?;
         }
+        Ok(stats)
+    }
+
+    /// The rest of [`Applier::before_keys`], once dependency keys are
+    /// resolved: whole-mirror passes.
+    async fn whole_passes(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        let mut stats = ApplyStats::default();
         for (i, work) in batch.mirrors.iter().enumerate() {
             if work.overflowed {
                 let (w, d) = self.full_pass(i).await?;
@@ -432,8 +444,31 @@ impl Applier {
         Ok(stats)
     }
 
-    async fn apply_once(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+    /// The barrier, dependency keys resolved, whole-mirror passes: what
+    /// every way of applying a one-way batch starts with. Returns the batch
+    /// to apply when dependencies changed it.
+    async fn prepare_batch(
+        &mut self,
+        batch: &Batch,
+    ) -> Result<(ApplyStats, Option<Batch>), ApplyError> {
         let mut stats = self.before_keys(batch).await?;
+        let resolved = if Self::has_depends(batch)
+            && !crate::mirror::plant::active(crate::mirror::plant::Plant::IgnoreDepends)
+        {
+            Some(self.resolve_depends(batch).await?)
+        } else {
+            None
+        };
+        stats.absorb(
+            self.whole_passes(resolved.as_ref().unwrap_or(batch))
+                .await?,
+        );
+        Ok((stats, resolved))
+    }
+
+    async fn apply_once(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        let (mut stats, resolved) = self.prepare_batch(batch).await?;
+        let batch = resolved.as_ref().unwrap_or(batch);
         // A held key's row changed: it is tried again key by key.
         if self.batch_touches_held(batch) {
             stats.absorb(self.apply_isolating(batch, true).await?);
@@ -468,7 +503,8 @@ impl Applier {
         if self.is_two_way() {
             return self.apply_two_way_in_transaction(batch).await;
         }
-        let mut stats = self.before_keys(batch).await?;
+        let (mut stats, resolved) = self.prepare_batch(batch).await?;
+        let batch = resolved.as_ref().unwrap_or(batch);
         let steps = key_steps(&self.mirrors, &self.client, batch, &mut stats);
         // The caller rolls its transaction back on an error.
         stats.add(flight::in_order(steps).await.map_err(|f| f.error)?);

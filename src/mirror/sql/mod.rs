@@ -385,6 +385,32 @@ pub fn range_keys(source: &QualifiedName, key: &[KeyColumn], scope: Scope) -> St
     Statement { sql, params }
 }
 
+/// The keys of the source rows whose `refs` columns hold one of the given
+/// keys of a table the mapping depends on: the rows a change there makes
+/// dirty. `refs` carry the dependency key's types (`check` requires the two
+/// alike), so the `text[]` parameters cast as the key's values would.
+///
+/// ```sql
+/// SELECT src."id"::text
+/// FROM "public"."posts" AS src
+/// WHERE src."user_id" = ANY($1::text[]::bigint[])
+/// LIMIT $2::bigint
+/// ```
+///
+/// Params: `KeyArray(0..refs)`, then [`Param::Limit`].
+pub fn depends_keys(source: &QualifiedName, key: &[KeyColumn], refs: &[KeyColumn]) -> Statement {
+    let mut params = Vec::new();
+    let placed = place(Scope::Keys, refs.len(), &mut params);
+    params.push(Param::Limit);
+    let sql = format!(
+        "SELECT {}\nFROM {source} AS src\nWHERE {}\nLIMIT ${}::bigint",
+        key_texts("src", key),
+        placed.conditions("src", refs).join("\n  AND "),
+        params.len()
+    );
+    Statement { sql, params }
+}
+
 /// How many source rows lie in `lower < key` (or in the whole table without
 /// `after_lower`): the size of a backfill's last chunk, whose upper bound is
 /// open, so progress counts rows and not guesses.

@@ -742,3 +742,31 @@ WHERE src."id" = ANY($1::text[]::bigint[])
         r.sql
     );
 }
+
+#[test]
+fn depends_keys_one_and_two_columns() {
+    let posts = QualifiedName::new("public", "posts");
+    let s = depends_keys(&posts, &[k("id", "bigint")], &[k("user_id", "bigint")]);
+    assert_eq!(
+        s.sql,
+        "SELECT src.\"id\"::text\nFROM \"public\".\"posts\" AS src\n\
+         WHERE src.\"user_id\" = ANY($1::text[]::bigint[])\nLIMIT $2::bigint"
+    );
+    assert_eq!(s.params, vec![Param::KeyArray(0), Param::Limit]);
+    let likes = QualifiedName::new("public", "likes");
+    let s = depends_keys(
+        &likes,
+        &[k("id", "integer")],
+        &[k("site", "text"), k("comment_id", "integer")],
+    );
+    assert_eq!(
+        s.sql,
+        "SELECT src.\"id\"::text\nFROM \"public\".\"likes\" AS src\n\
+         WHERE (src.\"site\", src.\"comment_id\") IN (SELECT * FROM unnest($1::text[]::text[], $2::text[]::integer[]))\n\
+         LIMIT $3::bigint"
+    );
+    assert_eq!(
+        s.params,
+        vec![Param::KeyArray(0), Param::KeyArray(1), Param::Limit]
+    );
+}
