@@ -145,6 +145,14 @@ async fn posts_follow_their_users_under_load() {
         77
     );
     assert_eq!(posts_wrong(&c).await, 0);
+    // The cut-over locks the dependency with the source.
+    let cut = cli(&["cutover", "--dry-run"], &spec, &db).await;
+    assert_eq!(cut.code(), Some(0), "{cut}");
+    assert!(
+        cut.stderr
+            .contains("locking \"public\".\"posts\", \"public\".\"users\""),
+        "{cut}"
+    );
 }
 
 /// The same without dependencies: the targets go stale.
