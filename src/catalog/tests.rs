@@ -416,3 +416,32 @@ fn a_report_renders_its_plan_or_its_problems() {
         "1 problem(s); nothing was created:\nwal_level: is replica; set wal_level = logical\n"
     );
 }
+
+#[test]
+fn dependencies_are_published_and_so_locked_at_cut_over() {
+    let posts = QualifiedName::new("public", "posts");
+    let plan = MirrorPlan {
+        number: 1,
+        source: posts.clone(),
+        source_oid: 1,
+        key: vec![KeyColumn::new("id", "bigint")],
+        kind: MirrorKind::Set(SetPlan {
+            source: posts.clone(),
+            key: vec![KeyColumn::new("id", "bigint")],
+            set: vec![("user_id_v2".into(), "user_id".into())],
+        }),
+        estimated_rows: 1,
+        replica_identity: 'd',
+        two_way: None,
+        depends: vec![DependPlan {
+            table: QualifiedName::new("public", "users"),
+            table_oid: 2,
+            key: vec![KeyColumn::new("id", "bigint")],
+            refs: vec![KeyColumn::new("user_id", "bigint")],
+        }],
+    };
+    assert_eq!(
+        plan.published(),
+        vec![posts, QualifiedName::new("public", "users")]
+    );
+}
