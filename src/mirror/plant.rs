@@ -19,6 +19,10 @@ pub enum Plant {
     /// Poison keys not isolated: a row the mapping cannot take stops the
     /// run, and with it every other key (as before held keys).
     NoIsolation,
+    /// Lost slot handled naively: a new slot, and the backfill and the
+    /// position carry on where they were, so the writes only the lost slot
+    /// held are never recomputed.
+    NoResync,
 }
 
 static PLANTED: OnceLock<Plant> = OnceLock::new();
