@@ -123,3 +123,13 @@ ALTER TABLE walshift.cutover
 
 -- `walshift ctl SPEC retry` counts up; the run tries its held keys again.
 ALTER TABLE walshift.migration ADD COLUMN IF NOT EXISTS retry_held bigint NOT NULL DEFAULT 0;
+
+-- Lost slots (docs/topology.md). `slot_lost` holds the reason while a
+-- resynchronisation is under way: set (with the backfill reset) before the
+-- dead slot is dropped, cleared once the new slot exists, so a resync cut
+-- short is carried out again by the next run. The last resync stays visible.
+ALTER TABLE walshift.migration
+    ADD COLUMN IF NOT EXISTS slot_lost          text,
+    ADD COLUMN IF NOT EXISTS slot_resyncs       int NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS slot_resynced_at   timestamptz,
+    ADD COLUMN IF NOT EXISTS slot_resync_reason text;

@@ -1,7 +1,7 @@
 //! `walshift cleanup`: after the contract step, drop everything walshift made
-//! for a spec — slot, publication, replication origin, state rows, and the
-//! `walshift` schema once no spec uses it. Refuses while a `run` is alive,
-//! unless forced (then the run's stream is terminated first).
+//! for a spec — state rows (and the `walshift` schema once no spec uses it),
+//! slot, publication, replication origin, in that order. Refuses while a
+//! `run` is alive, unless forced (then the run's stream is terminated).
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,38 @@ pub async fn cleanup(client: &Client, spec: &Spec, force: bool) -> Result<Vec<St
         ));
     }
     let mut done = Vec::new();
+    // The state first: a run that finds its slot gone while its state is
+    // there resynchronises with a new slot (run/slot.rs), so the state must
+    // not outlive the slot, even for a moment.
+    let has_state: bool = client
+        .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
+        .await
+        .map_err(|e| err("reading the state schema", e))?
+        .get(0);
+    if has_state {
+        let n = client
+            .execute(
+                "DELETE FROM walshift.migration WHERE name = $1",
+                &[&spec.name],
+            )
+            .await
+            .map_err(|e| err("deleting walshift's state", e))?;
+        if n > 0 {
+            done.push(format!("deleted the state of {}", spec.name));
+        }
+        let others: i64 = client
+            .query_one("SELECT count(*) FROM walshift.migration", &[])
+            .await
+            .map_err(|e| err("reading walshift's state", e))?
+            .get(0);
+        if others == 0 {
+            client
+                .batch_execute("DROP SCHEMA walshift CASCADE")
+                .await
+                .map_err(|e| err("dropping the walshift schema", e))?;
+            done.push("dropped schema walshift (no other spec uses it)".into());
+        }
+    }
     let slot = spec.slot_name();
     // A forced cleanup (or a walsender that outlived its run) holds the slot:
     // end that session, then wait for the slot to be released.
@@ -98,35 +130,6 @@ pub async fn cleanup(client: &Client, spec: &Spec, force: bool) -> Result<Vec<St
             .await
             .map_err(|e| err(&format!("dropping replication origin {origin}"), e))?;
         done.push(format!("dropped replication origin {origin}"));
-    }
-    let has_state: bool = client
-        .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
-        .await
-        .map_err(|e| err("reading the state schema", e))?
-        .get(0);
-    if has_state {
-        let n = client
-            .execute(
-                "DELETE FROM walshift.migration WHERE name = $1",
-                &[&spec.name],
-            )
-            .await
-            .map_err(|e| err("deleting walshift's state", e))?;
-        if n > 0 {
-            done.push(format!("deleted the state of {}", spec.name));
-        }
-        let others: i64 = client
-            .query_one("SELECT count(*) FROM walshift.migration", &[])
-            .await
-            .map_err(|e| err("reading walshift's state", e))?
-            .get(0);
-        if others == 0 {
-            client
-                .batch_execute("DROP SCHEMA walshift CASCADE")
-                .await
-                .map_err(|e| err("dropping the walshift schema", e))?;
-            done.push("dropped schema walshift (no other spec uses it)".into());
-        }
     }
     Ok(done)
 }

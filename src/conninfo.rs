@@ -219,6 +219,55 @@ impl ConnConfig {
             .collect()
     }
 
+    /// One copy per host of a multi-host string, each naming that host
+    /// alone (to ask every server of a cluster, e.g. which is a standby).
+    pub fn each_target(&self) -> Vec<ConnConfig> {
+        let pg = &self.pg;
+        self.targets()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (host, port))| {
+                // tokio-postgres cannot remove hosts: build anew, with the
+                // other settings copied.
+                let mut one = tokio_postgres::Config::new();
+                match &host {
+                    Host::Tcp(h) => one.host(h),
+                    Host::Unix(p) => one.host_path(p),
+                };
+                if let Some(addr) = pg.get_hostaddrs().get(i) {
+                    one.hostaddr(*addr);
+                }
+                one.port(port)
+                    .ssl_mode(pg.get_ssl_mode())
+                    .channel_binding(pg.get_channel_binding())
+                    .keepalives(pg.get_keepalives())
+                    .keepalives_idle(pg.get_keepalives_idle());
+                if let Some(u) = pg.get_user() {
+                    one.user(u);
+                }
+                if let Some(p) = pg.get_password() {
+                    one.password(p);
+                }
+                if let Some(d) = pg.get_dbname() {
+                    one.dbname(d);
+                }
+                if let Some(o) = pg.get_options() {
+                    one.options(o);
+                }
+                if let Some(a) = pg.get_application_name() {
+                    one.application_name(a);
+                }
+                if let Some(t) = pg.get_connect_timeout() {
+                    one.connect_timeout(*t);
+                }
+                ConnConfig {
+                    pg: one,
+                    tls: self.tls.clone(),
+                }
+            })
+            .collect()
+    }
+
     /// A copy with another database name (state lives in the same database,
     /// but tests and the demo switch databases).
     pub fn with_dbname(&self, dbname: &str) -> Self {

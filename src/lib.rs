@@ -36,6 +36,7 @@ pub mod status;
 pub mod terminal;
 pub mod throttle;
 pub mod tls;
+pub mod topology;
 pub mod verify;
 
 pub use lsn::Lsn;

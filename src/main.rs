@@ -234,8 +234,12 @@ fn main() -> ExitCode {
 async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) -> ExitCode {
     match command {
         Command::Check { spec, db } => {
-            let (spec, mut client) = match load_and_connect(&spec, &db).await {
+            let (spec, config) = match load(&spec, &db) {
                 Ok(v) => v,
+                Err(code) => return code,
+            };
+            let mut client = match connect(&config).await {
+                Ok(c) => c,
                 Err(code) => return code,
             };
             let report = match catalog::check(&client, &spec).await {
@@ -244,6 +248,13 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             };
             if report.problems.is_empty() {
                 print!("{}", report.render_plan());
+                match walshift::topology::check_line(&client, &config, &spec.slot_name()).await {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => println!(
+                        "failover: cannot tell: {}",
+                        walshift::error_policy::pg_message(&e)
+                    ),
+                }
                 if let Some(plan) = &report.plan {
                     print_estimates(&mut client, plan).await;
                 }
@@ -269,11 +280,24 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             Err(e) => fail(&format!("demo failed: {e:#}")),
         },
         Command::Status { spec, json, db } => {
-            let (spec, client) = match load_and_connect(&spec, &db).await {
+            let (spec, config) = match load(&spec, &db) {
                 Ok(v) => v,
                 Err(code) => return code,
             };
-            match walshift::status::read(&client, &spec).await {
+            let client = match connect(&config).await {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let read = match walshift::status::read(&client, &spec).await {
+                Ok(mut s) => {
+                    // The standbys of a multi-host --db: their copies of the slot.
+                    s.slot.standbys =
+                        walshift::topology::standby_copies(&config, &spec.slot_name()).await;
+                    Ok(s)
+                }
+                Err(e) => Err(e),
+            };
+            match read {
                 Ok(s) if json => {
                     println!(
                         "{}",

@@ -49,6 +49,8 @@ pub const SLOT_RETAINED_WAL_BYTES: &str = "walshift_slot_retained_wal_bytes";
 pub const STREAM_CONNECTED: &str = "walshift_stream_connected";
 /// New sessions after a transient failure.
 pub const RECONNECTS: &str = "walshift_reconnects_total";
+/// Resynchronisations after the slot was lost (docs/design.md, "Lost slots").
+pub const SLOT_RESYNCS: &str = "walshift_slot_resyncs_total";
 /// Failures by kind; label `kind`.
 pub const ERRORS: &str = "walshift_errors_total";
 /// counter, label `mirror`
@@ -193,6 +195,12 @@ pub fn describe() {
         "New replication sessions started after a transient failure."
     );
     describe_counter!(
+        SLOT_RESYNCS,
+        Unit::Count,
+        "Resynchronisations: walshift's slot was gone or invalidated, so it made a new slot and \
+         recomputes every key from scratch."
+    );
+    describe_counter!(
         ERRORS,
         Unit::Count,
         "Failures by kind: retry (transient, reconnecting), stop (run stopped; operator must act), \
@@ -225,6 +233,7 @@ pub fn describe() {
         TRANSACTIONS_RECEIVED,
         KEYS_APPLIED,
         RECONNECTS,
+        SLOT_RESYNCS,
     ] {
         counter!(name).absolute(0);
     }
@@ -335,6 +344,11 @@ pub fn reconnect() {
     counter!(RECONNECTS).increment(1);
 }
 
+/// The slot was lost and walshift resynchronised.
+pub fn slot_resync() {
+    counter!(SLOT_RESYNCS).increment(1);
+}
+
 /// A failure of `kind` (one of [`error_kind`]).
 pub fn error(kind: &'static str) {
     counter!(ERRORS, "kind" => kind).increment(1);
@@ -408,6 +422,7 @@ mod tests {
             SLOT_RETAINED_WAL_BYTES,
             STREAM_CONNECTED,
             RECONNECTS,
+            SLOT_RESYNCS,
             ERRORS,
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");

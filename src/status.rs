@@ -155,6 +155,25 @@ pub struct SlotState {
     /// WAL the slot keeps from being recycled.
     pub retained_bytes: Option<i64>,
     pub confirmed_flush_lsn: Option<String>,
+    /// 17+: why the server invalidated the slot (`wal_removed`, ...).
+    pub invalidation_reason: Option<String>,
+    /// 17+: a failover slot, which standbys with `sync_replication_slots`
+    /// copy; `None` before 17 (no such slots).
+    pub failover: Option<bool>,
+    /// 17+: the primary's `synchronized_standby_slots` (the physical slots
+    /// of standbys that must have received WAL before logical decoding
+    /// sends it); empty when unset.
+    pub synchronized_standby_slots: Option<String>,
+    /// Standbys asked whether they keep a synced copy of the slot (`status`
+    /// asks each host of a multi-host `--db` that is not the primary).
+    pub standbys: Vec<crate::topology::StandbyCopy>,
+    /// The slot is lost and its resync has not finished: why.
+    pub lost: Option<String>,
+    /// Resynchronisations after the slot was lost, over the migration's life.
+    pub resyncs: i64,
+    /// The last one: when, and why.
+    pub resynced_at: Option<String>,
+    pub resync_reason: Option<String>,
 }
 
 /// Default lag bound for `ready` in `status` (and `wait` without `--max-lag`).
@@ -329,7 +348,7 @@ impl Status {
         }
         let slot = if self.slot.exists {
             format!(
-                "{} {}, wal_status {}, retains {}",
+                "{} {}, wal_status {}{}, retains {}{}",
                 self.slot.name,
                 if self.slot.active {
                     "active"
@@ -338,14 +357,40 @@ impl Status {
                 },
                 self.slot.wal_status.as_deref().unwrap_or("?"),
                 self.slot
+                    .invalidation_reason
+                    .as_deref()
+                    .map(|r| format!(" (invalidated: {r})"))
+                    .unwrap_or_default(),
+                self.slot
                     .retained_bytes
                     .map(|b| human_bytes(b.max(0) as u64))
-                    .unwrap_or_else(|| "?".into())
+                    .unwrap_or_else(|| "?".into()),
+                match self.slot.failover {
+                    Some(true) => ", failover slot",
+                    Some(false) => ", not a failover slot",
+                    None => "",
+                }
             )
         } else {
             format!("{} does not exist", self.slot.name)
         };
         out.push_str(&format!("  slot:      {slot}\n"));
+        if let Some(why) = &self.slot.lost {
+            out.push_str(&format!(
+                "  slot lost: {why}; the next run resynchronises (or stops, as [safety] on_slot_lost says)\n"
+            ));
+        }
+        if self.slot.resyncs > 0 {
+            out.push_str(&format!(
+                "  resynced:  after slot lost at {}: {} ({} resync(s) in all)\n",
+                self.slot.resynced_at.as_deref().unwrap_or("?"),
+                self.slot.resync_reason.as_deref().unwrap_or("?"),
+                self.slot.resyncs
+            ));
+        }
+        if let Some(line) = crate::topology::render(&self.slot) {
+            out.push_str(&format!("  failover:  {line}\n"));
+        }
         let c = &self.cutover;
         let cut = match (&c.cut_over_at, &c.last) {
             (Some(at), last) => format!(
@@ -387,8 +432,9 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
         .query_opt(
             "SELECT active, wal_status::text,
                     pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-                    confirmed_flush_lsn::text
-             FROM pg_replication_slots WHERE slot_name = $1",
+                    confirmed_flush_lsn::text,
+                    to_jsonb(s)->>'invalidation_reason', (to_jsonb(s)->>'failover')::bool
+             FROM pg_replication_slots AS s WHERE slot_name = $1",
             &[&slot_name],
         )
         .await?;
@@ -400,12 +446,17 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
             wal_status: r.get(1),
             retained_bytes: r.get(2),
             confirmed_flush_lsn: r.get(3),
+            invalidation_reason: r.get(4),
+            failover: r.get(5),
+            ..Default::default()
         },
         None => SlotState {
             name: slot_name.clone(),
             ..Default::default()
         },
     };
+    let mut slot = slot;
+    slot.synchronized_standby_slots = crate::topology::synchronized_standby_slots(client).await?;
     let has_state = client
         .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
         .await?
@@ -445,6 +496,13 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
             .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
     };
     let str_of = |k: &str| row.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    slot.lost = str_of("slot_lost");
+    slot.resyncs = row
+        .get("slot_resyncs")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0);
+    slot.resynced_at = str_of("slot_resynced_at");
+    slot.resync_reason = str_of("slot_resync_reason");
     let heartbeat_age = f64_of("heartbeat_age");
     let alive = slot.active && heartbeat_age.is_some_and(|a| a <= HEARTBEAT_STALE.as_secs_f64());
     let mirrors: Vec<MirrorBackfill> = client

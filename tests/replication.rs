@@ -144,6 +144,7 @@ async fn identify_system_and_slot_lifecycle() {
                 temporary: false,
                 snapshot: SnapshotAction::Export,
                 two_phase: false,
+                failover: false,
             },
         )
         .await

@@ -794,8 +794,8 @@ async fn pg18_default_origin_limit_and_idle_timeout_are_off_walshifts_path() {
 // --- PostgreSQL 18: idle_replication_slot_timeout ----------------------------------------------
 
 /// 18 invalidates a slot left idle longer than idle_replication_slot_timeout, at a checkpoint.
-/// A running walshift's slot is never idle; a stopped one's is: status shows it lost, and check
-/// (so run) refuses to resume from it, naming the way out, cleanup and a fresh run.
+/// A running walshift's slot is never idle; a stopped one's is: status shows it lost, check
+/// says run resynchronises (or, under on_slot_lost = "stop", stops), and run does.
 ///
 /// Checked to fail: with walshift stopped before the first CHECKPOINT, the running-slot
 /// assertion sees (idle_timeout, lost); before src/catalog/server.rs looked at the slot's
@@ -846,21 +846,28 @@ async fn pg18_idle_slot_timeout_spares_a_running_slot_and_check_refuses_a_lost_o
     let status = status_json(&spec, &db).await;
     assert_eq!(status["slot"]["wal_status"], "lost", "{status}");
 
-    // check (and run, which checks first) says so instead of resuming from a dead slot.
+    // check says so, and run resynchronises by itself (docs/topology.md) instead of resuming
+    // from a dead slot; under on_slot_lost = "stop" check says run stops, naming the way out.
     let check = cli(&["check"], &spec, &db).await;
-    assert_eq!(check.code(), Some(1), "{check}");
+    assert_eq!(check.code(), Some(0), "{check}");
     assert!(
         check.stdout.contains(&format!(
-            "slot {slot}: was invalidated by the server (idle_timeout)"
+            "slot {slot} was invalidated by the server (idle_timeout): run resynchronises"
         )),
         "{check}"
     );
-    let mut refused = Run::spawn(&spec, &db);
-    let status = refused.exit(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(1), "{}", refused.stderr());
-    // The way out it names: cleanup, then a run that starts over.
-    let cleanup = cli(&["cleanup"], &spec, &db).await;
-    assert_eq!(cleanup.code(), Some(0), "{cleanup}");
+    let stopping = Spec::new(
+        "idle",
+        &format!("{USERS_MIRROR}\n[safety]\non_slot_lost = \"stop\"\n"),
+    );
+    let check = cli(&["check"], &stopping, &db).await;
+    assert_eq!(check.code(), Some(0), "{check}");
+    assert!(
+        check.stdout.contains(&format!(
+            "slot {slot} was invalidated by the server (idle_timeout): run stops"
+        )),
+        "{check}"
+    );
     c.execute(
         "UPDATE users SET is_active = NOT is_active WHERE id <= 10",
         &[],
@@ -870,8 +877,13 @@ async fn pg18_idle_slot_timeout_spares_a_running_slot_and_check_refuses_a_lost_o
     let run = Run::spawn(&spec, &db);
     mirrored(
         &c,
-        "the writes after the slot was lost, by a run started over",
+        "the writes after the slot was lost, by a run that resynchronised",
     )
     .await;
+    assert!(
+        run.stderr().contains("invalidation_reason = idle_timeout"),
+        "{}",
+        run.stderr()
+    );
     stop(run).await;
 }

@@ -155,18 +155,23 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
             } else if row.get::<_, Option<String>>("wal_status").as_deref() == Some("lost") {
                 // Invalidated: its WAL is gone (max_slot_wal_keep_size), it sat idle past
                 // idle_timeout (18's idle_replication_slot_timeout), or it conflicted with
-                // recovery. The server refuses to stream from it, so run would only retry.
+                // recovery. The server refuses to stream from it: run resynchronises
+                // (docs/topology.md), unless the spec says to stop.
                 let reason: Option<String> = row.get("invalidation_reason");
-                ctx.problem(
-                    &format!("slot {slot}"),
+                let reason = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                // A note either way: run decides, with one line when it stops.
+                ctx.notes.push(if spec.safety.on_slot_lost == crate::spec::OnSlotLost::Stop {
                     format!(
-                        "was invalidated by the server{}, so run cannot resume from it; \
-                         `walshift cleanup` removes walshift's objects for this spec and the next \
-                         run starts over (a new slot, the backfill again), or drop the slot \
-                         (SELECT pg_drop_replication_slot('{slot}'))",
-                        reason.map(|r| format!(" ({r})")).unwrap_or_default()
-                    ),
-                );
+                        "slot {slot} was invalidated by the server{reason}: run stops, as [safety] \
+                         on_slot_lost = \"stop\" says; set on_slot_lost = \"resync\" (a new slot, then \
+                         every key recomputed), or `walshift cleanup` to start over"
+                    )
+                } else {
+                    format!(
+                        "slot {slot} was invalidated by the server{reason}: run resynchronises (drops it, \
+                         creates a new slot, then recomputes every key)"
+                    )
+                });
             } else if row.get::<_, bool>("active") {
                 ctx.notes.push(format!(
                     "slot {slot} is in use: a walshift run for this spec seems to be running"

@@ -22,6 +22,10 @@ pub enum Plant {
     /// Dependencies ignored: a change to a table the mapping reads through
     /// `depends` makes no source row dirty (as without `depends`).
     IgnoreDepends,
+    /// Lost slot handled naively: a new slot, and the backfill and the
+    /// position carry on where they were, so the writes only the lost slot
+    /// held are never recomputed.
+    NoResync,
 }
 
 static PLANTED: OnceLock<Plant> = OnceLock::new();

@@ -208,6 +208,10 @@ pub struct SlotOptions {
     pub snapshot: SnapshotAction,
     /// Decode prepared transactions at PREPARE (PG 15+ over this protocol).
     pub two_phase: bool,
+    /// A failover slot (PG 17+): standbys with `sync_replication_slots = on`
+    /// keep a copy a promoted standby continues from. Left out before 17,
+    /// which has no such slots.
+    pub failover: bool,
 }
 
 impl Default for SlotOptions {
@@ -216,6 +220,7 @@ impl Default for SlotOptions {
             temporary: false,
             snapshot: SnapshotAction::Nothing,
             two_phase: false,
+            failover: false,
         }
     }
 }
@@ -237,6 +242,9 @@ pub fn create_logical_slot_command(
         let mut options = format!("SNAPSHOT '{snapshot}'");
         if opts.two_phase {
             options.push_str(", TWO_PHASE true");
+        }
+        if opts.failover && server_version_num >= 170000 {
+            options.push_str(", FAILOVER true");
         }
         format!(
             "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput ({options})",
@@ -417,7 +425,21 @@ mod tests {
             temporary: true,
             snapshot: SnapshotAction::Export,
             two_phase: true,
+            failover: false,
         };
+        let failover = SlotOptions {
+            failover: true,
+            ..SlotOptions::default()
+        };
+        assert_eq!(
+            create_logical_slot_command("s1", failover, 170002),
+            "CREATE_REPLICATION_SLOT \"s1\" LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER true)"
+        );
+        assert_eq!(
+            create_logical_slot_command("s1", failover, 160004),
+            "CREATE_REPLICATION_SLOT \"s1\" LOGICAL pgoutput (SNAPSHOT 'nothing')",
+            "no failover slots before 17"
+        );
         assert_eq!(
             create_logical_slot_command("s1", opts, 160000),
             "CREATE_REPLICATION_SLOT \"s1\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export', TWO_PHASE true)"

@@ -18,6 +18,7 @@ mod control;
 mod cutover;
 mod origins;
 mod setup;
+mod slot;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -487,6 +488,11 @@ pub async fn run(
         .await
         .map_err(RunError::Setup)?;
     drop(client);
+    // A lost slot: a new one and a backfill from scratch before the first
+    // session (or a stop, as `[safety] on_slot_lost` says).
+    if let Some(reason) = &objects.lost {
+        lost_slot(config, spec, reason).await?;
+    }
 
     let mut totals = Totals::default();
     let mut attempt = 0u32;
@@ -509,18 +515,28 @@ pub async fn run(
                 clear_heartbeat(config, spec).await;
                 return Ok(totals);
             }
-            // Resuming needs the slot and the state: if they are gone
-            // (`walshift cleanup --force`, or by hand) there is nothing to
-            // resume, and any error (a terminated stream, a missing table)
-            // is only a symptom of that.
+            // A safety stop dropped the slot on purpose; nothing else may
+            // reinterpret it (least of all as a lost slot).
             Err(e) if e.deliberate => {
                 crate::metrics::error(crate::metrics::error_kind::SAFETY_STOP);
                 return Err(RunError::Fatal(e.message));
             }
-            Err(_) if let Some(gone) = objects_gone(config, spec).await => {
-                crate::metrics::error(crate::metrics::error_kind::OBJECTS_GONE);
-                return Err(RunError::Fatal(gone));
-            }
+            // Resuming needs the slot and the state. Without the state
+            // (`walshift cleanup --force`, or by hand) there is nothing to
+            // resume; without a usable slot walshift resynchronises. Any
+            // error (a terminated stream, START_REPLICATION refused with
+            // 42704 or 55000) is only a symptom of that.
+            Err(e) if let Some(after) = slot::after_failure(config, spec).await => match after {
+                slot::AfterFailure::Gone(gone) => {
+                    crate::metrics::error(crate::metrics::error_kind::OBJECTS_GONE);
+                    return Err(RunError::Fatal(gone));
+                }
+                slot::AfterFailure::Lost(reason) => {
+                    tracing::warn!(error = %e.message, "session failed: the replication slot is {reason}");
+                    lost_slot(config, spec, &reason).await?;
+                    attempt = 0;
+                }
+            },
             Err(e) if e.action == Action::Retry => {
                 crate::metrics::error(crate::metrics::error_kind::RETRY);
                 if started.elapsed() > Duration::from_secs(60) {
@@ -1147,36 +1163,16 @@ fn release_watermarks(pending: &mut lag::Pending, applied_txns: u64, observed: &
     }
 }
 
-/// Which of walshift's objects no longer exist, in words; `None` when all
-/// do or the database cannot be asked (then the retry will tell).
-async fn objects_gone(config: &ConnConfig, spec: &Spec) -> Option<String> {
-    let c = config
-        .with_application_name("walshift")
-        .connect_sql()
-        .await
-        .ok()?;
-    let row = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
-                    to_regclass('walshift.migration') IS NOT NULL",
-            &[&spec.slot_name()],
-        )
-        .await
-        .ok()?;
-    let (slot, state): (bool, bool) = (row.get(0), row.get(1));
-    if slot && state {
-        return None;
+/// The slot is lost: resynchronise, or stop as `[safety] on_slot_lost`
+/// says (slot.rs).
+async fn lost_slot(config: &ConnConfig, spec: &Spec, reason: &str) -> Result<(), RunError> {
+    match slot::handle_lost(config, spec, reason).await {
+        Ok(_) => Ok(()),
+        Err(message) => {
+            crate::metrics::error(crate::metrics::error_kind::STOP);
+            Err(RunError::Fatal(message))
+        }
     }
-    Some(format!(
-        "walshift's {} {} removed while it ran (by walshift cleanup, or by hand), so there is nothing to resume: \
-         stopping; run walshift run again to start over",
-        match (slot, state) {
-            (false, false) => "slot and state",
-            (false, true) => "slot",
-            _ => "state",
-        },
-        if slot || state { "was" } else { "were" }
-    ))
 }
 
 /// After a clean stop: no heartbeat, so `status`, `wait` and `cleanup` see

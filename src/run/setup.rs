@@ -12,7 +12,7 @@ use crate::catalog::Plan;
 use crate::conninfo::ConnConfig;
 use crate::error_policy::pg_message;
 use crate::ident::QualifiedName;
-use crate::replication::{ReplicationClient, SlotOptions};
+use crate::replication::ReplicationClient;
 use crate::spec::Spec;
 use crate::state;
 
@@ -23,6 +23,8 @@ pub struct Objects {
     /// resume position). Without it, its own writes are recomputed once.
     pub origin: bool,
     pub created_slot: bool,
+    /// The slot is lost (slot.rs): why. Nothing replaced it yet.
+    pub lost: Option<String>,
 }
 
 /// Every table the publication lists, once, in spec order: the sources and
@@ -181,38 +183,25 @@ async fn ensure_inner(
     };
 
     // The slot, last: the publication exists before its consistent point.
+    // A slot that is lost (invalidated, or gone though the state says
+    // walshift made one) is not replaced here: `run` resynchronises, or
+    // stops, as `[safety] on_slot_lost` says (slot.rs).
     let slot = spec.slot_name();
-    let slot_row = client
-        .query_opt(
-            "SELECT database = current_database() FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
+    let health = super::slot::health(client, &slot)
         .await
         .map_err(|e| fail("looking up the replication slot", e))?;
+    if health == super::slot::Health::OtherDatabase {
+        return Err(format!(
+            "replication slot {slot} exists but belongs to another database: rename the spec or drop that slot"
+        ));
+    }
+    let lost = super::slot::lost_at_start(client, spec).await?;
     let mut consistent_point = None;
-    let created_slot = match slot_row {
-        Some(row) if row.get::<_, Option<bool>>(0) == Some(true) => false,
-        Some(_) => {
-            return Err(format!(
-                "replication slot {slot} exists but belongs to another database: rename the spec or drop that slot"
-            ));
-        }
-        None => {
-            let mut repl =
-                ReplicationClient::connect(&config.with_application_name("walshift-setup"))
-                    .await
-                    .map_err(|e| {
-                        format!("opening a replication connection to create slot {slot}: {e}")
-                    })?;
-            let created = repl
-                .create_logical_slot(&slot, SlotOptions::default())
-                .await
-                .map_err(|e| format!("creating replication slot {slot}: {e}"))?;
-            let _ = repl.close().await;
-            tracing::info!(slot = %slot, consistent_point = %created.consistent_point, "created replication slot");
-            consistent_point = Some(created.consistent_point);
-            true
-        }
+    let created_slot = if health == super::slot::Health::Missing && lost.is_none() {
+        consistent_point = Some(super::slot::create_slot(config, &slot).await?);
+        true
+    } else {
+        false
     };
     if let Err(e) = state::register(client, spec, consistent_point).await {
         if created_slot {
@@ -223,6 +212,7 @@ async fn ensure_inner(
     Ok(Objects {
         origin,
         created_slot,
+        lost,
     })
 }
 

@@ -12,8 +12,8 @@ use super::raw::{
 };
 use super::units::{parse_duration, parse_size};
 use super::{
-    Backfill, Cutover, Depends, Gate, MAX_NAME_LEN, Mirror, MirrorMode, OnMaxRetainedWal, Problem,
-    Reverse, Safety, Spec, ThrottleQuery,
+    Backfill, Cutover, Depends, Gate, MAX_NAME_LEN, Mirror, MirrorMode, OnMaxRetainedWal,
+    OnSlotLost, Problem, Reverse, Safety, Spec, ThrottleQuery,
 };
 use crate::ident::{self, QualifiedName};
 
@@ -101,9 +101,26 @@ impl Checker<'_> {
                 }
             },
         };
+        let on_slot_lost = match raw.on_slot_lost {
+            None => Some(OnSlotLost::Resync),
+            Some(v) => match v.get_ref().as_str() {
+                "resync" => Some(OnSlotLost::Resync),
+                "stop" => Some(OnSlotLost::Stop),
+                other => {
+                    self.at(
+                        v.span(),
+                        format!(
+                            "safety.on_slot_lost: {other:?} is not an action; use \"resync\" or \"stop\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         Some(Safety {
             max_retained_wal: max_retained_wal?,
             on_max_retained_wal: on?,
+            on_slot_lost: on_slot_lost?,
         })
     }
 

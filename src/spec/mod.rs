@@ -179,6 +179,19 @@ pub struct Safety {
     /// WAL walshift's slot may retain. `run` warns from 80% of it on.
     pub max_retained_wal: Option<u64>,
     pub on_max_retained_wal: OnMaxRetainedWal,
+    pub on_slot_lost: OnSlotLost,
+}
+
+/// What `run` does when its slot is gone or invalidated (docs/design.md,
+/// "Lost slots").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnSlotLost {
+    /// Drop what is left of the slot, create a new one, then recompute every
+    /// key (a backfill from scratch).
+    #[default]
+    Resync,
+    /// Stop with an error, leaving the slot and the state as they are.
+    Stop,
 }
 
 /// What `run` does when its slot retains more than `max_retained_wal`.

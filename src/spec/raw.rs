@@ -92,4 +92,5 @@ pub(super) struct RawCutover {
 pub(super) struct RawSafety {
     pub max_retained_wal: Option<Spanned<toml::Value>>,
     pub on_max_retained_wal: Option<Spanned<String>>,
+    pub on_slot_lost: Option<Spanned<String>>,
 }

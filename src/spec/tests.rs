@@ -500,6 +500,18 @@ fn safety_settings() {
         &with("on_max_retained_wal = \"panic\""),
         "spec.toml:9:23: safety.on_max_retained_wal: \"panic\" is not an action; use \"warn\" or \"drop-slot\"",
     );
+    assert_eq!(
+        parse(MINIMAL).safety.on_slot_lost,
+        crate::spec::OnSlotLost::Resync
+    );
+    assert_eq!(
+        parse(&with("on_slot_lost = \"stop\"")).safety.on_slot_lost,
+        crate::spec::OnSlotLost::Stop
+    );
+    assert_problem(
+        &with("on_slot_lost = \"ignore\""),
+        "spec.toml:9:16: safety.on_slot_lost: \"ignore\" is not an action; use \"resync\" or \"stop\"",
+    );
 }
 
 #[test]
