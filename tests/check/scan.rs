@@ -69,6 +69,7 @@ async fn the_one_rating_of_4_5_fails_check_and_is_named() {
     let before = footprint(&admin, "reviews").await;
     let spec = reviews_spec("reviews-45", "CAST(rating AS integer)");
     let out = cli(&["check"], &spec, &db).await;
+    println!("{out}");
     assert_failed(&out);
     assert!(
         out.stdout.contains(
@@ -333,4 +334,87 @@ async fn scan_off_skips_the_scan() {
     let out = cli(&["check"], &spec, &db).await;
     assert_failed(&out);
     assert!(out.stdout.contains("e.g. key 99999"), "{out}");
+}
+
+/// `(rows, rows/s)` of each mirror's `backfill estimate` line.
+fn estimates(stdout: &str) -> Vec<(f64, f64)> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("backfill estimate, mirror "))
+        .filter_map(|l| {
+            let rows = l.split(" for ~").nth(1)?.split(' ').next()?.parse().ok()?;
+            let rate = l.split(" rows (").nth(1)?.split(' ').next()?.parse().ok()?;
+            Some((rows, rate))
+        })
+        .collect()
+}
+
+/// The ETA against a real backfill of the same rows (one-way, no load):
+/// within half either way. The estimate times the scan's chunks; the run
+/// pays a checkpoint and a commit per chunk, and a walsender decodes its
+/// writes on the same cores. A measurement, and on a shared 2-core machine
+/// not a robust one (ratios 0.44 to 1.19 were seen), hence ignored; run it
+/// with `cargo nextest run --test check --run-ignored only the_estimate
+/// --no-capture` to print the ratios.
+#[tokio::test]
+#[ignore = "a measurement: prints estimate / actual per mirror"]
+async fn the_estimate_is_within_half_of_the_real_backfill() {
+    let db = fresh_db().await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean NOT NULL, pad text, status text);
+             INSERT INTO users SELECT i, i % 3 > 0, repeat('p', 60) FROM generate_series(1, 150000) i;
+             CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
+             INSERT INTO orders SELECT i, jsonb_build_array(
+                 jsonb_build_object('sku', 'a' || i, 'qty', 1), jsonb_build_object('sku', 'b', 'qty', 2),
+                 jsonb_build_object('sku', 'c', 'qty', 3)) FROM generate_series(1, 40000) i;
+             CREATE TABLE order_items (order_id bigint NOT NULL, line_no bigint NOT NULL, sku text, qty int,
+                                       PRIMARY KEY (order_id, line_no));
+             ANALYZE users; ANALYZE orders;",
+        )
+        .await
+        .unwrap();
+    let spec = Spec::new(
+        "eta",
+        &format!(
+            "{}{}",
+            super::common::cli::USERS_MIRROR,
+            super::common::cli::ORDERS_MIRROR
+        ),
+    );
+    let out = cli(&["check", "--scan", "full"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    let estimated = estimates(&out.stdout);
+    assert_eq!(estimated.len(), 2, "{out}");
+    let mut run = super::common::cli::Run::spawn(&spec, &db);
+    super::common::wait_backfill_done(&admin, "eta").await;
+    run.sigterm();
+    run.exit(std::time::Duration::from_secs(20)).await;
+    let rows = admin
+        .query(
+            // Mirrors are backfilled one after the other, and every
+            // mirror's started_at is the run's start: a mirror's own time
+            // begins when the one before it finished.
+            "SELECT extract(epoch FROM finished_at - greatest(started_at,
+                        coalesce(lag(finished_at) OVER (ORDER BY mirror), started_at)))::float8
+             FROM walshift.backfill WHERE name = 'eta' ORDER BY mirror",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut off = Vec::new();
+    for (i, ((rows_n, rate), row)) in estimated.iter().zip(&rows).enumerate() {
+        let actual: f64 = row.get(0);
+        let estimate = rows_n / rate;
+        let ratio = estimate / actual;
+        println!(
+            "mirror {}: estimate {estimate:.2}s, backfill {actual:.2}s, ratio {ratio:.2}",
+            i + 1
+        );
+        if !(0.5..=1.5).contains(&ratio) {
+            off.push(format!("mirror {}: ratio {ratio:.2}", i + 1));
+        }
+    }
+    assert!(off.is_empty(), "{off:?}\n{out}");
 }
