@@ -10,10 +10,17 @@
 //! chunks are not counted ("unthrottled").
 //!
 //! Why not one sample chunk: the former estimate timed the first 2000 keys
-//! once, on `check`'s own session. That session had JIT on (the applier
-//! turns it off: JIT compiled the chunk statement at up to 600 ms), and the
-//! one chunk also paid for planning and cold caches, so the demo's order
-//! backfill was estimated at 29 s and took 4 s.
+//! once, on `check`'s own session, and reported the demo's order backfill
+//! at 29 s for 4 s. What the code shows as the likely reasons (not measured
+//! apart): that session had JIT on, which the applier turns off because JIT
+//! compiled chunk statements at up to 600 ms (benches/backfill.rs), and the
+//! one chunk carried the planning and cold caches a backfill pays once.
+//!
+//! What it still leaves out, measured by
+//! `cargo nextest run --test check --run-ignored only the_estimate
+//! --no-capture`: the run commits each chunk with its checkpoint, and a
+//! walsender decodes its writes on the same machine; on a shared 2-core
+//! machine the real one-way backfill took 0.5 to 2 times the estimate.
 
 use std::time::Duration;
 

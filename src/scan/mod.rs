@@ -559,6 +559,6 @@ mod tests {
             Ok(Budget::For(Duration::from_secs(90)))
         );
         assert!("soon".parse::<Budget>().is_err());
-        assert_eq!(Budget::default().to_string(), "60s");
+        assert_eq!(Budget::default().to_string(), "1m");
     }
 }
