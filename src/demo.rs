@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use walshift::catalog::{self, MirrorKind, Plan};
 use walshift::cluster::Cluster;
 use walshift::conninfo::ConnConfig;
-use walshift::estimate::{estimate, human_eta};
+use walshift::estimate::human_eta;
 use walshift::run::{self, Observed, RunOptions};
 use walshift::spec::Spec;
 
@@ -328,7 +328,7 @@ async fn fill(client: &tokio_postgres::Client, opts: &DemoOptions) -> Result<()>
 
 /// `check`: plan and ETA, nothing created.
 async fn check(config: &ConnConfig, spec: &Spec) -> Result<Plan> {
-    let mut check_client = config.connect_sql().await?;
+    let check_client = config.connect_sql().await?;
     let report = catalog::check(&check_client, spec).await?;
     if !report.problems.is_empty() {
         for p in &report.problems {
@@ -337,20 +337,36 @@ async fn check(config: &ConnConfig, spec: &Spec) -> Result<Plan> {
         bail!("the demo spec does not pass check");
     }
     let plan = report.plan.context("check passed without a plan")?;
+    // A short budget: the demo's tables are scanned whole in a few seconds
+    // on a small machine, and the ETA below is timed by the same chunks.
+    let budget = walshift::scan::Budget::For(std::time::Duration::from_secs(5));
+    let scanned = walshift::scan::scan(
+        &check_client,
+        spec,
+        &plan,
+        budget,
+        &mut walshift::scan::Quiet,
+    )
+    .await?;
+    for line in scanned.render().lines() {
+        say(&format!("  {line}"));
+    }
+    if !scanned.passed() {
+        bail!("the demo's data does not pass the scan");
+    }
     say("check passed: nothing created yet");
-    for m in &plan.mirrors {
-        if let Ok(e) = estimate(&mut check_client, m).await {
-            let what = match &m.kind {
-                MirrorKind::Set(p) => format!("{} set {}", p.source, p.set[0].0),
-                MirrorKind::Rows(p) => format!("{} -> {}", p.source, p.target),
-            };
-            say(&format!(
-                "  mirror {} ({what}, two-way): ~{} rows, backfill estimate {}",
-                m.number,
-                m.estimated_rows,
-                e.eta.map(human_eta).unwrap_or_else(|| "-".into())
-            ));
-        }
+    let estimates = scanned.estimates(spec.backfill.max_rows_per_second);
+    for (m, e) in plan.mirrors.iter().zip(estimates) {
+        let what = match &m.kind {
+            MirrorKind::Set(p) => format!("{} set {}", p.source, p.set[0].0),
+            MirrorKind::Rows(p) => format!("{} -> {}", p.source, p.target),
+        };
+        say(&format!(
+            "  mirror {} ({what}, two-way): ~{} rows, backfill estimate {}",
+            m.number,
+            e.rows_estimate,
+            e.eta.map(human_eta).unwrap_or_else(|| "-".into())
+        ));
     }
     Ok(plan)
 }

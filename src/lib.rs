@@ -13,6 +13,7 @@
 
 pub mod backfill;
 pub mod catalog;
+pub mod check;
 pub mod cleanup;
 pub mod cluster;
 pub mod conninfo;
@@ -29,6 +30,7 @@ pub mod pgoutput;
 pub mod relcache;
 pub mod replication;
 pub mod run;
+pub mod scan;
 pub mod settings;
 pub mod spec;
 pub mod state;

@@ -64,6 +64,11 @@ enum Command {
     Check {
         /// The spec file (TOML).
         spec: PathBuf,
+        /// Scan the data for about this long (e.g. 60s; `full`: every row; `off`: no scan, a
+        /// few chunks timed for the ETA). Every mapping runs over the existing rows in
+        /// chunks that are rolled back; failing rows are reported by kind with example keys.
+        #[arg(long, value_name = "BUDGET", default_value = "60s")]
+        scan: walshift::scan::Budget,
         #[command(flatten)]
         db: Db,
     },
@@ -233,46 +238,19 @@ fn main() -> ExitCode {
 
 async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) -> ExitCode {
     match command {
-        Command::Check { spec, db } => {
+        Command::Check { spec, scan, db } => {
             let (spec, config) = match load(&spec, &db) {
                 Ok(v) => v,
                 Err(code) => return code,
             };
-            let mut client = match connect(&config).await {
+            let client = match connect(&config).await {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let report = match catalog::check(&client, &spec).await {
-                Ok(r) => r,
-                Err(e) => return fail(&format!("lost the connection during check: {e}")),
-            };
-            if report.problems.is_empty() {
-                print!("{}", report.render_plan());
-                match walshift::topology::check_line(&client, &config, &spec.slot_name()).await {
-                    Ok(line) => println!("{line}"),
-                    Err(e) => println!(
-                        "failover: cannot tell: {}",
-                        walshift::error_policy::pg_message(&e)
-                    ),
-                }
-                if let Some(plan) = &report.plan {
-                    print_estimates(&mut client, plan).await;
-                }
-                println!(
-                    "check passed: {} mirror(s), nothing was created",
-                    spec.mirrors.len()
-                );
-                ExitCode::SUCCESS
-            } else {
-                for p in &report.problems {
-                    println!("{p}");
-                }
-                eprintln!(
-                    "walshift: check found {} problem(s) in {}; nothing was created",
-                    report.problems.len(),
-                    spec.file
-                );
-                ExitCode::from(1)
+            match walshift::check::command(&client, &config, &spec, scan).await {
+                Ok(walshift::check::Verdict::Passed) => ExitCode::SUCCESS,
+                Ok(walshift::check::Verdict::Failed) => ExitCode::from(1),
+                Err(e) => fail(&e),
             }
         }
         Command::Demo(opts) => match demo::demo(opts, bars).await {
@@ -513,48 +491,6 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
             }
         }
     }
-}
-
-/// The backfill ETA per mirror, from a timed, rolled-back sample chunk.
-async fn print_estimates(client: &mut tokio_postgres::Client, plan: &catalog::Plan) {
-    use walshift::estimate::{estimate, human_eta};
-    let mut total = std::time::Duration::ZERO;
-    for m in &plan.mirrors {
-        match estimate(client, m).await {
-            Ok(e) => {
-                let rate = e
-                    .rows_per_second()
-                    .map(|r| format!("{r:.0} rows/s"))
-                    .unwrap_or_else(|| "no rows to sample".into());
-                match e.eta {
-                    Some(eta) => {
-                        total += eta;
-                        println!(
-                            "backfill estimate, mirror {}: ~{} for ~{} rows ({} rows timed in {:.1} ms, rolled back: {rate})",
-                            e.mirror,
-                            human_eta(eta),
-                            e.rows_estimate.max(e.sample_rows),
-                            e.sample_rows,
-                            e.sample_time.as_secs_f64() * 1000.0
-                        );
-                    }
-                    None => println!(
-                        "backfill estimate, mirror {}: nothing to backfill (empty table)",
-                        e.mirror
-                    ),
-                }
-            }
-            Err(e) => println!(
-                "backfill estimate, mirror {}: could not time a sample chunk: {}",
-                m.number,
-                walshift::error_policy::pg_message(&e)
-            ),
-        }
-    }
-    println!(
-        "backfill estimate, all mirrors: ~{} unthrottled",
-        walshift::estimate::human_eta(total)
-    );
 }
 
 /// Polls status until ready; prints what it waits for whenever that changes.

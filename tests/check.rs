@@ -5,6 +5,8 @@
 //! statement or temporary schema) and the session left idle.
 
 mod common;
+#[path = "check/scan.rs"]
+mod scan;
 
 use common::{Cluster, Database, fresh_db};
 use walshift::catalog::{CheckReport, MirrorKind, Problem, check};

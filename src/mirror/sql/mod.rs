@@ -37,6 +37,7 @@
 
 pub mod keys;
 mod rows;
+pub mod scan;
 mod verify;
 
 pub use crate::ident::{QualifiedName, quote_ident, quote_literal};
