@@ -65,39 +65,15 @@ pub async fn cleanup(client: &Client, spec: &Spec, force: bool) -> Result<Vec<St
     let slot = spec.slot_name();
     // A forced cleanup (or a walsender that outlived its run) holds the slot:
     // end that session, then wait for the slot to be released.
-    let started = Instant::now();
-    loop {
-        let active: Option<Option<i32>> = client
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| err("reading the slot", e))?
-            .map(|r| r.get(0));
-        match active {
-            None => break,
-            Some(None) => {
-                client
-                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                    .await
-                    .map_err(|e| err(&format!("dropping slot {slot}"), e))?;
-                done.push(format!("dropped replication slot {slot}"));
-                break;
-            }
-            Some(Some(pid)) => {
-                if started.elapsed() > Duration::from_secs(10) {
-                    return Err(format!(
-                        "slot {slot} is still in use by pid {pid} after 10s; stop that session and retry"
-                    ));
-                }
-                client
-                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .map_err(|e| err("terminating the slot's session", e))?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    match drop_slot(client, &slot, true).await {
+        Ok(true) => done.push(format!("dropped replication slot {slot}")),
+        Ok(false) => {}
+        Err(SlotDrop::Held(pid)) => {
+            return Err(format!(
+                "slot {slot} is still in use by pid {pid} after 10s; stop that session and retry"
+            ));
         }
+        Err(SlotDrop::Failed(what, e)) => return Err(err(what, e)),
     }
     let publication = spec.publication_name();
     if client
@@ -132,4 +108,60 @@ pub async fn cleanup(client: &Client, spec: &Spec, force: bool) -> Result<Vec<St
         done.push(format!("dropped replication origin {origin}"));
     }
     Ok(done)
+}
+
+/// Why [`drop_slot`] did not drop a slot.
+#[derive(Debug)]
+pub(crate) enum SlotDrop {
+    /// Still held by this backend after 10 s.
+    Held(i32),
+    /// A statement failed: what it was doing, and the error.
+    Failed(&'static str, tokio_postgres::Error),
+}
+
+/// Drops replication slot `slot` once no session holds it, looking every
+/// 100 ms for up to 10 s. A holder is ended (`pg_terminate_backend`) when
+/// `terminate`, else waited for (a walsender on its way out). `Ok(false)`:
+/// there was no such slot.
+pub(crate) async fn drop_slot(
+    client: &Client,
+    slot: &str,
+    terminate: bool,
+) -> Result<bool, SlotDrop> {
+    let started = Instant::now();
+    loop {
+        let active: Option<Option<i32>> = client
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| SlotDrop::Failed("reading the slot", e))?
+            .map(|r| r.get(0));
+        match active {
+            None => return Ok(false),
+            Some(None) => match client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+            {
+                Ok(_) => return Ok(true),
+                // Taken or dropped meanwhile: look again.
+                Err(e)
+                    if e.code()
+                        .is_some_and(|c| c.code() == "42704" || c.code() == "55006") => {}
+                Err(e) => return Err(SlotDrop::Failed("dropping the slot", e)),
+            },
+            Some(Some(pid)) if started.elapsed() > Duration::from_secs(10) => {
+                return Err(SlotDrop::Held(pid));
+            }
+            Some(Some(pid)) if terminate => {
+                client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(|e| SlotDrop::Failed("terminating the slot's session", e))?;
+            }
+            Some(Some(_)) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

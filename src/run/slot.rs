@@ -14,8 +14,6 @@
 //! recorded: a resync cut short (walshift killed, the database gone) leaves
 //! `slot_lost` set, and the next run carries it out again from the start.
 
-use std::time::{Duration, Instant};
-
 use tokio_postgres::Client;
 
 use crate::Lsn;
@@ -226,41 +224,17 @@ pub async fn resync(config: &ConnConfig, spec: &Spec, reason: &str) -> Result<Ls
 
     // 2. What is left of the dead slot. Its walsender may still be on its
     //    way out; another run holding it is not ours to end.
-    let started = Instant::now();
-    loop {
-        let active: Option<Option<i32>> = client
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| fail("reading the slot", e))?
-            .map(|r| r.get(0));
-        match active {
-            None => break,
-            Some(None) => match client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(slot = %slot, "dropped the dead slot");
-                    break;
-                }
-                // Taken or dropped meanwhile: look again.
-                Err(e)
-                    if e.code()
-                        .is_some_and(|c| c.code() == "42704" || c.code() == "55006") => {}
-                Err(e) => return Err(fail("dropping the dead slot", e)),
-            },
-            Some(Some(pid)) if started.elapsed() > Duration::from_secs(10) => {
-                return Err(format!(
-                    "resynchronising after slot {slot} was lost: the dead slot is still held by pid {pid} after 10 s \
-                     (another walshift run for this spec?); stop it and run again"
-                ));
-            }
-            Some(Some(_)) => {}
+    use crate::cleanup::{SlotDrop, drop_slot};
+    match drop_slot(&client, &slot, false).await {
+        Ok(true) => tracing::info!(slot = %slot, "dropped the dead slot"),
+        Ok(false) => {}
+        Err(SlotDrop::Held(pid)) => {
+            return Err(format!(
+                "resynchronising after slot {slot} was lost: the dead slot is still held by pid {pid} after 10 s \
+                 (another walshift run for this spec?); stop it and run again"
+            ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(SlotDrop::Failed(what, e)) => return Err(fail(what, e)),
     }
 
     // 3. The new slot, before any chunk reads (I1).
