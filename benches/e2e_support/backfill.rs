@@ -13,13 +13,17 @@
 //! The trigger method runs at its best: its batch loop is a `DO` block inside the server (no
 //! round trips), as the in-server loop is. The tools drive it from a client.
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::fixture::{
     InServerSample, Scenario, apply_session, in_server, plan_for, reset, scenarios, spec_text,
     verify,
 };
-use crate::process::{RunSample, cpu_seconds, drop_walshift_objects, run_walshift, scalar_f64};
+use crate::process::{
+    RunSample, binary, cpu_seconds, drop_walshift_objects, run_walshift, scalar_f64,
+};
 
 use super::{Ctx, exec, thousands};
 
@@ -183,6 +187,9 @@ async fn walshift_run(ctx: &Ctx<'_>, scenario: &Scenario, run_no: usize) -> RunS
         spec_text(scenario, scenario.spec_name, Some(ctx.cfg.chunk)),
     )
     .expect("write the spec");
+    // What `check` promises, on the same reset tables, against what the run
+    // then takes (its backfill, setup left out).
+    let estimate = check_estimate_s(&ctx.db.conninfo(), &path);
     let log = ctx
         .scratch
         .join(format!("{}-{run_no}.log", scenario.spec_name));
@@ -195,7 +202,51 @@ async fn walshift_run(ctx: &Ctx<'_>, scenario: &Scenario, run_no: usize) -> RunS
     )
     .await;
     drop_walshift_objects(ctx.admin, scenario.spec_name).await;
+    let actual = sample.total_s - sample.setup_s;
+    match estimate {
+        Some(e) => eprintln!(
+            "  check's ETA {e:.2}s, the backfill took {actual:.2}s: estimate/actual {:.2}",
+            e / actual
+        ),
+        None => eprintln!("  check printed no ETA"),
+    }
     sample
+}
+
+/// The backfill ETA `walshift check SPEC --scan off` prints for all mirrors,
+/// in seconds (`None` when it printed none).
+pub fn check_estimate_s(conninfo: &str, spec: &Path) -> Option<f64> {
+    let out = Command::new(binary())
+        .arg("check")
+        .arg(spec)
+        .args(["--db", conninfo, "--scan", "off"])
+        .env_remove("RUST_LOG")
+        .env_remove("WALSHIFT_DB")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("backfill estimate, all mirrors: ~"))?;
+    parse_eta(line.strip_suffix(" unthrottled")?)
+}
+
+/// Seconds of an ETA as check prints it: `1h 02m`, `3m 20s`, `42s`, `850ms`.
+fn parse_eta(text: &str) -> Option<f64> {
+    let mut total = 0.0;
+    for part in text.split_whitespace() {
+        let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let n: f64 = digits.parse().ok()?;
+        total += match &part[digits.len()..] {
+            "h" => n * 3600.0,
+            "m" => n * 60.0,
+            "s" => n,
+            "ms" => n / 1000.0,
+            _ => return None,
+        };
+    }
+    Some(total)
 }
 
 #[derive(Clone, Copy)]
