@@ -85,15 +85,18 @@ pub fn extrapolate(sample_rows: i64, sample_time: Duration, total: i64) -> Optio
     Some(sample_time.mul_f64(total as f64 / sample_rows as f64))
 }
 
-/// `1h 02m`, `3m 20s`, `42s`, `850ms`.
+/// `1h 02m`, `3m 20s`, `42s`, `4.2s`, `850ms`.
 pub fn human_eta(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 3600 {
         format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
     } else if s >= 60 {
         format!("{}m {:02}s", s / 60, s % 60)
-    } else if s >= 1 {
+    } else if s >= 10 {
         format!("{s}s")
+    } else if s >= 1 {
+        // Whole seconds would be off by up to a half here.
+        format!("{:.1}s", d.as_secs_f64())
     } else {
         format!("{}ms", d.as_millis())
     }
@@ -136,6 +139,7 @@ mod tests {
         assert_eq!(human_eta(Duration::from_secs(3720)), "1h 02m");
         assert_eq!(human_eta(Duration::from_secs(200)), "3m 20s");
         assert_eq!(human_eta(Duration::from_secs(42)), "42s");
+        assert_eq!(human_eta(Duration::from_millis(4240)), "4.2s");
         assert_eq!(human_eta(Duration::from_millis(850)), "850ms");
     }
 }

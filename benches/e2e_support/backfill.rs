@@ -232,11 +232,14 @@ pub fn check_estimate_s(conninfo: &str, spec: &Path) -> Option<f64> {
     parse_eta(line.strip_suffix(" unthrottled")?)
 }
 
-/// Seconds of an ETA as check prints it: `1h 02m`, `3m 20s`, `42s`, `850ms`.
+/// Seconds of an ETA as check prints it: `1h 02m`, `3m 20s`, `42s`, `4.2s`, `850ms`.
 fn parse_eta(text: &str) -> Option<f64> {
     let mut total = 0.0;
     for part in text.split_whitespace() {
-        let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
         let n: f64 = digits.parse().ok()?;
         total += match &part[digits.len()..] {
             "h" => n * 3600.0,
