@@ -553,9 +553,10 @@ async fn pg18_a_rolled_back_apply_moves_the_origin_and_walshift_resumes_from_its
 // --- PostgreSQL 17: new pg_replication_slots columns -------------------------------------------
 
 /// 17 added `failover`, `synced`, `inactive_since` and `invalidation_reason` to
-/// pg_replication_slots (16 added `conflicting`). walshift reads none of them (status reads
-/// active, wal_status, restart_lsn and confirmed_flush_lsn); this pins what 17 reports for
-/// walshift's slot, running and stopped, and that status and check agree with it there.
+/// pg_replication_slots (16 added `conflicting`). walshift creates its slot as a failover slot
+/// on 17 (src/run/slot.rs) and reads `failover` and `invalidation_reason` through `to_jsonb`;
+/// this pins what 17 reports for walshift's slot, running and stopped, and that status and
+/// check agree with it there. (tests/failover.rs follows the slot through a promotion.)
 ///
 /// Checked to fail: with src/status.rs reporting every slot active, the stopped slot's status
 /// fails.
@@ -604,8 +605,8 @@ async fn pg17_slot_columns_and_walshift_status() {
             running.5,
             running.6.as_str()
         ),
-        (true, false, false, true, None, Some(false), "reserved"),
-        "walshift's running slot on 17: active, not a failover slot, not synced, no \
+        (true, true, false, true, None, Some(false), "reserved"),
+        "walshift's running slot on 17: active, a failover slot, not synced, no \
          inactive_since, valid, not conflicting, WAL reserved"
     );
     let status = status_json(&spec, &db).await;
