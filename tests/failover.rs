@@ -166,13 +166,10 @@ async fn wait_synced_copy(primary: &tokio_postgres::Client, standby: &Database, 
     .await;
 }
 
-/// The whole scenario on `major`; `failover_slots` says whether walshift continues from a
-/// synced copy (17+) or resynchronises (16).
-async fn failover_on(major: u32) {
-    let Some(dir) = majors::required(major, "tests/failover.rs") else {
-        return;
-    };
-    let failover_slots = major >= 17;
+/// A primary of `major` (binaries in `dir`) with `users` 1..=3000 in a fresh database, and its
+/// standby set up for failover slots (17+: the primary's `synchronized_standby_slots` names the
+/// standby's physical slot). Drop the standby first.
+async fn start_pair(major: u32, dir: std::path::PathBuf) -> (Cluster, Cluster, Database) {
     let primary = blocking(move || {
         Cluster::builder()
             .bin_dir(dir)
@@ -183,8 +180,6 @@ async fn failover_on(major: u32) {
     .await
     .unwrap_or_else(|e| panic!("start PostgreSQL {major}: {e}"));
     assert_eq!(primary.version_num() / 10000, major, "the binaries found");
-    let primary = Arc::new(primary);
-
     let db = primary.fresh_database_named("failover").expect("database");
     let c = db.connect().await;
     c.batch_execute(SCHEMA).await.expect("schema");
@@ -195,16 +190,14 @@ async fn failover_on(major: u32) {
     .await
     .expect("users");
 
-    let standby = {
-        let primary = Arc::clone(&primary);
-        blocking(move || primary.start_standby_with(&standby_settings(major)))
-            .await
-            .expect("start the standby")
-    };
-    let physical = standby.primary_slot_name().expect("a standby").to_owned();
-    if failover_slots {
+    // The base backup and the standby's start block: off the async workers.
+    let standby =
+        tokio::task::block_in_place(|| primary.start_standby_with(&standby_settings(major)))
+            .expect("start the standby");
+    if major >= 17 {
         // Set after the base backup, so the standby (once promoted) does not wait for a slot
         // it does not have.
+        let physical = standby.primary_slot_name().expect("a standby");
         c.batch_execute(&format!(
             "ALTER SYSTEM SET synchronized_standby_slots = '{physical}'"
         ))
@@ -212,6 +205,73 @@ async fn failover_on(major: u32) {
         .unwrap();
         c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     }
+    (primary, standby, db)
+}
+
+/// How many of `ids` are not in `users`.
+async fn missing(c: &tokio_postgres::Client, ids: &[i64]) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM unnest($1::bigint[]) AS a(id)
+         WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = a.id)",
+        &[&ids],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Resumed from the synced slot (`failover_slots`) or resynchronised, as the major allows:
+/// walshift's log (`log`), its state row and `status` on the new primary all say the same.
+async fn how_it_resumed(
+    failover_slots: bool,
+    log: &str,
+    c: &tokio_postgres::Client,
+    spec: &Spec,
+    db: &Database,
+) {
+    let resyncs = one_i64(
+        c,
+        &format!(
+            "SELECT slot_resyncs::bigint FROM walshift.migration WHERE name = '{}'",
+            spec.name
+        ),
+    )
+    .await;
+    let s = status_json(spec, db).await;
+    let text = cli(&["status"], spec, db).await;
+    if failover_slots {
+        assert!(
+            !log.contains("resynchronis"),
+            "walshift resynchronised although the synced slot survived:\n{log}"
+        );
+        assert_eq!(resyncs, 0, "{log}");
+        assert!(!text.stdout.contains("resynced"), "{text}");
+        assert_eq!(s["slot"]["resyncs"].as_i64().unwrap_or(0), 0, "{s}");
+    } else {
+        let warned = log
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains("resynchronised after the slot was lost"))
+            .unwrap_or_else(|| panic!("no warning of the resync:\n{log}"));
+        assert!(warned.contains("gone"), "{warned}");
+        assert_eq!(resyncs, 1, "{log}");
+        assert!(
+            text.stdout.contains("resynced:  after slot lost at "),
+            "{text}"
+        );
+        assert_eq!(s["slot"]["resyncs"], 1, "{s}");
+    }
+}
+
+/// The whole scenario on `major`; `failover_slots` says whether walshift continues from a
+/// synced copy (17+) or resynchronises (16).
+async fn failover_on(major: u32) {
+    let Some(dir) = majors::required(major, "tests/failover.rs") else {
+        return;
+    };
+    let failover_slots = major >= 17;
+    let (primary, standby, db) = start_pair(major, dir).await;
+    let physical = standby.primary_slot_name().expect("a standby").to_owned();
+    let c = db.connect().await;
     let on_standby_db = standby.database(db.name());
 
     let spec = Spec::new(&format!("fo{major}"), USERS_MIRROR);
@@ -341,59 +401,11 @@ async fn failover_on(major: u32) {
     assert!(second.still_running(), "{}", second.stderr());
 
     // Writes acknowledged by the old primary that the standby never received.
-    let lost = c
-        .query_one(
-            "SELECT count(*) FROM unnest($1::bigint[]) AS a(id)
-             WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = a.id)",
-            &[&acked.inserted[0]],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0);
-    let lost_new = c
-        .query_one(
-            "SELECT count(*) FROM unnest($1::bigint[]) AS a(id)
-             WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = a.id)",
-            &[&acked.inserted[1]],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0);
+    let lost = missing(&c, &acked.inserted[0]).await;
+    let lost_new = missing(&c, &acked.inserted[1]).await;
     assert_eq!(lost_new, 0, "the new primary lost none of its own writes");
 
-    // Resumed or resynchronised, as the major allows: the log, the state row, status.
-    let log = second.stderr();
-    let resyncs = one_i64(
-        &c,
-        &format!(
-            "SELECT slot_resyncs::bigint FROM walshift.migration WHERE name = '{}'",
-            spec.name
-        ),
-    )
-    .await;
-    let s = status_json(&spec, &on_standby_db).await;
-    let text = cli(&["status"], &spec, &on_standby_db).await;
-    if failover_slots {
-        assert!(
-            !log.contains("resynchronis"),
-            "walshift resynchronised although the synced slot survived:\n{log}"
-        );
-        assert_eq!(resyncs, 0, "{log}");
-        assert!(!text.stdout.contains("resynced"), "{text}");
-        assert_eq!(s["slot"]["resyncs"].as_i64().unwrap_or(0), 0, "{s}");
-    } else {
-        let warned = log
-            .lines()
-            .find(|l| l.contains("WARN") && l.contains("resynchronised after the slot was lost"))
-            .unwrap_or_else(|| panic!("no warning of the resync:\n{log}"));
-        assert!(warned.contains("gone"), "{warned}");
-        assert_eq!(resyncs, 1, "{log}");
-        assert!(
-            text.stdout.contains("resynced:  after slot lost at "),
-            "{text}"
-        );
-        assert_eq!(s["slot"]["resyncs"], 1, "{s}");
-    }
+    how_it_resumed(failover_slots, &second.stderr(), &c, &spec, &on_standby_db).await;
     eprintln!(
         "FAILOVER PostgreSQL {major}: {} walshift run #2 streaming {} ms and caught up {} ms after \
          it started; standby promoted {} ms after the kill; writer acknowledged {} inserts and {} \
