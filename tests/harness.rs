@@ -643,6 +643,60 @@ async fn standby_replay_lag_shows_while_replay_is_paused() {
     assert_eq!(single(&left), "0", "the standby's slot is dropped with it");
 }
 
+/// `start_standby_with` applies settings to the standby alone, `primary_slot_name` names the
+/// physical slot it streams through, and after the primary crashes `promote` makes it a
+/// primary that holds what was replicated and takes writes (tests/failover.rs builds on it).
+#[test]
+fn standby_with_its_own_settings_is_promoted_after_the_primary_crashes() {
+    let primary = Cluster::builder().start().unwrap();
+    let standby = primary
+        .start_standby_with(&[("hot_standby_feedback", "on")])
+        .unwrap();
+    let show = |c: &Cluster, sql: &str| single(&c.exec_sql("postgres", sql).unwrap()).to_owned();
+    assert_eq!(show(&primary, "SHOW hot_standby_feedback"), "off");
+    assert_eq!(show(&standby, "SHOW hot_standby_feedback"), "on");
+    let slot = standby
+        .primary_slot_name()
+        .expect("a standby's slot")
+        .to_owned();
+    assert_eq!(
+        show(&standby, "SHOW primary_slot_name"),
+        slot,
+        "the standby streams through it"
+    );
+    assert_eq!(
+        show(
+            &primary,
+            &format!("SELECT slot_type FROM pg_replication_slots WHERE slot_name = '{slot}'")
+        ),
+        "physical"
+    );
+    assert_eq!(primary.primary_slot_name(), None);
+
+    primary
+        .exec_sql("postgres", "CREATE TABLE before_crash AS SELECT 1 AS n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while standby
+        .exec_sql("postgres", "SELECT count(*) FROM before_crash")
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the table never reached the standby"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    primary.crash();
+    standby.promote().unwrap();
+    assert_eq!(show(&standby, "SELECT pg_is_in_recovery()"), "f");
+    standby
+        .exec_sql("postgres", "INSERT INTO before_crash VALUES (2)")
+        .unwrap();
+    assert_eq!(show(&standby, "SELECT count(*) FROM before_crash"), "2");
+    drop(standby);
+}
+
 #[test]
 fn socket_dir_is_inside_the_cluster_dir() {
     let cluster = shared_cluster();

@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use common::{Cluster, Database, wait_backfill_done, wait_caught_up, wait_for};
+use common::{Cluster, Database, majors, wait_backfill_done, wait_caught_up, wait_for};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::{ReplicationClient, SlotOptions, SnapshotAction, proto};
 
@@ -20,51 +19,10 @@ use walshift::replication::{ReplicationClient, SlotOptions, SnapshotAction, prot
 const WRONG: &str = "SELECT count(*) FROM users \
      WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END";
 
-/// The major of `<dir>/postgres --version`, run with the install's own lib (if any) first.
-fn major_of(dir: &Path) -> Option<u32> {
-    let mut cmd = std::process::Command::new(dir.join("postgres"));
-    if let Some(lib) = dir.parent().map(|p| p.join("lib")) {
-        cmd.env("LD_LIBRARY_PATH", lib);
-    }
-    let out = cmd.arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rest = text.split_once("(PostgreSQL) ")?.1;
-    rest.chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()
-}
-
-/// A directory of PostgreSQL `major`'s server binaries, if this machine has one.
-fn bins_of(major: u32) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(dir) = std::env::var_os(format!("WALSHIFT_PG{major}_BIN")) {
-        candidates.push(dir.into());
-    }
-    if let Some(dir) = std::env::var_os("PG_BIN") {
-        candidates.push(dir.into());
-    }
-    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(".pg/{major}/bin")));
-    candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
-    candidates
-        .into_iter()
-        .filter(|d| !d.as_os_str().is_empty() && d.join("initdb").is_file())
-        .find(|d| major_of(d) == Some(major))
-}
-
 /// A dedicated cluster of PostgreSQL `major` with `settings`, or `None` (outside CI) when this
 /// machine has no such binaries.
 async fn cluster_of(major: u32, settings: &[(&str, &str)]) -> Option<Cluster> {
-    let Some(dir) = bins_of(major) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs PostgreSQL {major} binaries for tests/versions.rs: scripts/test fetches them \
-             (scripts/fetch-pg {major}) and exports WALSHIFT_PG{major}_BIN"
-        );
-        eprintln!("SKIPPED: no PostgreSQL {major} binaries here (run scripts/fetch-pg {major})");
-        return None;
-    };
+    let dir = majors::required(major, "tests/versions.rs")?;
     let settings: Vec<(String, String)> = settings
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -553,9 +511,10 @@ async fn pg18_a_rolled_back_apply_moves_the_origin_and_walshift_resumes_from_its
 // --- PostgreSQL 17: new pg_replication_slots columns -------------------------------------------
 
 /// 17 added `failover`, `synced`, `inactive_since` and `invalidation_reason` to
-/// pg_replication_slots (16 added `conflicting`). walshift reads none of them (status reads
-/// active, wal_status, restart_lsn and confirmed_flush_lsn); this pins what 17 reports for
-/// walshift's slot, running and stopped, and that status and check agree with it there.
+/// pg_replication_slots (16 added `conflicting`). walshift creates its slot as a failover slot
+/// on 17 (src/run/slot.rs) and reads `failover` and `invalidation_reason` through `to_jsonb`;
+/// this pins what 17 reports for walshift's slot, running and stopped, and that status and
+/// check agree with it there. (tests/failover.rs follows the slot through a promotion.)
 ///
 /// Checked to fail: with src/status.rs reporting every slot active, the stopped slot's status
 /// fails.
@@ -604,8 +563,8 @@ async fn pg17_slot_columns_and_walshift_status() {
             running.5,
             running.6.as_str()
         ),
-        (true, false, false, true, None, Some(false), "reserved"),
-        "walshift's running slot on 17: active, not a failover slot, not synced, no \
+        (true, true, false, true, None, Some(false), "reserved"),
+        "walshift's running slot on 17: active, a failover slot, not synced, no \
          inactive_since, valid, not conflicting, WAL reserved"
     );
     let status = status_json(&spec, &db).await;

@@ -1,4 +1,5 @@
-//! A physical standby of a cluster, for tests of replica-lag throttling.
+//! A physical standby of a cluster, for tests of replica-lag throttling and of failover
+//! (promotion, failover slots).
 //!
 //! The base backup uses the low-level API (`pg_backup_start` / `pg_backup_stop` in one session,
 //! copying the files in between) rather than `pg_basebackup`, so a server-only install (one
@@ -47,13 +48,24 @@ impl Cluster {
     /// with `application_name` = its [`name`](Cluster::name); `pg_wal_replay_pause()` on it
     /// makes replay lag appear there. Drop the standby before its primary.
     pub fn start_standby(&self) -> Result<Cluster> {
+        self.start_standby_with(&[])
+    }
+
+    /// [`start_standby`](Cluster::start_standby) with `settings` for the standby alone, over
+    /// the primary's: e.g. `hot_standby_feedback` and (17+) `sync_replication_slots`, which a
+    /// standby needs to keep copies of failover slots. Its `primary_conninfo` names a database
+    /// (`dbname=postgres`), as the slot sync worker requires.
+    pub fn start_standby_with(&self, settings: &[(&str, &str)]) -> Result<Cluster> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let slot = format!(
             "walshift_standby_{}_{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let options = self.options.clone().bin_dir(self.bins.dir.clone());
+        let options = settings.iter().fold(
+            self.options.clone().bin_dir(self.bins.dir.clone()),
+            |options, (key, value)| options.setting(*key, *value),
+        );
         let started = options.launch(Origin::Standby {
             primary: self,
             slot: slot.clone(),
@@ -62,6 +74,29 @@ impl Cluster {
             drop_slot(&self.endpoint, &slot);
         }
         started
+    }
+}
+
+impl Cluster {
+    /// For a standby: the physical slot on its primary it streams through
+    /// (`primary_slot_name`), e.g. for the primary's `synchronized_standby_slots`.
+    pub fn primary_slot_name(&self) -> Option<&str> {
+        self.standby_of.as_ref().map(|(_, slot)| slot.as_str())
+    }
+
+    /// Promote a standby to a primary (`pg_promote`, waiting up to 60 s for it to leave
+    /// recovery). SQL rather than `pg_ctl promote`, so server-only installs can do it too. The
+    /// old primary is best stopped first ([`crash`](Cluster::crash) for a failover): two
+    /// primaries of one history is what a real failover must never have.
+    pub fn promote(&self) -> Result<()> {
+        let rows = query(&self.endpoint, "postgres", "SELECT pg_promote(true, 60)")?;
+        match rows.first().and_then(|r| r.first()).cloned().flatten() {
+            Some(done) if done == "t" => Ok(()),
+            other => Err(Error::Config(format!(
+                "pg_promote on {} did not finish within 60 s (returned {other:?})",
+                self.name()
+            ))),
+        }
     }
 }
 

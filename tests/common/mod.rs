@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod http;
+pub mod majors;
 
 use std::future::Future;
 use std::path::Path;
