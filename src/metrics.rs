@@ -49,6 +49,8 @@ pub const SLOT_RETAINED_WAL_BYTES: &str = "walshift_slot_retained_wal_bytes";
 pub const STREAM_CONNECTED: &str = "walshift_stream_connected";
 /// New sessions after a transient failure.
 pub const RECONNECTS: &str = "walshift_reconnects_total";
+/// Sessions dropped because their link went silent; label `session`.
+pub const DEAD_LINKS: &str = "walshift_dead_links_total";
 /// Failures by kind; label `kind`.
 pub const ERRORS: &str = "walshift_errors_total";
 /// counter, label `mirror`
@@ -88,6 +90,12 @@ pub mod error_kind {
     /// Every kind, in the order README.md lists them.
     pub const ALL: [&str; 5] = [RETRY, STOP, SAFETY_STOP, OBJECTS_GONE, LOST_RACE];
 }
+
+/// Values of the `session` label of [`DEAD_LINKS`] registered at zero:
+/// `walshift run`'s long-lived sessions ([`crate::net::session_label`] gives
+/// the label of any session). Backfill chunks run on the apply session
+/// (I3), so they count as `apply`.
+pub const DEAD_LINK_SESSIONS: [&str; 5] = ["stream", "apply", "flush", "control", "lag"];
 
 /// Values of the `work` label of [`ROWS_WRITTEN`] and [`ROWS_DELETED`].
 pub const WORK_LIVE: &str = "live";
@@ -193,6 +201,13 @@ pub fn describe() {
         "New replication sessions started after a transient failure."
     );
     describe_counter!(
+        DEAD_LINKS,
+        Unit::Count,
+        "Sessions walshift dropped because their link went silent beyond its bound (stream: nothing \
+         received for wal_sender_timeout plus the status interval; SQL sessions: a request unanswered \
+         for tcp_user_timeout and the server no longer working on it), by session."
+    );
+    describe_counter!(
         ERRORS,
         Unit::Count,
         "Failures by kind: retry (transient, reconnecting), stop (run stopped; operator must act), \
@@ -234,6 +249,9 @@ pub fn describe() {
     }
     for kind in error_kind::ALL {
         counter!(ERRORS, "kind" => kind).absolute(0);
+    }
+    for session in DEAD_LINK_SESSIONS {
+        counter!(DEAD_LINKS, "session" => session).absolute(0);
     }
     // Registered, so the empty histogram is listed before the first batch.
     let _ = histogram!(APPLY_BATCH_SECONDS);
@@ -335,6 +353,11 @@ pub fn reconnect() {
     counter!(RECONNECTS).increment(1);
 }
 
+/// A session's link was found dead and the session dropped.
+pub fn dead_link(session: &'static str) {
+    counter!(DEAD_LINKS, "session" => session).increment(1);
+}
+
 /// A failure of `kind` (one of [`error_kind`]).
 pub fn error(kind: &'static str) {
     counter!(ERRORS, "kind" => kind).increment(1);
@@ -392,6 +415,7 @@ mod tests {
             stream_connected(true);
             reconnect();
             error(error_kind::RETRY);
+            dead_link("stream");
         });
         let text = handle.render();
         for name in [
@@ -408,6 +432,7 @@ mod tests {
             SLOT_RETAINED_WAL_BYTES,
             STREAM_CONNECTED,
             RECONNECTS,
+            DEAD_LINKS,
             ERRORS,
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
@@ -420,5 +445,7 @@ mod tests {
         assert!(text.contains("walshift_backfill_throttled{reason=\"query\"} 0"));
         assert!(text.contains("walshift_backfill_rows_total{mirror=\"1\"} 100"));
         assert!(text.contains("walshift_errors_total{kind=\"retry\"} 1"));
+        assert!(text.contains("walshift_dead_links_total{session=\"stream\"} 1"));
+        assert!(text.contains("walshift_dead_links_total{session=\"apply\"} 0"));
     }
 }

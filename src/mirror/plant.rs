@@ -19,6 +19,10 @@ pub enum Plant {
     /// Poison keys not isolated: a row the mapping cannot take stops the
     /// run, and with it every other key (as before held keys).
     NoIsolation,
+    /// Dead links unnoticed on the stream: no receive timeout, so a
+    /// black-holed replication connection waits on TCP alone (which a
+    /// middlebox that still acknowledges never ends).
+    NoReceiveTimeout,
 }
 
 static PLANTED: OnceLock<Plant> = OnceLock::new();
