@@ -23,6 +23,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use tokio_postgres::config::Host;
+
 use crate::net::params::{self, NetParams, ParamError};
 use crate::net::socket::OpenError;
 use crate::net::{NoHostFits, Target};
@@ -109,7 +111,7 @@ impl ConnConfig {
         };
 
         // Environment defaults, as libpq applies them: only where unset.
-        if pg.get_hosts().is_empty() {
+        if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
             match env("PGHOST") {
                 Some(h) if !h.is_empty() => {
                     for h in h.split(',') {
@@ -250,20 +252,24 @@ impl ConnConfig {
             return vec![t.clone()];
         }
         let ports = self.pg.get_ports();
-        self.pg
-            .get_hosts()
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
+        let hosts = self.pg.get_hosts();
+        // libpq: `hostaddr` is where to connect, `host` the name TLS checks;
+        // either may stand alone.
+        let addrs = self.pg.get_hostaddrs();
+        (0..hosts.len().max(addrs.len()))
+            .map(|i| {
                 let port = match ports.len() {
                     0 => 5432,
                     1 => ports[0],
                     _ => ports.get(i).copied().unwrap_or(5432),
                 };
-                Target {
-                    host: h.clone(),
-                    port,
-                }
+                let addr = addrs.get(i).copied();
+                let host = match (hosts.get(i), addr) {
+                    (Some(h), _) => h.clone(),
+                    (None, Some(a)) => Host::Tcp(a.to_string()),
+                    (None, None) => unreachable!("i is below one of the lengths"),
+                };
+                Target { host, port, addr }
             })
             .collect()
     }
@@ -594,7 +600,6 @@ fn percent_decode(s: &str) -> Result<String, ConnConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_postgres::config::Host;
 
     fn parse(s: &str, env: &[(&str, &str)]) -> ConnConfig {
         let env: Vec<(String, String)> = env
@@ -620,7 +625,8 @@ mod tests {
             c.targets(),
             vec![Target {
                 host: Host::Tcp("db.example".into()),
-                port: 6543
+                port: 6543,
+                addr: None,
             }]
         );
         assert_eq!(c.tls().mode, SslMode::VerifyFull);
@@ -750,6 +756,16 @@ mod tests {
         assert_eq!(c.net().target, crate::net::TargetSessionAttrs::ReadWrite);
         assert_eq!(c.net().tcp_user_timeout, Some(Duration::from_millis(500)));
         assert_eq!(c.net().keepalives.unwrap().idle, Duration::from_secs(3));
+        // hostaddr: where to connect; host: the name TLS checks.
+        let c = parse(
+            "host=db.example,other hostaddr=127.0.0.1,127.0.0.2 port=7",
+            &[],
+        );
+        let t = c.targets();
+        assert_eq!(t[1].addr, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(t[1].to_string(), "other:7 (127.0.0.2)");
+        let c = parse("hostaddr=127.0.0.1", &[]);
+        assert_eq!(c.targets()[0].to_string(), "127.0.0.1:5432");
         // One port for every host.
         let c = parse("host=a,b port=6000", &[]);
         let t: Vec<String> = c.targets().iter().map(Target::to_string).collect();

@@ -22,14 +22,22 @@ use super::params::{NetParams, TargetSessionAttrs};
 pub struct Target {
     pub host: Host,
     pub port: u16,
+    /// libpq's `hostaddr`: connect here, and check TLS against `host`.
+    pub addr: Option<std::net::IpAddr>,
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.host {
-            Host::Tcp(h) if h.contains(':') => write!(f, "[{h}]:{}", self.port),
-            Host::Tcp(h) => write!(f, "{h}:{}", self.port),
-            Host::Unix(dir) => write!(f, "{}/.s.PGSQL.{}", dir.display(), self.port),
+            Host::Tcp(h) if h.contains(':') => write!(f, "[{h}]:{}", self.port)?,
+            Host::Tcp(h) => write!(f, "{h}:{}", self.port)?,
+            Host::Unix(dir) => write!(f, "{}/.s.PGSQL.{}", dir.display(), self.port)?,
+        }
+        match self.addr {
+            Some(a) if !matches!(&self.host, Host::Tcp(h) if *h == a.to_string()) => {
+                write!(f, " ({a})")
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -224,6 +232,7 @@ mod tests {
             .map(|i| Target {
                 host: Host::Tcp(format!("h{i}")),
                 port: 5432 + i,
+                addr: None,
             })
             .collect()
     }
@@ -348,6 +357,7 @@ mod tests {
         let t = Target {
             host: Host::Tcp("::1".into()),
             port: 5432,
+            addr: None,
         };
         assert_eq!(t.to_string(), "[::1]:5432");
     }

@@ -54,7 +54,14 @@ pub async fn open(
             Ok(Socket::Unix(UnixStream::connect(&path).await?))
         }
         Host::Tcp(name) => {
-            let tcp = connect_tcp(name, target.port, params).await?;
+            let tcp = match target.addr {
+                Some(addr) => {
+                    let tcp = TcpStream::connect((addr, target.port)).await?;
+                    set_options(&tcp, params)?;
+                    tcp
+                }
+                None => connect_tcp(name, target.port, params).await?,
+            };
             negotiate_tls(tls, name, tcp).await
         }
     }
