@@ -309,6 +309,13 @@ impl ConnConfig {
         self.connect_with(None).await
     }
 
+    /// [`ConnConfig::connect_sql`], and the host of the list it reached.
+    pub async fn connect_sql_to(
+        &self,
+    ) -> Result<(tokio_postgres::Client, Target), SqlConnectError> {
+        crate::net::sql::connect(self, None).await
+    }
+
     /// Like [`ConnConfig::connect_sql`], and the payloads of notifications
     /// the session receives (after it LISTENs) arrive on the receiver.
     pub async fn connect_sql_listening(
@@ -328,7 +335,7 @@ impl ConnConfig {
         &self,
         notes: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     ) -> Result<tokio_postgres::Client, SqlConnectError> {
-        crate::net::sql::connect(self, notes).await
+        crate::net::sql::connect(self, notes).await.map(|(c, _)| c)
     }
 }
 

@@ -174,7 +174,13 @@ where
             }
             Ok((_, Fit::No(why))) => tried.push((target.to_string(), why)),
             Err(Failure::Connect(e)) if only_one => return Err(WalkError::Only(e)),
-            Err(Failure::Connect(e)) => tried.push((target.to_string(), e.to_string())),
+            Err(Failure::Connect(e)) => {
+                // The list names the host already.
+                let text = e.to_string();
+                let own = format!("cannot connect to {target}: ");
+                let why = text.strip_prefix(&own).unwrap_or(&text).to_string();
+                tried.push((target.to_string(), why))
+            }
             Err(Failure::Check(e)) => {
                 tried.push((target.to_string(), format!("cannot tell its role: {e}")))
             }

@@ -44,7 +44,7 @@ async fn first_value(c: &tokio_postgres::Client, sql: &str) -> Result<String, St
 pub(crate) async fn connect(
     config: &ConnConfig,
     notes: Option<UnboundedSender<String>>,
-) -> Result<tokio_postgres::Client, SqlConnectError> {
+) -> Result<(tokio_postgres::Client, Target), SqlConnectError> {
     let targets = config.targets();
     let walk = hosts::first_fitting(&targets, config.net(), |t| {
         let notes = notes.clone();
@@ -67,7 +67,7 @@ pub(crate) async fn connect(
     if watch::any_abandoned(&name) {
         watch::terminate_abandoned(&client, &name).await;
     }
-    Ok(client)
+    Ok((client, target))
 }
 
 /// The probe's own session: not watched itself (its caller bounds it).

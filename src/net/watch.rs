@@ -275,16 +275,20 @@ fn abandoned() -> &'static Mutex<Vec<Abandoned>> {
     LIST.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// Remembers backend `pid` on `target`, dropped by walshift at a dead link,
-/// for [`terminate_abandoned`].
+/// Remembers backend `pid` on `target`, given up by walshift (at a dead
+/// link, or with a session that failed), for [`terminate_abandoned`].
 pub fn abandon(target: &str, pid: i32, application_name: &str) {
-    tracing::warn!(
+    let mut list = abandoned().lock().expect("abandoned list");
+    if list.iter().any(|a| a.target == target && a.pid == pid) {
+        return;
+    }
+    tracing::info!(
         target_host = target,
         pid,
         session = application_name,
-        "dead link: dropped the session; its backend will be terminated from the next session"
+        "session given up; its backend is terminated from the next session if it is still there"
     );
-    abandoned().lock().expect("abandoned list").push(Abandoned {
+    list.push(Abandoned {
         target: target.to_string(),
         pid,
         application_name: application_name.to_string(),

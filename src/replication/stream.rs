@@ -173,6 +173,8 @@ pub struct LogicalStream {
     task: JoinHandle<()>,
     status_interval: Duration,
     receive_timeout: Option<Duration>,
+    /// The host and the walsender's pid (0 if unknown).
+    backend: (String, i32),
 }
 
 impl LogicalStream {
@@ -206,6 +208,7 @@ impl LogicalStream {
         client
             .enter_copy_both(&proto::start_logical_command(slot, start, plugin_options))
             .await?;
+        let backend = (client.target.to_string(), client.backend_pid);
         let (tx, rx) = mpsc::channel(options.channel_capacity.div_ceil(BATCH).max(1));
         let (control_tx, control_rx) = mpsc::channel(1);
         let positions = Arc::new(Positions::default());
@@ -233,6 +236,7 @@ impl LogicalStream {
             task,
             status_interval,
             receive_timeout,
+            backend,
         })
     }
 
@@ -266,6 +270,12 @@ impl LogicalStream {
     /// The interval of unsolicited status updates.
     pub fn status_interval(&self) -> Duration {
         self.status_interval
+    }
+
+    /// The host the stream comes from and its walsender's pid (0 if the
+    /// server did not say).
+    pub fn backend(&self) -> (&str, i32) {
+        (&self.backend.0, self.backend.1)
     }
 
     /// How long the stream may stay silent before it ends as dead (`None`
