@@ -35,6 +35,7 @@ const METRICS: &[&str] = &[
     "walshift_slot_retained_wal_bytes",
     "walshift_stream_connected",
     "walshift_reconnects_total",
+    "walshift_dead_links_total",
     "walshift_errors_total",
     "walshift_held_keys",
 ];
