@@ -52,6 +52,10 @@ pub enum ConnConfigError {
         "channel_binding=require is not supported: walshift does its own TLS and does not offer SCRAM-SHA-256-PLUS; use sslmode=verify-full to authenticate the server"
     )]
     ChannelBinding,
+    #[error(
+        "load_balance_hosts=random is not supported: walshift tries the hosts in the order given (use target_session_attrs to pick the primary)"
+    )]
+    LoadBalance,
     #[error("invalid {var}={value:?}: {why}")]
     Env {
         var: &'static str,
@@ -198,6 +202,9 @@ impl ConnConfig {
         });
         if pg.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require {
             return Err(ConnConfigError::ChannelBinding);
+        }
+        if pg.get_load_balance_hosts() == tokio_postgres::config::LoadBalanceHosts::Random {
+            return Err(ConnConfigError::LoadBalance);
         }
         let net = NetParams::from_values(lookup, &env, pg.get_connect_timeout().copied())?;
         Ok(ConnConfig {

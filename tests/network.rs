@@ -294,6 +294,18 @@ async fn black_holes_under_load_end_exact() {
     let log = run.stderr();
     let dead = log.matches("dead link").count();
     assert!(dead >= 4, "{dead} dead links noticed:\n{log}");
+    for session in ["stream", "apply", "control", "lag"] {
+        let sql = log
+            .matches(&format!("dropping the session session=\"{session}\""))
+            .count();
+        let stream = log
+            .matches("nothing arrived on the replication stream within")
+            .count();
+        println!(
+            "dead links noticed, {session}: {}",
+            if session == "stream" { stream } else { sql }
+        );
+    }
     // The relay keeps every black-holed backend's socket open: only
     // pg_terminate_backend ends them.
     wait_for(
@@ -348,6 +360,7 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
     for f in &figures {
         assert!(*f <= STREAM_BOUND + Duration::from_secs(1), "{figures:?}");
     }
+
     // And it still mirrors.
     admin
         .execute("UPDATE users SET is_active = NOT is_active", &[])
@@ -406,4 +419,63 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
         "the walsender timed out; nobody streams from the slot"
     );
     println!("planted: no dead link noticed within {wait:?}; the slot has no consumer");
+}
+
+/// No false alarm: an apply statement that waits on a row lock the
+/// application holds, for three times `tcp_user_timeout`, is probed and
+/// found `active`, so the session is left alone; once the lock goes the
+/// target is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
+    let (db, admin) = common::cli::setup(0, 10).await;
+    let relay = Relay::start(server_socket(shared_cluster())).await;
+    let spec = Spec::new("net-lock", common::cli::ORDERS_MIRROR);
+    let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
+        .await
+        .expect("walshift streams");
+    common::wait_backfill_done(&admin, &spec.name).await;
+    let holder = db.connect().await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM order_items WHERE order_id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "UPDATE orders SET items = '[{\"sku\": \"x\", \"qty\": 9}]' WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_for("the apply session waits on the lock", Duration::from_secs(20), || async {
+        admin
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND application_name = 'walshift-apply'
+                   AND state = 'active' AND wait_event_type = 'Lock'",
+                &[&db.name()],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(run.count("dead link"), 0, "{}", run.stderr());
+    assert_eq!(run.count(" streaming slot="), 1, "{}", run.stderr());
+    holder.batch_execute("COMMIT").await.unwrap();
+    common::wait_caught_up(&admin, &spec.object()).await;
+    // The mapping by the test's own SQL, both ways, as multisets.
+    let diff: i64 = admin
+        .query_one(
+            "WITH want AS (SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
+                           FROM orders src, jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n))
+             SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM order_items) a)
+                  + (SELECT count(*) FROM (SELECT * FROM order_items EXCEPT ALL SELECT * FROM want) b)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(diff, 0);
+    run.stop().await;
 }
