@@ -220,10 +220,13 @@ impl ConnConfig {
         &self.net
     }
 
-    /// A copy that connects to `target` alone.
+    /// A copy that connects to `target` alone, whatever its role
+    /// (`target_session_attrs=any`): the watchdog's probe asks that very
+    /// server about a session there.
     pub fn pinned(&self, target: &Target) -> Self {
         let mut c = self.clone();
         c.pinned = Some(target.clone());
+        c.net.target = crate::net::TargetSessionAttrs::Any;
         c
     }
 
