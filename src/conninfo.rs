@@ -7,9 +7,16 @@
 //! it does not know `sslmode=verify-ca`/`verify-full` or `sslrootcert`, so
 //! those are taken out of the string first and handled here (see [`crate::tls`]).
 //!
+//! The network keys (`target_session_attrs`, `keepalives*`,
+//! `tcp_user_timeout`) are taken out too and read by [`crate::net`], which
+//! tokio-postgres cannot do for all of them: it knows no
+//! `target_session_attrs=primary` and cannot tell an unset keepalive value
+//! from its own default.
+//!
 //! The same [`ConnConfig`] opens both kinds of connection walshift needs: the
 //! replication connection (our own client, [`crate::replication`]) and
-//! ordinary SQL sessions ([`ConnConfig::connect_sql`]).
+//! ordinary SQL sessions ([`ConnConfig::connect_sql`]); both walk the host
+//! list by libpq's rules and open their sockets in [`crate::net`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -18,10 +25,17 @@ use std::time::Duration;
 
 use tokio_postgres::config::Host;
 
+use crate::net::params::{self, NetParams, ParamError};
+use crate::net::socket::OpenError;
+use crate::net::{NoHostFits, Target};
 use crate::tls::{SslMode, TlsError, TlsSettings};
 
 /// Connection-string keys walshift handles itself rather than passing on.
-const OWN_KEYS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
+const TLS_KEYS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+fn is_own_key(k: &str) -> bool {
+    TLS_KEYS.contains(&k) || params::KEYS.contains(&k)
+}
 
 /// The connection string could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +46,16 @@ pub enum ConnConfigError {
     Syntax(String),
     #[error("invalid sslmode {0:?}: use disable, allow, prefer, require, verify-ca or verify-full")]
     SslMode(String),
+    #[error(transparent)]
+    Net(#[from] ParamError),
+    #[error(
+        "channel_binding=require is not supported: walshift does its own TLS and does not offer SCRAM-SHA-256-PLUS; use sslmode=verify-full to authenticate the server"
+    )]
+    ChannelBinding,
+    #[error(
+        "load_balance_hosts=random is not supported: walshift tries the hosts in the order given (use target_session_attrs to pick the primary)"
+    )]
+    LoadBalance,
     #[error("invalid {var}={value:?}: {why}")]
     Env {
         var: &'static str,
@@ -45,6 +69,10 @@ pub enum ConnConfigError {
 pub struct ConnConfig {
     pg: tokio_postgres::Config,
     tls: TlsSettings,
+    net: NetParams,
+    /// Set for a session that must reach one host of the list only (the
+    /// watchdog's probe): tokio-postgres's host list cannot be shortened.
+    pinned: Option<Target>,
 }
 
 impl fmt::Debug for ConnConfig {
@@ -87,7 +115,7 @@ impl ConnConfig {
         };
 
         // Environment defaults, as libpq applies them: only where unset.
-        if pg.get_hosts().is_empty() {
+        if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
             match env("PGHOST") {
                 Some(h) if !h.is_empty() => {
                     for h in h.split(',') {
@@ -172,7 +200,34 @@ impl ConnConfig {
                 tokio_postgres::config::SslMode::Require
             }
         });
-        Ok(ConnConfig { pg, tls })
+        if pg.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require {
+            return Err(ConnConfigError::ChannelBinding);
+        }
+        if pg.get_load_balance_hosts() == tokio_postgres::config::LoadBalanceHosts::Random {
+            return Err(ConnConfigError::LoadBalance);
+        }
+        let net = NetParams::from_values(lookup, &env, pg.get_connect_timeout().copied())?;
+        Ok(ConnConfig {
+            pg,
+            tls,
+            net,
+            pinned: None,
+        })
+    }
+
+    /// Host list rules and bounds on silence.
+    pub fn net(&self) -> &NetParams {
+        &self.net
+    }
+
+    /// A copy that connects to `target` alone, whatever its role
+    /// (`target_session_attrs=any`): the watchdog's probe asks that very
+    /// server about a session there.
+    pub fn pinned(&self, target: &Target) -> Self {
+        let mut c = self.clone();
+        c.pinned = Some(target.clone());
+        c.net.target = crate::net::TargetSessionAttrs::Any;
+        c
     }
 
     /// The settings as tokio-postgres sees them.
@@ -202,70 +257,38 @@ impl ConnConfig {
 
     /// (host, port) pairs to try in order, as libpq pairs them: one port for
     /// all hosts, or one port per host; 5432 when none is given.
-    pub fn targets(&self) -> Vec<(Host, u16)> {
+    pub fn targets(&self) -> Vec<Target> {
+        if let Some(t) = &self.pinned {
+            return vec![t.clone()];
+        }
         let ports = self.pg.get_ports();
-        self.pg
-            .get_hosts()
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
+        let hosts = self.pg.get_hosts();
+        // libpq: `hostaddr` is where to connect, `host` the name TLS checks;
+        // either may stand alone.
+        let addrs = self.pg.get_hostaddrs();
+        (0..hosts.len().max(addrs.len()))
+            .map(|i| {
                 let port = match ports.len() {
                     0 => 5432,
                     1 => ports[0],
                     _ => ports.get(i).copied().unwrap_or(5432),
                 };
-                (h.clone(), port)
+                let addr = addrs.get(i).copied();
+                let host = match (hosts.get(i), addr) {
+                    (Some(h), _) => h.clone(),
+                    (None, Some(a)) => Host::Tcp(a.to_string()),
+                    (None, None) => unreachable!("i is below one of the lengths"),
+                };
+                Target { host, port, addr }
             })
             .collect()
     }
 
-    /// One copy per host of a multi-host string, each naming that host
-    /// alone (to ask every server of a cluster, e.g. which is a standby).
+    /// One copy per host of a multi-host string, each pinned to that host
+    /// alone and accepting any server there (to ask every server of a
+    /// cluster, e.g. which is a standby).
     pub fn each_target(&self) -> Vec<ConnConfig> {
-        let pg = &self.pg;
-        self.targets()
-            .into_iter()
-            .enumerate()
-            .map(|(i, (host, port))| {
-                // tokio-postgres cannot remove hosts: build anew, with the
-                // other settings copied.
-                let mut one = tokio_postgres::Config::new();
-                match &host {
-                    Host::Tcp(h) => one.host(h),
-                    Host::Unix(p) => one.host_path(p),
-                };
-                if let Some(addr) = pg.get_hostaddrs().get(i) {
-                    one.hostaddr(*addr);
-                }
-                one.port(port)
-                    .ssl_mode(pg.get_ssl_mode())
-                    .channel_binding(pg.get_channel_binding())
-                    .keepalives(pg.get_keepalives())
-                    .keepalives_idle(pg.get_keepalives_idle());
-                if let Some(u) = pg.get_user() {
-                    one.user(u);
-                }
-                if let Some(p) = pg.get_password() {
-                    one.password(p);
-                }
-                if let Some(d) = pg.get_dbname() {
-                    one.dbname(d);
-                }
-                if let Some(o) = pg.get_options() {
-                    one.options(o);
-                }
-                if let Some(a) = pg.get_application_name() {
-                    one.application_name(a);
-                }
-                if let Some(t) = pg.get_connect_timeout() {
-                    one.connect_timeout(*t);
-                }
-                ConnConfig {
-                    pg: one,
-                    tls: self.tls.clone(),
-                }
-            })
-            .collect()
+        self.targets().iter().map(|t| self.pinned(t)).collect()
     }
 
     /// A copy with another database name (state lives in the same database,
@@ -286,14 +309,7 @@ impl ConnConfig {
 
     /// Describes the target without secrets: safe for logs and errors.
     pub fn redacted(&self) -> String {
-        let hosts: Vec<String> = self
-            .targets()
-            .iter()
-            .map(|(h, p)| match h {
-                Host::Tcp(h) => format!("{h}:{p}"),
-                Host::Unix(path) => format!("{}/.s.PGSQL.{p}", path.display()),
-            })
-            .collect();
+        let hosts: Vec<String> = self.targets().iter().map(Target::to_string).collect();
         format!(
             "user={} dbname={} host={} sslmode={}",
             self.user(),
@@ -308,6 +324,13 @@ impl ConnConfig {
     /// logged at debug level; the client then reports itself closed.
     pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, SqlConnectError> {
         self.connect_with(None).await
+    }
+
+    /// [`ConnConfig::connect_sql`], and the host of the list it reached.
+    pub async fn connect_sql_to(
+        &self,
+    ) -> Result<(tokio_postgres::Client, Target), SqlConnectError> {
+        crate::net::sql::connect(self, None).await
     }
 
     /// Like [`ConnConfig::connect_sql`], and the payloads of notifications
@@ -329,50 +352,7 @@ impl ConnConfig {
         &self,
         notes: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     ) -> Result<tokio_postgres::Client, SqlConnectError> {
-        // libpq never uses TLS over unix sockets; neither do we.
-        let client = if self.tls.mode == SslMode::Disable || self.all_unix() {
-            let (client, conn) = self.pg.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(drive(conn, notes));
-            client
-        } else {
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls.client_config()?);
-            let (client, conn) = self.pg.connect(tls).await?;
-            tokio::spawn(drive(conn, notes));
-            client
-        };
-        Ok(client)
-    }
-
-    fn all_unix(&self) -> bool {
-        self.pg
-            .get_hosts()
-            .iter()
-            .all(|h| matches!(h, Host::Unix(_)))
-    }
-}
-
-/// Drives a session's connection; notifications go to `notes`, if any.
-async fn drive<S, T>(
-    mut conn: tokio_postgres::Connection<S, T>,
-    notes: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    T: tokio_postgres::tls::TlsStream + Unpin,
-{
-    loop {
-        match futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await {
-            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                if let Some(tx) = &notes {
-                    let _ = tx.send(n.payload().to_string());
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "SQL connection ended");
-                return;
-            }
-            None => return,
-        }
+        crate::net::sql::connect(self, notes).await.map(|(c, _)| c)
     }
 }
 
@@ -381,6 +361,15 @@ async fn drive<S, T>(
 pub enum SqlConnectError {
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot connect to {target}: {source}")]
+    Open {
+        target: String,
+        #[source]
+        source: OpenError,
+    },
+    /// Several hosts, none of them fit: each named with its reason.
+    #[error(transparent)]
+    NoHost(NoHostFits),
     /// The whole reason in one line: tokio-postgres alone says only "db
     /// error" or "error connecting to server". Not a `source`, so callers
     /// that walk the chain do not repeat it.
@@ -454,7 +443,7 @@ fn split_own_params(s: &str) -> Result<(String, Vec<(String, String)>), ConnConf
         let mut own = Vec::new();
         for part in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            if OWN_KEYS.contains(&k) {
+            if is_own_key(k) {
                 own.push((k.to_string(), percent_decode(v)?));
             } else {
                 kept.push(part);
@@ -471,7 +460,7 @@ fn split_own_params(s: &str) -> Result<(String, Vec<(String, String)>), ConnConf
     let mut rest = String::new();
     let mut own = Vec::new();
     for (k, v) in pairs {
-        if OWN_KEYS.contains(&k.as_str()) {
+        if is_own_key(&k) {
             own.push((k, v));
         } else {
             if !rest.is_empty() {
@@ -656,7 +645,14 @@ mod tests {
         assert_eq!(c.user(), "app");
         assert_eq!(c.password(), Some(&br"it's a \secret"[..]));
         assert_eq!(c.dbname(), "shop");
-        assert_eq!(c.targets(), vec![(Host::Tcp("db.example".into()), 6543)]);
+        assert_eq!(
+            c.targets(),
+            vec![Target {
+                host: Host::Tcp("db.example".into()),
+                port: 6543,
+                addr: None,
+            }]
+        );
         assert_eq!(c.tls().mode, SslMode::VerifyFull);
         assert_eq!(
             c.tls().root_cert.as_deref(),
@@ -694,7 +690,7 @@ mod tests {
         assert_eq!(c.user(), "given");
         assert_eq!(c.dbname(), "envdb");
         assert_eq!(c.password(), Some(&b"envpw"[..]));
-        assert_eq!(c.targets(), vec![(Host::Tcp("envhost".into()), 7777)]);
+        assert_eq!(c.targets()[0].to_string(), "envhost:7777");
         assert_eq!(c.tls().mode, SslMode::Require);
         let c = parse("dbname=given sslmode=disable", &env);
         assert_eq!(c.dbname(), "given");
@@ -705,8 +701,8 @@ mod tests {
     fn dbname_defaults_to_user_and_host_to_socket_dir() {
         let c = parse("user=alice", &[]);
         assert_eq!(c.dbname(), "alice");
-        assert!(matches!(c.targets()[0].0, Host::Unix(_)));
-        assert_eq!(c.targets()[0].1, 5432);
+        assert!(matches!(c.targets()[0].host, Host::Unix(_)));
+        assert_eq!(c.targets()[0].port, 5432);
     }
 
     #[test]
@@ -760,6 +756,56 @@ mod tests {
             .to_string();
         assert!(
             e.contains("unknown option `bogus`") && !e.contains("Zq8Kx3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn host_lists_in_both_forms_with_the_network_keys() {
+        let c = parse(
+            "host=a,b port=5433,5434 target_session_attrs=primary keepalives_count=2 dbname=x",
+            &[],
+        );
+        let t: Vec<String> = c.targets().iter().map(Target::to_string).collect();
+        assert_eq!(t, ["a:5433", "b:5434"]);
+        assert_eq!(c.net().target, crate::net::TargetSessionAttrs::Primary);
+        assert_eq!(c.net().keepalives.unwrap().count, 2);
+        let c = parse(
+            "postgresql://a:5433,b:5434/db?target_session_attrs=read-write&tcp_user_timeout=500&keepalives_idle=3",
+            &[],
+        );
+        let t: Vec<String> = c.targets().iter().map(Target::to_string).collect();
+        assert_eq!(t, ["a:5433", "b:5434"]);
+        assert_eq!(c.dbname(), "db");
+        assert_eq!(c.net().target, crate::net::TargetSessionAttrs::ReadWrite);
+        assert_eq!(c.net().tcp_user_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(c.net().keepalives.unwrap().idle, Duration::from_secs(3));
+        // hostaddr: where to connect; host: the name TLS checks.
+        let c = parse(
+            "host=db.example,other hostaddr=127.0.0.1,127.0.0.2 port=7",
+            &[],
+        );
+        let t = c.targets();
+        assert_eq!(t[1].addr, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(t[1].to_string(), "other:7 (127.0.0.2)");
+        let c = parse("hostaddr=127.0.0.1", &[]);
+        assert_eq!(c.targets()[0].to_string(), "127.0.0.1:5432");
+        // One port for every host.
+        let c = parse("host=a,b port=6000", &[]);
+        let t: Vec<String> = c.targets().iter().map(Target::to_string).collect();
+        assert_eq!(t, ["a:6000", "b:6000"]);
+        let e = ConnConfig::parse_with_env("host=a target_session_attrs=leader", |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid target_session_attrs=\"leader\": use any"),
+            "{e}"
+        );
+        let e = ConnConfig::parse_with_env("host=a channel_binding=require", |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("channel_binding=require is not supported"),
             "{e}"
         );
     }

@@ -26,6 +26,7 @@ pub mod lag;
 pub mod lsn;
 pub mod metrics;
 pub mod mirror;
+pub mod net;
 pub mod pgoutput;
 pub mod relcache;
 pub mod replication;

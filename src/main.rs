@@ -399,7 +399,7 @@ async fn async_main(command: Command, bars: Option<indicatif::MultiProgress>) ->
                 walshift::mirror::plant::set(plant);
                 tracing::warn!(
                     ?plant,
-                    "a bug is planted in the two-way engine: data will be lost; never do this outside tests"
+                    "a bug is planted in the engine: data will be lost or links left dead; never do this outside tests"
                 );
             }
             let (spec, config) = match load(&spec, &db) {

@@ -51,6 +51,8 @@ pub const STREAM_CONNECTED: &str = "walshift_stream_connected";
 pub const RECONNECTS: &str = "walshift_reconnects_total";
 /// Resynchronisations after the slot was lost (docs/design.md, "Lost slots").
 pub const SLOT_RESYNCS: &str = "walshift_slot_resyncs_total";
+/// Sessions dropped because their link went silent; label `session`.
+pub const DEAD_LINKS: &str = "walshift_dead_links_total";
 /// Failures by kind; label `kind`.
 pub const ERRORS: &str = "walshift_errors_total";
 /// counter, label `mirror`
@@ -90,6 +92,12 @@ pub mod error_kind {
     /// Every kind, in the order README.md lists them.
     pub const ALL: [&str; 5] = [RETRY, STOP, SAFETY_STOP, OBJECTS_GONE, LOST_RACE];
 }
+
+/// Values of the `session` label of [`DEAD_LINKS`] registered at zero:
+/// `walshift run`'s long-lived sessions ([`crate::net::session_label`] gives
+/// the label of any session). Backfill chunks run on the apply session
+/// (I3), so they count as `apply`.
+pub const DEAD_LINK_SESSIONS: [&str; 5] = ["stream", "apply", "flush", "control", "lag"];
 
 /// Values of the `work` label of [`ROWS_WRITTEN`] and [`ROWS_DELETED`].
 pub const WORK_LIVE: &str = "live";
@@ -201,6 +209,13 @@ pub fn describe() {
          recomputes every key from scratch."
     );
     describe_counter!(
+        DEAD_LINKS,
+        Unit::Count,
+        "Sessions walshift dropped because their link went silent beyond its bound (stream: nothing \
+         received for wal_sender_timeout plus the status interval; SQL sessions: a request unanswered \
+         for tcp_user_timeout and the server no longer working on it), by session."
+    );
+    describe_counter!(
         ERRORS,
         Unit::Count,
         "Failures by kind: retry (transient, reconnecting), stop (run stopped; operator must act), \
@@ -243,6 +258,9 @@ pub fn describe() {
     }
     for kind in error_kind::ALL {
         counter!(ERRORS, "kind" => kind).absolute(0);
+    }
+    for session in DEAD_LINK_SESSIONS {
+        counter!(DEAD_LINKS, "session" => session).absolute(0);
     }
     // Registered, so the empty histogram is listed before the first batch.
     let _ = histogram!(APPLY_BATCH_SECONDS);
@@ -349,6 +367,11 @@ pub fn slot_resync() {
     counter!(SLOT_RESYNCS).increment(1);
 }
 
+/// A session's link was found dead and the session dropped.
+pub fn dead_link(session: &'static str) {
+    counter!(DEAD_LINKS, "session" => session).increment(1);
+}
+
 /// A failure of `kind` (one of [`error_kind`]).
 pub fn error(kind: &'static str) {
     counter!(ERRORS, "kind" => kind).increment(1);
@@ -406,6 +429,7 @@ mod tests {
             stream_connected(true);
             reconnect();
             error(error_kind::RETRY);
+            dead_link("stream");
         });
         let text = handle.render();
         for name in [
@@ -423,6 +447,7 @@ mod tests {
             STREAM_CONNECTED,
             RECONNECTS,
             SLOT_RESYNCS,
+            DEAD_LINKS,
             ERRORS,
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
@@ -435,5 +460,7 @@ mod tests {
         assert!(text.contains("walshift_backfill_throttled{reason=\"query\"} 0"));
         assert!(text.contains("walshift_backfill_rows_total{mirror=\"1\"} 100"));
         assert!(text.contains("walshift_errors_total{kind=\"retry\"} 1"));
+        assert!(text.contains("walshift_dead_links_total{session=\"stream\"} 1"));
+        assert!(text.contains("walshift_dead_links_total{session=\"apply\"} 0"));
     }
 }

@@ -450,8 +450,8 @@ fn walshift_connects_to_the_primary_and_no_password_is_written_down() {
     let hosts: Vec<String> = config
         .targets()
         .iter()
-        .map(|(h, p)| match h {
-            Host::Tcp(h) => format!("{h}:{p}"),
+        .map(|t| match &t.host {
+            Host::Tcp(h) => format!("{h}:{}", t.port),
             Host::Unix(path) => panic!("WALSHIFT_DB names a socket {}", path.display()),
         })
         .collect();

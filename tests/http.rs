@@ -36,6 +36,7 @@ const METRICS: &[&str] = &[
     "walshift_stream_connected",
     "walshift_reconnects_total",
     "walshift_slot_resyncs_total",
+    "walshift_dead_links_total",
     "walshift_errors_total",
     "walshift_held_keys",
 ];

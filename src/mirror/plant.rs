@@ -26,6 +26,10 @@ pub enum Plant {
     /// position carry on where they were, so the writes only the lost slot
     /// held are never recomputed.
     NoResync,
+    /// Dead links unnoticed on the stream: no receive timeout, so a
+    /// black-holed replication connection waits on TCP alone (which a
+    /// middlebox that still acknowledges never ends).
+    NoReceiveTimeout,
 }
 
 static PLANTED: OnceLock<Plant> = OnceLock::new();

@@ -2,10 +2,7 @@
 //! replication commands that run before streaming starts.
 
 use std::collections::HashMap;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -14,64 +11,18 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::{ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::config::Host;
 
 use super::proto::{self, BackendFrame, SlotOptions};
 use super::{DbError, ReplicationError};
 use crate::Lsn;
 use crate::conninfo::ConnConfig;
-use crate::tls::SslMode;
+use crate::net::Target;
+use crate::net::hosts::{self, ServerRole, WalkError};
+use crate::net::socket::{self, OpenError};
 
-/// The byte stream under a connection.
-pub(crate) enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
-            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+pub(crate) use crate::net::socket::Socket;
 
 /// A row returned by a simple query: text values by column.
 #[derive(Debug, Clone)]
@@ -121,6 +72,12 @@ pub struct ReplicationClient {
     write_buf: BytesMut,
     parameters: HashMap<String, String>,
     server_version_num: u32,
+    /// The walsender's pid (BackendKeyData), 0 if the server sent none.
+    pub(crate) backend_pid: i32,
+    /// The host it is connected to.
+    pub(crate) target: Target,
+    /// Its `application_name`, as `pg_stat_activity` shows it.
+    pub(crate) application_name: String,
 }
 
 impl ReplicationClient {
@@ -138,65 +95,35 @@ impl ReplicationClient {
         config: &ConnConfig,
         params: &[(&str, &str)],
     ) -> Result<Self, ReplicationError> {
-        let timeout = config.pg().get_connect_timeout().copied();
-        let mut last_err = None;
-        for (host, port) in config.targets() {
-            let attempt = Self::connect_one(config, &host, port, params);
-            let result = match timeout {
-                Some(t) => match tokio::time::timeout(t, attempt).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ReplicationError::Connect {
-                        target: describe(&host, port),
-                        source: io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no answer within {t:?}"),
-                        ),
-                    }),
-                },
-                None => attempt.await,
-            };
-            match result {
-                Ok(c) => return Ok(c),
-                // Try the next host only when this one could not be reached;
-                // a refused login would be refused by its peers too.
-                Err(e @ ReplicationError::Connect { .. }) => last_err = Some(e),
-                Err(e) => return Err(e),
-            }
+        let targets = config.targets();
+        match hosts::first_fitting(&targets, config.net(), |t| {
+            Self::connect_one(config, t, params)
+        })
+        .await
+        {
+            Ok((client, _)) => Ok(client),
+            Err(WalkError::Only(e)) => Err(e),
+            Err(WalkError::None(e)) => Err(ReplicationError::NoHost(e)),
         }
-        Err(last_err.unwrap_or_else(|| ReplicationError::Protocol("no host to connect to".into())))
     }
 
     async fn connect_one(
         config: &ConnConfig,
-        host: &Host,
-        port: u16,
+        target: Target,
         extra: &[(&str, &str)],
     ) -> Result<Self, ReplicationError> {
-        let target = describe(host, port);
-        let connect_err = |source| ReplicationError::Connect {
-            target: target.clone(),
-            source,
-        };
-        let socket = match host {
-            // libpq does not use TLS on unix sockets: the kernel is the channel.
-            Host::Unix(dir) => {
-                let path = dir.join(format!(".s.PGSQL.{port}"));
-                Socket::Unix(UnixStream::connect(&path).await.map_err(connect_err)?)
-            }
-            Host::Tcp(name) => {
-                let tcp = TcpStream::connect((name.as_str(), port))
-                    .await
-                    .map_err(connect_err)?;
-                tcp.set_nodelay(true).map_err(connect_err)?;
-                negotiate_tls(config, name, tcp).await?
-            }
-        };
+        let socket = socket::open(&target, config.net(), config.tls())
+            .await
+            .map_err(|e| open_error(&target, e))?;
         let mut client = ReplicationClient {
             socket,
             read_buf: BytesMut::with_capacity(64 * 1024),
             write_buf: BytesMut::with_capacity(1024),
             parameters: HashMap::new(),
             server_version_num: 0,
+            backend_pid: 0,
+            target,
+            application_name: config.application_name().to_string(),
         };
         client.startup(config, extra).await?;
         Ok(client)
@@ -291,7 +218,7 @@ impl ReplicationClient {
                     self.parameters
                         .insert(body.name()?.to_string(), body.value()?.to_string());
                 }
-                Message::BackendKeyData(_) => {}
+                Message::BackendKeyData(body) => self.backend_pid = body.process_id(),
                 Message::NoticeResponse(body) => log_notice(&body_error(body.fields())?),
                 Message::ReadyForQuery(_) => break,
                 Message::ErrorResponse(body) => return Err(db_error(&body)?),
@@ -486,56 +413,41 @@ impl ReplicationClient {
     }
 }
 
-/// Sends `SSLRequest` and wraps the socket in TLS when the server agrees.
-async fn negotiate_tls(
-    config: &ConnConfig,
-    host: &str,
-    mut tcp: TcpStream,
-) -> Result<Socket, ReplicationError> {
-    let mode = config.tls().mode;
-    if mode == SslMode::Disable {
-        return Ok(Socket::Tcp(tcp));
-    }
-    // Build the configuration before talking, so a bad certificate path is
-    // reported as such rather than as a handshake failure.
-    let tls_config = config.tls().client_config()?;
-    let mut req = BytesMut::new();
-    frontend::ssl_request(&mut req);
-    tcp.write_all(&req).await?;
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await?;
-    match answer[0] {
-        b'S' => {
-            let server_name =
-                rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
-                    ReplicationError::Protocol(format!("{host:?} is not a valid TLS server name"))
-                })?;
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config));
-            let tls = connector
-                .connect(server_name, tcp)
-                .await
-                .map_err(|source| ReplicationError::TlsHandshake {
-                    host: host.to_string(),
-                    source,
-                })?;
-            Ok(Socket::Tls(Box::new(tls)))
-        }
-        b'N' if mode.requires_tls() => Err(ReplicationError::TlsUnavailable {
-            host: host.to_string(),
-            mode,
-        }),
-        b'N' => Ok(Socket::Tcp(tcp)),
-        other => Err(ReplicationError::Protocol(format!(
-            "unexpected answer {:?} to SSLRequest",
-            other as char
-        ))),
+/// The replication error for a socket that could not be opened.
+fn open_error(target: &Target, e: OpenError) -> ReplicationError {
+    let host = match &target.host {
+        Host::Tcp(h) => h.clone(),
+        Host::Unix(_) => target.to_string(),
+    };
+    match e {
+        OpenError::Io(source) => ReplicationError::Connect {
+            target: target.to_string(),
+            source,
+        },
+        OpenError::Tls(e) => ReplicationError::Tls(e),
+        OpenError::TlsHandshake(source) => ReplicationError::TlsHandshake { host, source },
+        OpenError::TlsUnavailable(mode) => ReplicationError::TlsUnavailable { host, mode },
+        OpenError::Protocol(m) => ReplicationError::Protocol(m),
     }
 }
 
-fn describe(host: &Host, port: u16) -> String {
-    match host {
-        Host::Tcp(h) => format!("{h}:{port}"),
-        Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+impl ServerRole for ReplicationClient {
+    async fn read_only(&mut self) -> Result<bool, String> {
+        let v = self.first_value("SHOW transaction_read_only").await?;
+        Ok(v == "on")
+    }
+    async fn in_recovery(&mut self) -> Result<bool, String> {
+        let v = self.first_value("SELECT pg_is_in_recovery()").await?;
+        Ok(v == "t")
+    }
+}
+
+impl ReplicationClient {
+    async fn first_value(&mut self, sql: &str) -> Result<String, String> {
+        let rows = self.simple_query(sql).await.map_err(|e| e.to_string())?;
+        rows.first()
+            .and_then(|r| r.values().first().cloned().flatten())
+            .ok_or_else(|| format!("{sql} returned no row"))
     }
 }
 

@@ -77,6 +77,15 @@ pub enum ReplicationError {
     Protocol(String),
     #[error("the server closed the replication connection")]
     Closed,
+    /// Several hosts, none of them fit: each named with its reason.
+    #[error(transparent)]
+    NoHost(crate::net::NoHostFits),
+    /// Nothing arrived on the stream for longer than the server's own
+    /// keepalives allow: the link is dead (src/replication/stream.rs).
+    #[error(
+        "nothing arrived on the replication stream for {0:?} (wal_sender_timeout plus the status interval): the link is dead"
+    )]
+    Silent(std::time::Duration),
 }
 
 impl ReplicationError {
@@ -94,7 +103,9 @@ impl ReplicationError {
         match self {
             ReplicationError::Closed
             | ReplicationError::Io(_)
-            | ReplicationError::Connect { .. } => true,
+            | ReplicationError::Connect { .. }
+            | ReplicationError::NoHost(_)
+            | ReplicationError::Silent(_) => true,
             // 57P01 admin_shutdown (pg_terminate_backend, fast shutdown),
             // 57P02 crash_shutdown, 57P03 cannot_connect_now (starting up).
             ReplicationError::Db(e) => matches!(e.code.as_str(), "57P01" | "57P02" | "57P03"),

@@ -8,6 +8,16 @@
 //! keeps the walsender from dropping us after `wal_sender_timeout` (I7). The
 //! walsender reads our replies even while its own send buffer is full.
 //!
+//! The same loop bounds the silence of the link: the walsender sends a
+//! keepalive once half its `wal_sender_timeout` has passed without a reply
+//! from us, and we ask for one whenever a status interval passed without
+//! hearing anything; so when nothing at all has arrived for
+//! `wal_sender_timeout` plus one status interval (60 s + 10 s by default),
+//! the link is dead, whatever TCP says (a middlebox may still acknowledge
+//! it). The stream then ends with [`ReplicationError::Silent`] and the
+//! walsender's pid is left for the next session to terminate, so the slot
+//! is free again at once.
+//!
 //! ```text
 //!  socket ──frames──▶ reader task ──ReplicationEvent──▶ consumer (bounded)
 //!     ▲                   │  ▲                               │
@@ -62,6 +72,10 @@ pub struct StreamOptions {
     /// Begin, Origin and Commit still are): see [`EchoFilter`]. Only for a
     /// pgoutput stream.
     pub skip_changes_of_origin: Option<String>,
+    /// How long the stream may stay silent before it is given up as dead;
+    /// `None` derives it from `wal_sender_timeout` (see
+    /// [`receive_timeout_for`]).
+    pub receive_timeout: Option<Duration>,
 }
 
 impl Default for StreamOptions {
@@ -70,6 +84,7 @@ impl Default for StreamOptions {
             channel_capacity: 1024,
             status_interval: None,
             skip_changes_of_origin: None,
+            receive_timeout: None,
         }
     }
 }
@@ -157,6 +172,9 @@ pub struct LogicalStream {
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
     status_interval: Duration,
+    receive_timeout: Option<Duration>,
+    /// The host and the walsender's pid (0 if unknown).
+    backend: (String, i32),
 }
 
 impl LogicalStream {
@@ -172,13 +190,25 @@ impl LogicalStream {
         plugin_options: &[(String, String)],
         options: StreamOptions,
     ) -> Result<Self, ReplicationError> {
+        let wal_sender_timeout = client.wal_sender_timeout().await?;
         let status_interval = match options.status_interval {
             Some(i) => i,
-            None => status_interval_for(client.wal_sender_timeout().await?),
+            None => status_interval_for(wal_sender_timeout),
         };
+        let receive_timeout =
+            if crate::mirror::plant::active(crate::mirror::plant::Plant::NoReceiveTimeout) {
+                None
+            } else {
+                Some(
+                    options.receive_timeout.unwrap_or_else(|| {
+                        receive_timeout_for(wal_sender_timeout, status_interval)
+                    }),
+                )
+            };
         client
             .enter_copy_both(&proto::start_logical_command(slot, start, plugin_options))
             .await?;
+        let backend = (client.target.to_string(), client.backend_pid);
         let (tx, rx) = mpsc::channel(options.channel_capacity.div_ceil(BATCH).max(1));
         let (control_tx, control_rx) = mpsc::channel(1);
         let positions = Arc::new(Positions::default());
@@ -191,6 +221,11 @@ impl LogicalStream {
             control: control_rx,
             status_interval,
             echo: options.skip_changes_of_origin.map(EchoFilter::new),
+            receive_timeout,
+            last_heard: tokio::time::Instant::now(),
+            target: client.target.to_string(),
+            backend_pid: client.backend_pid,
+            application_name: client.application_name.clone(),
         };
         let task = tokio::spawn(reader.run());
         Ok(LogicalStream {
@@ -200,6 +235,8 @@ impl LogicalStream {
             control: control_tx,
             task,
             status_interval,
+            receive_timeout,
+            backend,
         })
     }
 
@@ -235,6 +272,18 @@ impl LogicalStream {
         self.status_interval
     }
 
+    /// The host the stream comes from and its walsender's pid (0 if the
+    /// server did not say).
+    pub fn backend(&self) -> (&str, i32) {
+        (&self.backend.0, self.backend.1)
+    }
+
+    /// How long the stream may stay silent before it ends as dead (`None`
+    /// only under the test plant that removes the bound).
+    pub fn receive_timeout(&self) -> Option<Duration> {
+        self.receive_timeout
+    }
+
     /// Sends a last status update with the current positions, then ends the
     /// session. Confirmed positions reach the server before the socket closes.
     pub async fn close(self) -> Result<(), ReplicationError> {
@@ -267,6 +316,17 @@ fn status_interval_for(wal_sender_timeout: Option<Duration>) -> Duration {
     }
 }
 
+/// The stream is dead after `wal_sender_timeout` plus one status interval
+/// of silence: by then the server has sent a keepalive (at half its
+/// timeout) and answered the reply we ask for after each silent interval.
+/// With the server's timeout off, 60 s stands in for it.
+pub fn receive_timeout_for(
+    wal_sender_timeout: Option<Duration>,
+    status_interval: Duration,
+) -> Duration {
+    wal_sender_timeout.unwrap_or(Duration::from_secs(60)) + status_interval
+}
+
 struct Reader {
     socket: Socket,
     read_buf: BytesMut,
@@ -276,6 +336,12 @@ struct Reader {
     control: mpsc::Receiver<Control>,
     status_interval: Duration,
     echo: Option<EchoFilter>,
+    receive_timeout: Option<Duration>,
+    /// When bytes last arrived, or reading resumed after a pause.
+    last_heard: tokio::time::Instant,
+    target: String,
+    backend_pid: i32,
+    application_name: String,
 }
 
 /// What woke the reader's loop.
@@ -286,6 +352,8 @@ enum Wake {
     /// The pause after a small read is over.
     Quiet,
     Read(std::io::Result<usize>),
+    /// Nothing arrived within the receive timeout.
+    Silent,
 }
 
 /// How much room a read gets.
@@ -394,6 +462,9 @@ impl Reader {
                     if pending.is_none() && !ending && quiet_until.is_none() => Wake::Read(read),
                 _ = tokio::time::sleep_until(quiet_until.unwrap_or_else(tokio::time::Instant::now)),
                     if quiet_until.is_some() => Wake::Quiet,
+                // 6. Silence past the bound, while we were reading.
+                _ = tokio::time::sleep_until(self.last_heard + self.receive_timeout.unwrap_or_default()),
+                    if self.receive_timeout.is_some() && pending.is_none() && !ending => Wake::Silent,
             };
             match wake {
                 Wake::Close(reply) => {
@@ -402,19 +473,42 @@ impl Reader {
                     return;
                 }
                 Wake::SendStatus => {
-                    let reply = self.positions.reply.swap(false, Ordering::AcqRel);
+                    // Asked for, or nothing heard for an interval: the
+                    // server's answer proves the link both ways.
+                    let reply = self.positions.reply.swap(false, Ordering::AcqRel)
+                        || self.last_heard.elapsed() >= self.status_interval;
                     if let Err(e) = self.send_status(reply).await {
                         let _ = self.events.send(vec![Err(e)]).await;
                         return;
                     }
                 }
-                Wake::Delivered => {}
+                // Reading resumes: the silence counts from now.
+                Wake::Delivered => self.last_heard = tokio::time::Instant::now(),
                 Wake::Quiet => quiet_until = None,
+                Wake::Silent => {
+                    let silent = self.last_heard.elapsed();
+                    tracing::warn!(
+                        host = %self.target,
+                        silent = ?silent,
+                        "dead link: nothing arrived on the replication stream within its receive timeout"
+                    );
+                    crate::metrics::dead_link("stream");
+                    if self.backend_pid != 0 {
+                        crate::net::watch::abandon(
+                            &self.target,
+                            self.backend_pid,
+                            &self.application_name,
+                        );
+                    }
+                    ending = true;
+                    pending = Some(vec![Err(ReplicationError::Silent(silent))]);
+                }
                 Wake::Read(Ok(0)) => {
                     ending = true;
                     pending = Some(vec![Err(ReplicationError::Closed)]);
                 }
                 Wake::Read(Ok(n)) => {
+                    self.last_heard = tokio::time::Instant::now();
                     if n < READ_CHUNK / 4 {
                         quiet_until = Some(tokio::time::Instant::now() + COALESCE);
                     }
@@ -561,6 +655,24 @@ mod tests {
             Duration::from_millis(100)
         );
         assert_eq!(status_interval_for(None), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn receive_timeout_is_the_server_timeout_plus_an_interval() {
+        let t = Some(Duration::from_secs(60));
+        assert_eq!(
+            receive_timeout_for(t, status_interval_for(t)),
+            Duration::from_secs(70)
+        );
+        let t = Some(Duration::from_secs(2));
+        assert_eq!(
+            receive_timeout_for(t, status_interval_for(t)),
+            Duration::from_millis(2800)
+        );
+        assert_eq!(
+            receive_timeout_for(None, status_interval_for(None)),
+            Duration::from_secs(70)
+        );
     }
 
     #[test]

@@ -498,7 +498,8 @@ pub async fn run(
     let mut attempt = 0u32;
     loop {
         let started = Instant::now();
-        match session(
+        let mut backends = Vec::new();
+        let ended = session(
             config,
             spec,
             &plan,
@@ -507,9 +508,21 @@ pub async fn run(
             &mut shutdown,
             &mut totals,
             &observed,
+            &mut backends,
         )
-        .await
-        {
+        .await;
+        // A failed session's SQL backends may live on: behind a dead link
+        // the server never sees the client leave, and an idle apply session
+        // holds the replication origin (the next one would fail with 55006
+        // until the server noticed, through a middlebox maybe never) or a
+        // transaction's locks. The next session terminates them if they
+        // are still there (src/net/watch.rs).
+        if ended.is_err() {
+            for (target, pid, name) in backends {
+                crate::net::watch::abandon(&target, pid, name);
+            }
+        }
+        match ended {
             Ok(ended) => {
                 totals.cut_over = ended == Ended::CutOver;
                 clear_heartbeat(config, spec).await;
@@ -569,17 +582,23 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     totals: &mut Totals,
     observed: &Observed,
+    backends: &mut Vec<(String, i32, &'static str)>,
 ) -> Result<Ended, SessionError> {
     // The apply session.
-    let client = config
+    let (client, target) = config
         .with_application_name("walshift-apply")
-        .connect_sql()
+        .connect_sql_to()
         .await
         .map_err(|e| SessionError {
             message: format!("connecting the apply session: {e}"),
             action: Action::Retry,
             deliberate: false,
         })?;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    backends.push((target.to_string(), pid, "walshift-apply"));
     client.batch_execute(SESSION_SETTINGS).await?;
     // Every apply transaction records its position in the state row and in
     // the origin's progress (I4); only the state row is to be trusted. From
@@ -616,15 +635,20 @@ async fn session(
     let work_ready = Arc::new(tokio::sync::Notify::new());
     let mut syncing = Syncing::new(sync_reply_tx);
     let applier = if two_way {
-        let flusher = config
+        let (flusher, target) = config
             .with_application_name("walshift-flush")
-            .connect_sql()
+            .connect_sql_to()
             .await
             .map_err(|e| SessionError {
                 message: format!("connecting the flush session: {e}"),
                 action: Action::Retry,
                 deliberate: false,
             })?;
+        let pid: i32 = flusher
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        backends.push((target.to_string(), pid, "walshift-flush"));
         applier
             .with_sync(
                 SyncLink {
@@ -730,6 +754,11 @@ async fn session(
         },
     )
     .await?;
+    if let (host, pid) = stream.backend()
+        && pid != 0
+    {
+        backends.push((host.to_string(), pid, "walshift-stream"));
+    }
     tracing::info!(slot = %spec.slot_name(), start = %start, "streaming");
     let _streaming = observed.streaming();
     let feedback = stream.feedback();
