@@ -141,6 +141,14 @@ async fn ensure_inner(
                 ))
                 .await
                 .map_err(|e| fail(&format!("updating publication {pubname}"), e))?;
+            restart_history_of_new_dependencies(client, spec, plan, &have)
+                .await
+                .map_err(|e| {
+                    fail(
+                        "restarting the backfill of a mirror with a new dependency",
+                        e,
+                    )
+                })?;
         }
     }
 
@@ -221,4 +229,49 @@ async fn drop_slot(config: &ConnConfig, slot: &str) {
         let _ = repl.drop_slot(slot, false).await;
         let _ = repl.close().await;
     }
+}
+
+/// A dependency the publication did not carry until now: its changes before
+/// this moment never reached the stream, so every target row that reads it
+/// may be stale. Its mirrors' backfill starts over (the publication change
+/// came first, so what the new pass does not see, the stream brings).
+async fn restart_history_of_new_dependencies(
+    client: &Client,
+    spec: &Spec,
+    plan: &Plan,
+    had: &[(String, String)],
+) -> Result<(), tokio_postgres::Error> {
+    for m in &plan.mirrors {
+        let new: Vec<String> = m
+            .depends
+            .iter()
+            .filter(|d| {
+                !had.iter()
+                    .any(|(s, n)| *s == d.table.schema && *n == d.table.name)
+            })
+            .map(|d| d.table.to_string())
+            .collect();
+        if new.is_empty() {
+            continue;
+        }
+        let restarted = client
+            .execute(
+                "UPDATE walshift.backfill
+                 SET lower_key = NULL, done = false, rows_done = 0, chunks = 0,
+                     rows_per_second = NULL, started_at = now(), finished_at = NULL,
+                     updated_at = now()
+                 WHERE name = $1 AND mirror = $2",
+                &[&spec.name, &(m.number as i32)],
+            )
+            .await?;
+        if restarted > 0 {
+            tracing::warn!(
+                mirror = m.number,
+                tables = %new.join(", "),
+                "the mirror depends on tables the stream did not carry until now; its history is \
+                 recomputed from the start so no earlier change of theirs is missed"
+            );
+        }
+    }
+    Ok(())
 }
