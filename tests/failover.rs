@@ -1,5 +1,6 @@
 //! Failover (docs/topology.md): a primary killed under load, its physical standby promoted, and
-//! walshift started again against the new primary.
+//! walshift started again against the new primary, or (17) one run given both hosts following
+//! the promotion by itself.
 //!
 //! ```text
 //!  primary (killed: immediate stop) ──streaming, physical slot──▶ standby (promoted)
@@ -328,9 +329,9 @@ async fn failover_on(major: u32) {
     drop(c);
     primary.crash();
     let killed = Instant::now();
-    // The run cannot reach the dead host and retries; stop it. With a multi-host `--db`
-    // (`host=a,b target_session_attrs=read-write`, src/conninfo.rs) the same run would follow
-    // the promotion by itself, once multi-host following lands.
+    // The run cannot reach the dead host and retries; stop it. With both hosts in its `--db`
+    // (`host=a,b target_session_attrs=read-write`) the same run follows the promotion by
+    // itself: pg17_one_run_follows_the_promotion_through_its_host_list.
     assert!(first.still_running(), "{}", first.stderr());
     first.sigterm();
     first.exit(Duration::from_secs(30)).await;
@@ -447,4 +448,106 @@ async fn pg17_failover_continues_from_the_synced_slot_and_ends_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg16_failover_resynchronises_on_the_promoted_standby_and_ends_exact() {
     failover_on(16).await;
+}
+
+/// `host=<primary>,<standby> port=...,... target_session_attrs=read-write`: the two
+/// servers' conninfos joined into one host list, the rest as the first has it.
+fn host_list(first: &str, second: &str) -> String {
+    let value = |conninfo: &str, key: &str| -> String {
+        conninfo
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in {conninfo}"))
+            .to_string()
+    };
+    let rest: Vec<&str> = first
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port="))
+        .collect();
+    format!(
+        "host={},{} port={},{} target_session_attrs=read-write {}",
+        value(first, "host"),
+        value(second, "host"),
+        value(first, "port"),
+        value(second, "port"),
+        rest.join(" ")
+    )
+}
+
+/// Guards following a promotion without a restart on 17: one `walshift run` given both
+/// servers (`target_session_attrs=read-write`) loses its primary under load, retries while
+/// the standby is still read-only, finds the promoted standby by itself, continues from the
+/// synced slot (no resync) and ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
+    let Some(dir) = majors::required(17, "tests/failover.rs") else {
+        return;
+    };
+    let (primary, standby, db) = start_pair(17, dir).await;
+    let c = db.connect().await;
+    let on_standby_db = standby.database(db.name());
+    let spec = Spec::new("fo17-follow", USERS_MIRROR);
+    let slot = spec.object();
+    let both = host_list(&db.conninfo(), &on_standby_db.conninfo());
+    let run = common::spawn_run(&spec.path, &both, &[]);
+    wait_backfill_done(&c, &spec.name).await;
+    wait_for("the stream", Duration::from_secs(30), || async {
+        slot_active(&c, &slot).await
+    })
+    .await;
+    wait_caught_up(&c, &slot).await;
+    wait_synced_copy(&c, &on_standby_db, &slot).await;
+
+    let (to, target) = watch::channel::<Target>(Some((0, db.clone())));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(target, Arc::clone(&stop));
+    wait_for(
+        "writes on the old primary",
+        Duration::from_secs(30),
+        || async { one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await > 200 },
+    )
+    .await;
+    wait_synced_copy(&c, &on_standby_db, &slot).await;
+
+    to.send_replace(None);
+    drop(c);
+    primary.crash();
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| standby.promote()).expect("promote the standby");
+    let c = on_standby_db.connect().await;
+    to.send_replace(Some((1, on_standby_db.clone())));
+    // The same run, through its host list (its reconnect backoff is at most 30 s).
+    wait_for(
+        "the same run streaming from the new primary",
+        Duration::from_secs(90),
+        || async { slot_active(&c, &slot).await },
+    )
+    .await;
+    let followed = killed.elapsed();
+    let base = one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await;
+    wait_for(
+        "writes on the new primary",
+        Duration::from_secs(30),
+        || async {
+            one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await > base + 200
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    wait_caught_up(&c, &slot).await;
+    assert_eq!(
+        wrong_status(&c).await,
+        0,
+        "users.status is not the mapping of is_active on the new primary"
+    );
+    let log = common::stop_run(run).await;
+    how_it_resumed(true, &log, &c, &spec, &on_standby_db).await;
+    eprintln!(
+        "FAILOVER PostgreSQL 17: one run followed the promotion through its host list, streaming \
+         from the new primary {} ms after the kill",
+        followed.as_millis()
+    );
+    drop(c);
+    drop(standby);
 }

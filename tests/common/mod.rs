@@ -116,13 +116,23 @@ pub async fn wait_backfill_done(client: &tokio_postgres::Client, name: &str) {
 /// Waits until walshift confirms past a sync message emitted now on `slot`
 /// (`walshift::verify::wait_caught_up`); panics if it has not within 60 s.
 pub async fn wait_caught_up(client: &tokio_postgres::Client, slot: &str) {
-    let took = walshift::verify::wait_caught_up(client, slot, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(
-        took.is_some(),
-        "walshift did not confirm past the sync message within 60 s"
-    );
+    // The slot must be in use first: right after a backfill, or while a
+    // resync creates a new slot, walshift may not be streaming yet, and a
+    // sync message asked of an idle slot answers at once that nobody reads.
+    let started = std::time::Instant::now();
+    loop {
+        let took = walshift::verify::wait_caught_up(client, slot, Duration::from_secs(60))
+            .await
+            .unwrap();
+        if took.is_some() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "walshift did not stream from slot {slot} and confirm past a sync message within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `walshift run SPEC --db CONNINFO --listen off` plus `extra` as a child process: stderr piped,
