@@ -498,6 +498,38 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     wait_caught_up(&c, &slot).await;
     wait_synced_copy(&c, &on_standby_db, &slot).await;
 
+    // status and check, given both hosts, ask the standby about its copy.
+    let both_cli = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"));
+        cmd.arg(args[0])
+            .arg(&spec.path)
+            .args(&args[1..])
+            .args(["--db", &both])
+            .env_remove("WALSHIFT_DB");
+        cmd
+    };
+    let out = both_cli(&["status", "--json"]).output().await.unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let standbys = s["slot"]["standbys"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(standbys.len(), 1, "{s}");
+    assert_eq!(
+        standbys[0]["ready"], true,
+        "the standby's copy is ready: {s}"
+    );
+    let out = both_cli(&["check", "--scan", "off"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("failover: failover slot;") && l.contains(" ready: ")),
+        "{text}"
+    );
+
     let (to, target) = watch::channel::<Target>(Some((0, db.clone())));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(target, Arc::clone(&stop));
