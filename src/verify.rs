@@ -215,16 +215,6 @@ impl Report {
     }
 }
 
-fn label(m: &MirrorPlan) -> String {
-    match &m.kind {
-        MirrorKind::Set(p) => {
-            let cols: Vec<&str> = p.set.iter().map(|(c, _)| c.as_str()).collect();
-            format!("{} set {}", m.source, cols.join(", "))
-        }
-        MirrorKind::Rows(p) => format!("{} -> {}", m.source, p.target),
-    }
-}
-
 /// Rows of key columns as text.
 fn key_rows(rows: &[tokio_postgres::Row], columns: usize) -> Vec<Vec<String>> {
     rows.iter()
@@ -530,7 +520,7 @@ pub async fn verify_with(
         }
         mirrors.push(MirrorReport {
             mirror: m.number,
-            label: label(m),
+            label: m.describe(),
             chunks,
             differing: 0,
             examples: Vec::new(),

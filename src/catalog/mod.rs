@@ -103,6 +103,18 @@ pub struct DependPlan {
 }
 
 impl MirrorPlan {
+    /// What the mirror does, for messages: `public.users set status` or
+    /// `public.orders -> public.order_items`.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            MirrorKind::Set(p) => {
+                let cols: Vec<&str> = p.set.iter().map(|(c, _)| c.as_str()).collect();
+                format!("{} set {}", self.source, cols.join(", "))
+            }
+            MirrorKind::Rows(p) => format!("{} -> {}", self.source, p.target),
+        }
+    }
+
     pub fn is_two_way(&self) -> bool {
         self.two_way.is_some()
     }

@@ -224,7 +224,7 @@ impl MirrorScanner<'_> {
         progress: &mut dyn Progress,
     ) -> Result<MirrorScan, Error> {
         let started = Instant::now();
-        let label = label(self.m);
+        let label = self.m.describe();
         progress.start(&label, self.m.estimated_rows.max(0) as u64);
         let ordered = self.ordered(deadline, timing_only, progress).await?;
         let mut notes = Vec::new();
@@ -534,16 +534,6 @@ fn apply(m: &MirrorPlan, scope: Scope) -> Statement {
 
 fn key_texts(row: &Row, columns: usize) -> Vec<String> {
     (0..columns).map(|i| row.get::<_, String>(i)).collect()
-}
-
-fn label(m: &MirrorPlan) -> String {
-    match &m.kind {
-        MirrorKind::Set(p) => {
-            let cols: Vec<&str> = p.set.iter().map(|(c, _)| c.as_str()).collect();
-            format!("{} set {}", m.source, cols.join(", "))
-        }
-        MirrorKind::Rows(p) => format!("{} -> {}", m.source, p.target),
-    }
 }
 
 #[cfg(test)]

@@ -1109,18 +1109,7 @@ fn key_steps<'a>(
 }
 
 fn label(plan: &MirrorPlan) -> String {
-    match &plan.kind {
-        MirrorKind::Set(p) => {
-            let cols: Vec<&str> = p.set.iter().map(|(c, _)| c.as_str()).collect();
-            format!(
-                "mirror {} ({} set {})",
-                plan.number,
-                plan.source,
-                cols.join(", ")
-            )
-        }
-        MirrorKind::Rows(p) => format!("mirror {} ({} -> {})", plan.number, plan.source, p.target),
-    }
+    format!("mirror {} ({})", plan.number, plan.describe())
 }
 
 fn mirror_err(label: &str, e: tokio_postgres::Error) -> ApplyError {

@@ -17,8 +17,8 @@
 
 use super::rows::source_lateral;
 use super::{
-    KeyColumn, Param, QualifiedName, RowsPlan, Scope, SetPlan, Statement, col, fragment, place,
-    quote_ident, row,
+    KeyColumn, Param, QualifiedName, RowsPlan, Scope, SetPlan, Statement, col, fragment, key_texts,
+    place, quote_ident, row,
 };
 
 /// How many groups of duplicates a statement returns (examples; the count
@@ -56,13 +56,9 @@ pub fn sample_keys(
     );
     params.push(Param::Limit);
     let n = params.len();
-    let texts: Vec<String> = key
-        .iter()
-        .map(|k| format!("{}::text", col("src", &k.name)))
-        .collect();
     let mut sql = format!(
         "SELECT {}\nFROM {source} AS src TABLESAMPLE SYSTEM ({})\n",
-        texts.join(", "),
+        key_texts("src", key),
         percent_literal(percent)
     );
     let conditions = placed.conditions("src", key);
