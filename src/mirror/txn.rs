@@ -236,6 +236,12 @@ impl MirrorKeys {
         }
         self.keys.extend(other.keys);
         self.depends.extend(other.depends);
+        self.overflow_past(max_keys);
+    }
+
+    /// Past `max_keys` one-way and dependency keys, collapses to a
+    /// whole-mirror pass (the keys' memory freed).
+    fn overflow_past(&mut self, max_keys: usize) {
         if self.keys.len() + self.depends.len() > max_keys {
             self.overflowed = true;
             self.keys = HashSet::new();
@@ -752,11 +758,7 @@ impl TxnAssembler {
                             continue;
                         }
                         m.depends.insert((*dep, k));
-                        if m.keys.len() + m.depends.len() > max {
-                            m.overflowed = true;
-                            m.keys = HashSet::new();
-                            m.depends = HashSet::new();
-                        }
+                        m.overflow_past(max);
                     }
                 }
             }
@@ -770,11 +772,7 @@ fn add(m: &mut MirrorKeys, key: Key, max: usize) {
         return;
     }
     m.keys.insert(key);
-    if m.keys.len() + m.depends.len() > max {
-        m.overflowed = true;
-        m.keys = HashSet::new();
-        m.depends = HashSet::new();
-    }
+    m.overflow_past(max);
 }
 
 /// The owner columns of a target row as a key; `Ok(None)` when they are
