@@ -181,18 +181,8 @@ async fn one(
     if !table.select {
         ctx.grants.table(shown, "SELECT");
     }
-    if must_publish(&d.table) && !table.owned {
-        let role = ctx.grants.role().to_string();
-        let fix = if table.owner_is_superuser {
-            format!("ALTER TABLE {shown} OWNER TO {role}")
-        } else {
-            format!("GRANT {} TO {role}", table.owner)
-        };
-        ctx.grants.need(
-            format!("ownership of {shown}"),
-            "CREATE PUBLICATION ... FOR TABLE requires it",
-            fix,
-        );
+    if must_publish(&d.table) {
+        super::mirror::publication_ownership(ctx, table);
     }
     Ok(Some(DependPlan {
         table: d.table.clone(),

@@ -238,21 +238,32 @@ fn source_privileges(ctx: &mut Ctx<'_>, source: &Relation, m: &Mirror, server: O
         ctx.grants.table(&source.display, "SELECT");
     }
     let must_publish = server.is_none_or(|s| s.must_publish(&m.source.schema, &m.source.name));
-    if must_publish && !source.owned {
-        // Membership in the owner role confers ownership, but membership in
-        // a superuser role would be far more than needed (and confers no
-        // superuser attribute anyway): then the table changes hands instead.
-        let fix = if source.owner_is_superuser {
-            format!("ALTER TABLE {} OWNER TO {role}", source.display)
-        } else {
-            format!("GRANT {} TO {role}", source.owner)
-        };
-        ctx.grants.need(
-            format!("ownership of {}", source.display),
-            "CREATE PUBLICATION ... FOR TABLE requires it",
-            fix,
-        );
+    if must_publish {
+        publication_ownership(ctx, source);
     }
+}
+
+/// Ownership of a table the publication must list unless the role already
+/// has it: `CREATE PUBLICATION ... FOR TABLE` and `ALTER PUBLICATION ... ADD
+/// TABLE` require it.
+pub(super) fn publication_ownership(ctx: &mut Ctx<'_>, table: &Relation) {
+    if table.owned {
+        return;
+    }
+    let role = ctx.grants.role().to_string();
+    // Membership in the owner role confers ownership, but membership in a
+    // superuser role would be far more than needed (and confers no superuser
+    // attribute anyway): then the table changes hands instead.
+    let fix = if table.owner_is_superuser {
+        format!("ALTER TABLE {} OWNER TO {role}", table.display)
+    } else {
+        format!("GRANT {} TO {role}", table.owner)
+    };
+    ctx.grants.need(
+        format!("ownership of {}", table.display),
+        "CREATE PUBLICATION ... FOR TABLE requires it",
+        fix,
+    );
 }
 
 pub(super) async fn replica_identity(
