@@ -718,3 +718,167 @@ async fn a_spec_that_does_not_fit_exits_1_and_creates_nothing() {
         "slot, publication, origin, walshift schema left behind; output:\n{output}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Kill loop
+
+/// A knob of [`sigkill_loop_during_backfill_and_load_loses_nothing`], from the environment
+/// (scripts/kill-loop runs the long form).
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Guards I4 and I6 across many crashes at random points: one `walshift run` after another,
+/// each SIGKILLed 1.5-4.5 s after it was spawned (while it sets up, backfills, applies),
+/// under a load that flips users, inserts new ones, deletes some and appends order lines, then
+/// a last run left alone. The result must be exact, judged by SQL of the test's own, with the
+/// history backfilled and the live writes of every stretch mirrored.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_loop_during_backfill_and_load_loses_nothing() {
+    let users = knob("KILL_LOOP_USERS", 30_000) as i64;
+    let orders = knob("KILL_LOOP_ORDERS", 20_000) as i64;
+    let kills = knob("KILL_LOOP_KILLS", 6);
+    let ddl = format!(
+        "{}; {};
+         INSERT INTO public.users (id, email, is_active)
+             SELECT i, 'u' || i || '@example.com', i % 3 <> 0 FROM generate_series(1, {users}) AS i;
+         INSERT INTO public.orders (id, customer, items)
+             SELECT i, 'c' || i,
+                    (SELECT jsonb_agg(jsonb_build_object('sku', 's' || (i + n) % 50, 'qty', n))
+                     FROM generate_series(1, 1 + i % 4) AS n)
+             FROM generate_series(1, {orders}) AS i;
+         ANALYZE",
+        USERS_DDL, ORDERS_DDL
+    );
+    // Paced so that history is still being copied at every kill.
+    let rate = knob("KILL_LOOP_BACKFILL_RATE", 5_000);
+    let spec = format!("{}[backfill]\nmax_rows_per_second = {rate}\n", shop_spec());
+    let s = Scenario::new("kill-loop", &ddl, &spec).await;
+    let next_user = Arc::new(std::sync::atomic::AtomicI64::new(users + 1));
+    let load = s.load(
+        LoadOptions {
+            tasks: 3,
+            txns_per_task: u64::MAX,
+            reconnect: false,
+        },
+        step(move |rng| {
+            let mut sql = vec![
+                format!(
+                    "UPDATE public.users SET is_active = NOT coalesce(is_active, false) WHERE id = {}",
+                    rng.int(1, users)
+                ),
+                format!(
+                    "UPDATE public.orders SET items = coalesce(items, '[]') || jsonb_build_array(
+                         jsonb_build_object('sku', 's{}', 'qty', {})) WHERE id = {}",
+                    rng.below(50),
+                    rng.int(1, 9),
+                    rng.int(1, orders)
+                ),
+            ];
+            // New users at a third of the rate, so that the paced backfill gets past them.
+            if rng.chance(30) {
+                let new = next_user.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sql.push(format!(
+                    "INSERT INTO public.users (id, email, is_active) VALUES ({new}, 'n{new}', {})",
+                    rng.chance(50)
+                ));
+            }
+            if rng.chance(10) {
+                sql.push(format!(
+                    "DELETE FROM public.users WHERE id = {}",
+                    rng.int(1, users)
+                ));
+            }
+            sql.join(";\n")
+        }),
+    );
+    load.wait_acked(50, None).await;
+    let mut rng = mirror_support::Rng::new(
+        std::env::var("WALSHIFT_TEST_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(7),
+    );
+    // `KILL_LOOP_PLANT=resume-from-origin-progress` plants the bug this loop found on 16+.
+    let plant = std::env::var("KILL_LOOP_PLANT").ok();
+    let extra: Vec<&str> = match &plant {
+        Some(p) => vec!["--unsafe-plant", p.as_str()],
+        None => Vec::new(),
+    };
+    for round in 1..=kills {
+        let ws = Walshift::spawn(&s.spec, &s.conninfo(), &extra);
+        let after = Duration::from_millis(rng.int(1_500, 4_500) as u64);
+        tokio::time::sleep(after).await;
+        if let Some(status) = ws.exited() {
+            ws.fail(&format!(
+                "round {round}: walshift exited by itself: {status}"
+            ));
+        }
+        let state = s
+            .sql
+            .query_opt(
+                "SELECT m.applied_lsn::text, s.confirmed_flush_lsn::text,
+                        (SELECT string_agg(b.rows_done::text, ',') FROM walshift.backfill AS b
+                         WHERE b.name = m.name)
+                 FROM walshift.migration AS m
+                 LEFT JOIN pg_replication_slots AS s ON s.slot_name = $1
+                 WHERE m.name = 'kill-loop'",
+                &[&ws.slot()],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| {
+                let (a, c, b): (Option<String>, Option<String>, Option<String>) =
+                    (r.get(0), r.get(1), r.get(2));
+                format!("applied {a:?}, confirmed {c:?}, rows done {b:?}")
+            });
+        eprintln!("round {round}: SIGKILL {after:?} after the spawn ({state:?})");
+        let slot = ws.slot().to_owned();
+        if std::env::var_os("KILL_LOOP_LOGS").is_some() {
+            eprintln!("{}", ws.output());
+        }
+        ws.kill().await;
+        // As a supervisor restarts it: at once, its old sessions maybe still there.
+        if std::env::var_os("KILL_LOOP_WAIT").is_some() {
+            let (sql, slot) = (&s.sql, slot.as_str());
+            poll(
+                None,
+                "the killed run's walsender to end",
+                Duration::from_secs(30),
+                || async move { mirror_support::waits::slot_active(sql, slot).await != Some(true) },
+            )
+            .await;
+        }
+    }
+    // The last run starts under the load; then the load stops, so that the backfill (paced
+    // below the load's insert rate) can reach the end of a table that no longer grows.
+    let ws = s.start(&extra).await;
+    let acked = load.acked();
+    load.wait_acked(acked + 2_000, Some(&ws)).await;
+    let stats = load.stop().await;
+    eprintln!("{stats:?}");
+    let name = "kill-loop";
+    let sql = &s.sql;
+    poll(
+        Some(&ws),
+        "the last run to finish the backfill",
+        Duration::from_secs(300),
+        || async move {
+            sql.query_one(
+                "SELECT coalesce(bool_and(done), false) FROM walshift.backfill WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        },
+    )
+    .await;
+    wait_caught_up(&ws, &s.sql).await;
+    assert_shop_exact(&s.sql, &ws).await;
+    ws.stop().await;
+}

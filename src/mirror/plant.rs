@@ -30,6 +30,11 @@ pub enum Plant {
     /// black-holed replication connection waits on TCP alone (which a
     /// middlebox that still acknowledges never ends).
     NoReceiveTimeout,
+    /// Resume position wrong: each session starts at the larger of the
+    /// state row's applied position and the replication origin's progress,
+    /// which PostgreSQL 16+ advances also for a transaction that set the
+    /// origin up and then rolled back (walshift killed mid-apply).
+    ResumeFromOriginProgress,
 }
 
 static PLANTED: OnceLock<Plant> = OnceLock::new();

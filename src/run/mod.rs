@@ -617,6 +617,9 @@ async fn session(
                 &[&spec.origin_name()],
             )
             .await?;
+        if crate::mirror::plant::active(crate::mirror::plant::Plant::ResumeFromOriginProgress) {
+            start = start.max(origin_progress(&client, &spec.origin_name()).await?);
+        }
     }
     let mut applier = Applier::new(
         client,
@@ -1183,6 +1186,24 @@ fn retained_wal_check(
         );
     }
     None
+}
+
+/// The replication origin's progress (`Lsn::INVALID` when it has none).
+/// Only the planted bug resumes from it: see the start of [`session`].
+async fn origin_progress(
+    client: &tokio_postgres::Client,
+    origin: &str,
+) -> Result<Lsn, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_replication_origin_progress($1, true)::text",
+            &[&origin],
+        )
+        .await?;
+    Ok(row
+        .get::<_, Option<String>>(0)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Lsn::INVALID))
 }
 
 fn release_watermarks(pending: &mut lag::Pending, applied_txns: u64, observed: &Observed) {
