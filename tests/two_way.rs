@@ -171,22 +171,16 @@ async fn set_mode_follows_the_shape_each_write_changed() {
         (Some(false), Some("paused".into()))
     );
     // No loop, no echo: once caught up, walshift's own writes in either
-    // direction bring no more writes of its own.
-    let writes = "SELECT n_tup_upd + n_tup_ins FROM pg_stat_user_tables WHERE relname = 'users'";
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    c.batch_execute("SELECT pg_stat_clear_snapshot()")
-        .await
-        .unwrap();
-    let before = common::cli::one_i64(&c, writes).await;
+    // direction bring no more writes of its own. Judged by every row's
+    // version (xmin), not by the statistics views, which a busy server
+    // flushes late (CI saw 0 writes counted, then 106).
+    let versions = "SELECT md5(string_agg(id || ':' || xmin, ',' ORDER BY id)) FROM users";
+    let before: String = c.query_one(versions, &[]).await.unwrap().get(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     wait_caught_up(&c, &slot).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    c.batch_execute("SELECT pg_stat_clear_snapshot()")
-        .await
-        .unwrap();
+    let after: String = c.query_one(versions, &[]).await.unwrap().get(0);
     assert_eq!(
-        common::cli::one_i64(&c, writes).await,
-        before,
+        after, before,
         "walshift kept writing users after it caught up"
     );
     // cleanup removes walshift's objects, the key table's rows with them.
@@ -1354,6 +1348,11 @@ name = \"both shapes hold every acknowledged write\"
 sql = \"\"\"SELECT count(*) = 0 FROM ({lost}) AS l\"\"\"
 
 [cutover]
+# Five writers on 300 hot rows, on a CI machine running many suites at once:
+# a writer descheduled while it holds its lock outlasts a 200 ms attempt, so
+# ten attempts (the default) ran out in CI once. More attempts, the same
+# lock_timeout: the freeze the test bounds below is not longer for it.
+max_attempts = 40
 sql = \"\"\"
 CREATE TABLE cutover_check AS SELECT count(*) AS lost FROM ({lost}) AS l;
 \"\"\"
