@@ -3,25 +3,26 @@
 //! scan").
 //!
 //! ```text
-//!  BEGIN (read-write, rolled back); SAVEPOINT walshift_scan
+//!  BEGIN (rolled back); SAVEPOINT walshift_scan
 //!   per mirror, in key order, chunk sizes as the backfill's:
-//!     bound ─▶ the backfill's own chunk statement ─▶ ROLLBACK TO SAVEPOINT   (timed: the ETA)
-//!               └ fails on a row: the chunk's keys, split in halves under the
-//!                 savepoint until each failing key is alone ─▶ kind, count, examples
+//!     bound ─▶ the read-only evaluation of the chunk (mirror/sql/evaluate.rs):
+//!               rows the constraints refuse come back by key (NOT NULL, length, CHECK);
+//!               a value the mapping cannot compute fails it: the chunk's keys, split in
+//!               halves until each failing key is alone ─▶ kind, count, examples
+//!     a few chunks, spread over the pass: also the backfill's own chunk statement,
+//!               timed (the ETA) and rolled back to the savepoint at once
 //!   budget out: coverage, then a TABLESAMPLE SYSTEM sample of the rest, by keys
 //!   unique indexes: duplicates among computed values (and, rows mode,
 //!   collisions with existing target rows of other keys) over the covered range
 //!  ROLLBACK
 //! ```
 //!
-//! Why write and roll back rather than evaluate: the chunk statement is the
-//! one `run` will execute, so every refusal it meets (casts and assignment
-//! to the column type, domains, NOT NULL, CHECK, unique indexes, foreign
-//! keys, triggers, partition routing) is Postgres's own, not a
-//! re-implementation, and its time is the backfill's. Each chunk is rolled
-//! back at once, so its row locks last one chunk, as a backfill chunk's do.
-//! The price is the WAL and dead row versions of the rolled-back writes;
-//! the budget bounds them, `--scan off` avoids them.
+//! The scan reads: it takes no row locks and writes no WAL, so a scan of a
+//! production table for a minute costs that table nothing but reads. Only
+//! the timed chunks ([`timed`]: a few dozen at most) run the write the backfill
+//! will run, each rolled back at once: the ETA is that statement's time, and
+//! what the evaluation cannot see (foreign keys, triggers, exclusion
+//! constraints) is refused there by Postgres itself.
 
 mod report;
 mod unique;
@@ -37,6 +38,7 @@ use crate::catalog::{MirrorKind, MirrorPlan, Plan};
 use crate::error_policy::is_about_the_row;
 use crate::mirror::applier::SESSION_SETTINGS;
 use crate::mirror::bind::Args;
+use crate::mirror::sql::evaluate::{self, Constraints};
 use crate::mirror::sql::{self, Scope, Statement, scan::sample_keys};
 use crate::spec::{self, Spec};
 use crate::throttle::ChunkSizer;
@@ -102,6 +104,12 @@ impl Progress for Quiet {
 
 /// Chunks timed per mirror with `--scan off` (the first is the warm-up).
 const TIMING_CHUNKS: u32 = 5;
+/// Beyond the first [`TIMING_CHUNKS`], the scan times (writes and rolls
+/// back) the chunks whose number is a power of two: spread over the pass, a
+/// few dozen at most.
+fn timed(chunk: u32) -> bool {
+    chunk < TIMING_CHUNKS || chunk.is_power_of_two()
+}
 /// ... and at most this long.
 const TIMING_BUDGET: Duration = Duration::from_secs(2);
 /// The spread sample: a quarter of what the budget covered, within these.
@@ -173,6 +181,7 @@ async fn scan_all(
             client,
             m,
             limits: &spec.backfill,
+            constraints: constraints(client, m).await?,
             kinds: Kinds::default(),
             failing: Vec::new(),
             stopped: None,
@@ -210,6 +219,8 @@ struct MirrorScanner<'a> {
     client: &'a Client,
     m: &'a MirrorPlan,
     limits: &'a spec::Backfill,
+    /// Of the relation the mirror writes, for the evaluation.
+    constraints: Constraints,
     kinds: Kinds,
     /// Keys that failed, to leave out of the uniqueness questions.
     failing: Vec<Vec<String>>,
@@ -304,14 +315,24 @@ impl MirrorScanner<'_> {
                 upper: upper.as_deref(),
                 ..Default::default()
             };
-            let result = self.attempt(&apply(self.m, scope), &args, true).await?;
-            let elapsed = began.elapsed();
+            let before = self.failing.len();
+            if !timing_only {
+                self.evaluate_range(scope, &args).await?;
+            }
+            let evaluated = began.elapsed();
+            let result = if timed(chunks) || timing_only {
+                Some(self.attempt(&apply(self.m, scope), &args, true).await?)
+            } else {
+                None
+            };
+            let elapsed = began.elapsed() - evaluated;
             let chunk_rows = match &upper {
                 Some(_) => rows,
                 None => self.count_after(lower.as_deref()).await?,
             };
             match result {
-                Ok(_) => {
+                None => {}
+                Some(Ok(_)) => {
                     let t = if chunks == 0 {
                         &mut warm_up
                     } else {
@@ -322,14 +343,22 @@ impl MirrorScanner<'_> {
                     t.chunks += 1;
                     sizer.observe(chunk_rows, elapsed);
                 }
-                Err(r) if r.about_row => {
-                    let keys = self.keys_in(scope, &args).await?;
-                    self.isolate(keys).await?;
+                // Refused by what the evaluation does not see (a unique
+                // index within one key's rows, a foreign key, a trigger; or
+                // --scan off): the keys it did not name, by the write.
+                Some(Err(r)) if r.about_row => {
+                    let known = self.failing[before..].to_vec();
+                    let mut keys = self.keys_in(scope, &args).await?;
+                    keys.retain(|k| !known.contains(k));
+                    self.isolate(keys, By::Writing).await?;
                 }
-                Err(r) => {
+                Some(Err(r)) => {
                     self.stop(&format!("{} (SQLSTATE {})", r.message, r.sqlstate));
                     break;
                 }
+            }
+            if self.stopped.is_some() {
+                break;
             }
             covered += chunk_rows;
             chunks += 1;
@@ -402,15 +431,34 @@ impl MirrorScanner<'_> {
             if self.stopped.is_some() {
                 break;
             }
-            self.isolate(part.to_vec()).await?;
+            self.isolate(part.to_vec(), By::Evaluating).await?;
         }
         Ok(keys.len() as u64)
     }
 
-    /// Runs the chunk statement for `keys`; where it fails on a row, splits
-    /// the keys in halves until each failing key is alone, and records it.
-    async fn isolate(&mut self, keys: Vec<Vec<String>>) -> Result<(), Error> {
-        let stmt = apply(self.m, Scope::Keys);
+    /// The evaluation of a range: what the constraints refuse is recorded by
+    /// key; where a value cannot be computed, the range's keys are split
+    /// until the failing ones are alone.
+    async fn evaluate_range(&mut self, scope: Scope, args: &Args<'_>) -> Result<(), Error> {
+        match self.attempt(&self.evaluation(scope), args, false).await? {
+            Ok(rows) => self.record_refused(&rows),
+            Err(r) if r.about_row => {
+                let keys = self.keys_in(scope, args).await?;
+                self.isolate(keys, By::Evaluating).await?;
+            }
+            Err(r) => self.stop(&format!("{} (SQLSTATE {})", r.message, r.sqlstate)),
+        }
+        Ok(())
+    }
+
+    /// Runs the evaluation (or the chunk statement, rolled back) for
+    /// `keys`; where it fails on a row, splits the keys in halves until each
+    /// failing key is alone, and records it.
+    async fn isolate(&mut self, keys: Vec<Vec<String>>, by: By) -> Result<(), Error> {
+        let stmt = match by {
+            By::Evaluating => self.evaluation(Scope::Keys),
+            By::Writing => apply(self.m, Scope::Keys),
+        };
         let columns = self.m.key.len();
         // Second halves wait under first halves: keys come out in key order.
         let mut stack = vec![keys];
@@ -419,16 +467,13 @@ impl MirrorScanner<'_> {
                 continue;
             }
             let args = Args::keys(&part, columns);
-            match self.attempt(&stmt, &args, true).await? {
+            match self.attempt(&stmt, &args, by == By::Writing).await? {
+                Ok(rows) if by == By::Evaluating => self.record_refused(&rows),
                 Ok(_) => {}
                 Err(r) if r.about_row => {
                     if part.len() == 1 {
                         let key = part.pop().expect("one key");
-                        self.kinds
-                            .add(&r.sqlstate, &r.message, 1, &[show_key(&key)]);
-                        if self.failing.len() < MAX_FAILING_KEYS {
-                            self.failing.push(key);
-                        }
+                        self.record(&r.sqlstate, &r.message, key);
                     } else {
                         let second = part.split_off(part.len() / 2);
                         stack.push(second);
@@ -442,6 +487,38 @@ impl MirrorScanner<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The read-only evaluation statement of the mirror for `scope`.
+    fn evaluation(&self, scope: Scope) -> Statement {
+        match &self.m.kind {
+            MirrorKind::Set(p) => evaluate::set_evaluate(p, &self.constraints, scope),
+            MirrorKind::Rows(p) => evaluate::rows_evaluate(p, &self.constraints, scope),
+        }
+    }
+
+    /// The rows an evaluation returned (`key texts..., problem`): one
+    /// refusal per key (a rows-mode key may yield several refused rows).
+    fn record_refused(&mut self, rows: &[Row]) {
+        let columns = self.m.key.len();
+        let mut last: Option<Vec<String>> = None;
+        for r in rows {
+            let key = key_texts(r, columns);
+            if last.as_ref() == Some(&key) {
+                continue;
+            }
+            let problem: String = r.get(columns);
+            let (sqlstate, message) = evaluate::split_problem(&problem);
+            self.record(sqlstate, message, key.clone());
+            last = Some(key);
+        }
+    }
+
+    fn record(&mut self, sqlstate: &str, message: &str, key: Vec<String>) {
+        self.kinds.add(sqlstate, message, 1, &[show_key(&key)]);
+        if self.failing.len() < MAX_FAILING_KEYS {
+            self.failing.push(key);
+        }
     }
 
     /// Runs `stmt`; rolls back to the scan's savepoint after it when it
@@ -517,6 +594,50 @@ struct Ordered {
     /// The last chunk's upper bound: everything up to it is covered.
     lower: Option<Vec<String>>,
     timing: Timing,
+}
+
+/// How [`MirrorScanner::isolate`] asks about keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum By {
+    /// The read-only evaluation.
+    Evaluating,
+    /// The backfill's chunk statement, rolled back.
+    Writing,
+}
+
+/// The constraints of the relation the mirror writes.
+async fn constraints(client: &Client, m: &MirrorPlan) -> Result<Constraints, Error> {
+    let written = match &m.kind {
+        MirrorKind::Set(p) => &p.source,
+        MirrorKind::Rows(p) => &p.target,
+    };
+    let relation = written.to_string();
+    let columns = client
+        .query(evaluate::COLUMNS_SQL, &[&relation])
+        .await?
+        .iter()
+        .map(|r| evaluate::WrittenColumn {
+            name: r.get(0),
+            type_name: r.get(1),
+            not_null: r.get(2),
+            bounded: r.get::<_, Option<i32>>(3).map(|n| (n, r.get(4))),
+        })
+        .collect();
+    let checks = client
+        .query(evaluate::CHECKS_SQL, &[&relation])
+        .await?
+        .iter()
+        .map(|r| evaluate::CheckConstraint {
+            name: r.get(0),
+            expr: r.get(1),
+            columns: r.get(2),
+        })
+        .collect();
+    Ok(Constraints {
+        relation: written.name.clone(),
+        columns,
+        checks,
+    })
 }
 
 /// The timed chunks, or the warm-up when it was the only one.

@@ -1,9 +1,9 @@
-//! The uniqueness questions a chunk cannot answer on its own: values of a
-//! unique index of the target that the mapping computes for keys in
-//! different chunks (each chunk is rolled back before the next, so the
-//! second never meets the first), and, in rows mode, computed rows meeting
-//! an existing target row of another key. Asked read-only over the range
-//! the ordered pass covered, leaving out the keys that failed there.
+//! The uniqueness questions the evaluation of a chunk does not answer:
+//! values of a unique index of the target that the mapping computes twice
+//! for one key (rows mode) or for several keys, and, in rows mode, computed
+//! rows meeting an existing target row of another key. Asked read-only over
+//! the range the ordered pass covered, leaving out the keys that failed
+//! there.
 
 use tokio_postgres::Error;
 
@@ -11,7 +11,8 @@ use super::MirrorScanner;
 use crate::catalog::MirrorKind;
 use crate::mirror::bind::Args;
 use crate::mirror::sql::scan::{
-    DUPLICATE_GROUPS, UniqueIndex, index_columns, rows_collisions, rows_duplicates, set_duplicates,
+    DUPLICATE_GROUPS, UniqueIndex, index_columns, rows_collisions, rows_duplicates,
+    rows_duplicates_within, set_duplicates,
 };
 use crate::mirror::sql::{KeyColumn, Scope, Statement};
 
@@ -81,7 +82,7 @@ pub(super) async fn check(
         // Which questions can have an answer: the index must hold a value
         // the mapping computes, and not the key itself (two keys never
         // share a value of an index over the key).
-        let (questions, computed): (Vec<(Statement, bool)>, bool) = match &m.kind {
+        let (questions, computed): (Vec<(Statement, Question)>, bool) = match &m.kind {
             MirrorKind::Set(p) => {
                 let computed = index
                     .columns
@@ -89,7 +90,10 @@ pub(super) async fn check(
                     .any(|c| p.set.iter().any(|(s, _)| *s == c.name));
                 let keys: Vec<String> = p.key.iter().map(|k| k.name.clone()).collect();
                 let q = if computed && !has(&keys) {
-                    vec![(set_duplicates(p, &index, range(upper)), false)]
+                    vec![(
+                        set_duplicates(p, &index, range(upper)),
+                        Question::AcrossKeys,
+                    )]
                 } else {
                     Vec::new()
                 };
@@ -98,14 +102,23 @@ pub(super) async fn check(
             MirrorKind::Rows(p) => {
                 let computed = index.columns.iter().all(|c| p.columns.contains(&c.name));
                 let owner: Vec<String> = p.owner.iter().map(|o| o.name.clone()).collect();
-                let q = if computed && !has(&owner) {
-                    vec![
-                        (rows_duplicates(p, &index, range(upper)), false),
-                        (rows_collisions(p, &index, range(upper)), true),
-                    ]
-                } else {
-                    Vec::new()
-                };
+                let mut q = Vec::new();
+                if computed {
+                    q.push((
+                        rows_duplicates_within(p, &index, range(upper)),
+                        Question::WithinKey,
+                    ));
+                }
+                if computed && !has(&owner) {
+                    q.push((
+                        rows_duplicates(p, &index, range(upper)),
+                        Question::AcrossKeys,
+                    ));
+                    q.push((
+                        rows_collisions(p, &index, range(upper)),
+                        Question::Collisions,
+                    ));
+                }
                 if !computed && !skipped {
                     notes.push(format!(
                         "unique index {:?} of {table} holds columns the select does not yield; \
@@ -119,18 +132,29 @@ pub(super) async fn check(
         if skipped {
             if computed || matches!(m.kind, MirrorKind::Rows(_)) {
                 notes.push(format!(
-                    "unique index {:?} of {table} is partial or on an expression; only each \
-                     chunk's own rows were checked against it",
+                    "unique index {:?} of {table} is partial or on an expression; only the \
+                     rows of the chunks timed for the estimate were checked against it",
                     index.name
                 ));
             }
             continue;
         }
-        for (stmt, collisions) in questions {
-            ask(s, &index, &stmt, upper, collisions, notes).await?;
+        for (stmt, question) in questions {
+            ask(s, &index, &stmt, upper, question, notes).await?;
         }
     }
     Ok(())
+}
+
+/// What a statement of [`check`] asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Question {
+    /// One key's own rows hold a value twice (rows mode).
+    WithinKey,
+    /// Several keys compute one value.
+    AcrossKeys,
+    /// Computed rows meet existing rows of other keys (rows mode).
+    Collisions,
 }
 
 fn range(upper: Option<&[String]>) -> Scope {
@@ -145,7 +169,7 @@ async fn ask(
     index: &UniqueIndex,
     stmt: &Statement,
     upper: Option<&[String]>,
-    collisions: bool,
+    question: Question,
     notes: &mut Vec<String>,
 ) -> Result<(), Error> {
     let mut args = Args::keys(&s.failing, s.m.key.len());
@@ -161,7 +185,22 @@ async fn ask(
         }
     };
     let columns = index_columns(index);
-    if collisions {
+    if question == Question::WithinKey {
+        // As the write would refuse it, with Postgres's words.
+        let message = format!(
+            "duplicate key value violates unique constraint \"{}\"",
+            index.name
+        );
+        for row in &rows {
+            let key: String = row.get(0);
+            s.kinds.add("23505", &message, 1, &[key]);
+        }
+        if rows.len() as i64 >= DUPLICATE_GROUPS {
+            s.kinds.mark_at_least("23505", &message);
+        }
+        return Ok(());
+    }
+    if question == Question::Collisions {
         let Some(row) = rows.first() else {
             return Ok(());
         };

@@ -214,6 +214,49 @@ async fn rows_mode_constraints_duplicates_and_collisions_are_found() {
     assert_eq!(footprint(&admin, "order_items").await, before);
 }
 
+/// Rows the read-only evaluation alone must find: every failing order sits
+/// in a chunk the scan does not time (100 chunks of 20; the first five and
+/// those at powers of two are timed), so no write meets it.
+#[tokio::test]
+async fn rows_mode_refusals_in_chunks_that_are_only_evaluated() {
+    let db = fresh_db().await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
+             INSERT INTO orders SELECT i, jsonb_build_array(jsonb_build_object('sku', 's' || i, 'qty', 1))
+               FROM generate_series(1, 2000) i;
+             UPDATE orders SET items = '[{\"sku\": \"d\", \"qty\": 1}, {\"sku\": \"d\", \"qty\": 2}]' WHERE id = 1500;
+             UPDATE orders SET items = '[{\"sku\": \"q\", \"qty\": 0}]' WHERE id = 1700;
+             UPDATE orders SET items = '[{\"sku\": \"x\", \"qty\": \"x\"}]' WHERE id = 1900;
+             UPDATE orders SET items = '[{\"qty\": 3}]' WHERE id = 1950;
+             CREATE TABLE order_items (order_id bigint NOT NULL, line_no bigint NOT NULL,
+                 sku text NOT NULL UNIQUE, qty int NOT NULL CONSTRAINT qty_positive CHECK (qty > 0),
+                 PRIMARY KEY (order_id, line_no));
+             ANALYZE orders;",
+        )
+        .await
+        .unwrap();
+    let spec = Spec::new(
+        "items-evaluated",
+        "[[mirror]]\nsource = \"public.orders\"\ntarget = \"public.order_items\"\nowner = [\"order_id\"]\n\
+         select = \"\"\"\nSELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty\n\
+         FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)\n\"\"\"\n\n\
+         [backfill]\nmin_chunk_rows = 20\nmax_chunk_rows = 20\n",
+    );
+    let out = cli(&["check", "--scan", "full"], &spec, &db).await;
+    assert_failed(&out);
+    for part in [
+        "FAILED: 4 failing row(s) in 4 kind(s)",
+        "1 row(s): duplicate key value violates unique constraint \"order_items_sku_key\" (SQLSTATE 23505); e.g. key 1500\n",
+        "1 row(s): new row for relation \"order_items\" violates check constraint \"qty_positive\" (SQLSTATE 23514); e.g. key 1700\n",
+        "1 row(s): invalid input syntax for type integer: \"x\" (SQLSTATE 22P02); e.g. key 1900\n",
+        "1 row(s): null value in column \"sku\" of relation \"order_items\" violates not-null constraint (SQLSTATE 23502); e.g. key 1950\n",
+    ] {
+        assert!(out.stdout.contains(part), "{part:?} missing:\n{out}");
+    }
+}
+
 #[tokio::test]
 async fn a_conflict_key_taking_over_another_owners_row_is_a_collision() {
     // The sku is the target's primary key, so the chunk statement's ON
@@ -285,6 +328,45 @@ async fn a_small_budget_says_what_it_covered_and_samples_the_rest() {
     assert!(sampled >= 250, "{line}");
     assert!(line.ends_with(": no failures"), "{line}");
     assert!(out.stdout.contains("check passed"), "{out}");
+    assert_eq!(footprint(&admin, "reviews").await, before);
+}
+
+/// The scan reads: the chunks it only evaluates take no row lock and write
+/// nothing, so their rows keep `xmax = 0`; only the few chunks timed for the
+/// ETA run the write (rolled back), which leaves its xid in their rows'
+/// `xmax`. Planted: with every chunk written and rolled back (the scan
+/// before it was read-only), all 20,000 rows carried an xmax.
+#[tokio::test]
+async fn the_scan_locks_and_writes_only_the_timed_chunks() {
+    let db = fresh_db().await;
+    let admin = reviews(&db, &[]).await;
+    let before = footprint(&admin, "reviews").await;
+    let spec = Spec::new(
+        "reviews-read-only",
+        "[[mirror]]\nsource = \"public.reviews\"\nset = { rating_v2 = \"CAST(rating AS integer)\" }\n\n\
+         [backfill]\nmin_chunk_rows = 200\nmax_chunk_rows = 200\n",
+    );
+    let wal = "SELECT pg_current_wal_lsn()::text";
+    let wal_before: String = admin.query_one(wal, &[]).await.unwrap().get(0);
+    let out = cli(&["check", "--scan", "full"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("all 20000 row(s)"), "{out}");
+    let touched = super::common::cli::one_i64(
+        &admin,
+        "SELECT count(*) FROM reviews WHERE xmax <> '0'::xid",
+    )
+    .await;
+    let wal_bytes = super::common::cli::one_i64(
+        &admin,
+        &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal_before}')::bigint"),
+    )
+    .await;
+    eprintln!("rows locked by the scan: {touched} of 20000; WAL written: {wal_bytes} bytes");
+    // 100 chunks of 200: the first five and those at 8, 16, 32 and 64 are timed.
+    assert!(
+        touched > 0 && touched <= 9 * 200,
+        "{touched} rows carry an xmax: the scan wrote more than its timed chunks"
+    );
     assert_eq!(footprint(&admin, "reviews").await, before);
 }
 

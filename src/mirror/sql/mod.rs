@@ -35,6 +35,7 @@
 //! and ordering operators, so mirrored columns of types without them (`json`,
 //! `xml`, `point`) must be rejected by the catalog check (use `jsonb`).
 
+pub mod evaluate;
 pub mod keys;
 mod rows;
 pub mod scan;

@@ -221,6 +221,36 @@ pub fn rows_duplicates(plan: &RowsPlan, index: &UniqueIndex, scope: Scope) -> St
     }
 }
 
+/// Rows mode: keys in `scope` whose own rows hold the same value of `index`
+/// more than once (the chunk statement's INSERT would refuse the second).
+/// Unlike [`rows_duplicates`], also for an index over the owner columns.
+///
+/// Params as [`set_duplicates`]. Returns `key text` (shown) per key, in key
+/// order, at most [`DUPLICATE_GROUPS`].
+pub fn rows_duplicates_within(plan: &RowsPlan, index: &UniqueIndex, scope: Scope) -> Statement {
+    let mut params = Vec::new();
+    let mut conditions = scoped(&plan.key, scope, &mut params);
+    let inner = rows_inner(plan, index, &mut conditions);
+    let us: Vec<String> = (1..=index.columns.len())
+        .map(|i| format!("d.u{i}"))
+        .collect();
+    let not_null: Vec<String> = us.iter().map(|u| format!("{u} IS NOT NULL")).collect();
+    let sql = format!(
+        "SELECT DISTINCT ON (d.o) d.k
+FROM (
+{inner}
+) AS d
+WHERE {}
+GROUP BY d.k, d.o, {}
+         HAVING count(*) > 1
+ORDER BY d.o
+LIMIT {DUPLICATE_GROUPS}",
+        not_null.join(" AND "),
+        us.join(", ")
+    );
+    Statement { sql, params }
+}
+
 /// Rows mode: rows the select yields for keys in `scope` whose values of
 /// `index` an existing target row holds that another key (or none) owns.
 /// Rows of the scope's own keys are replaced by the recompute, so they are
