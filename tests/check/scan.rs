@@ -173,34 +173,54 @@ async fn not_null_check_and_unique_of_the_new_columns_are_found() {
     assert_eq!(footprint(&admin, "accounts").await, before);
 }
 
-#[tokio::test]
-async fn rows_mode_constraints_duplicates_and_collisions_are_found() {
-    let db = fresh_db().await;
+/// `orders` (2,000 rows of one item each, `sku` s<id>, qty 1, then `updates`
+/// run) and the empty `order_items` with a unique `sku`, a NOT NULL and a
+/// CHECK (`qty_positive`), then `extra` (rows the target already holds).
+async fn orders(db: &Database, updates: &str, extra: &str) -> tokio_postgres::Client {
     let admin = db.connect().await;
     admin
-        .batch_execute(
+        .batch_execute(&format!(
             "CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
              INSERT INTO orders SELECT i, jsonb_build_array(jsonb_build_object('sku', 's' || i, 'qty', 1))
                FROM generate_series(1, 2000) i;
-             UPDATE orders SET items = '[{\"sku\": \"a\", \"qty\": 1}]' WHERE id IN (3, 1800);
-             UPDATE orders SET items = '[{\"sku\": \"q\", \"qty\": 0}]' WHERE id = 4;
-             UPDATE orders SET items = '[{\"sku\": \"taken\", \"qty\": 1}]' WHERE id = 5;
+             {updates}
              CREATE TABLE order_items (order_id bigint NOT NULL, line_no bigint NOT NULL,
                  sku text NOT NULL UNIQUE, qty int NOT NULL CONSTRAINT qty_positive CHECK (qty > 0),
                  PRIMARY KEY (order_id, line_no));
-             -- a row no source key owns, holding a sku order 5 computes
-             INSERT INTO order_items VALUES (99999, 1, 'taken', 1);
-             ANALYZE orders;",
-        )
+             {extra}
+             ANALYZE orders;"
+        ))
         .await
         .unwrap();
+    admin
+}
+
+/// The orders -> order_items mirror, with `tail` (e.g. a `[backfill]` table) after it.
+fn items_spec(name: &str, tail: &str) -> Spec {
+    Spec::new(
+        name,
+        &format!(
+            "[[mirror]]\nsource = \"public.orders\"\ntarget = \"public.order_items\"\nowner = [\"order_id\"]\n\
+             select = \"\"\"\nSELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty\n\
+             FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)\n\"\"\"\n{tail}"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn rows_mode_constraints_duplicates_and_collisions_are_found() {
+    let db = fresh_db().await;
+    let admin = orders(
+        &db,
+        "UPDATE orders SET items = '[{\"sku\": \"a\", \"qty\": 1}]' WHERE id IN (3, 1800);
+         UPDATE orders SET items = '[{\"sku\": \"q\", \"qty\": 0}]' WHERE id = 4;
+         UPDATE orders SET items = '[{\"sku\": \"taken\", \"qty\": 1}]' WHERE id = 5;",
+        // a row no source key owns, holding a sku order 5 computes
+        "INSERT INTO order_items VALUES (99999, 1, 'taken', 1);",
+    )
+    .await;
     let before = footprint(&admin, "order_items").await;
-    let spec = Spec::new(
-        "items",
-        "[[mirror]]\nsource = \"public.orders\"\ntarget = \"public.order_items\"\nowner = [\"order_id\"]\n\
-         select = \"\"\"\nSELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty\n\
-         FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)\n\"\"\"\n",
-    );
+    let spec = items_spec("items", "");
     let out = cli(&["check"], &spec, &db).await;
     assert_failed(&out);
     for part in [
@@ -220,29 +240,18 @@ async fn rows_mode_constraints_duplicates_and_collisions_are_found() {
 #[tokio::test]
 async fn rows_mode_refusals_in_chunks_that_are_only_evaluated() {
     let db = fresh_db().await;
-    let admin = db.connect().await;
-    admin
-        .batch_execute(
-            "CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
-             INSERT INTO orders SELECT i, jsonb_build_array(jsonb_build_object('sku', 's' || i, 'qty', 1))
-               FROM generate_series(1, 2000) i;
-             UPDATE orders SET items = '[{\"sku\": \"d\", \"qty\": 1}, {\"sku\": \"d\", \"qty\": 2}]' WHERE id = 1500;
-             UPDATE orders SET items = '[{\"sku\": \"q\", \"qty\": 0}]' WHERE id = 1700;
-             UPDATE orders SET items = '[{\"sku\": \"x\", \"qty\": \"x\"}]' WHERE id = 1900;
-             UPDATE orders SET items = '[{\"qty\": 3}]' WHERE id = 1950;
-             CREATE TABLE order_items (order_id bigint NOT NULL, line_no bigint NOT NULL,
-                 sku text NOT NULL UNIQUE, qty int NOT NULL CONSTRAINT qty_positive CHECK (qty > 0),
-                 PRIMARY KEY (order_id, line_no));
-             ANALYZE orders;",
-        )
-        .await
-        .unwrap();
-    let spec = Spec::new(
+    orders(
+        &db,
+        "UPDATE orders SET items = '[{\"sku\": \"d\", \"qty\": 1}, {\"sku\": \"d\", \"qty\": 2}]' WHERE id = 1500;
+         UPDATE orders SET items = '[{\"sku\": \"q\", \"qty\": 0}]' WHERE id = 1700;
+         UPDATE orders SET items = '[{\"sku\": \"x\", \"qty\": \"x\"}]' WHERE id = 1900;
+         UPDATE orders SET items = '[{\"qty\": 3}]' WHERE id = 1950;",
+        "",
+    )
+    .await;
+    let spec = items_spec(
         "items-evaluated",
-        "[[mirror]]\nsource = \"public.orders\"\ntarget = \"public.order_items\"\nowner = [\"order_id\"]\n\
-         select = \"\"\"\nSELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty\n\
-         FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)\n\"\"\"\n\n\
-         [backfill]\nmin_chunk_rows = 20\nmax_chunk_rows = 20\n",
+        "\n[backfill]\nmin_chunk_rows = 20\nmax_chunk_rows = 20\n",
     );
     let out = cli(&["check", "--scan", "full"], &spec, &db).await;
     assert_failed(&out);
