@@ -21,8 +21,10 @@ const ORIGIN: u8 = b'O';
 const STREAM_START: u8 = b'S';
 const STREAM_STOP: u8 = b'E';
 
-/// Row changes: dropped while inside a transaction of the filtered origin.
-fn is_row_change(tag: u8) -> bool {
+/// Row changes (Insert, Update, Delete, Truncate): what the filter drops
+/// inside a transaction of the filtered origin, and what the session loop
+/// skips undecoded inside an echo (src/run/mod.rs).
+pub fn is_row_change(tag: u8) -> bool {
     matches!(tag, b'I' | b'U' | b'D' | b'T')
 }
 

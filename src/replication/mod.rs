@@ -20,6 +20,7 @@ mod stream;
 use std::fmt;
 
 pub use conn::{CreatedSlot, IdentifySystem, ReplicationClient, Row};
+pub use echo::is_row_change;
 pub use proto::{SlotOptions, SnapshotAction, StandbyStatus};
 pub use stream::{Feedback, LogicalStream, ReplicationEvent, StreamOptions};
 

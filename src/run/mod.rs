@@ -1061,7 +1061,7 @@ async fn session(
                         // Row changes of walshift's own echoes are skipped
                         // unread: the backfill's writes come back this way
                         // by the million.
-                        let skip = assembler.skipping() && matches!(data.first(), Some(b'I' | b'U' | b'D' | b'T'));
+                        let skip = assembler.skipping() && data.first().copied().is_some_and(crate::replication::is_row_change);
                         if !skip {
                         let msg = decoder
                             .decode(data)
