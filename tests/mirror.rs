@@ -796,12 +796,7 @@ async fn sigkill_loop_during_backfill_and_load_loses_nothing() {
         }),
     );
     load.wait_acked(50, None).await;
-    let mut rng = mirror_support::Rng::new(
-        std::env::var("WALSHIFT_TEST_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(7),
-    );
+    let mut rng = mirror_support::Rng::new(knob("WALSHIFT_TEST_SEED", 7));
     // `KILL_LOOP_PLANT=resume-from-origin-progress` plants the bug this loop found on 16+.
     let plant = std::env::var("KILL_LOOP_PLANT").ok();
     let extra: Vec<&str> = match &plant {

@@ -306,6 +306,9 @@ impl MirrorScanner<'_> {
                     break;
                 }
             };
+            // A backfill chunk is its bound, then its write: the timing is
+            // both, the evaluation between them left out.
+            let bounded = began.elapsed();
             let scope = Scope::Range {
                 lower: lower.is_some(),
                 upper: upper.is_some(),
@@ -319,13 +322,13 @@ impl MirrorScanner<'_> {
             if !timing_only {
                 self.evaluate_range(scope, &args).await?;
             }
-            let evaluated = began.elapsed();
+            let writing = Instant::now();
             let result = if timed(chunks) || timing_only {
                 Some(self.attempt(&apply(self.m, scope), &args, true).await?)
             } else {
                 None
             };
-            let elapsed = began.elapsed() - evaluated;
+            let elapsed = bounded + writing.elapsed();
             let chunk_rows = match &upper {
                 Some(_) => rows,
                 None => self.count_after(lower.as_deref()).await?,

@@ -124,14 +124,14 @@ fn problems(cons: &Constraints, written: &[&WrittenColumn], held: &[&str]) -> Ve
     // Never true, but it reads every computed column, so that each one is
     // computed (and fails where the write would) whatever else the planner
     // leaves out: a column nothing reads is not computed at all, and a
-    // filter on a constant is not even run.
+    // filter on a constant is not even run. A mirror always writes a
+    // column (the catalog check sees to it).
     let computed: Vec<String> = written.iter().map(|c| col("r", &c.name)).collect();
-    if !computed.is_empty() {
-        whens.push(format!(
-            "WHEN num_nulls({}) < 0 THEN 'XX000 unreachable'",
-            computed.join(", ")
-        ));
-    }
+    debug_assert!(!computed.is_empty(), "a mirror that writes no column");
+    whens.push(format!(
+        "WHEN num_nulls({}) < 0 THEN 'XX000 unreachable'",
+        computed.join(", ")
+    ));
     whens
 }
 
@@ -152,11 +152,7 @@ fn outer(inner: &str, key: &[KeyColumn], keys_in_r: bool, whens: &[String]) -> S
             .map(|i| format!("r.{}", key_alias(i)))
             .collect()
     };
-    let case = if whens.is_empty() {
-        "NULL::text".to_string()
-    } else {
-        format!("CASE\n    {}\n  END", whens.join("\n    "))
-    };
+    let case = format!("CASE\n    {}\n  END", whens.join("\n    "));
     format!(
         "SELECT {}, p.problem\nFROM (\n{inner}\n) AS r\nCROSS JOIN LATERAL (SELECT {case} AS problem) AS p\n\
          WHERE p.problem IS NOT NULL",
