@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::cutover::{Job, Update};
 use crate::conninfo::ConnConfig;
+use crate::cutover::session::{Job, Update};
 use crate::settings;
 
 /// How often the state is read without a notification.
@@ -201,7 +201,7 @@ async fn connected<'a>(
     session.as_mut()
 }
 
-pub(super) async fn write_update(
+pub(crate) async fn write_update(
     c: &tokio_postgres::Client,
     u: &Update,
 ) -> Result<(), tokio_postgres::Error> {

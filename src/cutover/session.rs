@@ -1,16 +1,5 @@
-//! The cut-over, carried out by `run` on its apply session.
-//!
-//! ```text
-//!  walshift cutover ──request row──▶ control task ──▶ session loop
-//!                                                      │ Track: the applier notes every key it applies from now on
-//!                                                      │ verify (own session, no locks) ── fails ─▶ refused
-//!                                                      ▼ passes
-//!  apply task:  BEGIN; LOCK sources IN SHARE ROW EXCLUSIVE MODE   (lock_timeout; on timeout back off, retry)
-//!               emit a non-transactional marker ─▶ stream ─▶ session loop forwards every batch before it, then DrainEnd
-//!               apply those batches in this transaction, record their position (I4)
-//!               SAVEPOINT; re-check every key applied since the verify began; gates; operator SQL
-//!               COMMIT  (dry run: ROLLBACK TO SAVEPOINT first)
-//! ```
+//! The run's side of the cut-over, carried out on its apply session (the
+//! protocol is in the module above).
 //!
 //! The lock is taken by the session that writes the targets, so the drain
 //! can write under it (a set-mode target is the source table itself). Writes
@@ -26,26 +15,28 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
-use super::{Done, Work};
-use crate::catalog::MirrorPlan;
-use crate::cutover::{MARKER_PREFIX, MarkerKind, MirrorCheck, Outcome, marker, marker_content};
+use super::{MARKER_PREFIX, MarkerKind, MirrorCheck, Outcome, marker, marker_content};
+use crate::catalog::{MirrorPlan, Plan};
+use crate::conninfo::ConnConfig;
 use crate::error_policy::pg_message;
 use crate::mirror::applier::{Applier, ApplyStats, Batch};
 use crate::mirror::txn::Key;
+use crate::run::AbortOnDrop;
+use crate::run::apply_task::{Done, Work};
 use crate::spec::Spec;
 use crate::verify;
 
 /// Longest the drain may take with the lock held before the cut-over gives
 /// up (rolls back, releasing the lock). The marker normally arrives within
 /// milliseconds; this bounds the freeze when the stream is stuck.
-pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keys the tracker holds before it gives up: the re-check under the lock
 /// must stay short.
-pub(super) const MAX_TRACKED_KEYS: usize = 500_000;
+pub(crate) const MAX_TRACKED_KEYS: usize = 500_000;
 
 /// Keys per re-check statement.
 const RECHECK_CHUNK: usize = 10_000;
@@ -68,7 +59,7 @@ const DRAIN_MAX_KEYS: usize = 1_000_000;
 
 /// A cut-over request accepted by the run.
 #[derive(Debug, Clone)]
-pub(super) struct Job {
+pub(crate) struct Job {
     pub id: i64,
     pub dry_run: bool,
     /// What the request was made with (`Spec::cutover_digest` and file);
@@ -78,7 +69,7 @@ pub(super) struct Job {
 }
 
 /// What the apply task needs to carry a cut-over out.
-pub(super) struct Context {
+pub(crate) struct Context {
     pub spec: Spec,
     pub mirrors: Vec<MirrorPlan>,
     pub updates: mpsc::UnboundedSender<Update>,
@@ -86,7 +77,7 @@ pub(super) struct Context {
 
 /// Every key the applier committed since tracking began, per mirror.
 #[derive(Debug)]
-pub(super) struct Tracker {
+pub(crate) struct Tracker {
     keys: Vec<HashSet<Key>>,
     total: usize,
     /// Why the tracked keys are incomplete (a whole-mirror pass, a TRUNCATE,
@@ -158,7 +149,7 @@ impl Tracker {
 
 /// A step of a request, for the command that follows it.
 #[derive(Debug, Clone)]
-pub(super) struct Update {
+pub(crate) struct Update {
     pub id: i64,
     pub state: &'static str,
     pub detail: Option<String>,
@@ -189,7 +180,7 @@ impl Update {
 }
 
 /// Why a request is turned down or was dropped.
-pub(super) fn refused(job: &Job, why: impl Into<String>) -> Outcome {
+pub(crate) fn refused(job: &Job, why: impl Into<String>) -> Outcome {
     Outcome {
         id: job.id,
         dry_run: job.dry_run,
@@ -201,7 +192,7 @@ pub(super) fn refused(job: &Job, why: impl Into<String>) -> Outcome {
 /// The apply task's side: lock, drain, check, run the SQL, commit.
 /// Live batches that arrive meanwhile are applied (between lock attempts) or
 /// drained (under the lock); each is reported as `Done::Batch` once committed.
-pub(super) async fn execute(
+pub(crate) async fn execute(
     applier: &mut Applier,
     work_rx: &mut mpsc::Receiver<Work>,
     done_tx: &mpsc::Sender<Done>,
@@ -838,7 +829,7 @@ async fn apply_for(
         tokio::select! {
             w = work_rx.recv() => match w {
                 Some(Work::Batch(b)) => {
-                    if !super::apply_and_report(applier, done_tx, Some(&mut *tracker), b).await {
+                    if !crate::run::apply_task::apply_and_report(applier, done_tx, Some(&mut *tracker), b).await {
                         return false;
                     }
                 }
@@ -867,4 +858,191 @@ fn backoff(lock_timeout: Duration, attempt: u32) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// A cut-over request the session loop has in hand, from its verify to
+/// its outcome.
+pub(crate) struct Cut {
+    pub job: Job,
+    pub marker: String,
+    pub started: Instant,
+    /// The verify before the lock, while it runs.
+    pub verify: Option<(oneshot::Receiver<VerifyResult>, AbortOnDrop)>,
+    pub verify_seconds: f64,
+    /// The apply task has the job.
+    pub running: bool,
+    /// Batches go straight to the apply task until the marker.
+    pub forwarding: bool,
+}
+
+/// What the verify before the lock answers.
+pub(crate) type VerifyResult = Result<crate::verify::Report, String>;
+
+/// Why a request cannot start now, if it cannot: made with another spec,
+/// another under way, history not copied, keys held.
+pub(crate) fn refusal(
+    job: &Job,
+    spec: &Spec,
+    another: bool,
+    backfill_done: bool,
+    held: usize,
+) -> Option<String> {
+    let differs = job
+        .spec_digest
+        .as_ref()
+        .is_some_and(|d| *d != spec.cutover_digest());
+    if differs {
+        Some(format!(
+            "the request was made with {}, whose mirrors, gates or [cutover] differ from {}, which \
+             this run loaded; cut over with the spec the run uses, or restart `walshift run` with \
+             the new one",
+            job.spec_file.as_deref().unwrap_or("another spec"),
+            spec.file
+        ))
+    } else if another {
+        Some("another cut-over is under way".to_string())
+    } else if !backfill_done {
+        Some("the backfill is not complete; `walshift wait` returns once it is".to_string())
+    } else if held > 0 {
+        Some(format!(
+            "{held} key(s) are held: their rows fail the mapping or the target's constraints (see \
+             `walshift status {}`); fix the rows or the spec, or run `walshift ctl {} retry`",
+            spec.file, spec.file
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why a request the operator postponed is turned down.
+pub(crate) fn postponed(spec: &Spec) -> String {
+    format!(
+        "cut-over of {} is postponed by the operator; run `walshift ctl {} allow-cutover` first",
+        spec.name, spec.file
+    )
+}
+
+impl Cut {
+    /// Accepts `job`: its verify (own session, no locks) starts now. The
+    /// caller has the apply task track keys from here on, so the re-check
+    /// under the lock covers every key applied since.
+    pub(crate) fn begin(
+        job: Job,
+        config: &ConnConfig,
+        spec: &Spec,
+        plan: &Plan,
+        updates: &mpsc::UnboundedSender<Update>,
+    ) -> Cut {
+        tracing::info!(
+            request = job.id,
+            dry_run = job.dry_run,
+            "cut-over requested; verifying first"
+        );
+        let _ = updates.send(Update::step(
+            job.id,
+            "verifying",
+            format!(
+                "verifying {} mirror(s) chunk by chunk, without locks",
+                plan.mirrors.len()
+            ),
+        ));
+        let marker = crate::cutover::marker(&spec.name, job.id);
+        let (tx, rx) = oneshot::channel();
+        let (config, spec, plan) = (config.clone(), spec.clone(), plan.clone());
+        let task = tokio::spawn(async move {
+            let _ = tx.send(verify_unlocked(&config, &spec, &plan).await);
+        });
+        Cut {
+            marker,
+            job,
+            started: Instant::now(),
+            verify: Some((rx, AbortOnDrop(task))),
+            verify_seconds: 0.0,
+            running: false,
+            forwarding: false,
+        }
+    }
+
+    /// The verify answered: why the cut-over stops here, if it does.
+    pub(crate) fn verified(
+        &mut self,
+        answer: Result<VerifyResult, oneshot::error::RecvError>,
+    ) -> Option<String> {
+        self.verify = None;
+        self.verify_seconds = self.started.elapsed().as_secs_f64();
+        match answer {
+            Ok(Ok(report)) if report.passed => None,
+            Ok(Ok(report)) => Some(format!(
+                "the verify before the lock failed: {}; nothing was changed",
+                report.summary()
+            )),
+            Ok(Err(e)) => Some(format!(
+                "the verify before the lock could not run: {e}; nothing was changed"
+            )),
+            Err(_) => {
+                Some("the verify before the lock ended unexpectedly; nothing was changed".into())
+            }
+        }
+    }
+}
+
+/// The verify before the lock, on a session of its own.
+async fn verify_unlocked(config: &ConnConfig, spec: &Spec, plan: &Plan) -> VerifyResult {
+    let client = config
+        .with_application_name("walshift-verify")
+        .connect_sql()
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::verify::verify_with(&client, spec, plan, 10, false)
+        .await
+        .map_err(|e| pg_message(&e))
+}
+
+/// Waits for the verify of the cut-over in hand; never, when none runs.
+pub(crate) async fn verify_answer(
+    cut: &mut Option<Cut>,
+) -> Result<VerifyResult, oneshot::error::RecvError> {
+    match cut.as_mut().and_then(|c| c.verify.as_mut()) {
+        Some(v) => (&mut v.0).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reports a cut-over's outcome. Returns whether it committed (the run is
+/// over then; the outcome is written before the run exits).
+pub(crate) async fn ended(
+    config: &ConnConfig,
+    updates: &mpsc::UnboundedSender<Update>,
+    outcome: Outcome,
+) -> bool {
+    let committed = outcome.committed;
+    match &outcome.error {
+        None => tracing::info!(
+            request = outcome.id,
+            dry_run = outcome.dry_run,
+            freeze_ms = format!("{:.1}", outcome.freeze_ms),
+            "{}",
+            outcome.render()
+        ),
+        Some(_) => tracing::warn!(request = outcome.id, "{}", outcome.render()),
+    }
+    let update = Update::finished(outcome);
+    if committed {
+        // Written here and now: the run ends right after.
+        for _ in 0..20 {
+            if let Ok(c) = config
+                .with_application_name("walshift-control")
+                .connect_sql()
+                .await
+            {
+                if crate::run::control::write_update(&c, &update).await.is_ok() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    } else {
+        let _ = updates.send(update);
+    }
+    committed
 }
