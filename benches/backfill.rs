@@ -11,6 +11,7 @@
 //!    reset target ─▶ walshift run spec.toml (the release binary) ─poll done every 20ms─▶ SIGTERM
 //!    reset target ─▶ DO block: chunk_upper_bound + set_apply/rows_apply text, COMMIT per chunk
 //!  medians ─▶ markdown table on stdout + target/bench-results/backfill.json
+//!           + docs/results/backfill.md (the same table as a page of the docs)
 //! ```
 //!
 //! walshift's time runs from process start (check, publication, origin,
@@ -34,6 +35,8 @@
 //! (`key=value,...` added to the server settings of both contenders, for
 //! experiments), `WALSHIFT_BIN` (another binary).
 
+#[path = "docs_support/page.rs"]
+mod docs_page;
 #[path = "backfill_support/fixture.rs"]
 mod fixture;
 #[path = "backfill_support/in_server.rs"]
@@ -362,8 +365,18 @@ fn main() {
     figures.loadavg_before = load_before;
     figures.loadavg_after = summary::loadavg();
     figures.wall_s = started.elapsed().as_secs_f64();
-    print!("{}", figures.markdown());
+    let markdown = figures.markdown();
+    print!("{markdown}");
     let out = report::results_path();
     figures.write_json(&out);
     println!("wrote {}", out.display());
+    let v = figures.server_version_num;
+    let server = format!("PostgreSQL {}.{}", v / 10_000, v % 100);
+    let page = docs_page::write(
+        "backfill",
+        &docs_page::command("BACKFILL_BENCH_", "backfill"),
+        &server,
+        &markdown,
+    );
+    println!("wrote {}", page.display());
 }

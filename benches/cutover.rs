@@ -13,6 +13,8 @@
 
 // Shared with benches/backfill.rs and benches/e2e.rs; only the mirrors and
 // the binary are used here.
+#[path = "docs_support/page.rs"]
+mod docs_page;
 #[allow(dead_code)]
 #[path = "backfill_support/fixture.rs"]
 mod fixture;
@@ -20,6 +22,7 @@ mod fixture;
 #[path = "backfill_support/process.rs"]
 mod process;
 
+use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -275,20 +278,24 @@ fn main() {
     let mut lat = runtime.block_on(async { latencies.lock().await.clone() });
     lat.sort_by(f64::total_cmp);
     let p99 = percentile(&freezes, 99.0);
-    println!(
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
         "\n## cut-over write freeze under load (PostgreSQL {}, {} cores)\n",
         cluster.version_num(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!(
+    let _ = writeln!(
+        report,
         "{reps} dry-run cut-overs in {elapsed:.1} s while the load wrote {:.0} rows/s \
          ({writes} writes, {WRITERS} sessions; target {rate:.0}/s); lock attempts {attempts}",
         writes as f64 / elapsed
     );
-    println!();
-    println!("| figure | p50 | p99 | max |");
-    println!("|---|---|---|---|");
-    println!(
+    let _ = writeln!(report);
+    let _ = writeln!(report, "| figure | p50 | p99 | max |");
+    let _ = writeln!(report, "|---|---|---|---|");
+    let _ = writeln!(
+        report,
         "| freeze (LOCK to end of COMMIT), ms | {:.1} | {:.1} | {:.1} |",
         percentile(&freezes, 50.0),
         p99,
@@ -296,7 +303,8 @@ fn main() {
     );
     for (values, part) in part_values.iter_mut().zip(parts) {
         values.sort_by(f64::total_cmp);
-        println!(
+        let _ = writeln!(
+            report,
             "| - {}, ms | {:.1} | {:.1} | {:.1} |",
             part.trim_end_matches("_ms"),
             percentile(values, 50.0),
@@ -305,20 +313,32 @@ fn main() {
         );
     }
     keys.sort_by(f64::total_cmp);
-    println!(
+    let _ = writeln!(
+        report,
         "| keys re-checked under the lock | {:.0} | {:.0} | {:.0} |",
         percentile(&keys, 50.0),
         percentile(&keys, 99.0),
         keys.last().copied().unwrap_or(f64::NAN)
     );
-    println!(
+    let _ = writeln!(
+        report,
         "| application write latency over the run, ms | {:.2} | {:.2} | {:.1} |",
         percentile(&lat, 50.0),
         percentile(&lat, 99.0),
         lat.last().copied().unwrap_or(f64::NAN)
     );
-    println!(
+    let _ = writeln!(
+        report,
         "\ntarget: freeze p99 < 100 ms: {}",
         if p99 < 100.0 { "PASS" } else { "MISS" }
     );
+    print!("{report}");
+    let v = cluster.version_num();
+    let page = docs_page::write(
+        "cutover",
+        &docs_page::command("CUTOVER_BENCH_", "cutover"),
+        &format!("PostgreSQL {}.{}", v / 10_000, v % 100),
+        &report,
+    );
+    println!("wrote {}", page.display());
 }

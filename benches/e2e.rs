@@ -11,6 +11,7 @@
 //!   7 identity pgbench update: REPLICA IDENTITY DEFAULT │ FULL │ walshift one-way │ two-way
 //!            (tps and WAL bytes per transaction)
 //!  medians of E2E_REPS ─▶ stdout + target/e2e/report.md (one table, same rows every run)
+//!                        + docs/results/e2e.md (the same report as a page of the docs)
 //!                        + target/e2e/*.svg (a chart per scenario, lag over time)
 //! ```
 //!
@@ -22,6 +23,8 @@
 //! from `E2E_CLIENT_BIN`).
 
 // Shared with benches/backfill.rs, which uses all of them.
+#[path = "docs_support/page.rs"]
+mod docs_page;
 #[allow(dead_code)]
 #[path = "backfill_support/fixture.rs"]
 mod fixture;
@@ -188,4 +191,11 @@ fn main() {
         charts.len(),
         charts.join(", ")
     );
+    let server = if figures.server.is_empty() {
+        "no server"
+    } else {
+        &figures.server
+    };
+    let page = docs_page::write("e2e", &docs_page::command("E2E_", "e2e"), server, &report);
+    println!("wrote {}", page.display());
 }

@@ -1,5 +1,5 @@
-//! The staging set-up in docker/ (README "Running with docker-compose
-//! (staging)"): no Docker engine runs here, so these tests check what breaks
+//! The staging set-up in docker/ (docs/docker.md, "Running with
+//! docker-compose (staging)"): no Docker engine runs here, so these tests check what breaks
 //! silently in a compose file — names, ports, paths and files that must agree
 //! across docker-compose.yml, prometheus.yml, the Dockerfile, the spec and the
 //! init scripts — and run the init SQL and `walshift check` of the mounted

@@ -1,7 +1,8 @@
 //! The HTTP surface of `walshift run` (`--listen`): `/metrics`, `/healthz`,
 //! `/readyz`, `/status`, `/history`, `/overview` and the status page `/`,
-//! each driven through the real binary against a fresh database (README
-//! "Metrics" and "HTTP endpoints"); and the page itself in headless Chromium.
+//! each driven through the real binary against a fresh database
+//! (docs/metrics.md: "HTTP endpoints" and "Metrics"); and the page itself in
+//! headless Chromium.
 
 mod common;
 
@@ -19,7 +20,7 @@ use serde_json::Value;
 /// The label the run gives the `users` mirror (log lines, `/history`, the page).
 const USERS_LABEL: &str = r#"mirror 1 ("public"."users" set status)"#;
 
-/// Every metric README.md documents; `/metrics` must list each of them.
+/// Every metric docs/metrics.md documents; `/metrics` must list each of them.
 const METRICS: &[&str] = &[
     "walshift_changes_received_total",
     "walshift_transactions_received_total",
@@ -153,7 +154,7 @@ async fn wait_ready(run: &Run) {
     .await;
 }
 
-/// Guards README "Metrics": every documented metric is on `/metrics` with
+/// Guards docs/metrics.md "Metrics": every documented metric is on `/metrics` with
 /// its help and type from the start, every `walshift_*` metric served is
 /// documented, and the counters move with the work: backfill rows per
 /// mirror, changes and transactions received, keys applied, rows written,
@@ -183,8 +184,9 @@ async fn metrics_are_documented_and_move_with_writes() {
             m.0
         );
     }
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let documented =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
+            .expect("docs/metrics.md");
     let served: BTreeSet<&str> =
         m.0.lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -192,8 +194,8 @@ async fn metrics_are_documented_and_move_with_writes() {
             .collect();
     for name in &served {
         assert!(
-            readme.contains(&format!("`{name}`")),
-            "README.md does not document {name}"
+            documented.contains(&format!("`{name}`")),
+            "docs/metrics.md does not document {name}"
         );
         assert!(METRICS.contains(name), "this test does not know {name}");
     }

@@ -1,4 +1,4 @@
-//! walshift under a role with only the privileges the README lists, and
+//! walshift under a role with only the privileges docs/operations.md lists, and
 //! without EXECUTE on the replication origin functions (issue 3: "where
 //! origin functions are not permitted, it still works and says so").
 //! Without its origin, walshift's own writes come back through the stream
@@ -27,9 +27,10 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
     let db = common::fresh_db().await;
     let admin = db.connect().await;
     let role = format!("{}_migrator", db.name());
-    // The README's recipe: REPLICATION, CREATE on the database, ownership of
-    // the sources (via membership), SELECT/UPDATE on set columns,
-    // SELECT/INSERT/UPDATE/DELETE on targets. Origin functions: not granted.
+    // The recipe of docs/operations.md "Privileges": REPLICATION, CREATE on
+    // the database, ownership of the sources (via membership), SELECT/UPDATE
+    // on set columns, SELECT/INSERT/UPDATE/DELETE on targets. Origin
+    // functions: not granted.
     admin
         .batch_execute(&format!(
             "CREATE ROLE app_owner;

@@ -1,4 +1,4 @@
--- What the walshift role needs (README "Privileges"), for docker/spec.toml.
+-- What the walshift role needs (docs/operations.md, "Privileges"), for docker/spec.toml.
 -- Run once by the postgres image after 20-walshift.sh created the role.
 -- tests/docker.rs runs this file against a real server and then
 -- `walshift check docker/spec.toml` as the walshift role.
