@@ -9,7 +9,7 @@
 //! on `/metrics` (src/http); the exporter opens no listener of its own.
 //!
 //! Names follow Prometheus conventions: `walshift_` prefix, `_total` for
-//! counters, base units (seconds, bytes) in the name. README.md "Metrics"
+//! counters, base units (seconds, bytes) in the name. docs/metrics.md
 //! lists them for operators.
 
 use std::time::Duration;
@@ -89,7 +89,7 @@ pub mod error_kind {
     /// A batch or chunk lost a race with the application (serialization
     /// failure, deadlock) and was run again in place.
     pub const LOST_RACE: &str = "lost_race";
-    /// Every kind, in the order README.md lists them.
+    /// Every kind, in the order docs/metrics.md lists them.
     pub const ALL: [&str; 5] = [RETRY, STOP, SAFETY_STOP, OBJECTS_GONE, LOST_RACE];
 }
 
