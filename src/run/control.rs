@@ -22,116 +22,179 @@ const POLL: Duration = Duration::from_millis(200);
 pub(super) async fn control(
     config: ConnConfig,
     name: String,
-    requests: mpsc::Sender<Control>,
+    requests: mpsc::Sender<ControlEvent>,
     mut updates: mpsc::UnboundedReceiver<Update>,
     settings_tx: watch::Sender<settings::Control>,
 ) {
-    let mut session: Option<Session> = None;
+    let mut task = ControlTask {
+        config,
+        name,
+        requests,
+        settings_tx,
+        active: None,
+        first: true,
+        retries: None,
+    };
+    let mut conn: Option<ControlSession> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut active: Option<i64> = None;
-    let mut first = true;
-    // `walshift ctl SPEC retry` counts up; the count when the run started
-    // is the baseline (the run loads its held keys fresh anyway).
-    let mut retries: Option<i64> = None;
     loop {
-        let notified = async {
-            match session.as_mut() {
-                Some(s) => s.notes.recv().await,
-                None => std::future::pending().await,
-            }
+        let wake = tokio::select! {
+            u = updates.recv() => Wake::Update(u.map(Box::new)),
+            note = notification(&mut conn) => Wake::Notified(note.is_some()),
+            _ = tick.tick() => Wake::Tick,
         };
-        tokio::select! {
-            u = updates.recv() => {
-                let Some(u) = u else { return };
-                if u.result.is_some() {
-                    active = None;
-                }
-                // Steps are best effort; the outcome is retried a little.
-                for _ in 0..if u.result.is_some() { 20 } else { 1 } {
-                    if let Some(s) = connected(&config, &mut session).await {
-                        if write_update(&s.client, &u).await.is_ok() {
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
+        match wake {
+            Wake::Update(None) => return,
+            Wake::Update(Some(u)) => {
+                task.write(&mut conn, &u).await;
                 continue;
             }
-            note = notified => {
-                if note.is_none() {
-                    // The connection ended; reconnect at the next poll.
-                    session = None;
-                    continue;
-                }
+            // The connection ended; reconnect at the next poll.
+            Wake::Notified(false) => {
+                conn = None;
+                continue;
             }
-            _ = tick.tick() => {}
+            Wake::Notified(true) | Wake::Tick => {}
         }
-        let Some(s) = connected(&config, &mut session).await else {
+        let Some(s) = connected(&task.config, &mut conn).await else {
             continue;
         };
-        let c = &s.client;
-        if first {
-            // Requests a previous session had in hand died with it.
-            if c.execute(
-                "UPDATE walshift.cutover SET state = 'failed', finished_at = now(), updated_at = now(),
-                        detail = 'interrupted: the run restarted its session; nothing was changed, request again'
-                 WHERE name = $1 AND state NOT IN ('requested', 'done', 'failed', 'cancelled')",
-                &[&name],
-            )
-            .await
-            .is_err()
-            {
-                continue;
-            }
-            first = false;
+        if task.poll(&s.client).await == Err(Gone) {
+            return;
         }
-        // The pause and the overrides.
-        if let Ok(Some(row)) = c
+    }
+}
+
+/// What woke the control task.
+enum Wake {
+    /// A step or outcome to write (`None`: the session is gone).
+    Update(Option<Box<Update>>),
+    /// A notification (`false`: the connection ended).
+    Notified(bool),
+    Tick,
+}
+
+/// The session no longer listens: the control task ends.
+#[derive(Debug, PartialEq, Eq)]
+struct Gone;
+
+/// The control task's state between polls.
+struct ControlTask {
+    config: ConnConfig,
+    name: String,
+    requests: mpsc::Sender<ControlEvent>,
+    settings_tx: watch::Sender<settings::Control>,
+    /// The cut-over request handed to the session and not finished.
+    active: Option<i64>,
+    /// No poll has run yet on any connection.
+    first: bool,
+    /// `walshift ctl SPEC retry` counts up; the count when the run started
+    /// is the baseline (the run loads its held keys fresh anyway).
+    retries: Option<i64>,
+}
+
+impl ControlTask {
+    /// Writes a step (best effort) or an outcome (retried a little).
+    async fn write(&mut self, conn: &mut Option<ControlSession>, u: &Update) {
+        if u.result.is_some() {
+            self.active = None;
+        }
+        for _ in 0..if u.result.is_some() { 20 } else { 1 } {
+            if let Some(s) = connected(&self.config, conn).await {
+                if write_update(&s.client, u).await.is_ok() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// One reading of the state: what a previous session left, the pause
+    /// and overrides, then the request in hand or a new one.
+    async fn poll(&mut self, c: &tokio_postgres::Client) -> Result<(), Gone> {
+        if self.first {
+            if self.mark_interrupted(c).await.is_err() {
+                return Ok(());
+            }
+            self.first = false;
+        }
+        self.follow_settings(c).await?;
+        match self.active {
+            Some(id) => self.follow_active(c, id).await,
+            None => self.take_request(c).await,
+        }
+    }
+
+    /// Requests a previous session had in hand died with it.
+    async fn mark_interrupted(
+        &self,
+        c: &tokio_postgres::Client,
+    ) -> Result<(), tokio_postgres::Error> {
+        c.execute(
+            "UPDATE walshift.cutover SET state = 'failed', finished_at = now(), updated_at = now(),
+                    detail = 'interrupted: the run restarted its session; nothing was changed, request again'
+             WHERE name = $1 AND state NOT IN ('requested', 'done', 'failed', 'cancelled')",
+            &[&self.name],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The pause and the overrides (sent on when they changed), and `ctl
+    /// retry` (passed on when its count moved).
+    async fn follow_settings(&mut self, c: &tokio_postgres::Client) -> Result<(), Gone> {
+        let Ok(Some(row)) = c
             .query_opt(
                 "SELECT backfill_paused, (to_jsonb(m)->'settings')::text, \
                         coalesce((to_jsonb(m)->>'retry_held')::int8, 0) \
                  FROM walshift.migration m WHERE name = $1",
-                &[&name],
+                &[&self.name],
             )
             .await
-        {
-            let asked: i64 = row.get(2);
-            if retries.is_some_and(|r| r != asked) && requests.send(Control::Retry).await.is_err() {
-                return;
-            }
-            retries = Some(asked);
-            let now = settings::Control {
-                paused: row.get(0),
-                overrides: row
-                    .get::<_, Option<String>>(1)
-                    .and_then(|t| serde_json::from_str(&t).ok())
-                    .unwrap_or_default(),
-            };
-            settings_tx.send_if_modified(|current| {
-                if *current == now {
-                    false
-                } else {
-                    *current = now;
-                    true
-                }
-            });
+        else {
+            return Ok(());
+        };
+        let asked: i64 = row.get(2);
+        if self.retries.is_some_and(|r| r != asked) {
+            self.send(ControlEvent::Retry).await?;
         }
-        // Cut-over requests.
-        if let Some(id) = active {
-            if let Ok(Some(row)) = c
-                .query_opt("SELECT state FROM walshift.cutover WHERE id = $1", &[&id])
-                .await
-            {
-                if row.get::<_, String>(0) == "cancelled" {
-                    active = None;
-                    if requests.send(Control::Cancelled(id)).await.is_err() {
-                        return;
-                    }
-                }
+        self.retries = Some(asked);
+        let now = settings::Control {
+            paused: row.get(0),
+            overrides: row
+                .get::<_, Option<String>>(1)
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
+        };
+        self.settings_tx.send_if_modified(|current| {
+            if *current == now {
+                false
+            } else {
+                *current = now;
+                true
             }
-            continue;
+        });
+        Ok(())
+    }
+
+    /// The request in hand: has the operator cancelled it?
+    async fn follow_active(&mut self, c: &tokio_postgres::Client, id: i64) -> Result<(), Gone> {
+        let Ok(Some(row)) = c
+            .query_opt("SELECT state FROM walshift.cutover WHERE id = $1", &[&id])
+            .await
+        else {
+            return Ok(());
+        };
+        if row.get::<_, String>(0) == "cancelled" {
+            self.active = None;
+            self.send(ControlEvent::Cancelled(id)).await?;
         }
+        Ok(())
+    }
+
+    /// Claims the oldest new request, if any, and hands it to the session.
+    async fn take_request(&mut self, c: &tokio_postgres::Client) -> Result<(), Gone> {
         let taken = c
             .query_opt(
                 "UPDATE walshift.cutover c SET state = 'accepted', updated_at = now()
@@ -140,39 +203,50 @@ pub(super) async fn control(
                  RETURNING id, dry_run,
                            (SELECT cutover_postponed FROM walshift.migration WHERE name = $1),
                            spec_digest, spec_file",
-                &[&name],
+                &[&self.name],
             )
             .await;
-        if let Ok(Some(row)) = taken {
-            let job = Job {
-                id: row.get(0),
-                dry_run: row.get(1),
-                spec_digest: row.get(3),
-                spec_file: row.get(4),
-            };
-            let postponed: Option<bool> = row.get(2);
-            active = Some(job.id);
-            let msg = if postponed == Some(true) {
-                Control::Postponed(job)
-            } else {
-                Control::Request(job)
-            };
-            if requests.send(msg).await.is_err() {
-                return;
-            }
-        }
+        let Ok(Some(row)) = taken else {
+            return Ok(());
+        };
+        let job = Job {
+            id: row.get(0),
+            dry_run: row.get(1),
+            spec_digest: row.get(3),
+            spec_file: row.get(4),
+        };
+        let postponed: Option<bool> = row.get(2);
+        self.active = Some(job.id);
+        let event = if postponed == Some(true) {
+            ControlEvent::Postponed(job)
+        } else {
+            ControlEvent::Request(job)
+        };
+        self.send(event).await
+    }
+
+    async fn send(&self, event: ControlEvent) -> Result<(), Gone> {
+        self.requests.send(event).await.map_err(|_| Gone)
+    }
+}
+
+/// The next notification on the control session; never, without one.
+async fn notification(conn: &mut Option<ControlSession>) -> Option<String> {
+    match conn.as_mut() {
+        Some(s) => s.notes.recv().await,
+        None => std::future::pending().await,
     }
 }
 
 /// The control task's database session and the notifications it receives.
-struct Session {
+struct ControlSession {
     client: tokio_postgres::Client,
     notes: mpsc::UnboundedReceiver<String>,
 }
 
 /// What the control task tells the session.
 #[derive(Debug)]
-pub(super) enum Control {
+pub(super) enum ControlEvent {
     Request(Job),
     /// Requested while the operator had postponed cut-over.
     Postponed(Job),
@@ -183,8 +257,8 @@ pub(super) enum Control {
 
 async fn connected<'a>(
     config: &ConnConfig,
-    session: &'a mut Option<Session>,
-) -> Option<&'a mut Session> {
+    session: &'a mut Option<ControlSession>,
+) -> Option<&'a mut ControlSession> {
     if session.as_ref().is_none_or(|s| s.client.is_closed()) {
         *session = None;
         let (client, notes) = config
@@ -196,7 +270,7 @@ async fn connected<'a>(
             .batch_execute(&format!("LISTEN {}", settings::CHANNEL))
             .await
             .ok()?;
-        *session = Some(Session { client, notes });
+        *session = Some(ControlSession { client, notes });
     }
     session.as_mut()
 }

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 pub use setup::{Objects, ensure as ensure_objects, sources};
 
 use crate::backfill::SharedProgress;
-use crate::catalog::{self, Problem};
+use crate::catalog::{self, Plan, Problem};
 use crate::conninfo::ConnConfig;
 use crate::error_policy::{self, Action, pg_message};
 use crate::mirror::applier::{ApplierOptions, ApplyError};
@@ -237,6 +237,47 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     observed: Observed,
 ) -> Result<Totals, RunError> {
+    let (plan, objects) = prepare(config, spec).await?;
+    let given = session::Given {
+        config,
+        spec,
+        plan: &plan,
+        objects: &objects,
+        opts: &opts,
+        observed: &observed,
+    };
+    let mut totals = Totals::default();
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        let e = match one_session(given, &mut shutdown, &mut totals).await {
+            Ok(ended) => {
+                totals.cut_over = ended == Ended::CutOver;
+                clear_heartbeat(config, spec).await;
+                return Ok(totals);
+            }
+            Err(e) => e,
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            attempt = 0;
+        }
+        match after_failure(config, spec, e, attempt).await? {
+            Again::Resynced => attempt = 0,
+            Again::After(delay) => {
+                attempt += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(totals),
+                }
+                crate::metrics::reconnect();
+            }
+        }
+    }
+}
+
+/// Before the first session: the migration is not cut over, the spec fits
+/// the database, walshift's objects exist (and a lost slot is dealt with).
+async fn prepare(config: &ConnConfig, spec: &Spec) -> Result<(Plan, Objects), RunError> {
     let client = config
         .with_application_name("walshift")
         .connect_sql()
@@ -279,83 +320,81 @@ pub async fn run(
     if let Some(reason) = &objects.lost {
         lost_slot(config, spec, reason).await?;
     }
+    Ok((plan, objects))
+}
 
-    let mut totals = Totals::default();
-    let mut attempt = 0u32;
-    loop {
-        let started = Instant::now();
-        let mut backends = Vec::new();
-        let given = session::Given {
-            config,
-            spec,
-            plan: &plan,
-            objects: &objects,
-            opts: &opts,
-            observed: &observed,
-        };
-        let ended = match Session::connect(given, &mut shutdown, &mut totals, &mut backends).await {
-            Ok(session) => session.run().await,
-            Err(e) => Err(e),
-        };
-        // A failed session's SQL backends may live on: behind a dead link
-        // the server never sees the client leave, and an idle apply session
-        // holds the replication origin (the next one would fail with 55006
-        // until the server noticed, through a middlebox maybe never) or a
-        // transaction's locks. The next session terminates them if they
-        // are still there (src/net/watch.rs).
-        if ended.is_err() {
-            for (target, pid, name) in backends {
-                crate::net::watch::abandon(&target, pid, name);
-            }
-        }
-        match ended {
-            Ok(ended) => {
-                totals.cut_over = ended == Ended::CutOver;
-                clear_heartbeat(config, spec).await;
-                return Ok(totals);
-            }
-            // A safety stop dropped the slot on purpose; nothing else may
-            // reinterpret it (least of all as a lost slot).
-            Err(e) if e.deliberate => {
-                crate::metrics::error(crate::metrics::error_kind::SAFETY_STOP);
-                return Err(RunError::Fatal(e.message));
-            }
-            // Resuming needs the slot and the state. Without the state
-            // (`walshift cleanup --force`, or by hand) there is nothing to
-            // resume; without a usable slot walshift resynchronises. Any
-            // error (a terminated stream, START_REPLICATION refused with
-            // 42704 or 55000) is only a symptom of that.
-            Err(e) if let Some(after) = slot::after_failure(config, spec).await => match after {
-                slot::AfterFailure::Gone(gone) => {
-                    crate::metrics::error(crate::metrics::error_kind::OBJECTS_GONE);
-                    return Err(RunError::Fatal(gone));
-                }
-                slot::AfterFailure::Lost(reason) => {
-                    tracing::warn!(error = %e.message, "session failed: the replication slot is {reason}");
-                    lost_slot(config, spec, &reason).await?;
-                    attempt = 0;
-                }
-            },
-            Err(e) if e.action == Action::Retry => {
-                crate::metrics::error(crate::metrics::error_kind::RETRY);
-                if started.elapsed() > Duration::from_secs(60) {
-                    attempt = 0;
-                }
-                let delay = error_policy::backoff(attempt);
-                attempt += 1;
-                tracing::warn!(error = %e.message, retry_in = ?delay, "session failed; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return Ok(totals),
-                }
-                crate::metrics::reconnect();
-            }
-            Err(e) => {
-                crate::metrics::error(crate::metrics::error_kind::STOP);
-                return Err(RunError::Fatal(e.message));
-            }
+/// One session, connected and run to its end.
+async fn one_session(
+    given: session::Given<'_>,
+    shutdown: &mut watch::Receiver<bool>,
+    totals: &mut Totals,
+) -> Result<Ended, SessionError> {
+    let mut backends = Vec::new();
+    let ended = match Session::connect(given, shutdown, totals, &mut backends).await {
+        Ok(session) => session.run().await,
+        Err(e) => Err(e),
+    };
+    // A failed session's SQL backends may live on: behind a dead link the
+    // server never sees the client leave, and an idle apply session holds
+    // the replication origin (the next one would fail with 55006 until the
+    // server noticed, through a middlebox maybe never) or a transaction's
+    // locks. The next session terminates them if they are still there
+    // (src/net/watch.rs).
+    if ended.is_err() {
+        for (target, pid, name) in backends {
+            crate::net::watch::abandon(&target, pid, name);
         }
     }
+    ended
+}
+
+/// What follows a failed session.
+enum Again {
+    /// The slot was lost and is replaced: the next session starts at once.
+    Resynced,
+    /// A transient failure: the next session after this backoff.
+    After(Duration),
+}
+
+/// Decides what a failed session leads to: a stop (`Err`), a resync, or a
+/// retry after a backoff (`attempt` is the number of retries so far).
+async fn after_failure(
+    config: &ConnConfig,
+    spec: &Spec,
+    e: SessionError,
+    attempt: u32,
+) -> Result<Again, RunError> {
+    // A safety stop dropped the slot on purpose; nothing else may
+    // reinterpret it (least of all as a lost slot).
+    if e.deliberate {
+        crate::metrics::error(crate::metrics::error_kind::SAFETY_STOP);
+        return Err(RunError::Fatal(e.message));
+    }
+    // Resuming needs the slot and the state. Without the state (`walshift
+    // cleanup --force`, or by hand) there is nothing to resume; without a
+    // usable slot walshift resynchronises. Any error (a terminated stream,
+    // START_REPLICATION refused with 42704 or 55000) is only a symptom of
+    // that.
+    match slot::after_failure(config, spec).await {
+        Some(slot::AfterFailure::Gone(gone)) => {
+            crate::metrics::error(crate::metrics::error_kind::OBJECTS_GONE);
+            return Err(RunError::Fatal(gone));
+        }
+        Some(slot::AfterFailure::Lost(reason)) => {
+            tracing::warn!(error = %e.message, "session failed: the replication slot is {reason}");
+            lost_slot(config, spec, &reason).await?;
+            return Ok(Again::Resynced);
+        }
+        None => {}
+    }
+    if e.action != Action::Retry {
+        crate::metrics::error(crate::metrics::error_kind::STOP);
+        return Err(RunError::Fatal(e.message));
+    }
+    crate::metrics::error(crate::metrics::error_kind::RETRY);
+    let delay = error_policy::backoff(attempt);
+    tracing::warn!(error = %e.message, retry_in = ?delay, "session failed; reconnecting");
+    Ok(Again::After(delay))
 }
 
 /// The replication origin's progress (`Lsn::INVALID` when it has none).

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::apply_task::{self, Done, Work};
 use super::confirm::Confirmer;
-use super::control::{self, Control};
+use super::control::{self, ControlEvent};
 use super::syncing::{SYNC_MAX_KEYS, SYNC_NUDGE, Syncing};
 use super::{
     AbortOnDrop, Backend, Ended, Objects, Observed, RunOptions, STREAM_SETTINGS, SessionError,
@@ -104,7 +104,7 @@ pub(super) struct Session<'a> {
     sync_request_rx: mpsc::Receiver<Lsn>,
 
     // Control and the cut-over.
-    control_rx: mpsc::Receiver<Control>,
+    control_rx: mpsc::Receiver<ControlEvent>,
     updates: mpsc::UnboundedSender<Update>,
     cut: Option<Cut>,
     /// Shutdown asked for while a cut-over holds the apply task: leave once
@@ -462,14 +462,14 @@ impl<'a> Session<'a> {
     }
 
     /// A cut-over request, its cancellation, or `ctl retry`.
-    fn on_control(&mut self, ev: Control) -> Step {
+    fn on_control(&mut self, ev: ControlEvent) -> Step {
         let spec = self.given.spec;
         let job = match ev {
-            Control::Retry => {
+            ControlEvent::Retry => {
                 self.outbox.push_back(Work::RetryHeld);
                 return Ok(());
             }
-            Control::Cancelled(id) => {
+            ControlEvent::Cancelled(id) => {
                 if self
                     .cut
                     .as_ref()
@@ -481,11 +481,11 @@ impl<'a> Session<'a> {
                 }
                 return Ok(());
             }
-            Control::Postponed(job) => {
+            ControlEvent::Postponed(job) => {
                 self.refuse(&job, cutover::postponed(spec));
                 return Ok(());
             }
-            Control::Request(job) => job,
+            ControlEvent::Request(job) => job,
         };
         let held = self.given.observed.held.load(Ordering::Acquire);
         let backfill_done = self.progress.lock().expect("progress lock").done();
