@@ -1,7 +1,7 @@
 //! `walshift demo`: the whole story of a rolling deploy on a throwaway
 //! PostgreSQL, with nothing but the machine's server binaries.
 //!
-//! 1. start a cluster (walshift::cluster), create users/orders, fill them;
+//! 1. start a cluster (walshift_cluster), create users/orders, fill them;
 //! 2. expand: `users.status`, table `order_items` (and REPLICA IDENTITY FULL,
 //!    which two-way mirrors need);
 //! 3. `check` the spec (plan, ETA);
@@ -24,11 +24,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use walshift::catalog::{self, MirrorKind, Plan};
-use walshift::cluster::Cluster;
 use walshift::conninfo::ConnConfig;
 use walshift::estimate::human_eta;
 use walshift::run::{self, Observed, RunOptions};
 use walshift::spec::Spec;
+use walshift_cluster::Cluster;
 
 /// Sizes of the demo.
 #[derive(Debug, Clone, clap::Args)]
