@@ -4,7 +4,7 @@
 //! is a ratio of at most 1.15.
 //!
 //! ```text
-//!  one throwaway cluster (walshift::cluster), same settings for everyone
+//!  one throwaway cluster (walshift_cluster), same settings for everyone
 //!    ├─ set:  users(id, is_active, status)   status = CASE WHEN is_active ...
 //!    └─ rows: orders(id, items jsonb)  ──▶   order_items(order_id, line_no, sku, qty)
 //!  per scenario, per repetition (the order alternates):
@@ -55,8 +55,8 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 use walshift::catalog::MirrorPlan;
-use walshift::cluster::{Cluster, Database};
 use walshift::spec::Spec;
+use walshift_cluster::{Cluster, Database};
 
 use fixture::{SETTINGS, Scenario, in_server, load, plan_for, reset, scenarios, spec_text, verify};
 use process::{RunSample, drop_walshift_objects, run_walshift};

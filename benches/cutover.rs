@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
-use walshift::cluster::{Cluster, Database};
+use walshift_cluster::{Cluster, Database};
 
 use fixture::{ROWS_MIRROR, SET_MIRROR};
 use process::binary;

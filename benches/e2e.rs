@@ -1,7 +1,7 @@
 //! walshift end to end, side by side with what it replaces, on one throwaway PostgreSQL.
 //!
 //! ```text
-//!  walshift::cluster (settings of benches/backfill.rs) ─▶ users 1M, orders 200k (the fixture)
+//!  walshift_cluster (settings of benches/backfill.rs) ─▶ users 1M, orders 200k (the fixture)
 //!   1 set    backfill users.status:       walshift run │ in-server DO loop │ trigger method
 //!   2 rows   backfill orders → items:     walshift run │ in-server DO loop │ trigger method
 //!   3 live   pgbench update / mix / -R:   no mirroring │ BEFORE trigger    │ walshift (+ lag)
@@ -46,7 +46,7 @@ mod e2e_support;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use walshift::cluster::Cluster;
+use walshift_cluster::Cluster;
 
 use e2e_support::report::Figures;
 use e2e_support::{Config, Ctx, backfill, catchup, decoder, identity, live, loadavg, memory};

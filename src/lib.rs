@@ -15,7 +15,6 @@ pub mod backfill;
 pub mod catalog;
 pub mod check;
 pub mod cleanup;
-pub mod cluster;
 pub mod conninfo;
 pub mod cutover;
 pub mod error_policy;

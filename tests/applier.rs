@@ -61,7 +61,7 @@ async fn plans(admin: &Client) -> (Spec, Vec<MirrorPlan>) {
 
 /// A fresh database with the tables, walshift's state row and the two
 /// mirrors' checkpoint rows, as `run` leaves them before its first batch.
-async fn prepared() -> (walshift::cluster::Database, Client, Spec, Vec<MirrorPlan>) {
+async fn prepared() -> (walshift_cluster::Database, Client, Spec, Vec<MirrorPlan>) {
     let db = common::fresh_db().await;
     let admin = db.connect().await;
     admin.batch_execute(SETUP).await.expect("setup");
@@ -164,7 +164,7 @@ async fn dividing_by_zero_at(zero_id: i64) -> (Client, Applier, i32) {
 }
 
 async fn applier_on(
-    db: walshift::cluster::Database,
+    db: walshift_cluster::Database,
     admin: Client,
     spec: Spec,
     plans: Vec<MirrorPlan>,
@@ -469,7 +469,7 @@ impl Relay {
         }
     }
 
-    fn conninfo(&self, db: &walshift::cluster::Database) -> String {
+    fn conninfo(&self, db: &walshift_cluster::Database) -> String {
         // The database's own conninfo, pointed at the relay's socket directory.
         let theirs = db.conninfo();
         let rest: Vec<&str> = theirs

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use walshift::cluster::Cluster;
 use walshift::conninfo::ConnConfig;
 use walshift::replication::{ReplicationClient, ReplicationError};
+use walshift_cluster::Cluster;
 
 async fn repl(conninfo: &str) -> Result<ReplicationClient, ReplicationError> {
     ReplicationClient::connect(&ConnConfig::parse(conninfo).expect("conninfo parses")).await

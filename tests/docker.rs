@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde_norway::Value;
 use tokio_postgres::config::Host;
-use walshift::cluster::Cluster;
 use walshift::conninfo::ConnConfig;
 use walshift::spec::Spec;
+use walshift_cluster::Cluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");
 

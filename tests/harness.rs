@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, fresh_db, shared_cluster, wait_for, wait_for_some};
-use walshift::cluster::{Rows, process_alive};
+use walshift_cluster::{Rows, process_alive};
 
 const CHILD_ENV: &str = "WALSHIFT_HARNESS_CHILD";
 const REPORT: &str = "WALSHIFT_CHILD_CLUSTER";
@@ -357,7 +357,7 @@ fn startup_failure_shows_the_server_log_and_keeps_it() {
         .start()
         .err()
         .expect("an invalid setting must stop the server from starting");
-    let walshift::cluster::Error::Startup { log, tail, .. } = &err else {
+    let walshift_cluster::Error::Startup { log, tail, .. } = &err else {
         panic!("expected a startup error, got {err}");
     };
     assert!(tail.contains("shared_buffers"), "{err}");

@@ -6,7 +6,7 @@
 //! subscription feeding a source table) are never lost to the filter.
 //!
 //! They need PostgreSQL 16 or later and run on the server the harness picks
-//! (`PG_BIN`, see src/cluster/bins.rs): `scripts/test` runs this binary on
+//! (`PG_BIN`, see cluster/src/bins.rs): `scripts/test` runs this binary on
 //! 16, 17 and 18 (docs/testing.md) and leaves it out on older majors. On an
 //! older server the tests say why they did not run, except under CI, where
 //! that means the matrix is wrong and they fail.

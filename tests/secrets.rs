@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::{Spec, USERS_MIRROR};
-use walshift::cluster::{Cluster, Database};
+use walshift_cluster::{Cluster, Database};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");
 

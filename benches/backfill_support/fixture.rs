@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 use walshift::catalog::{self, MirrorPlan};
-use walshift::cluster::Database;
 use walshift::mirror::applier::SESSION_SETTINGS;
 use walshift::spec::Spec;
+use walshift_cluster::Database;
 
 use crate::process::{cpu_seconds, runq_wait_seconds, scalar_f64};
 

@@ -24,11 +24,11 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use walshift::backfill::{Backfill, LiveLag, SharedProgress};
 use walshift::catalog::{MirrorKind, MirrorPlan};
-use walshift::cluster::Database;
 use walshift::mirror::applier::{Applier, ApplierOptions, SESSION_SETTINGS};
 use walshift::mirror::sql::{self, Param, Scope};
 use walshift::spec::Spec;
 use walshift::state;
+use walshift_cluster::Database;
 
 use crate::fixture::apply_session;
 use crate::process::{cpu_seconds, wait_slot_released};

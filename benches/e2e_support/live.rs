@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use walshift::cluster::Database;
+use walshift_cluster::Database;
 
 use crate::fixture::SET_MIRROR;
 use crate::process::drop_walshift_objects;

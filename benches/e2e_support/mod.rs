@@ -16,7 +16,7 @@ pub mod runner;
 use std::path::{Path, PathBuf};
 
 use tokio_postgres::Client;
-use walshift::cluster::Database;
+use walshift_cluster::Database;
 
 pub use crate::summary::loadavg;
 pub use config::Config;

@@ -1,5 +1,5 @@
 //! Shared helpers for integration tests: one throwaway PostgreSQL per test process
-//! (`walshift::cluster`), a fresh database per test, waiting on conditions instead of
+//! (`walshift_cluster`), a fresh database per test, waiting on conditions instead of
 //! sleeping, and the checks and waits several tests make around a `walshift run`.
 //!
 //! Each test binary compiles this module on its own and uses a different subset of it.
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-pub use walshift::cluster::{Cluster, Database};
+pub use walshift_cluster::{Cluster, Database};
 
 /// The cluster shared by every test of this process, started on first use and removed at exit.
 pub fn shared_cluster() -> &'static Cluster {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use walshift::cluster::{Cluster, Database};
+use walshift_cluster::{Cluster, Database};
 
 use super::common::cli::Spec;
 

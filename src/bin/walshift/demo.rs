@@ -1,7 +1,7 @@
 //! `walshift demo`: the whole story of a rolling deploy on a throwaway
 //! PostgreSQL, with nothing but the machine's server binaries.
 //!
-//! 1. start a cluster (walshift::cluster), create users/orders, fill them;
+//! 1. start a cluster (walshift_cluster), create users/orders, fill them;
 //! 2. expand: `users.status`, table `order_items` (and REPLICA IDENTITY FULL,
 //!    which two-way mirrors need);
 //! 3. `check` the spec (plan, ETA);
@@ -15,6 +15,7 @@
 //!    which ends the run;
 //! 8. print a summary, remove the cluster.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,11 +25,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use walshift::catalog::{self, MirrorKind, Plan};
-use walshift::cluster::Cluster;
 use walshift::conninfo::ConnConfig;
 use walshift::estimate::human_eta;
-use walshift::run::{self, Observed, RunOptions};
+use walshift::run::{self, Observed, RunError, RunOptions, Totals};
 use walshift::spec::Spec;
+use walshift_cluster::{Cluster, Database};
+
+use crate::cli;
 
 /// Sizes of the demo.
 #[derive(Debug, Clone, clap::Args)]
@@ -91,21 +94,17 @@ SELECT (SELECT count(*) FROM users
               (SELECT coalesce(jsonb_agg(jsonb_build_object('sku', t.sku, 'qty', t.qty) ORDER BY t.line_no), '[]'::jsonb)
                FROM order_items t WHERE t.order_id = o.id))";
 
-pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> Result<()> {
+pub async fn command(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> ExitCode {
+    match demo(opts, bars).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => cli::fail(&format!("demo failed: {e:#}")),
+    }
+}
+
+/// The steps of the module's header, in order; each says what it does as it goes.
+async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> Result<()> {
     let t0 = Instant::now();
-    say("starting a throwaway PostgreSQL");
-    let cluster = tokio::task::spawn_blocking(|| Cluster::builder().start())
-        .await?
-        .context("cannot start a throwaway PostgreSQL (are the server binaries installed? scripts/demo installs them)")?;
-    let db = cluster
-        .fresh_database_named("demo")
-        .context("cannot create the demo database")?;
-    say(&format!(
-        "PostgreSQL {} at {}, database {}",
-        cluster.version_num(),
-        cluster.socket_dir().display(),
-        db.name()
-    ));
+    let (cluster, db) = start_cluster().await?;
     let client = db
         .try_connect()
         .await
@@ -126,59 +125,161 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
         opts.writers.max(1)
     ));
 
-    // walshift itself.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let observed = Observed::default();
-    let ui =
-        bars.map(|multi| tokio::spawn(walshift::terminal::draw(multi, observed.progress.clone())));
-    let run_started = Instant::now();
-    let runner = {
-        let (config, spec, observed) = (config.clone(), spec.clone(), observed.clone());
-        tokio::spawn(async move {
-            run::run(&config, &spec, RunOptions::default(), stop_rx, observed).await
-        })
-    };
-    loop {
-        if runner.is_finished() {
-            let r = runner.await?;
-            bail!("walshift stopped early: {:?}", r.err());
-        }
-        let p = observed.progress.lock().expect("progress").clone();
-        if !p.mirrors.is_empty() && p.done() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let backfill_time = run_started.elapsed();
-    say(&format!(
-        "backfill complete in {:.1}s, live writes mirrored meanwhile",
-        backfill_time.as_secs_f64()
-    ));
+    let mut walshift = Walshift::start(&config, &spec, bars);
+    let backfill_time = walshift.backfilled().await?;
     let lag_under_load = watermark(&client, &spec.slot_name()).await?;
     say(&format!(
         "caught up under load: a watermark took {:.0} ms through the stream",
         lag_under_load.as_secs_f64() * 1000.0
     ));
 
-    // The rolling deploy: the new version starts while the old one runs.
+    let (new_writes, rollback, verify) =
+        deploy_and_roll_back(&client, &config, &spec, &plan, &opts).await?;
+    let last = deploy_again_and_cut_over(&client, &config, &spec, &opts, old).await?;
+    let (totals, observed) = walshift.finish().await?;
+    let mut summary = Summary::read(&client, &spec).await?;
+    // What the run counted in its last second, not yet recorded.
+    for (_, conflicts, keys) in observed.two_way.take() {
+        summary.conflicts += conflicts as i64;
+        summary.reverse_keys += keys as i64;
+    }
+    print_summary(&Story {
+        summary: &summary,
+        totals: &totals,
+        backfill_time,
+        lag_under_load,
+        old_writes: last.old_writes,
+        new_writes: new_writes + last.new_writes,
+        rollback: &rollback,
+        verify: &verify,
+        rehearsal: &last.rehearsal,
+        outcome: &last.outcome,
+        started: t0,
+    });
+    drop(client);
+    drop(cluster);
+    if summary.inconsistent != 0 {
+        bail!(
+            "{} rows are inconsistent after the cut-over",
+            summary.inconsistent
+        );
+    }
+    println!("  result:               cut over; both shapes equal; the cluster was removed");
+    Ok(())
+}
+
+/// Step 1, the server: a throwaway PostgreSQL and the demo's database in it.
+async fn start_cluster() -> Result<(Cluster, Database)> {
+    say("starting a throwaway PostgreSQL");
+    let cluster = tokio::task::spawn_blocking(|| Cluster::builder().start())
+        .await?
+        .context("cannot start a throwaway PostgreSQL (are the server binaries installed? scripts/demo installs them)")?;
+    let db = cluster
+        .fresh_database_named("demo")
+        .context("cannot create the demo database")?;
+    say(&format!(
+        "PostgreSQL {} at {}, database {}",
+        cluster.version_num(),
+        cluster.socket_dir().display(),
+        db.name()
+    ));
+    Ok((cluster, db))
+}
+
+/// walshift itself, `walshift run` in a task, with its progress on the terminal.
+struct Walshift {
+    stop: watch::Sender<bool>,
+    observed: Observed,
+    ui: Option<JoinHandle<()>>,
+    runner: JoinHandle<Result<Totals, RunError>>,
+    started: Instant,
+}
+
+impl Walshift {
+    fn start(config: &ConnConfig, spec: &Spec, bars: Option<indicatif::MultiProgress>) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let observed = Observed::default();
+        let ui = bars
+            .map(|multi| tokio::spawn(walshift::terminal::draw(multi, observed.progress.clone())));
+        let started = Instant::now();
+        let runner = {
+            let (config, spec, observed) = (config.clone(), spec.clone(), observed.clone());
+            tokio::spawn(async move {
+                run::run(&config, &spec, RunOptions::default(), stop_rx, observed).await
+            })
+        };
+        Walshift {
+            stop,
+            observed,
+            ui,
+            runner,
+            started,
+        }
+    }
+
+    /// Step 4: waits for the backfill to complete (live writes mirrored meanwhile); how long it
+    /// took since the start.
+    async fn backfilled(&mut self) -> Result<Duration> {
+        loop {
+            if self.runner.is_finished() {
+                let r = (&mut self.runner).await?;
+                bail!("walshift stopped early: {:?}", r.err());
+            }
+            let p = self.observed.progress.lock().expect("progress").clone();
+            if !p.mirrors.is_empty() && p.done() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let backfill_time = self.started.elapsed();
+        say(&format!(
+            "backfill complete in {:.1}s, live writes mirrored meanwhile",
+            backfill_time.as_secs_f64()
+        ));
+        Ok(backfill_time)
+    }
+
+    /// The run's end (after the cut-over): its totals, and what it observed.
+    async fn finish(self) -> Result<(Totals, Observed)> {
+        let totals = self
+            .runner
+            .await?
+            .map_err(|e| anyhow::anyhow!("walshift run failed: {e}"))?;
+        drop(self.stop);
+        if let Some(ui) = self.ui {
+            ui.abort();
+        }
+        Ok((totals, self.observed))
+    }
+}
+
+/// Steps 5 and 6: the rolling deploy (the new version starts while the old one runs), then
+/// its rollback, verified under the old version's load. The new version's writes, what the
+/// old shape shows of them, and the verification.
+async fn deploy_and_roll_back(
+    client: &tokio_postgres::Client,
+    config: &ConnConfig,
+    spec: &Spec,
+    plan: &Plan,
+    opts: &DemoOptions,
+) -> Result<(u64, Rollback, walshift::verify::Report)> {
     say("deploy: the new version starts; both versions write both shapes of the same rows");
-    let new = Load::start(&config, Version::New, &opts).await?;
+    let new = Load::start(config, Version::New, opts).await?;
     tokio::time::sleep(opts.phase).await;
 
     // Something is wrong with the new version: roll it back. Everything it
     // wrote is in the old shape the old version reads.
     say("roll back: the new version stops; the old version goes on");
     let new_writes = new.stop().await;
-    watermark(&client, &spec.slot_name()).await?;
-    let rollback = Rollback::measure(&client).await?;
+    watermark(client, &spec.slot_name()).await?;
+    let rollback = Rollback::measure(client).await?;
     say(&format!(
         "after the rollback the old shape holds the new version's writes: {} users it paused are \
          inactive, {} of its {} order lines are in orders.items",
         rollback.paused_inactive, rollback.new_lines_in_items, rollback.new_lines
     ));
     tokio::time::sleep(opts.phase / 2).await;
-    let verify = walshift::verify::verify_with(&client, &spec, &plan, 3, false).await?;
-    let differences: u64 = verify.mirrors.iter().map(|m| m.differing).sum();
+    let verify = walshift::verify::verify_with(client, spec, plan, 3, false).await?;
     say(&format!(
         "verified both directions under the old version's load in {:.1}s: {}",
         verify.seconds,
@@ -187,44 +288,82 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
     if !verify.passed {
         bail!("verification failed: {}", verify.summary());
     }
+    Ok((new_writes, rollback, verify))
+}
 
-    // Deploy again; this time the old version goes away.
+/// What step 7 did.
+struct LastDeploy {
+    old_writes: u64,
+    new_writes: u64,
+    rehearsal: walshift::cutover::Outcome,
+    outcome: walshift::cutover::Outcome,
+}
+
+/// Step 7: deploy again, retire the old version, rehearse the cut-over under the new
+/// version's load, then cut over, which ends the run.
+async fn deploy_again_and_cut_over(
+    client: &tokio_postgres::Client,
+    config: &ConnConfig,
+    spec: &Spec,
+    opts: &DemoOptions,
+    old: Load,
+) -> Result<LastDeploy> {
     say("deploy again: the new version writes, the old version is retired");
-    let new = Load::start(&config, Version::New, &opts).await?;
+    let new = Load::start(config, Version::New, opts).await?;
     tokio::time::sleep(opts.phase).await;
     let old_writes = old.stop().await;
-    watermark(&client, &spec.slot_name()).await?;
+    watermark(client, &spec.slot_name()).await?;
 
     // The switch rehearsed under the new version's load: the running
     // walshift locks both shapes' tables, applies the last changes,
     // re-checks, runs the gate and the operator's SQL, and rolls the SQL
     // back: the freeze the switch would cost, now.
-    let rehearsal = cutover(&client, &spec, true).await?;
+    let rehearsal = cutover(client, spec, true).await?;
     // The switch itself, once the new version is quiet for it (after it,
     // the old shape is no longer kept in step, so the demo's own check of
     // both shapes below sees exactly the switch's state).
-    let new_writes = new_writes + new.stop().await;
-    let outcome = cutover(&client, &spec, false).await?;
-    let totals = runner
-        .await?
-        .map_err(|e| anyhow::anyhow!("walshift run failed: {e}"))?;
-    drop(stop_tx);
-    if let Some(ui) = ui {
-        ui.abort();
-    }
-    let mut summary = Summary::read(&client, &spec).await?;
-    // What the run counted in its last second, not yet recorded.
-    for (_, conflicts, keys) in observed.two_way.take() {
-        summary.conflicts += conflicts as i64;
-        summary.reverse_keys += keys as i64;
-    }
+    let new_writes = new.stop().await;
+    let outcome = cutover(client, spec, false).await?;
+    Ok(LastDeploy {
+        old_writes,
+        new_writes,
+        rehearsal,
+        outcome,
+    })
+}
+
+/// Everything step 8 prints.
+struct Story<'a> {
+    summary: &'a Summary,
+    totals: &'a Totals,
+    backfill_time: Duration,
+    lag_under_load: Duration,
+    old_writes: u64,
+    new_writes: u64,
+    rollback: &'a Rollback,
+    verify: &'a walshift::verify::Report,
+    rehearsal: &'a walshift::cutover::Outcome,
+    outcome: &'a walshift::cutover::Outcome,
+    started: Instant,
+}
+
+/// Step 8: the summary (but its last line, printed once the cluster is gone).
+fn print_summary(story: &Story) {
+    let Story {
+        summary,
+        totals,
+        rollback,
+        rehearsal,
+        ..
+    } = story;
+    let differences: u64 = story.verify.mirrors.iter().map(|m| m.differing).sum();
     println!();
     println!("walshift demo summary");
     println!(
         "  history backfilled:   {} users, {} order items in {:.1}s",
         summary.users,
         summary.items,
-        backfill_time.as_secs_f64()
+        story.backfill_time.as_secs_f64()
     );
     println!(
         "  live changes:         {} transactions mirrored ({} keys recomputed, {} of them the old shape from the new; {} echoes of walshift's own writes skipped)",
@@ -234,8 +373,8 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
         totals.echo_txns
     );
     println!(
-        "  both versions:        {old_writes} writes of the old version, {new_writes} of the new; {} conflicts resolved (the later commit won in both shapes)",
-        summary.conflicts
+        "  both versions:        {} writes of the old version, {} of the new; {} conflicts resolved (the later commit won in both shapes)",
+        story.old_writes, story.new_writes, summary.conflicts
     );
     println!(
         "  rollback:             {} paused users inactive in the old shape, {}/{} new order lines in orders.items",
@@ -243,11 +382,11 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
     );
     println!(
         "  lag under load:       {:.0} ms (watermark round trip)",
-        lag_under_load.as_secs_f64() * 1000.0
+        story.lag_under_load.as_secs_f64() * 1000.0
     );
     println!(
         "  verify:               {differences} differences in {:.1}s (both directions)",
-        verify.seconds
+        story.verify.seconds
     );
     println!(
         "  cut-over under load:  writes frozen {:.1} ms (lock {:.1}, drain {:.1}, checks {:.1}, sql {:.1}, commit {:.1}); {} key(s) re-checked under the lock (dry run)",
@@ -261,23 +400,16 @@ pub async fn demo(opts: DemoOptions, bars: Option<indicatif::MultiProgress>) -> 
     );
     println!(
         "  cut-over:             writes frozen {:.1} ms; the run ended",
-        outcome.freeze_ms
+        story.outcome.freeze_ms
     );
     println!(
         "  both shapes equal:    {} rows inconsistent in either direction (plain SQL)",
         summary.inconsistent
     );
-    println!("  total time:           {:.1}s", t0.elapsed().as_secs_f64());
-    drop(client);
-    drop(cluster);
-    if summary.inconsistent != 0 {
-        bail!(
-            "{} rows are inconsistent after the cut-over",
-            summary.inconsistent
-        );
-    }
-    println!("  result:               cut over; both shapes equal; the cluster was removed");
-    Ok(())
+    println!(
+        "  total time:           {:.1}s",
+        story.started.elapsed().as_secs_f64()
+    );
 }
 
 /// The history walshift will backfill, and the expand step.

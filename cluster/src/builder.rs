@@ -107,20 +107,7 @@ impl ClusterBuilder {
         let base =
             dirs::base().map_err(|e| Error::io("create the walshift-pg base directory", e))?;
         dirs::sweep(&base);
-        let claimed = dirs::claim(&base.clusters).map_err(|e| {
-            Error::io(
-                format!("create a cluster directory in {}", base.clusters.display()),
-                e,
-            )
-        })?;
-        let mut pending = Pending {
-            data_dir: claimed.path.join("data"),
-            log_file: claimed.path.join("postgres.log"),
-            kept_log: base.logs.join(format!("{}.log", claimed.name)),
-            logs_dir: base.logs.clone(),
-            dir: Some(claimed),
-            postmaster: None,
-        };
+        let mut pending = Pending::claim(&base)?;
         let dir = pending.dir();
         let socket_dir = dir.path.join("sock");
         check_socket_path(&socket_dir)?;
@@ -129,44 +116,8 @@ impl ClusterBuilder {
         account::create_dir(&socket_dir, 0o755, account.as_ref())
             .map_err(|e| Error::io(format!("create {}", socket_dir.display()), e))?;
 
-        let mut role_settings = Vec::new();
-        match &origin {
-            Origin::Template => {
-                let template = template::ensure(&base, &bins, account.as_ref())?;
-                account::copy_tree(
-                    &template,
-                    &pending.data_dir,
-                    account.as_ref(),
-                    &|_| false,
-                    false,
-                )
-                .map_err(|e| {
-                    Error::io(
-                        format!(
-                            "copy template {} to {}",
-                            template.display(),
-                            pending.data_dir.display()
-                        ),
-                        e,
-                    )
-                })?;
-            }
-            Origin::Standby { primary, slot } => {
-                standby::base_backup(primary, slot, &pending.data_dir, account.as_ref())?;
-                role_settings = standby::settings(primary, slot, &dir.name);
-            }
-        }
-        if let Some((cert, key)) = &self.tls {
-            install_tls(&pending.data_dir, cert, key, account.as_ref())?;
-            role_settings.extend(
-                [
-                    ("ssl", "on"),
-                    ("ssl_cert_file", "server.crt"),
-                    ("ssl_key_file", "server.key"),
-                ]
-                .map(|(k, v)| (k.to_owned(), v.to_owned())),
-            );
-        }
+        let role_settings =
+            self.fill_data_dir(&origin, &base, &bins, account.as_ref(), &pending)?;
         let hba = conf::render_hba(&self.hba_lines, &auth);
         write_file(
             &pending.data_dir.join("pg_hba.conf"),
@@ -181,61 +132,17 @@ impl ClusterBuilder {
             user: SUPERUSER.to_owned(),
             password: self.password.clone(),
         };
-        let mut attempt = 0;
-        pending.postmaster = Some(loop {
-            attempt += 1;
-            endpoint.port = port::pick_free_port().map_err(|e| Error::io("pick a port", e))?;
-            let mut settings = conf::default_settings(
-                endpoint.port,
-                &endpoint.socket_dir,
-                self.listen_tcp,
-                &dir.name,
-            );
-            settings.extend(role_settings.iter().cloned());
-            let settings = conf::merge_settings(settings, &self.settings);
-            write_file(
-                &pending.data_dir.join("walshift.conf"),
-                &conf::render_conf(&settings),
-                account.as_ref(),
-            )?;
-            if attempt == 1 && matches!(origin, Origin::Template) {
-                if let Some(password) = &self.password {
-                    server::set_password(&bins, account.as_ref(), &pending.data_dir, password)?;
-                }
-            }
-            match server::spawn_postmaster(
-                &bins,
-                account.as_ref(),
-                &pending.data_dir,
-                &pending.log_file,
-            ) {
-                Ok(child) => break child,
-                Err(reason) => {
-                    let tail = dirs::log_tail(&pending.log_file, 40);
-                    let lost_port_race = self.listen_tcp
-                        && (tail.contains("could not bind")
-                            || tail.contains("Address already in use"));
-                    if lost_port_race && attempt < PORT_ATTEMPTS {
-                        continue;
-                    }
-                    // The directory goes when `pending` drops; the log is copied out first.
-                    return Err(Error::Startup {
-                        reason,
-                        log: pending.kept_log.clone(),
-                        tail,
-                    });
-                }
-            }
-        });
+        let postmaster = self.start_postmaster(
+            &origin,
+            &bins,
+            account.as_ref(),
+            &pending,
+            &mut endpoint,
+            &role_settings,
+        )?;
+        pending.postmaster = Some(postmaster);
 
-        let version = server::query(&endpoint, "postgres", "SHOW server_version_num")?;
-        let version_num = version
-            .first()
-            .and_then(|row| row.first().cloned().flatten())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                Error::Config(format!("unexpected server_version_num reply {version:?}"))
-            })?;
+        let version_num = version_num(&endpoint)?;
         let startup_time = started.elapsed();
         tracing::info!(
             cluster = %pending.dir().name,
@@ -266,6 +173,116 @@ impl ClusterBuilder {
             standby_of,
         })
     }
+
+    /// The data directory from `origin` (a template copy or a base backup), with the TLS files
+    /// if any; the settings that go with it (a standby's, TLS's).
+    fn fill_data_dir(
+        &self,
+        origin: &Origin<'_>,
+        base: &dirs::Base,
+        bins: &bins::Bins,
+        account: Option<&Account>,
+        pending: &Pending,
+    ) -> Result<Vec<(String, String)>> {
+        let mut role_settings = Vec::new();
+        match origin {
+            Origin::Template => {
+                let template = template::ensure(base, bins, account)?;
+                account::copy_tree(&template, &pending.data_dir, account, &|_| false, false)
+                    .map_err(|e| {
+                        Error::io(
+                            format!(
+                                "copy template {} to {}",
+                                template.display(),
+                                pending.data_dir.display()
+                            ),
+                            e,
+                        )
+                    })?;
+            }
+            Origin::Standby { primary, slot } => {
+                standby::base_backup(primary, slot, &pending.data_dir, account)?;
+                role_settings = standby::settings(primary, slot, &pending.dir().name);
+            }
+        }
+        if let Some((cert, key)) = &self.tls {
+            install_tls(&pending.data_dir, cert, key, account)?;
+            role_settings.extend(
+                [
+                    ("ssl", "on"),
+                    ("ssl_cert_file", "server.crt"),
+                    ("ssl_key_file", "server.key"),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
+        }
+        Ok(role_settings)
+    }
+
+    /// Writes walshift.conf for a free port and starts the postmaster; a start that loses the
+    /// port to another process is tried again on another port, up to [`PORT_ATTEMPTS`] times.
+    /// `endpoint.port` is the port it listens on.
+    fn start_postmaster(
+        &self,
+        origin: &Origin<'_>,
+        bins: &bins::Bins,
+        account: Option<&Account>,
+        pending: &Pending,
+        endpoint: &mut Endpoint,
+        role_settings: &[(String, String)],
+    ) -> Result<Child> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            endpoint.port = port::pick_free_port().map_err(|e| Error::io("pick a port", e))?;
+            let mut settings = conf::default_settings(
+                endpoint.port,
+                &endpoint.socket_dir,
+                self.listen_tcp,
+                &pending.dir().name,
+            );
+            settings.extend(role_settings.iter().cloned());
+            let settings = conf::merge_settings(settings, &self.settings);
+            write_file(
+                &pending.data_dir.join("walshift.conf"),
+                &conf::render_conf(&settings),
+                account,
+            )?;
+            if attempt == 1 && matches!(origin, Origin::Template) {
+                if let Some(password) = &self.password {
+                    server::set_password(bins, account, &pending.data_dir, password)?;
+                }
+            }
+            match server::spawn_postmaster(bins, account, &pending.data_dir, &pending.log_file) {
+                Ok(child) => return Ok(child),
+                Err(reason) => {
+                    let tail = dirs::log_tail(&pending.log_file, 40);
+                    let lost_port_race = self.listen_tcp
+                        && (tail.contains("could not bind")
+                            || tail.contains("Address already in use"));
+                    if lost_port_race && attempt < PORT_ATTEMPTS {
+                        continue;
+                    }
+                    // The directory goes when `pending` drops; the log is copied out first.
+                    return Err(Error::Startup {
+                        reason,
+                        log: pending.kept_log.clone(),
+                        tail,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The running server's `server_version_num`.
+fn version_num(endpoint: &Endpoint) -> Result<u32> {
+    let version = server::query(endpoint, "postgres", "SHOW server_version_num")?;
+    version
+        .first()
+        .and_then(|row| row.first().cloned().flatten())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Config(format!("unexpected server_version_num reply {version:?}")))
 }
 
 /// A cluster directory being set up. Until [`Pending::defuse`] hands it to a [`Cluster`], a
@@ -280,6 +297,24 @@ struct Pending {
 }
 
 impl Pending {
+    /// A new cluster directory in `base`.
+    fn claim(base: &dirs::Base) -> Result<Pending> {
+        let claimed = dirs::claim(&base.clusters).map_err(|e| {
+            Error::io(
+                format!("create a cluster directory in {}", base.clusters.display()),
+                e,
+            )
+        })?;
+        Ok(Pending {
+            data_dir: claimed.path.join("data"),
+            log_file: claimed.path.join("postgres.log"),
+            kept_log: base.logs.join(format!("{}.log", claimed.name)),
+            logs_dir: base.logs.clone(),
+            dir: Some(claimed),
+            postmaster: None,
+        })
+    }
+
     fn dir(&self) -> &ClusterDir {
         self.dir
             .as_ref()
