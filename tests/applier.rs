@@ -1,5 +1,5 @@
 //! The applier's transactions travel as flights: statements sent back to back,
-//! answers read in order (src/mirror/flight.rs). These tests guard what that
+//! answers read in order (src/mirror/pipeline.rs). These tests guard what that
 //! must not change, on a real PostgreSQL:
 //!
 //! - all or nothing (I4, I6): a statement failing in the middle of a batch or

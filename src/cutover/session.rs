@@ -69,10 +69,10 @@ pub(crate) struct Job {
 }
 
 /// What the apply task needs to carry a cut-over out.
-pub(crate) struct Context {
+pub(crate) struct CutoverContext {
     pub spec: Spec,
     pub mirrors: Vec<MirrorPlan>,
-    pub updates: mpsc::UnboundedSender<Update>,
+    pub updates: mpsc::UnboundedSender<StateUpdate>,
 }
 
 /// Every key the applier committed since tracking began, per mirror.
@@ -149,7 +149,7 @@ impl Tracker {
 
 /// A step of a request, for the command that follows it.
 #[derive(Debug, Clone)]
-pub(crate) struct Update {
+pub(crate) struct StateUpdate {
     pub id: i64,
     pub state: &'static str,
     pub detail: Option<String>,
@@ -157,9 +157,9 @@ pub(crate) struct Update {
     pub result: Option<Outcome>,
 }
 
-impl Update {
+impl StateUpdate {
     pub fn step(id: i64, state: &'static str, detail: impl Into<String>) -> Self {
-        Update {
+        StateUpdate {
             id,
             state,
             detail: Some(detail.into()),
@@ -169,7 +169,7 @@ impl Update {
     }
 
     pub fn finished(outcome: Outcome) -> Self {
-        Update {
+        StateUpdate {
             id: outcome.id,
             state: if outcome.passed { "done" } else { "failed" },
             detail: outcome.error.clone(),
@@ -198,7 +198,7 @@ pub(crate) async fn execute(
     done_tx: &mpsc::Sender<Done>,
     tracker: Option<Tracker>,
     job: Job,
-    ctx: &Context,
+    ctx: &CutoverContext,
 ) -> Outcome {
     let mut out = refused(&job, "");
     out.error = None;
@@ -250,9 +250,9 @@ pub(crate) async fn execute(
             return out;
         }
         out.attempts = attempt;
-        let _ = ctx.updates.send(Update {
+        let _ = ctx.updates.send(StateUpdate {
             attempts: Some(attempt),
-            ..Update::step(
+            ..StateUpdate::step(
                 job.id,
                 "locking",
                 format!(
@@ -321,7 +321,7 @@ async fn prepare(
     done_tx: &mpsc::Sender<Done>,
     tracker: &mut Tracker,
     job: &Job,
-    ctx: &Context,
+    ctx: &CutoverContext,
     probes: &mut u32,
 ) -> bool {
     let base = marker(&ctx.spec.name, job.id);
@@ -335,7 +335,7 @@ async fn prepare(
             Probe::Ended => return false,
         };
         if tracker.incomplete.is_none() && tracker.total > CONVERGED_KEYS {
-            let _ = ctx.updates.send(Update::step(
+            let _ = ctx.updates.send(StateUpdate::step(
                 job.id,
                 "verifying",
                 format!(
@@ -402,7 +402,7 @@ async fn probe(
 
 /// Re-checks the tracked keys without the lock; what still differs stays
 /// tracked (errors too: the check under the lock covers them then).
-async fn recheck_outside_lock(applier: &mut Applier, tracker: &mut Tracker, ctx: &Context) {
+async fn recheck_outside_lock(applier: &mut Applier, tracker: &mut Tracker, ctx: &CutoverContext) {
     let batch = tracker.take();
     for (i, (m, keys)) in ctx.mirrors.iter().zip(&batch).enumerate() {
         let keys = key_texts(keys);
@@ -457,7 +457,7 @@ async fn under_lock(
     done_tx: &mpsc::Sender<Done>,
     mut tracker: Tracker,
     job: &Job,
-    ctx: &Context,
+    ctx: &CutoverContext,
     mut out: Outcome,
     asked: Instant,
 ) -> Outcome {
@@ -478,7 +478,7 @@ async fn under_lock(
         ));
         return out;
     }
-    let _ = ctx.updates.send(Update::step(
+    let _ = ctx.updates.send(StateUpdate::step(
         job.id,
         "draining",
         "sources locked; applying the last changes",
@@ -486,48 +486,13 @@ async fn under_lock(
 
     // The drain: every batch the stream delivered before the marker, merged
     // into one recompute per mirror.
-    let mut drained: Vec<(Batch, ApplyStats)> = Vec::new();
-    let mut merged: Option<Batch> = None;
     let deadline = tokio::time::Instant::from_std(locked + DRAIN_TIMEOUT);
-    let drain: Result<(), String> = loop {
-        match tokio::time::timeout_at(deadline, work_rx.recv()).await {
-            Err(_) => {
-                break Err(format!(
-                    "the cut-over marker did not come back through the stream within {DRAIN_TIMEOUT:?} \
-                     (walshift is behind, or the stream is stuck); nothing was changed"
-                ));
-            }
-            Ok(None) => break Err("the session ended during the cut-over".into()),
-            Ok(Some(Work::Batch(b))) => {
-                tracker.add(&b);
-                match merged.as_mut() {
-                    Some(m) => m.absorb(&b, DRAIN_MAX_KEYS),
-                    None => merged = Some(b.clone()),
-                }
-                drained.push((b, ApplyStats::default()));
-            }
-            Ok(Some(Work::DrainEnd(t))) if t == token => break Ok(()),
-            // A marker of an earlier, abandoned cut-over; nothing else is
-            // sent while a cut-over runs.
-            Ok(Some(_)) => {}
-        }
+    let (mut drained, drain) = collect_drain(work_rx, &mut tracker, &token, deadline).await;
+    let drain = match drain {
+        Ok(()) => apply_drain(applier, &mut drained).await,
+        Err(e) => Err(e),
     };
-    let drain = match (drain, merged) {
-        (Ok(()), Some(all)) => match applier.apply_in_transaction(&all).await {
-            Ok(stats) => {
-                if let Some((_, first)) = drained.first_mut() {
-                    *first = stats;
-                }
-                applier
-                    .record_position(&all)
-                    .await
-                    .map_err(|e| format!("recording the position: {e}"))
-            }
-            Err(e) => Err(format!("applying the last changes: {e}")),
-        },
-        (Ok(()), None) => Ok(()),
-        (Err(e), _) => Err(e),
-    };
+    let drained = drained.batches;
     if let Err(e) = drain {
         // Nothing committed: the drained batches are applied again, on
         // their own, once the lock is gone.
@@ -540,7 +505,7 @@ async fn under_lock(
     out.drained_txns = drained.iter().map(|(b, _)| b.txns as u64).sum();
     let checks_from = Instant::now();
     out.drain_ms = ms(checks_from - locked);
-    let _ = ctx.updates.send(Update::step(
+    let _ = ctx.updates.send(StateUpdate::step(
         job.id,
         "checking",
         "re-checking the keys changed since the verify, and the gates",
@@ -582,6 +547,72 @@ async fn under_lock(
     out
 }
 
+/// What a drain took from the stream: each batch (with the stats of its
+/// apply, all on the first), and all of them merged.
+struct Drained {
+    batches: Vec<(Batch, ApplyStats)>,
+    merged: Option<Batch>,
+}
+
+/// Takes every batch the session forwards until the lock's marker `token`
+/// comes back (`Err` past `deadline` or when the session ends). What was
+/// taken is returned either way: a failed drain applies it again after the
+/// lock.
+async fn collect_drain(
+    work_rx: &mut mpsc::Receiver<Work>,
+    tracker: &mut Tracker,
+    token: &str,
+    deadline: tokio::time::Instant,
+) -> (Drained, Result<(), String>) {
+    let mut drained = Drained {
+        batches: Vec::new(),
+        merged: None,
+    };
+    let result = loop {
+        match tokio::time::timeout_at(deadline, work_rx.recv()).await {
+            Err(_) => {
+                break Err(format!(
+                    "the cut-over marker did not come back through the stream within {DRAIN_TIMEOUT:?} \
+                     (walshift is behind, or the stream is stuck); nothing was changed"
+                ));
+            }
+            Ok(None) => break Err("the session ended during the cut-over".into()),
+            Ok(Some(Work::Batch(b))) => {
+                tracker.add(&b);
+                match drained.merged.as_mut() {
+                    Some(m) => m.absorb(&b, DRAIN_MAX_KEYS),
+                    None => drained.merged = Some(b.clone()),
+                }
+                drained.batches.push((b, ApplyStats::default()));
+            }
+            Ok(Some(Work::DrainEnd(t))) if t == token => break Ok(()),
+            // A marker of an earlier, abandoned cut-over; nothing else is
+            // sent while a cut-over runs.
+            Ok(Some(_)) => {}
+        }
+    };
+    (drained, result)
+}
+
+/// Applies the drain, merged, in the lock's transaction, and records its
+/// position (I4).
+async fn apply_drain(applier: &mut Applier, drained: &mut Drained) -> Result<(), String> {
+    let Some(all) = drained.merged.as_ref() else {
+        return Ok(());
+    };
+    let stats = applier
+        .apply_in_transaction(all)
+        .await
+        .map_err(|e| format!("applying the last changes: {e}"))?;
+    if let Some((_, first)) = drained.batches.first_mut() {
+        *first = stats;
+    }
+    applier
+        .record_position(all)
+        .await
+        .map_err(|e| format!("recording the position: {e}"))
+}
+
 /// [`under_lock`] for a spec with two-way mirrors: the drain is a sync
 /// under the lock (the application waits on every table both versions
 /// write), with every carried key; the rest is the same.
@@ -590,12 +621,12 @@ async fn under_lock_two_way(
     done_tx: &mpsc::Sender<Done>,
     mut tracker: Tracker,
     job: &Job,
-    ctx: &Context,
+    ctx: &CutoverContext,
     mut out: Outcome,
     asked: Instant,
 ) -> Outcome {
     let locked = Instant::now();
-    let _ = ctx.updates.send(Update::step(
+    let _ = ctx.updates.send(StateUpdate::step(
         job.id,
         "draining",
         "sources and two-way targets locked; applying the last changes",
@@ -620,7 +651,7 @@ async fn under_lock_two_way(
     out.drained_txns = batch.txns as u64;
     let checks_from = Instant::now();
     out.drain_ms = ms(checks_from - locked);
-    let _ = ctx.updates.send(Update::step(
+    let _ = ctx.updates.send(StateUpdate::step(
         job.id,
         "checking",
         "re-checking the keys changed since the verify, and the gates",
@@ -664,7 +695,7 @@ async fn checks_and_sql(
     applier: &mut Applier,
     tracker: &Tracker,
     job: &Job,
-    ctx: &Context,
+    ctx: &CutoverContext,
     out: &mut Outcome,
     from: Instant,
 ) -> Option<String> {
@@ -744,7 +775,7 @@ async fn checks_and_sql(
     if let Some(sql) = &ctx.spec.cutover.sql {
         let _ = ctx
             .updates
-            .send(Update::step(job.id, "checking", "running cutover.sql"));
+            .send(StateUpdate::step(job.id, "checking", "running cutover.sql"));
         if let Err(e) = client.batch_execute(sql).await {
             out.sql_ms = ms(sql_from.elapsed());
             return Some(format!(
@@ -931,14 +962,14 @@ impl Cut {
         config: &ConnConfig,
         spec: &Spec,
         plan: &Plan,
-        updates: &mpsc::UnboundedSender<Update>,
+        updates: &mpsc::UnboundedSender<StateUpdate>,
     ) -> Cut {
         tracing::info!(
             request = job.id,
             dry_run = job.dry_run,
             "cut-over requested; verifying first"
         );
-        let _ = updates.send(Update::step(
+        let _ = updates.send(StateUpdate::step(
             job.id,
             "verifying",
             format!(
@@ -1012,7 +1043,7 @@ pub(crate) async fn verify_answer(
 /// over then; the outcome is written before the run exits).
 pub(crate) async fn ended(
     config: &ConnConfig,
-    updates: &mpsc::UnboundedSender<Update>,
+    updates: &mpsc::UnboundedSender<StateUpdate>,
     outcome: Outcome,
 ) -> bool {
     let committed = outcome.committed;
@@ -1026,7 +1057,7 @@ pub(crate) async fn ended(
         ),
         Some(_) => tracing::warn!(request = outcome.id, "{}", outcome.render()),
     }
-    let update = Update::finished(outcome);
+    let update = StateUpdate::finished(outcome);
     if committed {
         // Written here and now: the run ends right after.
         for _ in 0..20 {

@@ -67,7 +67,7 @@ impl<'a> Args<'a> {
 
     /// [`Args::bind`] with each value's type, for `query_typed` and
     /// `execute_typed`: no prepare round trip, so the statement can travel
-    /// in a [`flight`](super::flight) with others.
+    /// in a [`pipeline`](super::pipeline) with others.
     pub fn bind_typed(&'a self, params: &[Param]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
         self.bind(params)
             .into_iter()

@@ -10,11 +10,11 @@
 //! - [`visibility`]: the I2 barrier's snapshot arithmetic (pure).
 //! - [`sql`]: statement text per mode (pure).
 //! - [`applier`]: the one session that runs them (I2-I5).
-//! - [`flight`]: statements sent back to back, one round trip for a transaction.
+//! - [`pipeline`]: statements sent back to back, one round trip for a transaction.
 
 pub mod applier;
 pub mod bind;
-pub mod flight;
+pub mod pipeline;
 pub mod plant;
 pub mod sql;
 pub mod txn;

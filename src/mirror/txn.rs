@@ -640,37 +640,12 @@ impl TxnAssembler {
         if txn.echo {
             return Ok(());
         }
-        // A new-row column sent as "unchanged TOAST" is, by definition, the
-        // old value (when the old row was sent).
-        let merged: Option<Vec<TupleColumn>> = match (new, old) {
-            (Some(new), Some(old)) => Some(
-                new.iter()
-                    .enumerate()
-                    .map(|(i, c)| match c {
-                        TupleColumn::UnchangedToast => old
-                            .columns()
-                            .get(i)
-                            .cloned()
-                            .unwrap_or(TupleColumn::UnchangedToast),
-                        c => c.clone(),
-                    })
-                    .collect(),
-            ),
-            (Some(new), None) => Some(new.to_vec()),
-            (None, _) => None,
-        };
-        let relations = &self.relations;
-        let no_key = |c: usize| {
-            let rel = relations.get(relid);
-            AssembleError::NoKeyValue {
-                table: rel
-                    .map(|r| format!("{}.{}", r.namespace, r.name))
-                    .unwrap_or_default(),
-                column: rel
-                    .and_then(|r| r.columns.get(c))
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default(),
-            }
+        let merged = merge_unchanged_toast(new, old);
+        let row = RowChange {
+            relid,
+            relations: &self.relations,
+            new: merged.as_deref(),
+            old,
         };
         for binding in bindings {
             match binding {
@@ -678,90 +653,170 @@ impl TxnAssembler {
                     mirror,
                     key,
                     two_way: None,
-                } => {
-                    for tuple in [merged.as_deref(), old.map(OldTuple::columns)]
-                        .into_iter()
-                        .flatten()
-                    {
-                        add(
-                            &mut txn.mirrors[*mirror],
-                            extract(tuple, key).map_err(no_key)?,
-                            max,
-                        );
-                    }
-                }
+                } => row.dirty(&mut txn.mirrors[*mirror], key, max)?,
                 Binding::Source {
                     mirror,
                     key,
                     two_way: Some(signals),
-                } => {
-                    let keys = &mut txn.mirrors[*mirror];
-                    match kind {
-                        ChangeKind::Insert => {
-                            let new = merged.as_deref().unwrap_or_default();
-                            keys.dirs
-                                .insert(extract(new, key).map_err(no_key)?, signals.insert(new));
-                        }
-                        ChangeKind::Delete => {
-                            // Set mode: both shapes went with the row.
-                            if signals.rows {
-                                let old = old.map(OldTuple::columns).unwrap_or_default();
-                                keys.dirs
-                                    .insert(extract(old, key).map_err(no_key)?, Dir::Forward);
-                            }
-                        }
-                        ChangeKind::Update => {
-                            let Some(OldTuple::Full(old)) = old else {
-                                let table = relations
-                                    .get(relid)
-                                    .map(|r| format!("{}.{}", r.namespace, r.name))
-                                    .unwrap_or_default();
-                                return Err(AssembleError::NoOldRow { table });
-                            };
-                            let new = merged.as_deref().unwrap_or_default();
-                            let new_key = extract(new, key).map_err(no_key)?;
-                            let old_key = extract(old, key).map_err(no_key)?;
-                            if new_key != old_key && signals.rows {
-                                // The target rows move with the key.
-                                keys.dirs.insert(old_key, Dir::Forward);
-                                keys.dirs.insert(new_key, Dir::Forward);
-                            } else if let Some(dir) = signals.update(new, old) {
-                                keys.dirs.insert(new_key, dir);
-                            }
-                        }
-                    }
-                }
+                } => row.directed(&mut txn.mirrors[*mirror], key, signals, kind)?,
                 Binding::Target { mirror, owner } => {
-                    // Rows of other mirrors leave these owner columns NULL.
-                    for tuple in [merged.as_deref(), old.map(OldTuple::columns)]
-                        .into_iter()
-                        .flatten()
-                    {
-                        match extract_owner(tuple, owner) {
-                            Ok(Some(k)) => {
-                                txn.mirrors[*mirror].dirs.insert(k, Dir::Reverse);
-                            }
-                            Ok(None) => {}
-                            Err(c) => return Err(no_key(c)),
-                        }
-                    }
+                    row.owners(&mut txn.mirrors[*mirror], owner)?
                 }
                 Binding::Depends { mirror, dep, key } => {
-                    // The row's key now, and before when it changed.
-                    for tuple in [merged.as_deref(), old.map(OldTuple::columns)]
-                        .into_iter()
-                        .flatten()
-                    {
-                        let k = extract(tuple, key).map_err(no_key)?;
-                        let m = &mut txn.mirrors[*mirror];
-                        if m.overflowed {
-                            continue;
-                        }
-                        m.depends.insert((*dep, k));
-                        m.overflow_past(max);
-                    }
+                    row.depends(&mut txn.mirrors[*mirror], *dep, key, max)?
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// A new-row column sent as "unchanged TOAST" is, by definition, the old
+/// value (when the old row was sent).
+fn merge_unchanged_toast(
+    new: Option<&[TupleColumn]>,
+    old: Option<&OldTuple>,
+) -> Option<Vec<TupleColumn>> {
+    match (new, old) {
+        (Some(new), Some(old)) => Some(
+            new.iter()
+                .enumerate()
+                .map(|(i, c)| match c {
+                    TupleColumn::UnchangedToast => old
+                        .columns()
+                        .get(i)
+                        .cloned()
+                        .unwrap_or(TupleColumn::UnchangedToast),
+                    c => c.clone(),
+                })
+                .collect(),
+        ),
+        (Some(new), None) => Some(new.to_vec()),
+        (None, _) => None,
+    }
+}
+
+/// One row change, as each binding of its relation reads it.
+struct RowChange<'a> {
+    relid: u32,
+    relations: &'a RelationCache,
+    /// The new row, unchanged TOAST filled in from the old.
+    new: Option<&'a [TupleColumn]>,
+    old: Option<&'a OldTuple>,
+}
+
+impl RowChange<'_> {
+    /// The new row and the old, whichever were sent.
+    fn tuples(&self) -> impl Iterator<Item = &[TupleColumn]> {
+        [self.new, self.old.map(OldTuple::columns)]
+            .into_iter()
+            .flatten()
+    }
+
+    fn table(&self) -> String {
+        self.relations
+            .get(self.relid)
+            .map(|r| format!("{}.{}", r.namespace, r.name))
+            .unwrap_or_default()
+    }
+
+    /// Key column `c` came without a value.
+    fn no_key(&self, c: usize) -> AssembleError {
+        AssembleError::NoKeyValue {
+            table: self.table(),
+            column: self
+                .relations
+                .get(self.relid)
+                .and_then(|r| r.columns.get(c))
+                .map(|c| c.name.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn key(&self, tuple: &[TupleColumn], cols: &[usize]) -> Result<Key, AssembleError> {
+        extract(tuple, cols).map_err(|c| self.no_key(c))
+    }
+
+    /// A one-way mirror's source: the row's key now, and before.
+    fn dirty(&self, keys: &mut MirrorKeys, key: &[usize], max: usize) -> Result<(), AssembleError> {
+        for tuple in self.tuples() {
+            add(keys, self.key(tuple, key)?, max);
+        }
+        Ok(())
+    }
+
+    /// A two-way mirror's source: the key, and which way the change goes.
+    fn directed(
+        &self,
+        keys: &mut MirrorKeys,
+        key: &[usize],
+        signals: &Signals,
+        kind: ChangeKind,
+    ) -> Result<(), AssembleError> {
+        match kind {
+            ChangeKind::Insert => {
+                let new = self.new.unwrap_or_default();
+                keys.dirs.insert(self.key(new, key)?, signals.insert(new));
+            }
+            ChangeKind::Delete => {
+                // Set mode: both shapes went with the row.
+                if signals.rows {
+                    let old = self.old.map(OldTuple::columns).unwrap_or_default();
+                    keys.dirs.insert(self.key(old, key)?, Dir::Forward);
+                }
+            }
+            ChangeKind::Update => {
+                let Some(OldTuple::Full(old)) = self.old else {
+                    return Err(AssembleError::NoOldRow {
+                        table: self.table(),
+                    });
+                };
+                let new = self.new.unwrap_or_default();
+                let new_key = self.key(new, key)?;
+                let old_key = self.key(old, key)?;
+                if new_key != old_key && signals.rows {
+                    // The target rows move with the key.
+                    keys.dirs.insert(old_key, Dir::Forward);
+                    keys.dirs.insert(new_key, Dir::Forward);
+                } else if let Some(dir) = signals.update(new, old) {
+                    keys.dirs.insert(new_key, dir);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A two-way rows mirror's target: the new version wrote the keys its
+    /// owner columns hold (rows of other mirrors leave them NULL).
+    fn owners(&self, keys: &mut MirrorKeys, owner: &[usize]) -> Result<(), AssembleError> {
+        for tuple in self.tuples() {
+            match extract_owner(tuple, owner) {
+                Ok(Some(k)) => {
+                    keys.dirs.insert(k, Dir::Reverse);
+                }
+                Ok(None) => {}
+                Err(c) => return Err(self.no_key(c)),
+            }
+        }
+        Ok(())
+    }
+
+    /// A table the mapping depends on: the row's key now, and before when
+    /// it changed.
+    fn depends(
+        &self,
+        keys: &mut MirrorKeys,
+        dep: usize,
+        key: &[usize],
+        max: usize,
+    ) -> Result<(), AssembleError> {
+        for tuple in self.tuples() {
+            let k = self.key(tuple, key)?;
+            if keys.overflowed {
+                continue;
+            }
+            keys.depends.insert((dep, k));
+            keys.overflow_past(max);
         }
         Ok(())
     }

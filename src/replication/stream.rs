@@ -152,7 +152,7 @@ impl Feedback {
     }
 }
 
-enum Control {
+enum ReaderCommand {
     Close(oneshot::Sender<Result<(), ReplicationError>>),
 }
 
@@ -169,7 +169,7 @@ pub struct LogicalStream {
     /// The rest of the batch being consumed.
     buffer: std::collections::VecDeque<Item>,
     feedback: Feedback,
-    control: mpsc::Sender<Control>,
+    control: mpsc::Sender<ReaderCommand>,
     task: JoinHandle<()>,
     status_interval: Duration,
     receive_timeout: Option<Duration>,
@@ -288,7 +288,7 @@ impl LogicalStream {
     /// session. Confirmed positions reach the server before the socket closes.
     pub async fn close(self) -> Result<(), ReplicationError> {
         let (tx, rx) = oneshot::channel();
-        if self.control.send(Control::Close(tx)).await.is_err() {
+        if self.control.send(ReaderCommand::Close(tx)).await.is_err() {
             // The reader already ended (the server closed the stream).
             return Ok(());
         }
@@ -333,7 +333,7 @@ struct Reader {
     write_buf: BytesMut,
     events: mpsc::Sender<Vec<Item>>,
     positions: Arc<Positions>,
-    control: mpsc::Receiver<Control>,
+    control: mpsc::Receiver<ReaderCommand>,
     status_interval: Duration,
     echo: Option<EchoFilter>,
     receive_timeout: Option<Duration>,
@@ -380,7 +380,7 @@ async fn read_some(socket: &mut Socket, buf: &mut BytesMut) -> std::io::Result<u
 }
 
 /// What handling one frame produced.
-enum Step {
+enum FrameResult {
     Event(ReplicationEvent),
     Nothing,
     /// The server ended the stream (CopyDone) or sent an error.
@@ -399,38 +399,7 @@ impl Reader {
         // waits until then (see [`COALESCE`]).
         let mut quiet_until: Option<tokio::time::Instant> = None;
         loop {
-            // Decode what is already buffered, handing batches over directly
-            // while the consumer has room.
-            let mut batch: Vec<Item> = Vec::new();
-            while pending.is_none() && !ending {
-                match proto::read_frame(&mut self.read_buf) {
-                    Ok(Some(frame)) => match self.handle(frame).await {
-                        Ok(Step::Event(ev)) => batch.push(Ok(ev)),
-                        Ok(Step::Nothing) => {}
-                        Ok(Step::End(r)) => {
-                            ending = true;
-                            if let Err(e) = r {
-                                batch.push(Err(e));
-                            }
-                        }
-                        Err(e) => {
-                            ending = true;
-                            batch.push(Err(e));
-                        }
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        ending = true;
-                        batch.push(Err(e.into()));
-                    }
-                }
-                if batch.len() >= BATCH {
-                    pending = self.hand_over(std::mem::take(&mut batch));
-                }
-            }
-            if !batch.is_empty() {
-                pending = self.hand_over(batch);
-            }
+            self.decode_buffered(&mut pending, &mut ending).await;
             if ending && pending.is_none() {
                 return;
             }
@@ -439,7 +408,7 @@ impl Reader {
             let wake = tokio::select! {
                 biased;
                 // 1. The consumer asked to close: report positions, then leave.
-                Some(Control::Close(reply)) = self.control.recv() => Wake::Close(reply),
+                Some(ReaderCommand::Close(reply)) = self.control.recv() => Wake::Close(reply),
                 // 2. The timer: answer the server even if the consumer is slow
                 //    and nothing is being read (I7). Before delivery, so a
                 //    busy stream cannot starve it.
@@ -486,22 +455,8 @@ impl Reader {
                 Wake::Delivered => self.last_heard = tokio::time::Instant::now(),
                 Wake::Quiet => quiet_until = None,
                 Wake::Silent => {
-                    let silent = self.last_heard.elapsed();
-                    tracing::warn!(
-                        host = %self.target,
-                        silent = ?silent,
-                        "dead link: nothing arrived on the replication stream within its receive timeout"
-                    );
-                    crate::metrics::dead_link("stream");
-                    if self.backend_pid != 0 {
-                        crate::net::watch::abandon(
-                            &self.target,
-                            self.backend_pid,
-                            &self.application_name,
-                        );
-                    }
                     ending = true;
-                    pending = Some(vec![Err(ReplicationError::Silent(silent))]);
+                    pending = Some(vec![Err(self.silent())]);
                 }
                 Wake::Read(Ok(0)) => {
                     ending = true;
@@ -521,6 +476,58 @@ impl Reader {
         }
     }
 
+    /// Decodes what is already buffered, handing batches over directly while
+    /// the consumer has room; what it has no room for waits in `pending`.
+    /// A frame that ends the stream (or fails) sets `ending`.
+    async fn decode_buffered(&mut self, pending: &mut Option<Vec<Item>>, ending: &mut bool) {
+        let mut batch: Vec<Item> = Vec::new();
+        while pending.is_none() && !*ending {
+            match proto::read_frame(&mut self.read_buf) {
+                Ok(Some(frame)) => match self.handle(frame).await {
+                    Ok(FrameResult::Event(ev)) => batch.push(Ok(ev)),
+                    Ok(FrameResult::Nothing) => {}
+                    Ok(FrameResult::End(r)) => {
+                        *ending = true;
+                        if let Err(e) = r {
+                            batch.push(Err(e));
+                        }
+                    }
+                    Err(e) => {
+                        *ending = true;
+                        batch.push(Err(e));
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    *ending = true;
+                    batch.push(Err(e.into()));
+                }
+            }
+            if batch.len() >= BATCH {
+                *pending = self.hand_over(std::mem::take(&mut batch));
+            }
+        }
+        if !batch.is_empty() {
+            *pending = self.hand_over(batch);
+        }
+    }
+
+    /// Nothing arrived within the receive timeout: the link is dead. Its
+    /// backend is left for the next session to terminate.
+    fn silent(&self) -> ReplicationError {
+        let silent = self.last_heard.elapsed();
+        tracing::warn!(
+            host = %self.target,
+            silent = ?silent,
+            "dead link: nothing arrived on the replication stream within its receive timeout"
+        );
+        crate::metrics::dead_link("stream");
+        if self.backend_pid != 0 {
+            crate::net::watch::abandon(&self.target, self.backend_pid, &self.application_name);
+        }
+        ReplicationError::Silent(silent)
+    }
+
     /// Hands `batch` to the consumer if it has room; else returns it, to be
     /// handed over once it has.
     fn hand_over(&self, batch: Vec<Item>) -> Option<Vec<Item>> {
@@ -532,7 +539,7 @@ impl Reader {
         }
     }
 
-    async fn handle(&mut self, frame: BackendFrame) -> Result<Step, ReplicationError> {
+    async fn handle(&mut self, frame: BackendFrame) -> Result<FrameResult, ReplicationError> {
         match frame {
             BackendFrame::CopyData(payload) => match proto::parse_replication_message(payload)? {
                 ReplicationMessage::XLogData {
@@ -547,9 +554,9 @@ impl Reader {
                     if let Some(echo) = &mut self.echo
                         && !echo.keep(&data)
                     {
-                        return Ok(Step::Nothing);
+                        return Ok(FrameResult::Nothing);
                     }
-                    Ok(Step::Event(ReplicationEvent::XLogData {
+                    Ok(FrameResult::Event(ReplicationEvent::XLogData {
                         wal_start,
                         wal_end,
                         send_time,
@@ -564,23 +571,23 @@ impl Reader {
                     if reply_requested {
                         self.send_status(false).await?;
                     }
-                    Ok(Step::Event(ReplicationEvent::Keepalive {
+                    Ok(FrameResult::Event(ReplicationEvent::Keepalive {
                         wal_end,
                         send_time,
                     }))
                 }
             },
-            BackendFrame::Message(Message::CopyDone) => Ok(Step::End(Ok(()))),
+            BackendFrame::Message(Message::CopyDone) => Ok(FrameResult::End(Ok(()))),
             BackendFrame::Message(Message::ErrorResponse(body)) => {
-                Ok(Step::End(Err(db_error(&body)?)))
+                Ok(FrameResult::End(Err(db_error(&body)?)))
             }
             BackendFrame::Message(Message::NoticeResponse(body)) => {
                 log_notice(&body_error(body.fields())?);
-                Ok(Step::Nothing)
+                Ok(FrameResult::Nothing)
             }
-            BackendFrame::Message(Message::ParameterStatus(_)) => Ok(Step::Nothing),
+            BackendFrame::Message(Message::ParameterStatus(_)) => Ok(FrameResult::Nothing),
             BackendFrame::Message(Message::CommandComplete(_) | Message::ReadyForQuery(_)) => {
-                Ok(Step::End(Ok(())))
+                Ok(FrameResult::End(Ok(())))
             }
             BackendFrame::Message(_) | BackendFrame::CopyBothResponse => Err(
                 ReplicationError::Protocol("unexpected message in the replication stream".into()),

@@ -63,7 +63,7 @@ pub(super) async fn apply_loop(
     backfill: Backfill,
     work_rx: mpsc::Receiver<Work>,
     done_tx: mpsc::Sender<Done>,
-    ctx: cutover::Context,
+    ctx: cutover::CutoverContext,
     work_ready: Option<Arc<Notify>>,
 ) {
     let mut task = ApplyTask {
@@ -101,7 +101,7 @@ struct ApplyTask {
     backfill: Backfill,
     work_rx: mpsc::Receiver<Work>,
     done_tx: mpsc::Sender<Done>,
-    ctx: cutover::Context,
+    ctx: cutover::CutoverContext,
     /// Keys applied since a cut-over's verify began.
     tracker: Option<cutover::Tracker>,
     last_chunk: Instant,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::conninfo::ConnConfig;
-use crate::cutover::session::{Job, Update};
+use crate::cutover::session::{Job, StateUpdate};
 use crate::settings;
 
 /// How often the state is read without a notification.
@@ -23,7 +23,7 @@ pub(super) async fn control(
     config: ConnConfig,
     name: String,
     requests: mpsc::Sender<ControlEvent>,
-    mut updates: mpsc::UnboundedReceiver<Update>,
+    mut updates: mpsc::UnboundedReceiver<StateUpdate>,
     settings_tx: watch::Sender<settings::Control>,
 ) {
     let mut task = ControlTask {
@@ -40,13 +40,13 @@ pub(super) async fn control(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wake = tokio::select! {
-            u = updates.recv() => Wake::Update(u.map(Box::new)),
+            u = updates.recv() => Wake::StateUpdate(u.map(Box::new)),
             note = notification(&mut conn) => Wake::Notified(note.is_some()),
             _ = tick.tick() => Wake::Tick,
         };
         match wake {
-            Wake::Update(None) => return,
-            Wake::Update(Some(u)) => {
+            Wake::StateUpdate(None) => return,
+            Wake::StateUpdate(Some(u)) => {
                 task.write(&mut conn, &u).await;
                 continue;
             }
@@ -69,7 +69,7 @@ pub(super) async fn control(
 /// What woke the control task.
 enum Wake {
     /// A step or outcome to write (`None`: the session is gone).
-    Update(Option<Box<Update>>),
+    StateUpdate(Option<Box<StateUpdate>>),
     /// A notification (`false`: the connection ended).
     Notified(bool),
     Tick,
@@ -96,7 +96,7 @@ struct ControlTask {
 
 impl ControlTask {
     /// Writes a step (best effort) or an outcome (retried a little).
-    async fn write(&mut self, conn: &mut Option<ControlSession>, u: &Update) {
+    async fn write(&mut self, conn: &mut Option<ControlSession>, u: &StateUpdate) {
         if u.result.is_some() {
             self.active = None;
         }
@@ -277,7 +277,7 @@ async fn connected<'a>(
 
 pub(crate) async fn write_update(
     c: &tokio_postgres::Client,
-    u: &Update,
+    u: &StateUpdate,
 ) -> Result<(), tokio_postgres::Error> {
     let result = u
         .result

@@ -35,7 +35,7 @@ use super::{
 use crate::backfill::{Backfill, LiveLag, SharedProgress};
 use crate::catalog::Plan;
 use crate::conninfo::ConnConfig;
-use crate::cutover::session::{self as cutover, Cut, Update};
+use crate::cutover::session::{self as cutover, Cut, StateUpdate};
 use crate::mirror::applier::{Applier, Batch, SESSION_SETTINGS, SyncLink, SyncReply};
 use crate::mirror::txn::{Assembled, CommittedTxn, MirrorSource, TxnAssembler};
 use crate::pgoutput::{Decoder, DecoderOptions};
@@ -105,7 +105,7 @@ pub(super) struct Session<'a> {
 
     // Control and the cut-over.
     control_rx: mpsc::Receiver<ControlEvent>,
-    updates: mpsc::UnboundedSender<Update>,
+    updates: mpsc::UnboundedSender<StateUpdate>,
     cut: Option<Cut>,
     /// Shutdown asked for while a cut-over holds the apply task: leave once
     /// it has ended.
@@ -134,7 +134,7 @@ impl From<SessionError> for Leave {
 }
 
 /// What an event handler decides: go on (`Ok`), or the session is over.
-type Step = Result<(), Leave>;
+type Handled = Result<(), Leave>;
 
 impl<'a> Session<'a> {
     /// Connects the session's apply session, stream and helper tasks.
@@ -187,7 +187,7 @@ impl<'a> Session<'a> {
             updates_rx,
             settings_tx,
         )));
-        let ctx = cutover::Context {
+        let ctx = cutover::CutoverContext {
             spec: given.spec.clone(),
             mirrors: given.plan.mirrors.clone(),
             updates: updates.clone(),
@@ -294,7 +294,7 @@ impl<'a> Session<'a> {
 
     /// One pass: the next batch handed over, then the first event, by
     /// priority.
-    async fn pass(&mut self) -> Step {
+    async fn pass(&mut self) -> Handled {
         self.hand_over();
         let may_read = self.may_read();
         let stopping = self.stopping;
@@ -394,7 +394,7 @@ impl<'a> Session<'a> {
 
     /// Shutdown: finish the batches under way, report, leave. A cut-over in
     /// progress ends first (it needs the stream).
-    async fn on_shutdown(&mut self) -> Step {
+    async fn on_shutdown(&mut self) -> Handled {
         if self.job_running() {
             tracing::info!("stopping once the cut-over under way has ended");
             self.stopping = true;
@@ -404,7 +404,7 @@ impl<'a> Session<'a> {
             let why = "walshift run stopped before the cut-over began; nothing was changed";
             let _ = self
                 .updates
-                .send(Update::finished(cutover::refused(&c.job, why)));
+                .send(StateUpdate::finished(cutover::refused(&c.job, why)));
         }
         // Sent but not yet taken: never applied, nothing to confirm.
         let unsent = self.outbox.iter().filter(|w| matches!(w, Work::Batch(_)));
@@ -436,7 +436,7 @@ impl<'a> Session<'a> {
 
     /// The applier of a two-way spec asks for the stream up to its
     /// snapshot's WAL position.
-    fn on_sync_request(&mut self, lsn: Lsn) -> Step {
+    fn on_sync_request(&mut self, lsn: Lsn) -> Handled {
         if self.syncing.request(lsn, &mut self.pending, self.mirrors) {
             self.pending_left();
         } else {
@@ -447,13 +447,13 @@ impl<'a> Session<'a> {
 
     /// While a sync waits: ask the server for a keepalive, which says how
     /// far the stream is.
-    fn on_sync_nudge(&mut self) -> Step {
+    fn on_sync_nudge(&mut self) -> Handled {
         self.confirmer.request_reply();
         Ok(())
     }
 
     /// The apply task has room for the next item of the outbox.
-    fn on_room(&mut self, permit: Option<mpsc::OwnedPermit<Work>>) -> Step {
+    fn on_room(&mut self, permit: Option<mpsc::OwnedPermit<Work>>) -> Handled {
         let Some(permit) = permit else {
             return Err(SessionError::stop("the applier task ended unexpectedly").into());
         };
@@ -462,7 +462,7 @@ impl<'a> Session<'a> {
     }
 
     /// A cut-over request, its cancellation, or `ctl retry`.
-    fn on_control(&mut self, ev: ControlEvent) -> Step {
+    fn on_control(&mut self, ev: ControlEvent) -> Handled {
         let spec = self.given.spec;
         let job = match ev {
             ControlEvent::Retry => {
@@ -502,7 +502,7 @@ impl<'a> Session<'a> {
     fn refuse(&self, job: &cutover::Job, why: String) {
         let _ = self
             .updates
-            .send(Update::finished(cutover::refused(job, why)));
+            .send(StateUpdate::finished(cutover::refused(job, why)));
     }
 
     /// The verify before a cut-over has finished: refuse, or hand the job
@@ -510,7 +510,7 @@ impl<'a> Session<'a> {
     fn on_verified(
         &mut self,
         answer: Result<cutover::VerifyResult, tokio::sync::oneshot::error::RecvError>,
-    ) -> Step {
+    ) -> Handled {
         let c = self.cut.as_mut().expect("a cut-over is verifying");
         match c.verified(answer) {
             Some(why) => {
@@ -519,7 +519,7 @@ impl<'a> Session<'a> {
                 tracing::warn!(request = c.job.id, "{why}");
                 let mut out = cutover::refused(&c.job, why);
                 out.verify_seconds = c.verify_seconds;
-                let _ = self.updates.send(Update::finished(out));
+                let _ = self.updates.send(StateUpdate::finished(out));
             }
             None => {
                 tracing::info!(
@@ -542,7 +542,7 @@ impl<'a> Session<'a> {
     /// Another replication origin appeared while streaming with `origin =
     /// none`: stream again with every origin (origins.rs). Not in the middle
     /// of a cut-over: it ends first.
-    fn on_foreign_origin(&mut self, names: Vec<String>) -> Step {
+    fn on_foreign_origin(&mut self, names: Vec<String>) -> Handled {
         Err(Leave::Closing(Err(SessionError::retry(format!(
             "replication origin {} appeared: streaming again with every origin, from the slot's confirmed position",
             names.join(", ")
@@ -551,7 +551,7 @@ impl<'a> Session<'a> {
 
     /// The apply task reports: a batch committed (confirm it, I4), the
     /// backfill failed, or a cut-over ended.
-    async fn on_done(&mut self, done: Option<Done>) -> Step {
+    async fn on_done(&mut self, done: Option<Done>) -> Handled {
         let (batch, result) = match done {
             Some(Done::Batch(batch, result)) => {
                 self.outstanding = self.outstanding.saturating_sub(1);
@@ -585,7 +585,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    async fn on_cutover_ended(&mut self, mut outcome: crate::cutover::Outcome) -> Step {
+    async fn on_cutover_ended(&mut self, mut outcome: crate::cutover::Outcome) -> Handled {
         let c = self.cut.take().expect("a cut-over was running");
         outcome.verify_seconds = c.verify_seconds;
         let committed = cutover::ended(self.given.config, &self.updates, outcome).await;
@@ -602,7 +602,7 @@ impl<'a> Session<'a> {
     /// The stream: the event, then whatever else the reader already has, up
     /// to a burst: one pass of the loop per burst rather than per message
     /// (the backfill's echoes come by the million).
-    fn on_stream(&mut self, first: Option<Result<ReplicationEvent, ReplicationError>>) -> Step {
+    fn on_stream(&mut self, first: Option<Result<ReplicationEvent, ReplicationError>>) -> Handled {
         let mut ev = first;
         let mut handled = 0;
         loop {
@@ -726,7 +726,7 @@ impl<'a> Session<'a> {
     }
 
     /// A progress line now and then.
-    fn on_log_tick(&mut self) -> Step {
+    fn on_log_tick(&mut self) -> Handled {
         log_backfill(&self.progress);
         let t = &self.totals;
         tracing::info!(

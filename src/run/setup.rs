@@ -86,12 +86,33 @@ async fn ensure_inner(
     created_publication: &mut bool,
     created_origin: &mut bool,
 ) -> Result<Objects, String> {
-    let fail = |what: &str, e: tokio_postgres::Error| format!("{what}: {}", pg_message(&e));
     state::ensure_schema(client)
         .await
         .map_err(|e| fail("creating the walshift state schema", e))?;
+    ensure_publication(client, spec, plan, created_publication).await?;
+    let origin = ensure_origin(client, config, spec, created_origin).await?;
+    let (created_slot, lost) = ensure_slot(client, config, spec).await?;
+    Ok(Objects {
+        origin,
+        created_slot,
+        lost,
+    })
+}
 
-    // Publication over the sources.
+/// `what` failed, as one line.
+fn fail(what: &str, e: tokio_postgres::Error) -> String {
+    format!("{what}: {}", pg_message(&e))
+}
+
+/// The publication over the sources (and dependencies): created, or
+/// brought in line with the spec (a new dependency restarts its mirror's
+/// history).
+async fn ensure_publication(
+    client: &Client,
+    spec: &Spec,
+    plan: &Plan,
+    created: &mut bool,
+) -> Result<(), String> {
     let pubname = spec.publication_name();
     let tables: Vec<String> = sources(plan).iter().map(|t| t.to_string()).collect();
     let exists = client
@@ -113,47 +134,56 @@ async fn ensure_inner(
             ))
             .await
             .map_err(|e| fail(&format!("creating publication {pubname}"), e))?;
-        *created_publication = true;
+        *created = true;
         tracing::info!(publication = %pubname, "created publication");
-    } else {
-        let mut have: Vec<(String, String)> = client
-            .query(
-                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-                &[&pubname],
-            )
-            .await
-            .map_err(|e| fail("reading the publication's tables", e))?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let mut want: Vec<(String, String)> = sources(plan)
-            .into_iter()
-            .map(|t| (t.schema, t.name))
-            .collect();
-        have.sort();
-        want.sort();
-        if have != want {
-            tracing::warn!(publication = %pubname, ?have, ?want, "publication tables differ from the spec; updating it");
-            client
-                .batch_execute(&format!(
-                    "ALTER PUBLICATION {quoted} SET TABLE {}",
-                    tables.join(", ")
-                ))
-                .await
-                .map_err(|e| fail(&format!("updating publication {pubname}"), e))?;
-            restart_history_of_new_dependencies(client, spec, plan, &have)
-                .await
-                .map_err(|e| {
-                    fail(
-                        "restarting the backfill of a mirror with a new dependency",
-                        e,
-                    )
-                })?;
-        }
+        return Ok(());
     }
+    let mut have: Vec<(String, String)> = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&pubname],
+        )
+        .await
+        .map_err(|e| fail("reading the publication's tables", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut want: Vec<(String, String)> = sources(plan)
+        .into_iter()
+        .map(|t| (t.schema, t.name))
+        .collect();
+    have.sort();
+    want.sort();
+    if have == want {
+        return Ok(());
+    }
+    tracing::warn!(publication = %pubname, ?have, ?want, "publication tables differ from the spec; updating it");
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {quoted} SET TABLE {}",
+            tables.join(", ")
+        ))
+        .await
+        .map_err(|e| fail(&format!("updating publication {pubname}"), e))?;
+    restart_history_of_new_dependencies(client, spec, plan, &have)
+        .await
+        .map_err(|e| {
+            fail(
+                "restarting the backfill of a mirror with a new dependency",
+                e,
+            )
+        })
+}
 
-    // Replication origin: optional. Creating and using one needs superuser
-    // or granted EXECUTE on the origin functions.
+/// The replication origin: optional. Creating and using one needs superuser
+/// or granted EXECUTE on the origin functions; without, walshift warns and
+/// goes on (returns whether there is one).
+async fn ensure_origin(
+    client: &Client,
+    config: &ConnConfig,
+    spec: &Spec,
+    created: &mut bool,
+) -> Result<bool, String> {
     let origin_name = spec.origin_name();
     let origin_exists = client
         .query_opt(
@@ -163,37 +193,43 @@ async fn ensure_inner(
         .await
         .map_err(|e| fail("looking up the replication origin", e))?
         .is_some();
-    let origin = if origin_exists {
-        true
-    } else {
-        match client
-            .execute("SELECT pg_replication_origin_create($1)", &[&origin_name])
-            .await
-        {
-            Ok(_) => {
-                *created_origin = true;
-                true
-            }
-            Err(e) if e.code().map(|c| c.code()) == Some("42501") => {
-                tracing::warn!(
-                    "replication origin functions are not permitted for {}: walshift still works, but its own \
-                     writes come back through the stream and are recomputed once (no-ops), and progress is kept \
-                     only in walshift.migration. To avoid that: GRANT EXECUTE ON FUNCTION \
-                     pg_replication_origin_create(text), pg_replication_origin_session_setup(text), \
-                     pg_replication_origin_xact_setup(pg_lsn, timestamptz), pg_replication_origin_progress(text, boolean) TO {}",
-                    config.user(),
-                    config.user()
-                );
-                false
-            }
-            Err(e) => return Err(fail("creating the replication origin", e)),
+    if origin_exists {
+        return Ok(true);
+    }
+    match client
+        .execute("SELECT pg_replication_origin_create($1)", &[&origin_name])
+        .await
+    {
+        Ok(_) => {
+            *created = true;
+            Ok(true)
         }
-    };
+        Err(e) if e.code().map(|c| c.code()) == Some("42501") => {
+            tracing::warn!(
+                "replication origin functions are not permitted for {}: walshift still works, but its own \
+                 writes come back through the stream and are recomputed once (no-ops), and progress is kept \
+                 only in walshift.migration. To avoid that: GRANT EXECUTE ON FUNCTION \
+                 pg_replication_origin_create(text), pg_replication_origin_session_setup(text), \
+                 pg_replication_origin_xact_setup(pg_lsn, timestamptz), pg_replication_origin_progress(text, boolean) TO {}",
+                config.user(),
+                config.user()
+            );
+            Ok(false)
+        }
+        Err(e) => Err(fail("creating the replication origin", e)),
+    }
+}
 
-    // The slot, last: the publication exists before its consistent point.
-    // A slot that is lost (invalidated, or gone though the state says
-    // walshift made one) is not replaced here: `run` resynchronises, or
-    // stops, as `[safety] on_slot_lost` says (slot.rs).
+/// The slot, last: the publication exists before its consistent point. A
+/// slot that is lost (invalidated, or gone though the state says walshift
+/// made one) is not replaced here: `run` resynchronises, or stops, as
+/// `[safety] on_slot_lost` says (slot.rs). Returns whether the slot was
+/// created, and why it is lost if it is; the state row is registered.
+async fn ensure_slot(
+    client: &Client,
+    config: &ConnConfig,
+    spec: &Spec,
+) -> Result<(bool, Option<String>), String> {
     let slot = spec.slot_name();
     let health = super::slot::health(client, &slot)
         .await
@@ -217,11 +253,7 @@ async fn ensure_inner(
         }
         return Err(fail("recording walshift's state", e));
     }
-    Ok(Objects {
-        origin,
-        created_slot,
-        lost,
-    })
+    Ok((created_slot, lost))
 }
 
 async fn drop_slot(config: &ConnConfig, slot: &str) {

@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 use super::super::bind::Args;
-use super::super::flight;
+use super::super::pipeline;
 use super::super::sql::keys::{
     KEYS_FORGET_HELD, KEYS_HELD, KeyKind, keys_forget, keys_hold, keys_store,
 };
@@ -156,7 +156,7 @@ impl Applier {
             step,
             simple(c, "RELEASE SAVEPOINT walshift_keys"),
         ];
-        match flight::in_order(steps).await {
+        match pipeline::in_order(steps).await {
             Ok(mut wrote) => Ok(wrote.swap_remove(1)),
             Err(failed) => {
                 c.batch_execute(

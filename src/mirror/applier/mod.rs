@@ -3,7 +3,7 @@
 //! ```text
 //!  Batch (keys per mirror, xids, end LSN)
 //!    │ 1. visibility barrier: every xid visible in pg_current_snapshot() (I2)
-//!    │ 2. BEGIN; pg_replication_origin_xact_setup(end LSN)       (I4, I5)  ┐ one flight:
+//!    │ 2. BEGIN; pg_replication_origin_xact_setup(end LSN)       (I4, I5)  ┐ one pipeline:
 //!    │ 3. progress row                                                   │ sent back to
 //!    │ 4. one statement per mirror: keys as text[] cast by Postgres      │ back, one
 //!    │ 5. COMMIT                                                         ┘ round trip
@@ -13,7 +13,7 @@
 //!
 //! Round trips are what a sidecar pays per transaction, and more so when it
 //! runs on another host than the database: a batch costs two (the barrier's
-//! snapshot, then the [`flight`]), a backfill chunk two (BEGIN with its
+//! snapshot, then the [`pipeline`]), a backfill chunk two (BEGIN with its
 //! bound, then the recompute with its checkpoint and COMMIT).
 //!
 //! The applier is the only writer of the targets (I3): live batches and
@@ -34,7 +34,7 @@ pub use isolate::HeldKey;
 pub use two_way::{SyncLink, SyncReply, TwoWayCounts};
 
 use super::bind::Args;
-use super::flight;
+use super::pipeline;
 use super::sql::{self, Param, Scope};
 use super::txn::{CommittedTxn, Key, MirrorKeys};
 use super::visibility::Snapshot;
@@ -507,7 +507,7 @@ impl Applier {
         let batch = resolved.as_ref().unwrap_or(batch);
         let steps = key_steps(&self.mirrors, &self.client, batch, &mut stats);
         // The caller rolls its transaction back on an error.
-        stats.add(flight::in_order(steps).await.map_err(|f| f.error)?);
+        stats.add(pipeline::in_order(steps).await.map_err(|f| f.error)?);
         Ok(stats)
     }
 
@@ -515,7 +515,10 @@ impl Applier {
     /// the transaction open on [`Applier::client`].
     pub async fn record_position(&self, batch: &Batch) -> Result<(), ApplyError> {
         let steps = position_steps(&self.client, self.origin, &self.spec_name, batch);
-        flight::in_order(steps).await.map(drop).map_err(|f| f.error)
+        pipeline::in_order(steps)
+            .await
+            .map(drop)
+            .map_err(|f| f.error)
     }
 
     /// I2: waits until every xid is visible to a new snapshot. Returns how
@@ -601,7 +604,7 @@ impl Applier {
                 .map(|_| Default::default())
                 .collect();
             holdings[i].recovered = recovered;
-            flight::in_order(self.holding_steps(&holdings))
+            pipeline::in_order(self.holding_steps(&holdings))
                 .await
                 .map_err(|f| f.error)?;
             self.held_after(holdings);
@@ -770,7 +773,8 @@ impl Applier {
         let c = &self.client;
         // Flight 1: BEGIN and the chunk's upper bound. Its errors are
         // handled with the count's below: any of them ends in ROLLBACK.
-        let found = flight::in_order(vec![simple(c, "BEGIN"), bound_step(c, m, lower, rows)]).await;
+        let found =
+            pipeline::in_order(vec![simple(c, "BEGIN"), bound_step(c, m, lower, rows)]).await;
         let opened = async {
             let upper = found
                 .map_err(|f| f.error)?
@@ -887,10 +891,10 @@ impl Applier {
     }
 }
 
-/// One statement of a [`flight`] on the applier's session, and what it wrote.
-type Step<'a> = flight::Step<'a, Wrote, ApplyError>;
+/// One statement of a [`pipeline`] on the applier's session, and what it wrote.
+type Step<'a> = pipeline::Step<'a, Wrote, ApplyError>;
 
-/// What one statement of a flight wrote, or the row it read.
+/// What one statement of a pipeline wrote, or the row it read.
 #[derive(Default)]
 struct Wrote {
     written: u64,
@@ -1004,12 +1008,12 @@ fn range_step<'a>(
     })
 }
 
-/// A flight that begins (or continues) a transaction on `c`. When it fails
+/// A pipeline that begins (or continues) a transaction on `c`. When it fails
 /// before all of it was sent, the transaction is still open, and it is
-/// rolled back here; otherwise the flight's own `COMMIT` (or the caller's
-/// `ROLLBACK`, for a flight without one) ends it.
+/// rolled back here; otherwise the pipeline's own `COMMIT` (or the caller's
+/// `ROLLBACK`, for a pipeline without one) ends it.
 async fn in_transaction<'a>(c: &'a Client, steps: Vec<Step<'a>>) -> Result<Vec<Wrote>, ApplyError> {
-    match flight::in_order(steps).await {
+    match pipeline::in_order(steps).await {
         Ok(wrote) => Ok(wrote),
         Err(failed) => {
             if failed.unsent > 0 {

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use super::super::flight;
+use super::super::pipeline;
 use super::super::sql::keys::{KEYS_CARRIED, KEYS_FORGET_MARKS, KeyKind};
 use super::super::sql::{self, Param, Scope};
 use super::super::txn::{Conflicts, Dir, Key, MirrorKeys};
@@ -403,7 +403,7 @@ impl Applier {
             });
         }
         let steps = self.keep_keys(&work, &outcome);
-        flight::in_order(steps).await.map_err(|f| f.error)?;
+        pipeline::in_order(steps).await.map_err(|f| f.error)?;
         self.report(&work, &outcome.reversed);
         self.carried_after(&work, outcome.carried);
         self.held_after(outcome.holdings);
@@ -621,7 +621,7 @@ impl Applier {
             let mut outcome = self.run_work(&work).await?;
             // The chunk, after the live work: its marks are visible to it.
             let mark_steps = self.keep_marks(&work);
-            flight::in_order(mark_steps).await.map_err(|f| f.error)?;
+            pipeline::in_order(mark_steps).await.map_err(|f| f.error)?;
             let chunk = self.history_range(i, lower, rows, &mut outcome).await?;
             Ok::<_, ApplyError>((outcome, chunk))
         }

@@ -556,7 +556,7 @@ fn range_count_counts_past_the_lower_bound() {
     assert!(s.params.is_empty());
 }
 
-/// Typed execution (`query_typed`, the applier's flights) declares each
+/// Typed execution (`query_typed`, the applier's pipelines) declares each
 /// parameter's type from [`Param::pg_type`] instead of asking the server. It
 /// guards that the declared type is the one the text casts the parameter to
 /// first, for every statement and scope a caller can bind: a mismatch would

@@ -21,7 +21,7 @@
 //! - A step can also fail on the client before it is sent (a value that does
 //!   not encode as its declared type). The server would not see that error,
 //!   so a `COMMIT` sent after it would commit the rest. A step that fails at
-//!   its first poll therefore ends the flight: the steps after it are never
+//!   its first poll therefore ends the pipeline: the steps after it are never
 //!   sent, and [`Failed::unsent`] tells the caller its transaction is still
 //!   open and wants a `ROLLBACK`.
 
@@ -29,16 +29,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-/// One statement of a flight, as a future that sends it on its first poll.
+/// One statement of a pipeline, as a future that sends it on its first poll.
 pub type Step<'a, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'a>>;
 
-/// Why a flight failed.
+/// Why a pipeline failed.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Failed<E> {
     /// The first error in order.
     pub error: E,
     /// Steps never sent, because one before them failed at its first poll.
-    /// Not zero: a transaction the flight began is still open.
+    /// Not zero: a transaction the pipeline began is still open.
     pub unsent: usize,
 }
 
