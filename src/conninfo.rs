@@ -114,83 +114,8 @@ impl ConnConfig {
                 .map(|(_, v)| v.clone())
         };
 
-        // Environment defaults, as libpq applies them: only where unset.
-        if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
-            match env("PGHOST") {
-                Some(h) if !h.is_empty() => {
-                    for h in h.split(',') {
-                        pg.host(h);
-                    }
-                }
-                _ => {
-                    pg.host_path(default_socket_dir());
-                }
-            }
-        }
-        if pg.get_ports().is_empty() {
-            if let Some(p) = env("PGPORT").filter(|p| !p.is_empty()) {
-                for p in p.split(',') {
-                    let port = p.trim().parse().map_err(|_| ConnConfigError::Env {
-                        var: "PGPORT",
-                        value: p.to_string(),
-                        why: "not a port number".into(),
-                    })?;
-                    pg.port(port);
-                }
-            }
-        }
-        if pg.get_user().is_none() {
-            let user = env("PGUSER")
-                .filter(|u| !u.is_empty())
-                .or_else(os_user_name)
-                .unwrap_or_else(|| "postgres".into());
-            pg.user(user);
-        }
-        if pg.get_dbname().is_none() {
-            let db = env("PGDATABASE")
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| pg.get_user().unwrap_or("postgres").to_string());
-            pg.dbname(db);
-        }
-        if pg.get_password().is_none() {
-            if let Some(pw) = env("PGPASSWORD") {
-                pg.password(pw);
-            }
-        }
-        if pg.get_application_name().is_none() {
-            pg.application_name(env("PGAPPNAME").unwrap_or_else(|| "walshift".into()));
-        }
-        if pg.get_connect_timeout().is_none() {
-            if let Some(t) = env("PGCONNECT_TIMEOUT").filter(|t| !t.is_empty()) {
-                let secs: u64 = t.trim().parse().map_err(|_| ConnConfigError::Env {
-                    var: "PGCONNECT_TIMEOUT",
-                    value: t.clone(),
-                    why: "not a whole number of seconds".into(),
-                })?;
-                if secs > 0 {
-                    pg.connect_timeout(Duration::from_secs(secs.max(2)));
-                }
-            }
-        }
-
-        let mode_text = lookup("sslmode").or_else(|| env("PGSSLMODE").filter(|m| !m.is_empty()));
-        let mode = match mode_text {
-            Some(m) => m
-                .parse::<SslMode>()
-                .map_err(|_| ConnConfigError::SslMode(m))?,
-            None => SslMode::Prefer,
-        };
-        let path = |key: &str, var: &str| {
-            lookup(key)
-                .or_else(|| env(var).filter(|v| !v.is_empty()))
-                .map(PathBuf::from)
-        };
-        let tls = TlsSettings {
-            mode,
-            root_cert: path("sslrootcert", "PGSSLROOTCERT"),
-            client_cert: path("sslcert", "PGSSLCERT"),
-            client_key: path("sslkey", "PGSSLKEY"),
-        };
+        env_defaults(&mut pg, &env)?;
+        let tls = tls_settings(&lookup, &env)?;
         // tokio-postgres only knows disable/prefer/require; our TLS connector
         // does the verification that verify-ca/verify-full ask for.
         pg.ssl_mode(match tls.mode {
@@ -354,6 +279,97 @@ impl ConnConfig {
     ) -> Result<tokio_postgres::Client, SqlConnectError> {
         crate::net::sql::connect(self, notes).await.map(|(c, _)| c)
     }
+}
+
+/// Environment defaults, as libpq applies them: only where the connection
+/// string left a parameter unset.
+fn env_defaults(
+    pg: &mut tokio_postgres::Config,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConnConfigError> {
+    if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
+        match env("PGHOST") {
+            Some(h) if !h.is_empty() => {
+                for h in h.split(',') {
+                    pg.host(h);
+                }
+            }
+            _ => {
+                pg.host_path(default_socket_dir());
+            }
+        }
+    }
+    if pg.get_ports().is_empty() {
+        if let Some(p) = env("PGPORT").filter(|p| !p.is_empty()) {
+            for p in p.split(',') {
+                let port = p.trim().parse().map_err(|_| ConnConfigError::Env {
+                    var: "PGPORT",
+                    value: p.to_string(),
+                    why: "not a port number".into(),
+                })?;
+                pg.port(port);
+            }
+        }
+    }
+    if pg.get_user().is_none() {
+        let user = env("PGUSER")
+            .filter(|u| !u.is_empty())
+            .or_else(os_user_name)
+            .unwrap_or_else(|| "postgres".into());
+        pg.user(user);
+    }
+    if pg.get_dbname().is_none() {
+        let db = env("PGDATABASE")
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| pg.get_user().unwrap_or("postgres").to_string());
+        pg.dbname(db);
+    }
+    if pg.get_password().is_none() {
+        if let Some(pw) = env("PGPASSWORD") {
+            pg.password(pw);
+        }
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name(env("PGAPPNAME").unwrap_or_else(|| "walshift".into()));
+    }
+    if pg.get_connect_timeout().is_none() {
+        if let Some(t) = env("PGCONNECT_TIMEOUT").filter(|t| !t.is_empty()) {
+            let secs: u64 = t.trim().parse().map_err(|_| ConnConfigError::Env {
+                var: "PGCONNECT_TIMEOUT",
+                value: t.clone(),
+                why: "not a whole number of seconds".into(),
+            })?;
+            if secs > 0 {
+                pg.connect_timeout(Duration::from_secs(secs.max(2)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The TLS parameters: the connection string's, else the environment's.
+fn tls_settings(
+    lookup: &impl Fn(&str) -> Option<String>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<TlsSettings, ConnConfigError> {
+    let mode_text = lookup("sslmode").or_else(|| env("PGSSLMODE").filter(|m| !m.is_empty()));
+    let mode = match mode_text {
+        Some(m) => m
+            .parse::<SslMode>()
+            .map_err(|_| ConnConfigError::SslMode(m))?,
+        None => SslMode::Prefer,
+    };
+    let path = |key: &str, var: &str| {
+        lookup(key)
+            .or_else(|| env(var).filter(|v| !v.is_empty()))
+            .map(PathBuf::from)
+    };
+    Ok(TlsSettings {
+        mode,
+        root_cert: path("sslrootcert", "PGSSLROOTCERT"),
+        client_cert: path("sslcert", "PGSSLCERT"),
+        client_key: path("sslkey", "PGSSLKEY"),
+    })
 }
 
 /// An ordinary SQL session could not be opened.

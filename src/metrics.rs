@@ -135,6 +135,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
 /// histogram and the throttle gauges at zero so `/metrics` lists them from
 /// the start (the other gauges appear once measured).
 pub fn describe() {
+    describe_stream_and_apply();
+    describe_backfill_and_lag();
+    describe_health();
+    describe_keys();
+    register_at_zero();
+}
+
+/// What comes in (changes, transactions) and what the applier does with it.
+fn describe_stream_and_apply() {
     describe_counter!(
         CHANGES_RECEIVED,
         Unit::Count,
@@ -165,6 +174,10 @@ pub fn describe() {
         Unit::Seconds,
         "Time to apply one live batch: visibility barrier, recompute statements, commit."
     );
+}
+
+/// History's progress and throttle; lag and retained WAL.
+fn describe_backfill_and_lag() {
     describe_counter!(
         BACKFILL_ROWS,
         Unit::Count,
@@ -193,6 +206,10 @@ pub fn describe() {
         Unit::Bytes,
         "WAL that walshift's replication slot keeps from being recycled (from its restart_lsn)."
     );
+}
+
+/// The stream's connection, reconnects, resyncs, dead links and failures.
+fn describe_health() {
     describe_gauge!(
         STREAM_CONNECTED,
         "1 while walshift's replication stream is connected and streaming, else 0."
@@ -221,6 +238,10 @@ pub fn describe() {
         "Failures by kind: retry (transient, reconnecting), stop (run stopped; operator must act), \
          safety_stop (WAL safety limit), objects_gone (slot or state removed), lost_race (retried in place)."
     );
+}
+
+/// Two-way mirrors' conflicts and keys, and held keys.
+fn describe_keys() {
     describe_counter!(
         CONFLICTS,
         Unit::Count,
@@ -243,6 +264,11 @@ pub fn describe() {
          held, with their error, until their row changes or `walshift ctl SPEC retry`; every \
          other key goes on. Not ready while any is held."
     );
+}
+
+/// Counters at zero, the empty histogram and the gauges that have a value
+/// from the start, so `/metrics` lists them before anything happened.
+fn register_at_zero() {
     for name in [
         CHANGES_RECEIVED,
         TRANSACTIONS_RECEIVED,

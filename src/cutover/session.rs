@@ -22,7 +22,7 @@ use super::{MARKER_PREFIX, MarkerKind, MirrorCheck, Outcome, marker, marker_cont
 use crate::catalog::{MirrorPlan, Plan};
 use crate::conninfo::ConnConfig;
 use crate::error_policy::pg_message;
-use crate::mirror::applier::{Applier, ApplyStats, Batch};
+use crate::mirror::applier::{Applier, ApplyError, ApplyStats, Batch};
 use crate::mirror::txn::Key;
 use crate::run::AbortOnDrop;
 use crate::run::apply_task::{Done, Work};
@@ -302,7 +302,30 @@ pub(crate) async fn execute(
         }
         let locked = Instant::now();
         out.lock_wait_ms = ms(locked - asked);
-        return under_lock(applier, work_rx, done_tx, tracker, &job, ctx, out, asked).await;
+        let (done, again) =
+            under_lock(applier, work_rx, done_tx, tracker, &job, ctx, out, asked).await;
+        out = done;
+        // The drain waited past lock_timeout on a row lock the sources' lock
+        // does not cover: like a lock attempt that timed out, nothing was
+        // changed, and the next attempt may get through.
+        let Some(t) = again.filter(|_| attempt < cut.max_attempts) else {
+            return out;
+        };
+        tracker = t;
+        tracing::info!(
+            request = job.id,
+            attempt,
+            error = out.error.as_deref().unwrap_or(""),
+            "the drain under the lock timed out on a lock; trying again"
+        );
+        out.error = None;
+        failed_attempts += asked.elapsed();
+        out.failed_attempts_ms = ms(failed_attempts);
+        let pause = backoff(cut.lock_timeout, attempt);
+        if !apply_for(applier, work_rx, done_tx, &mut tracker, pause).await {
+            out.error = Some("the session ended during the cut-over".into());
+            return out;
+        }
     }
     out.error = Some("cutover.max_attempts is 0".into());
     out
@@ -460,7 +483,7 @@ async fn under_lock(
     ctx: &CutoverContext,
     mut out: Outcome,
     asked: Instant,
-) -> Outcome {
+) -> (Outcome, Option<Tracker>) {
     let locked = Instant::now();
     if applier.is_two_way() {
         return under_lock_two_way(applier, done_tx, tracker, job, ctx, out, asked).await;
@@ -476,7 +499,7 @@ async fn under_lock(
             "cannot emit the cut-over marker: {}",
             pg_message(&e)
         ));
-        return out;
+        return (out, None);
     }
     let _ = ctx.updates.send(StateUpdate::step(
         job.id,
@@ -490,7 +513,7 @@ async fn under_lock(
     let (mut drained, drain) = collect_drain(work_rx, &mut tracker, &token, deadline).await;
     let drain = match drain {
         Ok(()) => apply_drain(applier, &mut drained).await,
-        Err(e) => Err(e),
+        Err(e) => Err((e, false)),
     };
     let drained = drained.batches;
     if let Err(e) = drain {
@@ -498,9 +521,10 @@ async fn under_lock(
         // their own, once the lock is gone.
         let _ = applier.client().batch_execute("ROLLBACK").await;
         out.freeze_ms = ms(asked.elapsed());
+        let (e, again) = e;
         out.error = Some(e);
         reapply(applier, done_tx, drained).await;
-        return out;
+        return (out, again.then_some(tracker));
     }
     out.drained_txns = drained.iter().map(|(b, _)| b.txns as u64).sum();
     let checks_from = Instant::now();
@@ -544,7 +568,7 @@ async fn under_lock(
             reapply(applier, done_tx, drained).await;
         }
     }
-    out
+    (out, None)
 }
 
 /// What a drain took from the stream: each batch (with the stats of its
@@ -595,22 +619,27 @@ async fn collect_drain(
 }
 
 /// Applies the drain, merged, in the lock's transaction, and records its
-/// position (I4).
-async fn apply_drain(applier: &mut Applier, drained: &mut Drained) -> Result<(), String> {
+/// position (I4). An error says whether it was a lock timeout.
+async fn apply_drain(applier: &mut Applier, drained: &mut Drained) -> Result<(), (String, bool)> {
     let Some(all) = drained.merged.as_ref() else {
         return Ok(());
     };
     let stats = applier
         .apply_in_transaction(all)
         .await
-        .map_err(|e| format!("applying the last changes: {e}"))?;
+        .map_err(|e| (format!("applying the last changes: {e}"), lock_timeout(&e)))?;
     if let Some((_, first)) = drained.batches.first_mut() {
         *first = stats;
     }
     applier
         .record_position(all)
         .await
-        .map_err(|e| format!("recording the position: {e}"))
+        .map_err(|e| (format!("recording the position: {e}"), lock_timeout(&e)))
+}
+
+/// The statement waited past `lock_timeout` for a lock.
+fn lock_timeout(e: &ApplyError) -> bool {
+    e.sqlstate() == Some(SqlState::LOCK_NOT_AVAILABLE.code())
 }
 
 /// [`under_lock`] for a spec with two-way mirrors: the drain is a sync
@@ -624,7 +653,7 @@ async fn under_lock_two_way(
     ctx: &CutoverContext,
     mut out: Outcome,
     asked: Instant,
-) -> Outcome {
+) -> (Outcome, Option<Tracker>) {
     let locked = Instant::now();
     let _ = ctx.updates.send(StateUpdate::step(
         job.id,
@@ -632,8 +661,8 @@ async fn under_lock_two_way(
         "sources and two-way targets locked; applying the last changes",
     ));
     let backup = applier.carried_backup();
-    let (batch, stats) = match tokio::time::timeout(DRAIN_TIMEOUT, applier.drain_locked()).await {
-        Ok(Ok(drained)) => drained,
+    let reply = match tokio::time::timeout(DRAIN_TIMEOUT, applier.sync_for_drain()).await {
+        Ok(Ok(reply)) => reply,
         failed => {
             let _ = applier.client().batch_execute("ROLLBACK").await;
             applier.restore_carried(backup);
@@ -641,10 +670,35 @@ async fn under_lock_two_way(
             out.error = Some(match failed {
                 Ok(Err(e)) => format!("applying the last changes: {e}"),
                 _ => format!(
-                    "the stream did not bring the last changes within {DRAIN_TIMEOUT:?}                      (walshift is behind, or the stream is stuck); nothing was changed"
+                    "the stream did not bring the last changes within {DRAIN_TIMEOUT:?} \
+                     (walshift is behind, or the stream is stuck); nothing was changed"
                 ),
             });
-            return out;
+            return (out, None);
+        }
+    };
+    let batch = reply.batch;
+    let drained = if reply.complete {
+        applier.apply_drain(&batch).await
+    } else {
+        Err(ApplyError::Session {
+            message: "the stream is too far behind to drain under the lock".into(),
+            action: crate::error_policy::Action::Retry,
+            sqlstate: None,
+        })
+    };
+    let stats = match drained {
+        Ok(stats) => stats,
+        Err(e) => {
+            // Nothing committed: what the sync took is applied again, in
+            // step with the stream, once the lock is gone.
+            let _ = applier.client().batch_execute("ROLLBACK").await;
+            applier.restore_carried(backup);
+            out.freeze_ms = ms(asked.elapsed());
+            let again = lock_timeout(&e).then_some(());
+            out.error = Some(format!("applying the last changes: {e}"));
+            reapply(applier, done_tx, vec![(batch, ApplyStats::default())]).await;
+            return (out, again.map(|()| tracker));
         }
     };
     tracker.add(&batch);
@@ -686,7 +740,7 @@ async fn under_lock_two_way(
             reapply(applier, done_tx, vec![(batch, stats)]).await;
         }
     }
-    out
+    (out, None)
 }
 
 /// Under the lock, after the drain: re-check, gates, operator SQL. Returns

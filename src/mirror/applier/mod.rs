@@ -153,6 +153,15 @@ impl ApplyError {
         }
     }
 
+    /// The server's SQLSTATE, when the server said no.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ApplyError::Mirror { sqlstate, .. } | ApplyError::Session { sqlstate, .. } => {
+                sqlstate.as_deref()
+            }
+        }
+    }
+
     fn session(e: tokio_postgres::Error) -> Self {
         ApplyError::Session {
             action: error_policy::for_pg(&e),

@@ -453,10 +453,10 @@ impl Applier {
 
     /// The cut-over's drain for a two-way spec, in its transaction holding
     /// the locks: every transaction committed before now comes from the
-    /// stream (nothing can commit on the locked tables meanwhile) and is
-    /// applied with every carried key, and the position recorded. Returns
-    /// what it applied, to be reported once the transaction commits.
-    pub async fn drain_locked(&mut self) -> Result<(Batch, ApplyStats), ApplyError> {
+    /// stream (nothing can commit on the locked tables meanwhile). The
+    /// reply says whether it is complete; what it holds is the caller's
+    /// (applied by [`Applier::apply_drain`], or again after the lock).
+    pub async fn sync_for_drain(&mut self) -> Result<SyncReply, ApplyError> {
         let lsn: String = self
             .client
             .query_typed_one("SELECT pg_current_wal_insert_lsn()::text", &[])
@@ -468,17 +468,15 @@ impl Applier {
             action: Action::Stop,
             sqlstate: None,
         })?;
-        let reply = self.sync_until(lsn).await?;
-        if !reply.complete {
-            return Err(ApplyError::Session {
-                message: "the stream is too far behind to drain under the lock".into(),
-                action: Action::Retry,
-                sqlstate: None,
-            });
-        }
-        let batch = reply.batch;
-        let mut stats = self.apply_two_way_in_transaction(&batch).await?;
-        // Every carried key too: nothing may wait past the switch.
+        self.sync_until(lsn).await
+    }
+
+    /// Applies what [`Applier::sync_for_drain`] took, and every carried key
+    /// (nothing may wait past the switch), in the lock's transaction, and
+    /// records its position (I4). On an error the caller rolls back, puts
+    /// the carry back and applies `batch` again after the lock.
+    pub async fn apply_drain(&mut self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        let mut stats = self.apply_two_way_in_transaction(batch).await?;
         while self.has_carried() {
             let more = self
                 .apply_two_way_in_transaction(&Batch::new(self.mirrors.len()))
@@ -488,9 +486,9 @@ impl Applier {
             stats.rows_deleted += more.rows_deleted;
         }
         if batch.txns > 0 {
-            self.record_position(&batch).await?;
+            self.record_position(batch).await?;
         }
-        Ok((batch, stats))
+        Ok(stats)
     }
 
     /// The carry as it is, to be put back with [`Applier::restore_carried`]
