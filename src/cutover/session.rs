@@ -213,15 +213,7 @@ pub(crate) async fn execute(
         return out;
     }
     let cut = &ctx.spec.cutover;
-    // Two-way mirrors: the new version writes their targets too.
-    let mut sources: Vec<String> = ctx
-        .mirrors
-        .iter()
-        .flat_map(|m| m.published())
-        .map(|t| t.to_string())
-        .collect();
-    sources.sort();
-    sources.dedup();
+    let sources = lock_targets(ctx);
     let lock_sql = format!(
         "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
         sources.join(", ")
@@ -230,12 +222,12 @@ pub(crate) async fn execute(
         "BEGIN; SET LOCAL lock_timeout = '{}ms'",
         cut.lock_timeout.as_millis().max(1)
     );
-
+    let ended = "the session ended during the cut-over";
     let mut probes = 0u32;
     let mut failed_attempts = Duration::ZERO;
     for attempt in 1..=cut.max_attempts {
         // Lock with as little as possible left to drain under the lock.
-        if !prepare(
+        let ready = prepare(
             applier,
             work_rx,
             done_tx,
@@ -243,10 +235,9 @@ pub(crate) async fn execute(
             &job,
             ctx,
             &mut probes,
-        )
-        .await
-        {
-            out.error = Some("the session ended during the cut-over".into());
+        );
+        if !ready.await {
+            out.error = Some(ended.into());
             return out;
         }
         out.attempts = attempt;
@@ -263,72 +254,101 @@ pub(crate) async fn execute(
                 ),
             )
         });
-        let client = applier.client();
         let asked = Instant::now();
-        if let Err(e) = client.batch_execute(&begin).await {
-            out.error = Some(format!("cannot begin the cut-over: {}", pg_message(&e)));
-            return out;
-        }
-        match client.batch_execute(&lock_sql).await {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                failed_attempts += asked.elapsed();
-                out.failed_attempts_ms = ms(failed_attempts);
-                if attempt == cut.max_attempts {
-                    out.error = Some(format!(
-                        "could not lock {} within lock_timeout {:?} in {} attempts (another session holds a \
-                         conflicting lock; see pg_locks); nothing was changed. Retry later, or raise \
-                         cutover.lock_timeout / cutover.max_attempts",
-                        sources.join(", "),
-                        cut.lock_timeout,
-                        cut.max_attempts
-                    ));
-                    return out;
-                }
-                // Back off, mirroring meanwhile so the drain stays short.
-                let pause = backoff(cut.lock_timeout, attempt);
-                if !apply_for(applier, work_rx, done_tx, &mut tracker, pause).await {
-                    out.error = Some("the session ended during the cut-over".into());
-                    return out;
-                }
-                continue;
-            }
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                out.error = Some(format!("cannot lock the sources: {}", pg_message(&e)));
+        match lock(applier.client(), &begin, &lock_sql).await {
+            Err(why) => {
+                out.error = Some(why);
                 return out;
             }
+            Ok(false) if attempt == cut.max_attempts => {
+                out.failed_attempts_ms = ms(failed_attempts + asked.elapsed());
+                out.error = Some(could_not_lock(&sources, cut));
+                return out;
+            }
+            Ok(false) => {}
+            Ok(true) => {
+                out.lock_wait_ms = ms(asked.elapsed());
+                let (done, again) =
+                    under_lock(applier, work_rx, done_tx, tracker, &job, ctx, out, asked).await;
+                out = done;
+                // The drain waited past lock_timeout on a row lock the
+                // sources' lock does not cover: like a lock attempt that
+                // timed out, nothing was changed, and the next one may get
+                // through.
+                let Some(t) = again.filter(|_| attempt < cut.max_attempts) else {
+                    return out;
+                };
+                tracker = t;
+                tracing::info!(
+                    request = job.id,
+                    attempt,
+                    error = out.error.as_deref().unwrap_or(""),
+                    "the drain under the lock timed out on a lock; trying again"
+                );
+                out.error = None;
+            }
         }
-        let locked = Instant::now();
-        out.lock_wait_ms = ms(locked - asked);
-        let (done, again) =
-            under_lock(applier, work_rx, done_tx, tracker, &job, ctx, out, asked).await;
-        out = done;
-        // The drain waited past lock_timeout on a row lock the sources' lock
-        // does not cover: like a lock attempt that timed out, nothing was
-        // changed, and the next attempt may get through.
-        let Some(t) = again.filter(|_| attempt < cut.max_attempts) else {
-            return out;
-        };
-        tracker = t;
-        tracing::info!(
-            request = job.id,
-            attempt,
-            error = out.error.as_deref().unwrap_or(""),
-            "the drain under the lock timed out on a lock; trying again"
-        );
-        out.error = None;
         failed_attempts += asked.elapsed();
         out.failed_attempts_ms = ms(failed_attempts);
+        // Back off, mirroring meanwhile so the drain stays short.
         let pause = backoff(cut.lock_timeout, attempt);
         if !apply_for(applier, work_rx, done_tx, &mut tracker, pause).await {
-            out.error = Some("the session ended during the cut-over".into());
+            out.error = Some(ended.into());
             return out;
         }
     }
     out.error = Some("cutover.max_attempts is 0".into());
     out
+}
+
+/// The tables the cut-over locks: every mirror's sources, and two-way
+/// mirrors' targets (the new version writes them too).
+fn lock_targets(ctx: &CutoverContext) -> Vec<String> {
+    let mut sources: Vec<String> = ctx
+        .mirrors
+        .iter()
+        .flat_map(|m| m.published())
+        .map(|t| t.to_string())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    sources
+}
+
+/// One attempt at the lock, in a new transaction with `lock_timeout`:
+/// `Ok(true)` when it holds the lock, `Ok(false)` when it timed out (rolled
+/// back), `Err` with why otherwise.
+async fn lock(
+    client: &tokio_postgres::Client,
+    begin: &str,
+    lock_sql: &str,
+) -> Result<bool, String> {
+    if let Err(e) = client.batch_execute(begin).await {
+        return Err(format!("cannot begin the cut-over: {}", pg_message(&e)));
+    }
+    match client.batch_execute(lock_sql).await {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                Ok(false)
+            } else {
+                Err(format!("cannot lock the sources: {}", pg_message(&e)))
+            }
+        }
+    }
+}
+
+/// Why the cut-over gave up on the lock.
+fn could_not_lock(sources: &[String], cut: &crate::spec::Cutover) -> String {
+    format!(
+        "could not lock {} within lock_timeout {:?} in {} attempts (another session holds a \
+         conflicting lock; see pg_locks); nothing was changed. Retry later, or raise \
+         cutover.lock_timeout / cutover.max_attempts",
+        sources.join(", "),
+        cut.lock_timeout,
+        cut.max_attempts
+    )
 }
 
 /// Gets ready to lock: probe markers through the stream, each one applying
@@ -527,6 +547,35 @@ async fn under_lock(
         return (out, again.then_some(tracker));
     }
     out.drained_txns = drained.iter().map(|(b, _)| b.txns as u64).sum();
+    match check_and_commit(applier, &tracker, job, ctx, &mut out, locked, asked).await {
+        Ok(()) => {
+            for (b, stats) in drained {
+                if done_tx.send(Done::Batch(b, Ok(stats))).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Err(e) => {
+            out.error = Some(e);
+            reapply(applier, done_tx, drained).await;
+        }
+    }
+    (out, None)
+}
+
+/// After the drain, under the lock: re-check, gates and the operator's SQL,
+/// then COMMIT (on a dry run or a failed check the operator's part is
+/// rolled back to the savepoint first, and the drain commits). `Err` with
+/// why, when the transaction did not commit (it is rolled back).
+async fn check_and_commit(
+    applier: &mut Applier,
+    tracker: &Tracker,
+    job: &Job,
+    ctx: &CutoverContext,
+    out: &mut Outcome,
+    locked: Instant,
+    asked: Instant,
+) -> Result<(), String> {
     let checks_from = Instant::now();
     out.drain_ms = ms(checks_from - locked);
     let _ = ctx.updates.send(StateUpdate::step(
@@ -534,8 +583,7 @@ async fn under_lock(
         "checking",
         "re-checking the keys changed since the verify, and the gates",
     ));
-
-    let failure = checks_and_sql(applier, &tracker, job, ctx, &mut out, checks_from).await;
+    let failure = checks_and_sql(applier, tracker, job, ctx, out, checks_from).await;
     let client = applier.client();
     let end = match &failure {
         None if !job.dry_run => "COMMIT",
@@ -547,28 +595,22 @@ async fn under_lock(
     out.freeze_ms = ms(asked.elapsed());
     match committed {
         Ok(()) => {
-            for (b, stats) in drained {
-                if done_tx.send(Done::Batch(b, Ok(stats))).await.is_err() {
-                    break;
-                }
-            }
             out.error = failure;
             out.passed = out.error.is_none();
             out.committed = out.passed && !job.dry_run;
+            Ok(())
         }
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
-            out.error = Some(match failure {
+            Err(match failure {
                 Some(f) => f,
                 None => format!(
                     "the cut-over transaction did not commit: {}; nothing was changed",
                     pg_message(&e)
                 ),
-            });
-            reapply(applier, done_tx, drained).await;
+            })
         }
     }
-    (out, None)
 }
 
 /// What a drain took from the stream: each batch (with the stats of its
@@ -703,40 +745,13 @@ async fn under_lock_two_way(
     };
     tracker.add(&batch);
     out.drained_txns = batch.txns as u64;
-    let checks_from = Instant::now();
-    out.drain_ms = ms(checks_from - locked);
-    let _ = ctx.updates.send(StateUpdate::step(
-        job.id,
-        "checking",
-        "re-checking the keys changed since the verify, and the gates",
-    ));
-    let failure = checks_and_sql(applier, &tracker, job, ctx, &mut out, checks_from).await;
-    let client = applier.client();
-    let end = match &failure {
-        None if !job.dry_run => "COMMIT",
-        _ => "ROLLBACK TO SAVEPOINT walshift_cutover; COMMIT",
-    };
-    let committing = Instant::now();
-    let committed = client.batch_execute(end).await;
-    out.commit_ms = ms(committing.elapsed());
-    out.freeze_ms = ms(asked.elapsed());
-    match committed {
+    match check_and_commit(applier, &tracker, job, ctx, &mut out, locked, asked).await {
         Ok(()) => {
             let _ = done_tx.send(Done::Synced(batch, Ok(stats), 0)).await;
-            out.error = failure;
-            out.passed = out.error.is_none();
-            out.committed = out.passed && !job.dry_run;
         }
         Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
             applier.restore_carried(backup);
-            out.error = Some(match failure {
-                Some(f) => f,
-                None => format!(
-                    "the cut-over transaction did not commit: {}; nothing was changed",
-                    pg_message(&e)
-                ),
-            });
+            out.error = Some(e);
             reapply(applier, done_tx, vec![(batch, stats)]).await;
         }
     }

@@ -36,9 +36,42 @@ pub async fn load_and_connect(
     path: &Path,
     db: &Db,
 ) -> Result<(Spec, tokio_postgres::Client), ExitCode> {
+    let (spec, _, client) = open(path, db).await?;
+    Ok((spec, client))
+}
+
+/// The spec, the connection settings and an SQL session, or the one-line
+/// error and exit code.
+pub async fn open(
+    path: &Path,
+    db: &Db,
+) -> Result<(Spec, ConnConfig, tokio_postgres::Client), ExitCode> {
     let (spec, config) = load(path, db)?;
     let client = connect(&config).await?;
-    Ok((spec, client))
+    Ok((spec, config, client))
+}
+
+/// Prints a report (as JSON, or `text` as it is) and exits as it passed:
+/// 0, or 1 when it did not.
+pub fn print_report(
+    json: bool,
+    report: &impl serde::Serialize,
+    text: String,
+    passed: bool,
+) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("a report serializes")
+        );
+    } else {
+        print!("{text}");
+    }
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// An SQL session, or the one-line error and exit code.

@@ -51,12 +51,8 @@ enum CtlAction {
 type Done = (Result<bool, tokio_postgres::Error>, String);
 
 pub async fn command(args: Args) -> ExitCode {
-    let (spec, config) = match cli::load(&args.spec, &args.db) {
+    let (spec, client) = match cli::load_and_connect(&args.spec, &args.db).await {
         Ok(v) => v,
-        Err(code) => return code,
-    };
-    let client = match cli::connect(&config).await {
-        Ok(c) => c,
         Err(code) => return code,
     };
     let name = spec.name.as_str();

@@ -72,21 +72,7 @@ async fn interrupted(client: &tokio_postgres::Client, id: i64) -> ExitCode {
 
 fn report(outcome: Result<Outcome, CutoverError>, json: bool) -> ExitCode {
     match outcome {
-        Ok(o) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&o).expect("outcome serializes")
-                );
-            } else {
-                println!("{}", o.render());
-            }
-            if o.passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+        Ok(o) => cli::print_report(json, &o, format!("{}\n", o.render()), o.passed),
         Err(CutoverError::NotReady(why)) => {
             cli::say_error(&why);
             ExitCode::from(1)

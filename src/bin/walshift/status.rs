@@ -16,12 +16,8 @@ pub struct Args {
 }
 
 pub async fn command(args: Args) -> ExitCode {
-    let (spec, config) = match cli::load(&args.spec, &args.db) {
+    let (spec, config, client) = match cli::open(&args.spec, &args.db).await {
         Ok(v) => v,
-        Err(code) => return code,
-    };
-    let client = match cli::connect(&config).await {
-        Ok(c) => c,
         Err(code) => return code,
     };
     let read = match walshift::status::read(&client, &spec).await {

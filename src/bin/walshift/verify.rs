@@ -31,21 +31,7 @@ pub async fn command(args: Args) -> ExitCode {
         Err(code) => return code,
     };
     match walshift::verify::verify(&client, &spec, &plan, args.examples).await {
-        Ok(report) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serializes")
-                );
-            } else {
-                print!("{}", report.render());
-            }
-            if report.passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+        Ok(report) => cli::print_report(args.json, &report, report.render(), report.passed),
         Err(e) => cli::fail(&format!(
             "verify failed: {}",
             walshift::error_policy::pg_message(&e)
