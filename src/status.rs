@@ -230,7 +230,8 @@ impl Status {
         let mut out = self.render_main();
         for t in &self.two_way {
             out.push_str(&format!(
-                "  two-way:   mirror {}: {} conflict(s) resolved, {} key(s) written back, {} carried\n",
+                "  two-way:   mirror {}: {} conflict(s) resolved, {} key(s) written back, {} \
+                 carried\n",
                 t.mirror, t.conflicts, t.reverse_keys, t.carried
             ));
         }
@@ -273,7 +274,17 @@ impl Status {
             }
             _ => out.push_str("  run:       not running\n"),
         }
-        let lag = match (self.lag.seconds, self.lag.bytes) {
+        out.push_str(&format!("  lag:       {}\n", self.render_lag()));
+        self.render_backfill(&mut out);
+        self.render_slot(&mut out);
+        out.push_str(&format!("  cutover:   {}\n", self.render_cutover()));
+        out
+    }
+
+    /// The `lag:` figure: live only while a run is alive, else the last
+    /// run's figure as history.
+    fn render_lag(&self) -> String {
+        match (self.lag.seconds, self.lag.bytes) {
             (Some(s), Some(b)) if self.lag.live => format!(
                 "{:.0} ms, {} behind",
                 s * 1000.0,
@@ -289,8 +300,12 @@ impl Status {
                     .unwrap_or_else(|| "?".into())
             ),
             _ => "not measured".into(),
-        };
-        out.push_str(&format!("  lag:       {lag}\n"));
+        }
+    }
+
+    /// The `backfill:` line, the operator's `settings:` when there are
+    /// any, and one line per mirror.
+    fn render_backfill(&self, out: &mut String) {
         let bf = if self.backfill.complete {
             "complete".to_string()
         } else if !self.run.alive {
@@ -322,21 +337,7 @@ impl Status {
             } else {
                 0.0
             };
-            let tail = if m.done {
-                "done".to_string()
-            } else if !self.run.alive {
-                "stopped".to_string()
-            } else {
-                let rate = m
-                    .rows_per_second
-                    .map(|r| format!("{r:.0} rows/s"))
-                    .unwrap_or_else(|| "-".into());
-                let eta = m
-                    .eta_seconds
-                    .map(|s| human_eta(Duration::from_secs_f64(s)))
-                    .unwrap_or_else(|| "?".into());
-                format!("{rate}, ETA {eta}")
-            };
+            let tail = self.render_mirror_tail(m);
             out.push_str(&format!(
                 "    mirror {}: {}/{} rows ({:.1}%), {} chunks, {tail}\n",
                 m.mirror,
@@ -346,6 +347,31 @@ impl Status {
                 m.chunks
             ));
         }
+    }
+
+    /// How a mirror's backfill ends its line: done, stopped (no run
+    /// alive), or its rate and ETA.
+    fn render_mirror_tail(&self, m: &MirrorBackfill) -> String {
+        if m.done {
+            "done".to_string()
+        } else if !self.run.alive {
+            "stopped".to_string()
+        } else {
+            let rate = m
+                .rows_per_second
+                .map(|r| format!("{r:.0} rows/s"))
+                .unwrap_or_else(|| "-".into());
+            let eta = m
+                .eta_seconds
+                .map(|s| human_eta(Duration::from_secs_f64(s)))
+                .unwrap_or_else(|| "?".into());
+            format!("{rate}, ETA {eta}")
+        }
+    }
+
+    /// The `slot:` line, then `slot lost:`, `resynced:` and `failover:`
+    /// when they apply.
+    fn render_slot(&self, out: &mut String) {
         let slot = if self.slot.exists {
             format!(
                 "{} {}, wal_status {}{}, retains {}{}",
@@ -377,7 +403,8 @@ impl Status {
         out.push_str(&format!("  slot:      {slot}\n"));
         if let Some(why) = &self.slot.lost {
             out.push_str(&format!(
-                "  slot lost: {why}; the next run resynchronises (or stops, as [safety] on_slot_lost says)\n"
+                "  slot lost: {why}; the next run resynchronises (or stops, as [safety] \
+                 on_slot_lost says)\n"
             ));
         }
         if self.slot.resyncs > 0 {
@@ -391,6 +418,11 @@ impl Status {
         if let Some(line) = crate::topology::render(&self.slot) {
             out.push_str(&format!("  failover:  {line}\n"));
         }
+    }
+
+    /// The `cutover:` figure: when it happened, else the latest request,
+    /// and whether the operator postponed it.
+    fn render_cutover(&self) -> String {
         let c = &self.cutover;
         let cut = match (&c.cut_over_at, &c.last) {
             (Some(at), last) => format!(
@@ -420,13 +452,81 @@ impl Status {
         } else {
             ""
         };
-        out.push_str(&format!("  cutover:   {cut}{hold}\n"));
-        out
+        format!("{cut}{hold}")
     }
 }
 
 /// Reads the status of `spec` from the database.
 pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres::Error> {
+    let mut slot = read_slot(client, spec).await?;
+    let Some(row) = migration_row(client, spec).await? else {
+        return Ok(Status {
+            name: spec.name.clone(),
+            phase: "not-started".into(),
+            ready: false,
+            run: RunState::default(),
+            lag: LagState::default(),
+            backfill: BackfillState::default(),
+            slot,
+            cutover: CutoverState::default(),
+            two_way: Vec::new(),
+            held: Vec::new(),
+        });
+    };
+    let row = StateRow(&row);
+    slot.lost = row.str("slot_lost");
+    slot.resyncs = row.i64("slot_resyncs").unwrap_or(0);
+    slot.resynced_at = row.str("slot_resynced_at");
+    slot.resync_reason = row.str("slot_resync_reason");
+    let heartbeat_age = row.f64("heartbeat_age");
+    let alive = slot.active && heartbeat_age.is_some_and(|a| a <= HEARTBEAT_STALE.as_secs_f64());
+    let mirrors = mirror_backfill(client, spec, alive).await?;
+    let complete = mirrors.len() == spec.mirrors.len() && mirrors.iter().all(|m| m.done);
+    let two_way = two_way_state(client, spec).await?;
+    let held = held_state(client, &spec.name).await?;
+    let mut status = Status {
+        name: spec.name.clone(),
+        phase: String::new(),
+        ready: false,
+        run: RunState {
+            alive,
+            host: row.str("run_host"),
+            pid: row.i64("run_pid").map(|p| p as i32),
+            heartbeat_age_seconds: heartbeat_age,
+        },
+        lag: LagState {
+            seconds: row.f64("lag_seconds"),
+            bytes: row.i64("lag_bytes"),
+            measured_age_seconds: row.f64("lag_age"),
+            live: alive,
+        },
+        backfill: row.backfill(mirrors, complete, alive),
+        slot,
+        two_way,
+        held,
+        cutover: CutoverState {
+            cut_over_at: row.str("cutover_at"),
+            postponed: row.bool("cutover_postponed").unwrap_or(false),
+            last: last_cutover(client, &spec.name).await?,
+        },
+    };
+    status.phase = if status.cutover.cut_over_at.is_some() {
+        "cut-over"
+    } else if !alive {
+        "stopped"
+    } else if !complete {
+        "backfilling"
+    } else {
+        "mirroring"
+    }
+    .into();
+    status.ready = status.is_ready(DEFAULT_MAX_LAG);
+    Ok(status)
+}
+
+/// The state of the replication slot of `spec` (defaults when it does not
+/// exist), with the standbys that must confirm its changes.
+async fn read_slot(client: &Client, spec: &Spec) -> Result<SlotState, tokio_postgres::Error> {
     let slot_name = spec.slot_name();
     let slot = client
         .query_opt(
@@ -457,6 +557,23 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
     };
     let mut slot = slot;
     slot.synchronized_standby_slots = crate::topology::synchronized_standby_slots(client).await?;
+    Ok(slot)
+}
+
+/// The row of migration `$1` as JSON text, with the ages of its lag
+/// measurement and heartbeat in seconds.
+const MIGRATION_ROW: &str = "SELECT (to_jsonb(m) || jsonb_build_object(
+                            'lag_age', extract(epoch FROM now() - (to_jsonb(m)->>'lag_measured_at')::timestamptz),
+                            'heartbeat_age', extract(epoch FROM now() - (to_jsonb(m)->>'run_heartbeat')::timestamptz)))::text
+                 FROM walshift.migration m WHERE name = $1";
+
+/// The row of `spec` in `walshift.migration` as JSON, with the ages of the
+/// last lag measurement and heartbeat; `None` before the first run (no state
+/// table, or no row).
+async fn migration_row(
+    client: &Client,
+    spec: &Spec,
+) -> Result<Option<serde_json::Value>, tokio_postgres::Error> {
     let has_state = client
         .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
         .await?
@@ -465,47 +582,23 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
     // columns) still reads: missing fields are simply absent.
     let row: Option<serde_json::Value> = if has_state {
         client
-            .query_opt(
-                "SELECT (to_jsonb(m) || jsonb_build_object(
-                            'lag_age', extract(epoch FROM now() - (to_jsonb(m)->>'lag_measured_at')::timestamptz),
-                            'heartbeat_age', extract(epoch FROM now() - (to_jsonb(m)->>'run_heartbeat')::timestamptz)))::text
-                 FROM walshift.migration m WHERE name = $1",
-                &[&spec.name],
-            )
+            .query_opt(MIGRATION_ROW, &[&spec.name])
             .await?
             .and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok())
     } else {
         None
     };
-    let Some(row) = row else {
-        return Ok(Status {
-            name: spec.name.clone(),
-            phase: "not-started".into(),
-            ready: false,
-            run: RunState::default(),
-            lag: LagState::default(),
-            backfill: BackfillState::default(),
-            slot,
-            cutover: CutoverState::default(),
-            two_way: Vec::new(),
-            held: Vec::new(),
-        });
-    };
-    let f64_of = |k: &str| {
-        row.get(k)
-            .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
-    };
-    let str_of = |k: &str| row.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    slot.lost = str_of("slot_lost");
-    slot.resyncs = row
-        .get("slot_resyncs")
-        .and_then(|v| v.as_i64())
-        .unwrap_or(0);
-    slot.resynced_at = str_of("slot_resynced_at");
-    slot.resync_reason = str_of("slot_resync_reason");
-    let heartbeat_age = f64_of("heartbeat_age");
-    let alive = slot.active && heartbeat_age.is_some_and(|a| a <= HEARTBEAT_STALE.as_secs_f64());
-    let mirrors: Vec<MirrorBackfill> = client
+    Ok(row)
+}
+
+/// The backfill progress of each mirror of `spec`, by mirror name; rate and
+/// ETA only while a run is `alive` (ETA 0 once done).
+async fn mirror_backfill(
+    client: &Client,
+    spec: &Spec,
+    alive: bool,
+) -> Result<Vec<MirrorBackfill>, tokio_postgres::Error> {
+    Ok(client
         .query(
             "SELECT mirror, rows_done, coalesce(rows_estimate, 0), chunks, done,
                     (to_jsonb(b)->>'rows_per_second')::float8
@@ -533,44 +626,49 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
                 eta_seconds: eta.filter(|_| done || alive),
             }
         })
-        .collect();
-    let complete = mirrors.len() == spec.mirrors.len() && mirrors.iter().all(|m| m.done);
-    let two_way = two_way_state(client, spec).await?;
-    let held = held_state(client, &spec.name).await?;
-    let paused = row
-        .get("backfill_paused")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    let mut status = Status {
-        name: spec.name.clone(),
-        phase: String::new(),
-        ready: false,
-        run: RunState {
-            alive,
-            host: str_of("run_host"),
-            pid: row
-                .get("run_pid")
-                .and_then(|v| v.as_i64())
-                .map(|p| p as i32),
-            heartbeat_age_seconds: heartbeat_age,
-        },
-        lag: LagState {
-            seconds: f64_of("lag_seconds"),
-            bytes: row.get("lag_bytes").and_then(|v| v.as_i64()),
-            measured_age_seconds: f64_of("lag_age"),
-            live: alive,
-        },
-        backfill: BackfillState {
+        .collect())
+}
+
+/// A `walshift.migration` row as JSON (see [`migration_row`]); a missing or
+/// mistyped field reads as `None`.
+struct StateRow<'a>(&'a serde_json::Value);
+
+impl StateRow<'_> {
+    /// A number, or a string that parses as one (`extract` gives numerics).
+    fn f64(&self, k: &str) -> Option<f64> {
+        self.0
+            .get(k)
+            .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
+    }
+
+    fn str(&self, k: &str) -> Option<String> {
+        self.0.get(k).and_then(|v| v.as_str()).map(str::to_string)
+    }
+
+    fn i64(&self, k: &str) -> Option<i64> {
+        self.0.get(k).and_then(|v| v.as_i64())
+    }
+
+    fn bool(&self, k: &str) -> Option<bool> {
+        self.0.get(k).and_then(|v| v.as_bool())
+    }
+
+    /// The backfill as a whole: whether it is complete, running, paused or
+    /// throttled (only while a run is `alive` and it is not complete), and
+    /// the operator's setting overrides.
+    fn backfill(&self, mirrors: Vec<MirrorBackfill>, complete: bool, alive: bool) -> BackfillState {
+        BackfillState {
             complete,
             running: !complete && alive,
-            paused,
+            paused: self.bool("backfill_paused").unwrap_or(false),
             throttle: if complete || !alive {
                 None
             } else {
-                str_of("throttle_reason")
+                self.str("throttle_reason")
             },
             mirrors,
-            overrides: row
+            overrides: self
+                .0
                 .get("settings")
                 .and_then(|v| v.as_object())
                 .map(|o| {
@@ -579,31 +677,8 @@ pub async fn read(client: &Client, spec: &Spec) -> Result<Status, tokio_postgres
                         .collect()
                 })
                 .unwrap_or_default(),
-        },
-        slot,
-        two_way,
-        held,
-        cutover: CutoverState {
-            cut_over_at: str_of("cutover_at"),
-            postponed: row
-                .get("cutover_postponed")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
-            last: last_cutover(client, &spec.name).await?,
-        },
-    };
-    status.phase = if status.cutover.cut_over_at.is_some() {
-        "cut-over"
-    } else if !alive {
-        "stopped"
-    } else if !complete {
-        "backfilling"
-    } else {
-        "mirroring"
+        }
     }
-    .into();
-    status.ready = status.is_ready(DEFAULT_MAX_LAG);
-    Ok(status)
 }
 
 /// The latest cut-over request (none before the first, or when the state
@@ -638,33 +713,34 @@ async fn last_cutover(
         }))
 }
 
+/// Whether the key table exists and records why a key is held (a state
+/// table from an older walshift may not).
+const HAS_HELD_KEYS: &str = "SELECT to_regclass('walshift.keys') IS NOT NULL \
+             AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('walshift.keys') AND attname = 'error')";
+
+/// The held keys of migration `$1`, at most `$2` per mirror, with each
+/// mirror's total.
+const HELD_KEYS: &str =
+    "SELECT mirror, total, key, dir, coalesce(sqlstate, ''), coalesce(error, ''), since::text
+             FROM (SELECT *, row_number() OVER (PARTITION BY mirror ORDER BY since, key) AS n,
+                          count(*) OVER (PARTITION BY mirror) AS total
+                   FROM walshift.keys WHERE name = $1 AND kind = 'held') k
+             WHERE n <= $2
+             ORDER BY mirror, n";
+
 /// The held keys, per mirror with a few examples.
 pub async fn held_state(
     client: &Client,
     name: &str,
 ) -> Result<Vec<MirrorHeld>, tokio_postgres::Error> {
     let keys = client
-        .query_one(
-            "SELECT to_regclass('walshift.keys') IS NOT NULL \
-             AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('walshift.keys') AND attname = 'error')",
-            &[],
-        )
+        .query_one(HAS_HELD_KEYS, &[])
         .await?
         .get::<_, bool>(0);
     if !keys {
         return Ok(Vec::new());
     }
-    let rows = client
-        .query(
-            "SELECT mirror, total, key, dir, coalesce(sqlstate, ''), coalesce(error, ''), since::text
-             FROM (SELECT *, row_number() OVER (PARTITION BY mirror ORDER BY since, key) AS n,
-                          count(*) OVER (PARTITION BY mirror) AS total
-                   FROM walshift.keys WHERE name = $1 AND kind = 'held') k
-             WHERE n <= $2
-             ORDER BY mirror, n",
-            &[&name, &HELD_EXAMPLES],
-        )
-        .await?;
+    let rows = client.query(HELD_KEYS, &[&name, &HELD_EXAMPLES]).await?;
     let mut out: Vec<MirrorHeld> = Vec::new();
     for r in rows {
         let mirror: i32 = r.get(0);
@@ -710,16 +786,12 @@ async fn two_way_state(
     } else {
         "0::bigint"
     };
-    let rows = client
-        .query(
-            &format!(
-                "SELECT b.mirror, coalesce((to_jsonb(b)->>'conflicts')::bigint, 0),
+    let sql = format!(
+        "SELECT b.mirror, coalesce((to_jsonb(b)->>'conflicts')::bigint, 0),
                         coalesce((to_jsonb(b)->>'reverse_keys')::bigint, 0), {carried}
                  FROM walshift.backfill b WHERE b.name = $1 AND b.mirror = ANY($2) ORDER BY b.mirror"
-            ),
-            &[&spec.name, &numbers],
-        )
-        .await?;
+    );
+    let rows = client.query(&sql, &[&spec.name, &numbers]).await?;
     Ok(rows
         .iter()
         .map(|r| MirrorTwoWay {

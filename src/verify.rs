@@ -407,6 +407,10 @@ async fn kinds(
     Ok((missing, extra, changed))
 }
 
+/// Whether slot `$2` has confirmed position `$1`.
+const CONFIRMED_PAST: &str =
+    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2";
+
 /// Waits until walshift has confirmed everything written before now: a
 /// watermark is emitted and the slot's confirmed position must pass it. A
 /// run confirms only what it has applied. Returns how long that took (the
@@ -438,10 +442,7 @@ pub async fn wait_caught_up(
         .get(0);
     while started.elapsed() < timeout {
         let done: Option<bool> = client
-            .query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                &[&lsn, &slot],
-            )
+            .query_one(CONFIRMED_PAST, &[&lsn, &slot])
             .await?
             .get(0);
         if done == Some(true) {
@@ -478,88 +479,13 @@ pub async fn verify_with(
     let mut mirrors = Vec::new();
     let mut candidates: Vec<Vec<Vec<String>>> = Vec::new();
     for m in &plan.mirrors {
-        let mut found: Vec<Vec<String>> = Vec::new();
-        let mut unmappable: Vec<Unmappable> = Vec::new();
-        let mut truncated = false;
-        let mut chunks = 0u64;
-        let mut lower: Option<Vec<String>> = None;
-        loop {
-            let bound = sql::chunk_upper_bound(&m.source, &m.key, lower.is_some());
-            let args = Args {
-                lower: lower.as_deref(),
-                count: CHUNK_ROWS,
-                ..Default::default()
-            };
-            let upper: Option<Vec<String>> = client
-                .query_opt(&bound.sql, &args.bind(&bound.params))
-                .await?
-                .map(|r| (0..m.key.len()).map(|i| r.get::<_, String>(i)).collect());
-            let room = (MAX_CANDIDATES - found.len() as i64).max(0);
-            if room == 0 {
-                truncated = true;
-            } else {
-                let range = (lower.as_deref(), upper.as_deref());
-                let keys = match differing_in_range(client, m, range.0, range.1, room + 1).await {
-                    Ok(keys) => keys,
-                    // A row the mapping fails on: the chunk key by key.
-                    Err(e) if is_about_a_row(&e) => {
-                        split_range(client, m, range, &mut unmappable).await?
-                    }
-                    Err(e) => return Err(e),
-                };
-                if keys.len() as i64 > room {
-                    truncated = true;
-                }
-                found.extend(keys.into_iter().take(room as usize));
-            }
-            chunks += 1;
-            match upper {
-                Some(u) => lower = Some(u),
-                None => break,
-            }
-        }
-        mirrors.push(MirrorReport {
-            mirror: m.number,
-            label: m.describe(),
-            chunks,
-            differing: 0,
-            examples: Vec::new(),
-            settled: 0,
-            truncated,
-            missing: 0,
-            extra: 0,
-            changed: 0,
-            held: 0,
-            held_examples: Vec::new(),
-            unmappable: unmappable.len() as u64,
-            unmappable_examples: unmappable.into_iter().take(examples).collect(),
-        });
+        let (report, found) = first_pass(client, m, examples).await?;
+        mirrors.push(report);
         candidates.push(found);
     }
 
-    // Re-check: what differed may only be in flight. Under a write load a
-    // key can change again while walshift catches up, so the keys that
-    // still differ get a few more rounds; a real difference survives them
-    // all (and a key a run is not alive to fix does not wait at all).
     let found: Vec<usize> = candidates.iter().map(Vec::len).collect();
-    let mut late_unmappable: Vec<Vec<Unmappable>> = vec![Vec::new(); plan.mirrors.len()];
-    for round in 0..RECHECK_ROUNDS {
-        if candidates.iter().all(|c| c.is_empty()) {
-            break;
-        }
-        let caught_up = wait_caught_up(client, &spec.slot_name(), Duration::from_secs(60)).await?;
-        for ((m, keys), late) in plan
-            .mirrors
-            .iter()
-            .zip(&mut candidates)
-            .zip(&mut late_unmappable)
-        {
-            *keys = among_isolating(client, m, std::mem::take(keys), late).await?;
-        }
-        if caught_up.is_none() || round + 1 == RECHECK_ROUNDS {
-            break;
-        }
-    }
+    let late_unmappable = recheck(client, spec, plan, &mut candidates).await?;
     for ((((report, still), found), m), late) in mirrors
         .iter_mut()
         .zip(candidates)
@@ -601,6 +527,108 @@ pub async fn verify_with(
         gates,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The first pass over one mirror, chunk by chunk in key order: which keys
+/// differ (at most [`MAX_CANDIDATES`], else truncated) and which rows the
+/// mapping fails on. Returns the mirror's report so far (chunks,
+/// truncation, unmappable rows; the rest is filled in after the re-check)
+/// and the differing keys, candidates for the re-check.
+async fn first_pass(
+    client: &Client,
+    m: &MirrorPlan,
+    examples: usize,
+) -> Result<(MirrorReport, Vec<Vec<String>>), tokio_postgres::Error> {
+    let mut found: Vec<Vec<String>> = Vec::new();
+    let mut unmappable: Vec<Unmappable> = Vec::new();
+    let mut truncated = false;
+    let mut chunks = 0u64;
+    let mut lower: Option<Vec<String>> = None;
+    loop {
+        let bound = sql::chunk_upper_bound(&m.source, &m.key, lower.is_some());
+        let args = Args {
+            lower: lower.as_deref(),
+            count: CHUNK_ROWS,
+            ..Default::default()
+        };
+        let upper: Option<Vec<String>> = client
+            .query_opt(&bound.sql, &args.bind(&bound.params))
+            .await?
+            .map(|r| (0..m.key.len()).map(|i| r.get::<_, String>(i)).collect());
+        let room = (MAX_CANDIDATES - found.len() as i64).max(0);
+        if room == 0 {
+            truncated = true;
+        } else {
+            let range = (lower.as_deref(), upper.as_deref());
+            let keys = match differing_in_range(client, m, range.0, range.1, room + 1).await {
+                Ok(keys) => keys,
+                // A row the mapping fails on: the chunk key by key.
+                Err(e) if is_about_a_row(&e) => {
+                    split_range(client, m, range, &mut unmappable).await?
+                }
+                Err(e) => return Err(e),
+            };
+            if keys.len() as i64 > room {
+                truncated = true;
+            }
+            found.extend(keys.into_iter().take(room as usize));
+        }
+        chunks += 1;
+        match upper {
+            Some(u) => lower = Some(u),
+            None => break,
+        }
+    }
+    let report = MirrorReport {
+        mirror: m.number,
+        label: m.describe(),
+        chunks,
+        differing: 0,
+        examples: Vec::new(),
+        settled: 0,
+        truncated,
+        missing: 0,
+        extra: 0,
+        changed: 0,
+        held: 0,
+        held_examples: Vec::new(),
+        unmappable: unmappable.len() as u64,
+        unmappable_examples: unmappable.into_iter().take(examples).collect(),
+    };
+    Ok((report, found))
+}
+
+/// Re-check: what differed may only be in flight. Under a write load a
+/// key can change again while walshift catches up, so the keys that
+/// still differ get a few more rounds; a real difference survives them
+/// all (and a key a run is not alive to fix does not wait at all).
+/// Leaves in `candidates` the keys that still differ, and returns, per
+/// mirror, the rows the mapping failed on in the re-check.
+async fn recheck(
+    client: &Client,
+    spec: &Spec,
+    plan: &Plan,
+    candidates: &mut [Vec<Vec<String>>],
+) -> Result<Vec<Vec<Unmappable>>, tokio_postgres::Error> {
+    let mut late_unmappable: Vec<Vec<Unmappable>> = vec![Vec::new(); plan.mirrors.len()];
+    for round in 0..RECHECK_ROUNDS {
+        if candidates.iter().all(|c| c.is_empty()) {
+            break;
+        }
+        let caught_up = wait_caught_up(client, &spec.slot_name(), Duration::from_secs(60)).await?;
+        for ((m, keys), late) in plan
+            .mirrors
+            .iter()
+            .zip(candidates.iter_mut())
+            .zip(&mut late_unmappable)
+        {
+            *keys = among_isolating(client, m, std::mem::take(keys), late).await?;
+        }
+        if caught_up.is_none() || round + 1 == RECHECK_ROUNDS {
+            break;
+        }
+    }
+    Ok(late_unmappable)
 }
 
 /// A gate passes when its query returns exactly one row of one true.

@@ -57,6 +57,19 @@ pub(super) async fn check(
     Ok((ctx.problems.len() == before).then_some(out))
 }
 
+/// One `depends` entry of a mirror, as the checks of [`one`] see it.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    label: &'a str,
+    /// `depends[i]`, as problems name the entry.
+    field: &'a str,
+    source: &'a Relation,
+    d: &'a Depends,
+    table: &'a Relation,
+}
+
+/// Checks one `depends` entry whose table exists; `None` when it has a
+/// problem (already reported).
 async fn one(
     ctx: &mut Ctx<'_>,
     label: &str,
@@ -66,124 +79,20 @@ async fn one(
     table: &Relation,
     must_publish: &impl Fn(&QualifiedName) -> bool,
 ) -> Result<Option<DependPlan>, Error> {
-    let shown = &table.display;
-    if !table.is_table() {
-        ctx.problem(
-            label,
-            format!(
-                "{field}: {shown} is not a table (ordinary or partitioned), so its changes do not \
-                 reach the WAL stream; depend on the tables it reads instead"
-            ),
-        );
-        return Ok(None);
-    }
-    if table.persistence != 'p' {
-        ctx.problem(
-            label,
-            format!(
-                "{field}: {shown} is not a logged table, so its changes never reach the WAL \
-                 stream; run ALTER TABLE {shown} SET LOGGED"
-            ),
-        );
-        return Ok(None);
-    }
-    let Some(pk) = table.primary_key() else {
-        ctx.problem(
-            label,
-            format!(
-                "{field}: {shown} has no primary key, so walshift cannot tell which of its rows \
-                 changed; add one (ALTER TABLE {shown} ADD PRIMARY KEY (...))"
-            ),
-        );
+    let entry = Entry {
+        label,
+        field,
+        source,
+        d,
+        table,
+    };
+    let Some(key) = entry.key(ctx).await? else {
         return Ok(None);
     };
-    let key: Vec<&Column> = pk
-        .columns
-        .iter()
-        .filter_map(|&n| table.column_by_num(n))
-        .collect();
-    let key_names: Vec<&str> = key.iter().map(|c| c.display.as_str()).collect();
-    super::mirror::replica_identity(ctx, label, table, &key).await?;
-    if d.columns.len() != key.len() {
-        ctx.problem(
-            label,
-            format!(
-                "{field}: columns lists {} column(s) but the primary key of {shown} ({}) has {}; \
-                 list the source columns holding that key, one per key column, in key order",
-                d.columns.len(),
-                key_names.join(", "),
-                key.len()
-            ),
-        );
+    let Some(refs) = entry.refs(ctx, &key) else {
         return Ok(None);
-    }
-    let mut refs = Vec::new();
-    for (name, k) in d.columns.iter().zip(&key) {
-        let Some(c) = source.column(name) else {
-            ctx.problem(
-                label,
-                format!(
-                    "{field}: source {} has no column {}; list the source columns that hold the \
-                     key of {shown}",
-                    source.display,
-                    pretty_ident(name)
-                ),
-            );
-            continue;
-        };
-        if c.type_oid != k.type_oid {
-            ctx.problem(
-                label,
-                format!(
-                    "{field}: {} of {} is {} but key column {} of {shown} is {}; a change finds \
-                     its rows by equality of the two, so make them the same type (ALTER TABLE {} \
-                     ALTER COLUMN {} TYPE {})",
-                    c.display,
-                    source.display,
-                    c.type_name,
-                    k.display,
-                    k.type_name,
-                    source.display,
-                    c.display,
-                    k.type_name
-                ),
-            );
-            continue;
-        }
-        refs.push(c);
-    }
-    if refs.len() != key.len() {
-        return Ok(None);
-    }
-    if !rows::has_owner_index(source, &refs) {
-        let list: Vec<&str> = refs.iter().map(|c| c.display.as_str()).collect();
-        ctx.problem(
-            label,
-            format!(
-                "{field}: no index of {} starts with ({}); every change to {shown} looks its \
-                 rows up through one, so run CREATE INDEX ON {} ({})",
-                source.display,
-                list.join(", "),
-                source.display,
-                list.join(", ")
-            ),
-        );
-        return Ok(None);
-    }
-    if !table.schema_usage {
-        let role = ctx.grants.role().to_string();
-        ctx.grants.need(
-            format!("USAGE on schema {}", table.schema),
-            "to read a table the mapping depends on",
-            format!("GRANT USAGE ON SCHEMA {} TO {role}", table.schema),
-        );
-    }
-    if !table.select {
-        ctx.grants.table(shown, "SELECT");
-    }
-    if must_publish(&d.table) {
-        super::mirror::publication_ownership(ctx, table);
-    }
+    };
+    entry.grants(ctx, must_publish);
     Ok(Some(DependPlan {
         table: d.table.clone(),
         table_oid: table.oid,
@@ -196,6 +105,160 @@ async fn one(
             .map(|c| KeyColumn::new(c.name.clone(), c.type_name.clone()))
             .collect(),
     }))
+}
+
+impl<'a> Entry<'a> {
+    /// Whether the table is a logged table with a primary key, and whether
+    /// its replica identity carries that key; returns the key's columns.
+    async fn key(&self, ctx: &mut Ctx<'_>) -> Result<Option<Vec<&'a Column>>, Error> {
+        let Entry {
+            label,
+            field,
+            table,
+            ..
+        } = *self;
+        let shown = &table.display;
+        if !table.is_table() {
+            ctx.problem(
+                label,
+                format!(
+                    "{field}: {shown} is not a table (ordinary or partitioned), so its changes do \
+                     not reach the WAL stream; depend on the tables it reads instead"
+                ),
+            );
+            return Ok(None);
+        }
+        if table.persistence != 'p' {
+            ctx.problem(
+                label,
+                format!(
+                    "{field}: {shown} is not a logged table, so its changes never reach the WAL \
+                     stream; run ALTER TABLE {shown} SET LOGGED"
+                ),
+            );
+            return Ok(None);
+        }
+        let Some(pk) = table.primary_key() else {
+            ctx.problem(
+                label,
+                format!(
+                    "{field}: {shown} has no primary key, so walshift cannot tell which of its \
+                     rows changed; add one (ALTER TABLE {shown} ADD PRIMARY KEY (...))"
+                ),
+            );
+            return Ok(None);
+        };
+        let key: Vec<&Column> = pk
+            .columns
+            .iter()
+            .filter_map(|&n| table.column_by_num(n))
+            .collect();
+        super::mirror::replica_identity(ctx, label, table, &key).await?;
+        Ok(Some(key))
+    }
+
+    /// Whether `columns` name, one per key column and of its type, source
+    /// columns that an index of the source starts with; returns them.
+    fn refs(&self, ctx: &mut Ctx<'_>, key: &[&Column]) -> Option<Vec<&'a Column>> {
+        let Entry {
+            label,
+            field,
+            source,
+            d,
+            table,
+        } = *self;
+        let shown = &table.display;
+        let key_names: Vec<&str> = key.iter().map(|c| c.display.as_str()).collect();
+        if d.columns.len() != key.len() {
+            ctx.problem(
+                label,
+                format!(
+                    "{field}: columns lists {} column(s) but the primary key of {shown} ({}) has \
+                     {}; list the source columns holding that key, one per key column, in key \
+                     order",
+                    d.columns.len(),
+                    key_names.join(", "),
+                    key.len()
+                ),
+            );
+            return None;
+        }
+        let mut refs = Vec::new();
+        for (name, k) in d.columns.iter().zip(key) {
+            let Some(c) = source.column(name) else {
+                ctx.problem(
+                    label,
+                    format!(
+                        "{field}: source {} has no column {}; list the source columns that hold \
+                         the key of {shown}",
+                        source.display,
+                        pretty_ident(name)
+                    ),
+                );
+                continue;
+            };
+            if c.type_oid != k.type_oid {
+                ctx.problem(
+                    label,
+                    format!(
+                        "{field}: {} of {} is {} but key column {} of {shown} is {}; a change \
+                         finds its rows by equality of the two, so make them the same type (ALTER \
+                         TABLE {} ALTER COLUMN {} TYPE {})",
+                        c.display,
+                        source.display,
+                        c.type_name,
+                        k.display,
+                        k.type_name,
+                        source.display,
+                        c.display,
+                        k.type_name
+                    ),
+                );
+                continue;
+            }
+            refs.push(c);
+        }
+        if refs.len() != key.len() {
+            return None;
+        }
+        if !rows::has_owner_index(source, &refs) {
+            let list: Vec<&str> = refs.iter().map(|c| c.display.as_str()).collect();
+            ctx.problem(
+                label,
+                format!(
+                    "{field}: no index of {} starts with ({}); every change to {shown} looks its \
+                     rows up through one, so run CREATE INDEX ON {} ({})",
+                    source.display,
+                    list.join(", "),
+                    source.display,
+                    list.join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(refs)
+    }
+
+    /// What the role needs to read the table, and to add it to the
+    /// publication when `run` must.
+    fn grants(&self, ctx: &mut Ctx<'_>, must_publish: &impl Fn(&QualifiedName) -> bool) {
+        let Entry { d, table, .. } = *self;
+        let shown = &table.display;
+        if !table.schema_usage {
+            let role = ctx.grants.role().to_string();
+            ctx.grants.need(
+                format!("USAGE on schema {}", table.schema),
+                "to read a table the mapping depends on",
+                format!("GRANT USAGE ON SCHEMA {} TO {role}", table.schema),
+            );
+        }
+        if !table.select {
+            ctx.grants.table(shown, "SELECT");
+        }
+        if must_publish(&d.table) {
+            super::mirror::publication_ownership(ctx, table);
+        }
+    }
 }
 
 /// The tables the mapping reads besides the source and the target, as

@@ -8,7 +8,7 @@ use super::probe::{prepare_generated, type_advice};
 use super::relation::{Column, Relation};
 use super::server::Server;
 use super::source::{identity_fix, identity_index_for, identity_problem, leaves, resolve_key};
-use super::{Ctx, Lookup, MirrorKind, MirrorPlan, depends, pretty, rows, set, twoway};
+use super::{Ctx, Lookup, MirrorKind, MirrorPlan, TwoWayPlan, depends, pretty, rows, set, twoway};
 use crate::mirror::sql::KeyColumn;
 use crate::spec::{Mirror, MirrorMode};
 
@@ -24,140 +24,21 @@ pub(super) async fn check(
 ) -> Result<Option<MirrorPlan>, Error> {
     let label = format!("mirror #{} ({})", m.number, pretty(&m.source));
     let before = ctx.problems.len();
-    let source = match ctx.relation(&m.source).await? {
-        Lookup::Found(rel) => rel,
-        Lookup::Missing => {
-            ctx.problem(
-                &label,
-                format!(
-                    "source table {} does not exist; create it or fix source (a name without a \
-                     schema means public)",
-                    pretty(&m.source)
-                ),
-            );
-            return Ok(None);
-        }
-        Lookup::Failed => return Ok(None),
-    };
-    if !source.is_table() {
-        ctx.problem(
-            &label,
-            format!(
-                "source {} is a {}; source must be a table (ordinary or partitioned)",
-                source.display,
-                kind_name(source.kind)
-            ),
-        );
+    let Some(source) = check_source(ctx, &label, m).await? else {
         return Ok(None);
-    }
-    if source.persistence != 'p' {
-        ctx.problem(
-            &label,
-            format!(
-                "source {} is {}, so its changes never reach the WAL stream; run ALTER TABLE {} \
-                 SET LOGGED",
-                source.display,
-                if source.persistence == 'u' {
-                    "UNLOGGED"
-                } else {
-                    "TEMPORARY"
-                },
-                source.display
-            ),
-        );
-    }
+    };
     source_privileges(ctx, &source, m, server);
-
-    let key_columns = match resolve_key(&source, m.key.as_deref()) {
-        Ok(columns) => columns,
-        Err(messages) => {
-            for message in messages {
-                ctx.problem(&label, message);
-            }
-            return Ok(None);
-        }
-    };
-    for c in &key_columns {
-        if let Some(refusal) = ctx.type_refusal(&c.type_name).await? {
-            ctx.problem(
-                &label,
-                format!(
-                    "key column {} is {}, which cannot be compared or ordered ({}); {} for the key",
-                    c.display,
-                    c.type_name,
-                    refusal.message,
-                    type_advice(&c.type_name)
-                ),
-            );
-        }
-    }
-    replica_identity(ctx, &label, &source, &key_columns).await?;
-    let key: Vec<KeyColumn> = key_columns
-        .iter()
-        .map(|c| KeyColumn::new(c.name.clone(), c.type_name.clone()))
-        .collect();
-
-    let kind = match &m.mode {
-        MirrorMode::Set { columns } => set::check(ctx, &label, &source, &key, columns, "set")
-            .await?
-            .map(MirrorKind::Set),
-        MirrorMode::Rows {
-            target,
-            owner,
-            select,
-        } => {
-            let found = rows::Found {
-                source: &source,
-                key: &key,
-                key_columns: &key_columns,
-            };
-            rows::check(ctx, &label, found, target, owner, select)
-                .await?
-                .map(MirrorKind::Rows)
-        }
-    };
-    let Some(kind) = kind else {
+    let Some((key_columns, key)) = check_key(ctx, &label, &source, m.key.as_deref()).await? else {
         return Ok(None);
     };
-    let checked = match &kind {
-        MirrorKind::Set(plan) => plan.check(),
-        MirrorKind::Rows(plan) => plan.check(),
-    };
-    if let Err(e) = checked {
-        // The checks above should make this unreachable; if not, say so
-        // rather than let a generator produce broken SQL.
-        ctx.problem(
-            &label,
-            format!(
-                "the resolved plan is inconsistent ({e}); please report this as a walshift bug"
-            ),
-        );
+    let Some(kind) = check_mode(ctx, &label, m, &source, &key, &key_columns).await? else {
         return Ok(None);
-    }
+    };
     if ctx.problems.len() > before || !prepare_generated(ctx, &label, &kind).await? {
         return Ok(None);
     }
-    let two_way = match &m.reverse {
-        None => None,
-        Some(reverse) => {
-            let target = match &m.mode {
-                MirrorMode::Rows { target, .. } => match ctx.relation(target).await? {
-                    Lookup::Found(t) => Some(t),
-                    _ => return Ok(None),
-                },
-                MirrorMode::Set { .. } => None,
-            };
-            let fwd = twoway::Forward {
-                source: &source,
-                key: &key,
-                kind: &kind,
-                target: target.as_deref(),
-            };
-            match twoway::check(ctx, &label, fwd, reverse, server).await? {
-                Some(plan) => Some(plan),
-                None => return Ok(None),
-            }
-        }
+    let Some(two_way) = check_two_way(ctx, &label, m, server, &source, &key, &kind).await? else {
+        return Ok(None);
     };
     let must_publish =
         |t: &crate::ident::QualifiedName| server.is_none_or(|s| s.must_publish(&t.schema, &t.name));
@@ -178,6 +59,180 @@ pub(super) async fn check(
         two_way,
         depends,
     }))
+}
+
+/// Whether the source exists and is a table (`None` when not, reported),
+/// and whether it is logged (a problem when not, but the checks go on).
+async fn check_source(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    m: &Mirror,
+) -> Result<Option<Box<Relation>>, Error> {
+    let source = match ctx.relation(&m.source).await? {
+        Lookup::Found(rel) => rel,
+        Lookup::Missing => {
+            ctx.problem(
+                label,
+                format!(
+                    "source table {} does not exist; create it or fix source (a name without a \
+                     schema means public)",
+                    pretty(&m.source)
+                ),
+            );
+            return Ok(None);
+        }
+        Lookup::Failed => return Ok(None),
+    };
+    if !source.is_table() {
+        ctx.problem(
+            label,
+            format!(
+                "source {} is a {}; source must be a table (ordinary or partitioned)",
+                source.display,
+                kind_name(source.kind)
+            ),
+        );
+        return Ok(None);
+    }
+    if source.persistence != 'p' {
+        ctx.problem(
+            label,
+            format!(
+                "source {} is {}, so its changes never reach the WAL stream; run ALTER TABLE {} \
+                 SET LOGGED",
+                source.display,
+                if source.persistence == 'u' {
+                    "UNLOGGED"
+                } else {
+                    "TEMPORARY"
+                },
+                source.display
+            ),
+        );
+    }
+    Ok(Some(source))
+}
+
+/// The key: its columns resolved (`None` when they cannot be, reported),
+/// whether each type can be compared and ordered, and whether the replica
+/// identity carries it.
+async fn check_key<'r>(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    source: &'r Relation,
+    spec_key: Option<&[String]>,
+) -> Result<Option<(Vec<&'r Column>, Vec<KeyColumn>)>, Error> {
+    let key_columns = match resolve_key(source, spec_key) {
+        Ok(columns) => columns,
+        Err(messages) => {
+            for message in messages {
+                ctx.problem(label, message);
+            }
+            return Ok(None);
+        }
+    };
+    for c in &key_columns {
+        if let Some(refusal) = ctx.type_refusal(&c.type_name).await? {
+            ctx.problem(
+                label,
+                format!(
+                    "key column {} is {}, which cannot be compared or ordered ({}); {} for the key",
+                    c.display,
+                    c.type_name,
+                    refusal.message,
+                    type_advice(&c.type_name)
+                ),
+            );
+        }
+    }
+    replica_identity(ctx, label, source, &key_columns).await?;
+    let key: Vec<KeyColumn> = key_columns
+        .iter()
+        .map(|c| KeyColumn::new(c.name.clone(), c.type_name.clone()))
+        .collect();
+    Ok(Some((key_columns, key)))
+}
+
+/// The mode's own checks ([`set::check`], [`rows::check`]), then whether
+/// the resolved plan is consistent; `None` when either fails (reported).
+async fn check_mode(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    m: &Mirror,
+    source: &Relation,
+    key: &[KeyColumn],
+    key_columns: &[&Column],
+) -> Result<Option<MirrorKind>, Error> {
+    let kind = match &m.mode {
+        MirrorMode::Set { columns } => set::check(ctx, label, source, key, columns, "set")
+            .await?
+            .map(MirrorKind::Set),
+        MirrorMode::Rows {
+            target,
+            owner,
+            select,
+        } => {
+            let found = rows::Found {
+                source,
+                key,
+                key_columns,
+            };
+            rows::check(ctx, label, found, target, owner, select)
+                .await?
+                .map(MirrorKind::Rows)
+        }
+    };
+    let Some(kind) = kind else {
+        return Ok(None);
+    };
+    let checked = match &kind {
+        MirrorKind::Set(plan) => plan.check(),
+        MirrorKind::Rows(plan) => plan.check(),
+    };
+    if let Err(e) = checked {
+        // The checks above should make this unreachable; if not, say so
+        // rather than let a generator produce broken SQL.
+        ctx.problem(
+            label,
+            format!(
+                "the resolved plan is inconsistent ({e}); please report this as a walshift bug"
+            ),
+        );
+        return Ok(None);
+    }
+    Ok(Some(kind))
+}
+
+/// The reverse direction's checks ([`twoway::check`]) when the mirror has
+/// one: `Some(None)` for a one-way mirror, `None` when they fail (reported).
+async fn check_two_way(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    m: &Mirror,
+    server: Option<&Server>,
+    source: &Relation,
+    key: &[KeyColumn],
+    kind: &MirrorKind,
+) -> Result<Option<Option<TwoWayPlan>>, Error> {
+    let Some(reverse) = &m.reverse else {
+        return Ok(Some(None));
+    };
+    let target = match &m.mode {
+        MirrorMode::Rows { target, .. } => match ctx.relation(target).await? {
+            Lookup::Found(t) => Some(t),
+            _ => return Ok(None),
+        },
+        MirrorMode::Set { .. } => None,
+    };
+    let fwd = twoway::Forward {
+        source,
+        key,
+        kind,
+        target: target.as_deref(),
+    };
+    Ok(twoway::check(ctx, label, fwd, reverse, server)
+        .await?
+        .map(Some))
 }
 
 /// Warns of every table the mapping reads that is neither its source, its

@@ -97,7 +97,8 @@ pub(super) async fn check(
             ctx.problem(
                 label,
                 format!(
-                    "target table {} does not exist; create it first (the expand step) or fix target",
+                    "target table {} does not exist; create it first (the expand step) or fix \
+                     target",
                     pretty(target)
                 ),
             );
@@ -218,8 +219,8 @@ fn owner_checks(ctx: &mut Ctx<'_>, label: &str, found: &Found<'_>, t: &Relation,
             ctx.problem(
                 label,
                 format!(
-                    "owner: {table} has no column {}; add it (ALTER TABLE {table} ADD COLUMN {} {}) \
-                     or fix owner",
+                    "owner: {table} has no column {}; add it (ALTER TABLE {table} ADD COLUMN {} \
+                     {}) or fix owner",
                     pretty_ident(name),
                     pretty_ident(name),
                     key.type_name
@@ -249,7 +250,8 @@ fn owner_checks(ctx: &mut Ctx<'_>, label: &str, found: &Found<'_>, t: &Relation,
                 label,
                 format!(
                     "owner {} has collation {} but key column {} has {collation}, so they order \
-                     differently; run ALTER TABLE {table} ALTER COLUMN {} TYPE {} COLLATE {collation}",
+                     differently; run ALTER TABLE {table} ALTER COLUMN {} TYPE {} COLLATE \
+                     {collation}",
                     column.display,
                     column.collation_name.as_deref().unwrap_or("default"),
                     key.display,
@@ -414,8 +416,8 @@ pub(super) fn output_checks(
             ctx.problem(
                 label,
                 format!(
-                    "{owner_name} {} is not an output column of {field}; select the source key into it \
-                     (e.g. {example} AS {})",
+                    "{owner_name} {} is not an output column of {field}; select the source key \
+                     into it (e.g. {example} AS {})",
                     pretty_ident(o),
                     pretty_ident(o)
                 ),

@@ -86,6 +86,46 @@ FROM pg_catalog.pg_publication AS p WHERE p.pubname = $1";
 /// Run the server-wide checks; `None` when the facts could not be read
 /// (already reported).
 pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Server>, Error> {
+    let Some(facts) = facts(ctx).await? else {
+        return Ok(None);
+    };
+    let version_num = version_and_wal_level(ctx, &facts);
+    if !slot(ctx, spec, &facts).await? {
+        return Ok(None);
+    }
+    wal_senders(ctx, &facts);
+
+    let role: String = facts.get("role");
+    let database: String = facts.get("database");
+    ctx.grants.set_role(&role);
+    let superuser: bool = facts.get("rolsuper");
+    if !superuser {
+        stats_note(ctx, &role).await?;
+    }
+    if !superuser && !facts.get::<_, bool>("rolreplication") {
+        ctx.grants.need(
+            "REPLICATION",
+            "to stream the WAL",
+            format!("ALTER ROLE {role} REPLICATION"),
+        );
+    }
+    let Some(publication) = publication(ctx, spec).await? else {
+        return Ok(None);
+    };
+    create_grants(ctx, &facts, &role, &database, publication.is_none());
+    if origin_functions(ctx, &facts, &role) {
+        origin_capacity(ctx, spec, &facts, version_num).await?;
+        origin_filter_note(ctx, spec, version_num).await?;
+    }
+    Ok(Some(Server {
+        version_num,
+        publication,
+    }))
+}
+
+/// The row of [`FACTS`]: server settings and the current role; `None` when
+/// it could not be read or the role has no `pg_roles` entry (reported).
+async fn facts(ctx: &mut Ctx<'_>) -> Result<Option<tokio_postgres::Row>, Error> {
     let functions: Vec<&str> = ORIGIN_FUNCTIONS.to_vec();
     let rows = match ctx
         .session
@@ -98,13 +138,19 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
             return Ok(None);
         }
     };
-    let Some(facts) = rows.first() else {
+    let Some(facts) = rows.into_iter().next() else {
         ctx.problem(
             "role",
             "current_user has no pg_roles entry; connect as an ordinary login role",
         );
         return Ok(None);
     };
+    Ok(Some(facts))
+}
+
+/// Whether the server is new enough and decodes its WAL (`wal_level =
+/// logical`); returns `server_version_num`.
+fn version_and_wal_level(ctx: &mut Ctx<'_>, facts: &tokio_postgres::Row) -> u32 {
     let version_num = facts.get::<_, i32>("version_num") as u32;
     let version: String = facts.get("version");
     if version_num < MIN_VERSION_NUM {
@@ -126,61 +172,23 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
             ),
         );
     }
+    version_num
+}
 
+/// Whether walshift's slot, when it exists, is one `run` can resume from
+/// (and in what state), or else whether a slot is free for it; `false` when
+/// `pg_replication_slots` could not be read (reported).
+async fn slot(ctx: &mut Ctx<'_>, spec: &Spec, facts: &tokio_postgres::Row) -> Result<bool, Error> {
     let slot = spec.slot_name();
     let own_slot = match ctx.session.query(OWN_SLOT, &[&slot]).await? {
         Ok(rows) => rows.into_iter().next(),
         Err(refusal) => {
             ctx.query_failed("pg_replication_slots", &refusal);
-            return Ok(None);
+            return Ok(false);
         }
     };
     match own_slot {
-        Some(row) => {
-            let plugin: Option<String> = row.get("plugin");
-            let kind: String = row.get("slot_type");
-            let here: Option<bool> = row.get("here");
-            if kind != "logical" || plugin.as_deref() != Some("pgoutput") || here != Some(true) {
-                let database: Option<String> = row.get("database");
-                ctx.problem(
-                    &format!("slot {slot}"),
-                    format!(
-                        "exists but is a {kind} slot{} in database {}, not walshift's pgoutput \
-                         slot for this database; drop it (SELECT pg_drop_replication_slot('{slot}')) \
-                         or give the spec another name",
-                        plugin.map(|p| format!(" for {p}")).unwrap_or_default(),
-                        database.unwrap_or_else(|| "(none)".into())
-                    ),
-                );
-            } else if row.get::<_, Option<String>>("wal_status").as_deref() == Some("lost") {
-                // Invalidated: its WAL is gone (max_slot_wal_keep_size), it sat idle past
-                // idle_timeout (18's idle_replication_slot_timeout), or it conflicted with
-                // recovery. The server refuses to stream from it: run resynchronises
-                // (docs/topology.md), unless the spec says to stop.
-                let reason: Option<String> = row.get("invalidation_reason");
-                let reason = reason.map(|r| format!(" ({r})")).unwrap_or_default();
-                // A note either way: run decides, with one line when it stops.
-                ctx.notes.push(if spec.safety.on_slot_lost == crate::spec::OnSlotLost::Stop {
-                    format!(
-                        "slot {slot} was invalidated by the server{reason}: run stops, as [safety] \
-                         on_slot_lost = \"stop\" says; set on_slot_lost = \"resync\" (a new slot, then \
-                         every key recomputed), or `walshift cleanup` to start over"
-                    )
-                } else {
-                    format!(
-                        "slot {slot} was invalidated by the server{reason}: run resynchronises (drops it, \
-                         creates a new slot, then recomputes every key)"
-                    )
-                });
-            } else if row.get::<_, bool>("active") {
-                ctx.notes.push(format!(
-                    "slot {slot} is in use: a walshift run for this spec seems to be running"
-                ));
-            } else {
-                ctx.notes
-                    .push(format!("slot {slot} already exists; run resumes from it"));
-            }
-        }
+        Some(row) => existing_slot(ctx, spec, &slot, &row),
         None => {
             let max: i32 = facts.get("max_slots");
             let used: i64 = facts.get("slots");
@@ -196,6 +204,61 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
             }
         }
     }
+    Ok(true)
+}
+
+/// What walshift's existing slot (a row of [`OWN_SLOT`]) means for `run`: a
+/// problem when it is not walshift's kind of slot, else a note on whether it
+/// was invalidated, is in use, or is resumed from.
+fn existing_slot(ctx: &mut Ctx<'_>, spec: &Spec, slot: &str, row: &tokio_postgres::Row) {
+    let plugin: Option<String> = row.get("plugin");
+    let kind: String = row.get("slot_type");
+    let here: Option<bool> = row.get("here");
+    if kind != "logical" || plugin.as_deref() != Some("pgoutput") || here != Some(true) {
+        let database: Option<String> = row.get("database");
+        ctx.problem(
+            &format!("slot {slot}"),
+            format!(
+                "exists but is a {kind} slot{} in database {}, not walshift's pgoutput \
+                 slot for this database; drop it (SELECT pg_drop_replication_slot('{slot}')) \
+                 or give the spec another name",
+                plugin.map(|p| format!(" for {p}")).unwrap_or_default(),
+                database.unwrap_or_else(|| "(none)".into())
+            ),
+        );
+    } else if row.get::<_, Option<String>>("wal_status").as_deref() == Some("lost") {
+        // Invalidated: its WAL is gone (max_slot_wal_keep_size), it sat idle past
+        // idle_timeout (18's idle_replication_slot_timeout), or it conflicted with
+        // recovery. The server refuses to stream from it: run resynchronises
+        // (docs/topology.md), unless the spec says to stop.
+        let reason: Option<String> = row.get("invalidation_reason");
+        let reason = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+        // A note either way: run decides, with one line when it stops.
+        let note = if spec.safety.on_slot_lost == crate::spec::OnSlotLost::Stop {
+            format!(
+                "slot {slot} was invalidated by the server{reason}: run stops, as [safety] \
+                 on_slot_lost = \"stop\" says; set on_slot_lost = \"resync\" (a new slot, then \
+                 every key recomputed), or `walshift cleanup` to start over"
+            )
+        } else {
+            format!(
+                "slot {slot} was invalidated by the server{reason}: run resynchronises (drops it, \
+                 creates a new slot, then recomputes every key)"
+            )
+        };
+        ctx.notes.push(note);
+    } else if row.get::<_, bool>("active") {
+        ctx.notes.push(format!(
+            "slot {slot} is in use: a walshift run for this spec seems to be running"
+        ));
+    } else {
+        ctx.notes
+            .push(format!("slot {slot} already exists; run resumes from it"));
+    }
+}
+
+/// Whether a WAL sender is free for walshift's replication connection.
+fn wal_senders(ctx: &mut Ctx<'_>, facts: &tokio_postgres::Row) {
     let max: i32 = facts.get("max_senders");
     let used: i64 = facts.get("senders");
     if i64::from(max) - used < 1 {
@@ -208,59 +271,74 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
             ),
         );
     }
+}
 
-    let role: String = facts.get("role");
-    let database: String = facts.get("database");
-    ctx.grants.set_role(&role);
-    let superuser: bool = facts.get("rolsuper");
-    // Without pg_read_all_stats (pg_monitor has it), pg_stat_replication
-    // shows other roles' walsenders with NULL positions: the standby lag
-    // throttle would see no lag at all. Not a problem (no standby may
-    // exist), but the operator must know.
-    if !superuser {
-        if let Ok(rows) = ctx
-            .session
-            .query(
-                "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')",
-                &[],
-            )
-            .await?
-        {
-            if rows.first().is_some_and(|r| !r.get::<_, bool>(0)) {
-                ctx.notes.push(format!(
-                    "role {role} cannot read standbys' replay positions in pg_stat_replication, so                      the backfill's standby lag throttle (max_replica_lag, max_replica_lag_bytes)                      would see no lag: GRANT pg_monitor TO {role}"
-                ));
-            }
+/// Whether a non-superuser `role` can see standbys' positions. Without
+/// pg_read_all_stats (pg_monitor has it), pg_stat_replication shows other
+/// roles' walsenders with NULL positions: the standby lag throttle would see
+/// no lag at all. Not a problem (no standby may exist), but the operator must
+/// know.
+async fn stats_note(ctx: &mut Ctx<'_>, role: &str) -> Result<(), Error> {
+    if let Ok(rows) = ctx
+        .session
+        .query(
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')",
+            &[],
+        )
+        .await?
+    {
+        if rows.first().is_some_and(|r| !r.get::<_, bool>(0)) {
+            ctx.notes.push(format!(
+                "role {role} cannot read standbys' replay positions in pg_stat_replication, \
+                 so                      the backfill's standby lag throttle (max_replica_lag, \
+                 max_replica_lag_bytes)                      would see no lag: GRANT pg_monitor TO \
+                 {role}"
+            ));
         }
     }
-    if !superuser && !facts.get::<_, bool>("rolreplication") {
-        ctx.grants.need(
-            "REPLICATION",
-            "to stream the WAL",
-            format!("ALTER ROLE {role} REPLICATION"),
-        );
-    }
-    let publication = match ctx
+    Ok(())
+}
+
+/// The publication `walshift_<name>` when it exists (see
+/// [`Server::publication`]); the outer `None` when `pg_publication` could
+/// not be read (reported).
+async fn publication(
+    ctx: &mut Ctx<'_>,
+    spec: &Spec,
+) -> Result<Option<Option<(bool, Vec<(String, String)>)>>, Error> {
+    match ctx
         .session
         .query(PUBLICATION, &[&spec.publication_name()])
         .await?
     {
-        Ok(rows) => rows.first().map(|row| {
+        Ok(rows) => Ok(Some(rows.first().map(|row| {
             let schemas: Vec<String> = row.get("schemas");
             let tables: Vec<String> = row.get("tables");
             (
                 row.get::<_, bool>("puballtables"),
                 schemas.into_iter().zip(tables).collect(),
             )
-        }),
+        }))),
         Err(refusal) => {
             ctx.query_failed("pg_publication", &refusal);
-            return Ok(None);
+            Ok(None)
         }
-    };
+    }
+}
+
+/// Which CREATE grants `role` lacks: on the database for a publication that
+/// does not exist yet (`new_publication`) and for the state schema when that
+/// does not exist, else on the state schema itself.
+fn create_grants(
+    ctx: &mut Ctx<'_>,
+    facts: &tokio_postgres::Row,
+    role: &str,
+    database: &str,
+    new_publication: bool,
+) {
     let db_create: bool = facts.get("db_create");
     let grant_create = format!("GRANT CREATE ON DATABASE {database} TO {role}");
-    if publication.is_none() && !db_create {
+    if new_publication && !db_create {
         ctx.grants.need(
             format!("CREATE on database {database}"),
             "for the publication",
@@ -280,6 +358,11 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
         ),
         _ => {}
     }
+}
+
+/// Whether `role` may execute the replication-origin functions; a note
+/// naming the grants when it may not.
+fn origin_functions(ctx: &mut Ctx<'_>, facts: &tokio_postgres::Row, role: &str) -> bool {
     let denied: Option<Vec<String>> = facts.get("origin_functions_denied");
     let has_origin = denied.as_ref().is_none_or(|d| d.is_empty());
     // Not a problem: without its origin walshift still converges (its own
@@ -287,21 +370,14 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
     // so `run` says so and goes on. The note tells how to avoid the waste.
     if let Some(denied) = denied.filter(|d| !d.is_empty()) {
         ctx.notes.push(format!(
-            "role {role} may not execute the replication origin functions: walshift works without them, \
-             but its own writes come back through the stream once and are recomputed as no-ops, and \
-             progress is kept only in {STATE_SCHEMA}.migration; to avoid that, as a superuser run: \
-             GRANT EXECUTE ON FUNCTION {} TO {role}",
+            "role {role} may not execute the replication origin functions: walshift works without \
+             them, but its own writes come back through the stream once and are recomputed as \
+             no-ops, and progress is kept only in {STATE_SCHEMA}.migration; to avoid that, as a \
+             superuser run: GRANT EXECUTE ON FUNCTION {} TO {role}",
             denied.join(", ")
         ));
     }
-    if has_origin {
-        origin_capacity(ctx, spec, facts, version_num).await?;
-        origin_filter_note(ctx, spec, version_num).await?;
-    }
-    Ok(Some(Server {
-        version_num,
-        publication,
-    }))
+    has_origin
 }
 
 /// The first server version with its own limit on replication origins
@@ -409,7 +485,8 @@ async fn origin_filter_note(ctx: &mut Ctx<'_>, spec: &Spec, version_num: u32) ->
     } else {
         format!(
             "other replication origins exist ({}): the stream decodes every origin (origin = none \
-             would drop their writes into the sources), and walshift drops its own writes as they arrive",
+             would drop their writes into the sources), and walshift drops its own writes as they \
+             arrive",
             others.join(", ")
         )
     });

@@ -42,6 +42,8 @@ pub(super) struct Forward<'a> {
     pub target: Option<&'a Relation>,
 }
 
+/// Checks the way back of a two-way mirror whose forward side checked;
+/// `None` when it has a problem (already reported).
 pub(super) async fn check(
     ctx: &mut Ctx<'_>,
     label: &str,
@@ -50,6 +52,57 @@ pub(super) async fn check(
     server: Option<&Server>,
 ) -> Result<Option<TwoWayPlan>, Error> {
     let before = ctx.problems.len();
+    let Some(reverse_plan) = reverse_checks(ctx, label, &fwd, reverse, server).await? else {
+        return Ok(None);
+    };
+    if ctx.problems.len() > before {
+        return Ok(None);
+    }
+    let Some((forward_signal, reverse_signal)) = signals(ctx, label, &fwd, &reverse_plan).await?
+    else {
+        return Ok(None);
+    };
+
+    let (old_shape, new_shape): (Vec<String>, Vec<String>) = match (fwd.kind, &reverse_plan) {
+        (MirrorKind::Set(f), ReversePlan::Columns(g)) => (
+            g.set.iter().map(|(c, _)| c.clone()).collect(),
+            f.set.iter().map(|(c, _)| c.clone()).collect(),
+        ),
+        (MirrorKind::Rows(_), ReversePlan::Columns(g)) => {
+            (g.set.iter().map(|(c, _)| c.clone()).collect(), Vec::new())
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    let Some(old_shape) = shape(ctx, label, fwd.source, &old_shape, "old").await? else {
+        return Ok(None);
+    };
+    let Some(new_shape) = shape(ctx, label, fwd.source, &new_shape, "new").await? else {
+        return Ok(None);
+    };
+    if let (MirrorKind::Set(f), ReversePlan::Columns(g)) = (fwd.kind, &reverse_plan) {
+        round_trips(ctx, label, fwd.source, f, g).await?;
+    }
+    Ok(Some(TwoWayPlan {
+        reverse: reverse_plan,
+        forward_signal,
+        reverse_signal,
+        old_shape,
+        new_shape,
+        target_oid: fwd.target.map(|t| t.oid),
+    }))
+}
+
+/// What the way back needs of the tables (the source's full replica
+/// identity, the target published, its old rows carrying the owner
+/// columns), then the reverse mapping's own checks; `None` when the
+/// reverse mapping does not check (reported).
+async fn reverse_checks(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    fwd: &Forward<'_>,
+    reverse: &Reverse,
+    server: Option<&Server>,
+) -> Result<Option<ReversePlan>, Error> {
     full_identity(ctx, label, fwd.source).await?;
     if let Some(t) = fwd.target {
         target_published(ctx, label, t, server);
@@ -58,7 +111,7 @@ pub(super) async fn check(
             target_identity(ctx, label, t, &owner).await?;
         }
     }
-    let reverse_plan = match (reverse, fwd.kind) {
+    Ok(match (reverse, fwd.kind) {
         (Reverse::Columns(columns), _) => {
             set::check(ctx, label, fwd.source, fwd.key, columns, "reverse")
                 .await?
@@ -70,19 +123,24 @@ pub(super) async fn check(
         },
         // The spec refuses reverse_select in set mode.
         (Reverse::Rows { .. }, MirrorKind::Set(_)) => None,
-    };
-    let Some(reverse_plan) = reverse_plan else {
-        return Ok(None);
-    };
-    if ctx.problems.len() > before {
-        return Ok(None);
-    }
+    })
+}
 
+/// Which columns only the forward mapping reads and which only the reverse
+/// (the key aside): the signal columns that tell which version wrote.
+/// `None` when the inputs could not be found, or when a direction that
+/// needs one has no signal of its own (reported).
+async fn signals(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    fwd: &Forward<'_>,
+    reverse_plan: &ReversePlan,
+) -> Result<Option<(Vec<String>, Vec<String>)>, Error> {
     let key: BTreeSet<&str> = fwd.key.iter().map(|k| k.name.as_str()).collect();
     let Some(f_inputs) = forward_inputs(ctx, label, fwd.source, fwd.kind).await? else {
         return Ok(None);
     };
-    let g_inputs = match &reverse_plan {
+    let g_inputs = match reverse_plan {
         ReversePlan::Columns(plan) => {
             let exprs: Vec<&str> = plan.set.iter().map(|(_, e)| e.as_str()).collect();
             match inputs(ctx, label, fwd.source, &Mapping::Expressions(&exprs)).await? {
@@ -132,34 +190,7 @@ pub(super) async fn check(
         );
         return Ok(None);
     }
-
-    let (old_shape, new_shape): (Vec<String>, Vec<String>) = match (fwd.kind, &reverse_plan) {
-        (MirrorKind::Set(f), ReversePlan::Columns(g)) => (
-            g.set.iter().map(|(c, _)| c.clone()).collect(),
-            f.set.iter().map(|(c, _)| c.clone()).collect(),
-        ),
-        (MirrorKind::Rows(_), ReversePlan::Columns(g)) => {
-            (g.set.iter().map(|(c, _)| c.clone()).collect(), Vec::new())
-        }
-        _ => (Vec::new(), Vec::new()),
-    };
-    let Some(old_shape) = shape(ctx, label, fwd.source, &old_shape, "old").await? else {
-        return Ok(None);
-    };
-    let Some(new_shape) = shape(ctx, label, fwd.source, &new_shape, "new").await? else {
-        return Ok(None);
-    };
-    if let (MirrorKind::Set(f), ReversePlan::Columns(g)) = (fwd.kind, &reverse_plan) {
-        round_trips(ctx, label, fwd.source, f, g).await?;
-    }
-    Ok(Some(TwoWayPlan {
-        reverse: reverse_plan,
-        forward_signal,
-        reverse_signal,
-        old_shape,
-        new_shape,
-        target_oid: fwd.target.map(|t| t.oid),
-    }))
+    Ok(Some((forward_signal, reverse_signal)))
 }
 
 /// Telling which columns an update changed needs the old row whole: with
@@ -211,7 +242,8 @@ fn target_published(ctx: &mut Ctx<'_>, label: &str, t: &Relation, server: Option
         };
         ctx.grants.need(
             format!("ownership of {}", t.display),
-            "a two-way mirror publishes its target, and CREATE PUBLICATION ... FOR TABLE requires it",
+            "a two-way mirror publishes its target, and CREATE PUBLICATION ... FOR TABLE requires \
+             it",
             fix,
         );
     }
@@ -344,69 +376,7 @@ async fn round_trips(
         (reverse, forward, "new -> old -> new"),
         (forward, reverse, "old -> new -> old"),
     ] {
-        // Each sampled row with `there`'s columns replaced by what `there`
-        // computes from the row, then `back` computed again and compared
-        // with the row's own values.
-        let replaced: Vec<String> = source
-            .columns
-            .iter()
-            .map(|c| match there.set.iter().find(|(n, _)| *n == c.name) {
-                Some((_, e)) => format!("({e}\n) AS {}", c.display),
-                None => format!("src.{}", c.display),
-            })
-            .collect();
-        let starts: Vec<String> = back
-            .set
-            .iter()
-            .map(|(c, _)| format!("src.{}", quote_ident(c)))
-            .collect();
-        let backs: Vec<String> = back.set.iter().map(|(_, e)| format!("({e}\n)")).collect();
-        let text = |cols: &[String]| -> String {
-            cols.iter()
-                .map(|c| format!("coalesce(quote_literal({c}), 'NULL')"))
-                .collect::<Vec<_>>()
-                .join(" || ', ' || ")
-        };
-        let key: Vec<String> = forward
-            .key
-            .iter()
-            .map(|k| format!("src.{}::text", quote_ident(&k.name)))
-            .collect();
-        // The new shape is sampled where it holds something (before the
-        // backfill it is NULL everywhere); the old shape everywhere.
-        let set_filter: Vec<String> = if what.starts_with("new") {
-            starts.iter().map(|c| format!("{c} IS NOT NULL")).collect()
-        } else {
-            vec!["TRUE".to_string()]
-        };
-        let mid_src: Vec<String> = there
-            .set
-            .iter()
-            .map(|(c, _)| format!("src.{}", quote_ident(c)))
-            .collect();
-        let sql = format!(
-            "WITH sample AS (SELECT * FROM {table} AS src WHERE {set} LIMIT {ROUND_TRIP_SAMPLE}),\n\
-             there AS (SELECT {replaced} FROM sample AS src),\n\
-             trip AS (SELECT {key} AS key, {start} AS start, {mid} AS mid, {back} AS back,\n\
-                      ({starts}) IS DISTINCT FROM ({backs}) AS lost\n\
-                      FROM there AS src)\n\
-             SELECT count(*) FILTER (WHERE lost), (SELECT count(*) FROM sample),\n\
-                    (array_agg(key || ': ' || start || ' -> ' || mid || ' -> ' || back) FILTER (WHERE lost))[1]\n\
-             FROM trip",
-            table = source.display,
-            set = set_filter.join(" OR "),
-            replaced = replaced.join(", "),
-            key = if key.len() == 1 {
-                key[0].clone()
-            } else {
-                format!("concat_ws(', ', {})", key.join(", "))
-            },
-            start = text(&starts),
-            mid = text(&mid_src),
-            back = text(&backs),
-            starts = starts.join(", "),
-            backs = backs.join(", "),
-        );
+        let sql = round_trip_sql(source, forward, there, back, what);
         let rows = match ctx.session.query(&sql, &[]).await? {
             Ok(rows) => rows,
             Err(refusal) => {
@@ -441,6 +411,81 @@ async fn round_trips(
         ));
     }
     Ok(())
+}
+
+/// The query of one round trip (`what`: `there`, then `back`) on a sample of
+/// the source: how many sampled rows do not survive it, of how many, and
+/// one of them as key: start -> mid -> back.
+fn round_trip_sql(
+    source: &Relation,
+    forward: &crate::mirror::sql::SetPlan,
+    there: &crate::mirror::sql::SetPlan,
+    back: &crate::mirror::sql::SetPlan,
+    what: &str,
+) -> String {
+    // Each sampled row with `there`'s columns replaced by what `there`
+    // computes from the row, then `back` computed again and compared
+    // with the row's own values.
+    let replaced: Vec<String> = source
+        .columns
+        .iter()
+        .map(|c| match there.set.iter().find(|(n, _)| *n == c.name) {
+            Some((_, e)) => format!("({e}\n) AS {}", c.display),
+            None => format!("src.{}", c.display),
+        })
+        .collect();
+    let starts: Vec<String> = back
+        .set
+        .iter()
+        .map(|(c, _)| format!("src.{}", quote_ident(c)))
+        .collect();
+    let backs: Vec<String> = back.set.iter().map(|(_, e)| format!("({e}\n)")).collect();
+    let text = |cols: &[String]| -> String {
+        cols.iter()
+            .map(|c| format!("coalesce(quote_literal({c}), 'NULL')"))
+            .collect::<Vec<_>>()
+            .join(" || ', ' || ")
+    };
+    let key: Vec<String> = forward
+        .key
+        .iter()
+        .map(|k| format!("src.{}::text", quote_ident(&k.name)))
+        .collect();
+    // The new shape is sampled where it holds something (before the
+    // backfill it is NULL everywhere); the old shape everywhere.
+    let set_filter: Vec<String> = if what.starts_with("new") {
+        starts.iter().map(|c| format!("{c} IS NOT NULL")).collect()
+    } else {
+        vec!["TRUE".to_string()]
+    };
+    let mid_src: Vec<String> = there
+        .set
+        .iter()
+        .map(|(c, _)| format!("src.{}", quote_ident(c)))
+        .collect();
+    format!(
+        "WITH sample AS (SELECT * FROM {table} AS src WHERE {set} LIMIT {ROUND_TRIP_SAMPLE}),\n\
+         there AS (SELECT {replaced} FROM sample AS src),\n\
+         trip AS (SELECT {key} AS key, {start} AS start, {mid} AS mid, {back} AS back,\n\
+                  ({starts}) IS DISTINCT FROM ({backs}) AS lost\n\
+                  FROM there AS src)\n\
+         SELECT count(*) FILTER (WHERE lost), (SELECT count(*) FROM sample),\n\
+                (array_agg(key || ': ' || start || ' -> ' || mid || ' -> ' || back) FILTER (WHERE lost))[1]\n\
+         FROM trip",
+        table = source.display,
+        set = set_filter.join(" OR "),
+        replaced = replaced.join(", "),
+        key = if key.len() == 1 {
+            key[0].clone()
+        } else {
+            format!("concat_ws(', ', {})", key.join(", "))
+        },
+        start = text(&starts),
+        mid = text(&mid_src),
+        back = text(&backs),
+        starts = starts.join(", "),
+        backs = backs.join(", "),
+    )
 }
 
 /// What a mapping is, for finding the columns it reads.
