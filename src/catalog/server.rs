@@ -290,9 +290,8 @@ async fn stats_note(ctx: &mut Ctx<'_>, role: &str) -> Result<(), Error> {
         if rows.first().is_some_and(|r| !r.get::<_, bool>(0)) {
             ctx.notes.push(format!(
                 "role {role} cannot read standbys' replay positions in pg_stat_replication, \
-                 so                      the backfill's standby lag throttle (max_replica_lag, \
-                 max_replica_lag_bytes)                      would see no lag: GRANT pg_monitor TO \
-                 {role}"
+                 so the backfill's standby lag throttle (max_replica_lag, max_replica_lag_bytes) \
+                 would see no lag: GRANT pg_monitor TO {role}"
             ));
         }
     }
