@@ -183,50 +183,94 @@ async fn drive(mut conn: Connection, notes: Option<UnboundedSender<String>>, dog
     // Probed and found alive at this stamp: wait another bound from then.
     let mut judged_at: Option<std::time::Instant> = None;
     loop {
-        tokio::select! {
-            m = futures_util::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    if let Some(tx) = &notes {
-                        let _ = tx.send(n.payload().to_string());
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "SQL connection ended");
+        let wake = tokio::select! {
+            m = futures_util::future::poll_fn(|cx| conn.poll_message(cx)) => {
+                Wake::Message(deliver(m, notes.as_ref()))
+            }
+            _ = tick.tick(), if probe.is_none() => Wake::Tick,
+            verdict = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                Wake::Verdict(verdict)
+            }
+        };
+        match wake {
+            Wake::Message(open) => {
+                if !open {
                     return;
                 }
-                None => return,
-            },
-            _ = tick.tick(), if probe.is_none() => {
+            }
+            Wake::Tick => {
                 let d = &dog;
-                let due = d.link.unanswered_for().is_some_and(|silent| silent >= d.silence)
+                let due = d
+                    .link
+                    .unanswered_for()
+                    .is_some_and(|silent| silent >= d.silence)
                     && judged_at.is_none_or(|at| at.elapsed() >= d.silence);
                 if due {
-                    let pid = d.link.pid();
-                    probe = Some(Box::pin(d.probe(pid)));
+                    probe = Some(Box::pin(d.probe(d.link.pid())));
                 }
             }
-            verdict = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+            Wake::Verdict(verdict) => {
                 probe = None;
-                let d = &dog;
                 match verdict {
-                    Verdict::Alive | Verdict::Unknown => judged_at = Some(std::time::Instant::now()),
+                    Verdict::Alive | Verdict::Unknown => {
+                        judged_at = Some(std::time::Instant::now())
+                    }
                     Verdict::Dead(why) => {
-                        let label = super::session_label(&d.application_name);
-                        tracing::warn!(
-                            session = label,
-                            host = %d.target,
-                            silence = ?d.silence,
-                            "dead link: a request got no answer and {why}; dropping the session"
-                        );
-                        crate::metrics::dead_link(label);
-                        if let Some(pid) = d.link.pid() {
-                            watch::abandon(&d.target, pid, &d.application_name);
-                        }
+                        dog.drop_dead(&why);
                         return;
                     }
                 }
             }
+        }
+    }
+}
+
+/// What woke a session's driver.
+enum Wake {
+    /// A message was handled (`false`: the connection ended).
+    Message(bool),
+    /// Time to look whether a request waits past the bound.
+    Tick,
+    /// The probe of the server's backend answered.
+    Verdict(Verdict),
+}
+
+/// A message of the connection: notifications go to `notes`. `false` when
+/// the connection ended.
+fn deliver(
+    m: Option<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>,
+    notes: Option<&UnboundedSender<String>>,
+) -> bool {
+    match m {
+        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+            if let Some(tx) = notes {
+                let _ = tx.send(n.payload().to_string());
+            }
+            true
+        }
+        Some(Ok(_)) => true,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "SQL connection ended");
+            false
+        }
+        None => false,
+    }
+}
+
+impl Watchdog {
+    /// The link is dead: say so, count it, and leave the server's backend
+    /// for the next session to terminate. The caller drops the connection.
+    fn drop_dead(&self, why: &str) {
+        let label = super::session_label(&self.application_name);
+        tracing::warn!(
+            session = label,
+            host = %self.target,
+            silence = ?self.silence,
+            "dead link: a request got no answer and {why}; dropping the session"
+        );
+        crate::metrics::dead_link(label);
+        if let Some(pid) = self.link.pid() {
+            watch::abandon(&self.target, pid, &self.application_name);
         }
     }
 }
