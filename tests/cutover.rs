@@ -3,15 +3,15 @@
 //! a failing gate, the operator's hold, and what happens after the switch.
 //! Everything is driven through the real binary against a fresh database.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::cli::*;
-use common::{Database, connect, wait_for};
 use serde_json::Value;
+use support::cli::*;
+use support::{Database, connect, wait_for};
 
 /// Independent of walshift: how many rows of each target differ from the
 /// mapping of its source, computed by plain SQL.

@@ -19,16 +19,16 @@
 //! (`FAILOVER ...` lines) docs/topology.md quotes.
 //!
 //! Each test needs its own major's binaries, found as tests/versions.rs finds them
-//! (`common::majors`); under CI a missing major fails, elsewhere the test is skipped.
+//! (`support::majors`); under CI a missing major fails, elsewhere the test is skipped.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use common::{
+use support::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
+use support::{
     Cluster, Database, majors, wait_backfill_done, wait_caught_up, wait_for, wrong_status,
 };
 use tokio::sync::watch;
@@ -489,7 +489,7 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     let spec = Spec::new("fo17-follow", USERS_MIRROR);
     let slot = spec.object();
     let both = host_list(&db.conninfo(), &on_standby_db.conninfo());
-    let run = common::spawn_run(&spec.path, &both, &[]);
+    let run = support::spawn_run(&spec.path, &both, &[]);
     wait_backfill_done(&c, &spec.name).await;
     wait_for("the stream", Duration::from_secs(30), || async {
         slot_active(&c, &slot).await
@@ -573,7 +573,7 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
         0,
         "users.status is not the mapping of is_active on the new primary"
     );
-    let log = common::stop_run(run).await;
+    let log = support::stop_run(run).await;
     how_it_resumed(true, &log, &c, &spec, &on_standby_db).await;
     eprintln!(
         "FAILOVER PostgreSQL 17: one run followed the promotion through its host list, streaming \

@@ -7,7 +7,7 @@
 //! `WALSHIFT_HARNESS_CHILD=<test name>`; the child tests are `#[ignore]`d so that ordinary
 //! runs skip them.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, fresh_db, shared_cluster, wait_for, wait_for_some};
+use support::{Cluster, fresh_db, shared_cluster, wait_for, wait_for_some};
 use walshift_cluster::{Rows, process_alive};
 
 const CHILD_ENV: &str = "WALSHIFT_HARNESS_CHILD";
@@ -423,7 +423,7 @@ async fn password_auth_over_tcp() {
     assert!(cluster.listens_on_tcp());
     let db = cluster.database("postgres");
     let tcp = db.tcp_conninfo().expect("TCP is on");
-    let client = common::connect(&tcp).await;
+    let client = support::connect(&tcp).await;
     let addr: String = client
         .query_one("SELECT inet_server_addr()::text", &[])
         .await

@@ -4,7 +4,7 @@
 //! (docs/metrics.md: "HTTP endpoints" and "Metrics"); and the page itself in
 //! headless Chromium.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,10 +12,10 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cli::{Spec, USERS_MIRROR, cli, command};
-use common::http::{Reply, get};
-use common::{Database, wait_for, wait_for_some};
 use serde_json::Value;
+use support::cli::{Spec, USERS_MIRROR, cli, command};
+use support::http::{Reply, get};
+use support::{Database, wait_for, wait_for_some};
 
 /// The label the run gives the `users` mirror (log lines, `/history`, the page).
 const USERS_LABEL: &str = r#"mirror 1 ("public"."users" set status)"#;
@@ -144,7 +144,7 @@ impl Metrics {
 
 /// A fresh database with `users` rows `1..=users` (and no orders).
 async fn setup(users: i64) -> (Database, tokio_postgres::Client) {
-    common::cli::setup(users, 0).await
+    support::cli::setup(users, 0).await
 }
 
 async fn wait_ready(run: &Run) {
@@ -271,7 +271,7 @@ async fn metrics_are_documented_and_move_with_writes() {
         assert!(after.0.contains(&sample), "{sample} missing");
         assert_eq!(after.value(&sample), 0.0, "{sample}");
     }
-    assert_eq!(common::wrong_status(&c).await, 0);
+    assert_eq!(support::wrong_status(&c).await, 0);
 }
 
 /// Guards `/healthz`: 200 while the stream is connected; 503 while the

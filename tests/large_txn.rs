@@ -3,7 +3,7 @@
 //! and the result is still exact. The threshold is lowered with the hidden
 //! `--max-txn-keys` flag so the test needs thousands of rows, not millions.
 
-mod common;
+mod support;
 
 const SPEC: &str = r#"name = "large-txn"
 
@@ -27,7 +27,7 @@ FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
 /// recompute would have removed — and end exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let client = db.connect().await;
     client
         .batch_execute(
@@ -41,8 +41,8 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.toml");
     std::fs::write(&spec, SPEC).unwrap();
-    let child = common::spawn_run(&spec, &db.conninfo(), &["--max-txn-keys", "100"]);
-    common::wait_backfill_done(&client, "large-txn").await;
+    let child = support::spawn_run(&spec, &db.conninfo(), &["--max-txn-keys", "100"]);
+    support::wait_backfill_done(&client, "large-txn").await;
 
     // One transaction: 20k new users, every order rewritten, 500 deleted.
     client
@@ -55,11 +55,11 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         )
         .await
         .unwrap();
-    common::wait_caught_up(&client, "walshift_large_txn").await;
+    support::wait_caught_up(&client, "walshift_large_txn").await;
 
-    assert_eq!(common::wrong_status(&client).await, 0);
+    assert_eq!(support::wrong_status(&client).await, 0);
     assert_eq!(
-        common::order_items_diff(&client).await,
+        support::order_items_diff(&client).await,
         0,
         "order_items differs from the mapping"
     );
@@ -70,7 +70,7 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         .get(0);
     assert_eq!(items, 2500 * 2);
 
-    let stderr = common::stop_run(child).await;
+    let stderr = support::stop_run(child).await;
     assert!(
         stderr.contains("recomputed whole mirrors"),
         "the overflow path must have run:\n{stderr}"

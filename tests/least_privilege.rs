@@ -4,7 +4,7 @@
 //! Without its origin, walshift's own writes come back through the stream
 //! and recompute to no-ops; the result must still be exact.
 
-mod common;
+mod support;
 
 const SPEC: &str = r#"name = "least-priv"
 
@@ -24,7 +24,7 @@ FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let admin = db.connect().await;
     let role = format!("{}_migrator", db.name());
     // The recipe of docs/operations.md "Privileges": REPLICATION, CREATE on
@@ -69,8 +69,8 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         "{out}"
     );
 
-    let child = common::spawn_run(&spec, &conninfo, &[]);
-    common::wait_backfill_done(&admin, "least-priv").await;
+    let child = support::spawn_run(&spec, &conninfo, &[]);
+    support::wait_backfill_done(&admin, "least-priv").await;
     admin
         .batch_execute(
             "UPDATE users SET is_active = NOT is_active WHERE id % 7 = 0;
@@ -81,9 +81,9 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         )
         .await
         .unwrap();
-    common::wait_caught_up(&admin, "walshift_least_priv").await;
-    assert_eq!(common::wrong_status(&admin).await, 0);
-    assert_eq!(common::order_items_diff(&admin).await, 0);
+    support::wait_caught_up(&admin, "walshift_least_priv").await;
+    assert_eq!(support::wrong_status(&admin).await, 0);
+    assert_eq!(support::order_items_diff(&admin).await, 0);
     let origins: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_replication_origin WHERE roname = 'walshift_least_priv'",
@@ -94,7 +94,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         .get(0);
     assert_eq!(origins, 0, "the role could not create an origin");
 
-    let stderr = common::stop_run(child).await;
+    let stderr = support::stop_run(child).await;
     assert!(
         stderr.contains("replication origin functions are not permitted"),
         "run says it works without its origin:\n{stderr}"

@@ -1,6 +1,6 @@
 //! Multi-host connection strings and dead links, against the harness's real
 //! server behind a TCP relay that can refuse, black-hole and cut
-//! connections (tests/network_support/relay.rs).
+//! connections (tests/support/network/relay.rs).
 //!
 //! - which host every kind of session picks from a list, and the one-line
 //!   error when none fits;
@@ -11,15 +11,14 @@
 //! - how soon a black-holed stream is noticed (measured and printed), and
 //!   that without the receive timeout it never is (a planted bug).
 
-mod common;
-mod network_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::cli::{SCHEMA, Spec, USERS_MIRROR};
-use common::{Cluster, Database, fresh_db, shared_cluster, wait_for, wrong_status};
-use network_support::relay::Relay;
-use network_support::{Run, Writer, credentials, refusing_port, server_socket, via_relay};
+use support::cli::{SCHEMA, Spec, USERS_MIRROR};
+use support::network::relay::Relay;
+use support::network::{Run, Writer, credentials, refusing_port, server_socket, via_relay};
+use support::{Cluster, Database, fresh_db, shared_cluster, wait_for, wrong_status};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::ReplicationClient;
 
@@ -165,7 +164,7 @@ async fn no_fitting_host_is_one_line_naming_every_host() {
     );
 
     let spec = Spec::new("net-none-fits", USERS_MIRROR);
-    let out = tokio::process::Command::new(common::cli::BIN)
+    let out = tokio::process::Command::new(support::cli::BIN)
         .args(["check"])
         .arg(&spec.path)
         .args(["--db", &conninfo])
@@ -246,7 +245,7 @@ async fn apply_backends(admin: &tokio_postgres::Client, db: &Database) -> i64 {
 /// as a middlebox would) are terminated, so no dead apply session lingers.
 #[tokio::test(flavor = "multi_thread")]
 async fn black_holes_under_load_end_exact() {
-    let (db, admin) = common::cli::setup(3000, 0).await;
+    let (db, admin) = support::cli::setup(3000, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-load", USERS_MIRROR);
     let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
@@ -280,8 +279,8 @@ async fn black_holes_under_load_end_exact() {
     }
     let txns = writer.finish().await;
     assert!(txns > 100, "the writer committed only {txns} transactions");
-    common::wait_backfill_done(&admin, &spec.name).await;
-    common::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_backfill_done(&admin, &spec.name).await;
+    support::wait_caught_up(&admin, &spec.object()).await;
     // The judge: every row's status is the mapping of its is_active, by a
     // query of the test's own, and every row written is there.
     assert_eq!(wrong_status(&admin).await, 0);
@@ -326,14 +325,14 @@ async fn black_holes_under_load_end_exact() {
 /// interval 0.8 s. Prints the figure measured.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_black_holed_stream_is_noticed_within_its_bound() {
-    let (db, admin) = common::cli::setup(10, 0).await;
+    let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-bound", USERS_MIRROR);
     let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
-    common::wait_backfill_done(&admin, &spec.name).await;
+    support::wait_backfill_done(&admin, &spec.name).await;
     const NOTICED: &str = "dead link: nothing arrived on the replication stream";
     let mut figures = Vec::new();
     for _ in 0..3 {
@@ -366,7 +365,7 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
         .execute("UPDATE users SET is_active = NOT is_active", &[])
         .await
         .unwrap();
-    common::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&admin, &spec.object()).await;
     assert_eq!(wrong_status(&admin).await, 0);
     run.stop().await;
 }
@@ -379,7 +378,7 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
 /// fails without the feature.
 #[tokio::test(flavor = "multi_thread")]
 async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
-    let (db, admin) = common::cli::setup(10, 0).await;
+    let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-plant", USERS_MIRROR);
     let mut run = Run::spawn(
@@ -390,7 +389,7 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
-    common::wait_backfill_done(&admin, &spec.name).await;
+    support::wait_backfill_done(&admin, &spec.name).await;
     relay.black_hole_all();
     let wait = STREAM_BOUND * 4;
     let noticed = run
@@ -427,14 +426,14 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
 /// target is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
-    let (db, admin) = common::cli::setup(0, 10).await;
+    let (db, admin) = support::cli::setup(0, 10).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
-    let spec = Spec::new("net-lock", common::cli::ORDERS_MIRROR);
+    let spec = Spec::new("net-lock", support::cli::ORDERS_MIRROR);
     let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
-    common::wait_backfill_done(&admin, &spec.name).await;
+    support::wait_backfill_done(&admin, &spec.name).await;
     let holder = db.connect().await;
     holder
         .batch_execute("BEGIN; SELECT * FROM order_items WHERE order_id = 1 FOR UPDATE")
@@ -463,7 +462,7 @@ async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
     assert_eq!(run.count("dead link"), 0, "{}", run.stderr());
     assert_eq!(run.count(" streaming slot="), 1, "{}", run.stderr());
     holder.batch_execute("COMMIT").await.unwrap();
-    common::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&admin, &spec.object()).await;
     // The mapping by the test's own SQL, both ways, as multisets.
     let diff: i64 = admin
         .query_one(

@@ -3,16 +3,16 @@
 //! through the real binary against a fresh database (docs/design.md §7-8, README
 //! "Commands").
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Database, connect, wait_for, wait_for_some};
 use serde_json::Value;
+use support::{Database, connect, wait_for, wait_for_some};
 
-use common::cli::*;
+use support::cli::*;
 /// Whether the backfill of `name` has not (yet) completed every mirror.
 async fn backfill_incomplete(c: &tokio_postgres::Client, name: &str) -> bool {
     if one_i64(
@@ -184,7 +184,7 @@ async fn wait_returns_only_after_the_backfill_is_done() {
         "status never showed phase backfilling with a live run"
     );
     assert!(stdout.contains("ready"), "{stdout}");
-    assert_eq!(common::wrong_status(&c).await, 0);
+    assert_eq!(support::wrong_status(&c).await, 0);
 
     stop_cleanly(&mut run).await;
     let out = cli(&["wait", "--timeout", "2s"], &spec, &db).await;

@@ -11,12 +11,12 @@
 //! older server the tests say why they did not run, except under CI, where
 //! that means the matrix is wrong and they fail.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::cli::{Run, Spec, USERS_MIRROR, cli, one_i64};
-use common::{Cluster, Database, wait_for};
+use support::cli::{Run, Spec, USERS_MIRROR, cli, one_i64};
+use support::{Cluster, Database, wait_for};
 
 /// Users whose `status` differs from the mapping of `is_active`.
 const WRONG: &str = "SELECT count(*) FROM users \
@@ -47,7 +47,7 @@ async fn cluster16() -> Option<Cluster> {
 async fn setup(cluster: &Cluster, users: i64) -> (Database, tokio_postgres::Client) {
     let db = cluster.fresh_database_named("origins").expect("database");
     let c = db.connect().await;
-    c.batch_execute(common::cli::SCHEMA).await.expect("schema");
+    c.batch_execute(support::cli::SCHEMA).await.expect("schema");
     c.execute(
         "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
         &[&users],
@@ -77,7 +77,7 @@ async fn a_new_origin_appearing_mid_run_loses_no_write() {
     };
     let (db, c) = setup(&cluster, 20_000).await;
     let spec = Spec::new("orig", USERS_MIRROR);
-    let mut cmd = common::cli::command(&["run"], &spec.path, &db);
+    let mut cmd = support::cli::command(&["run"], &spec.path, &db);
     let log = spec.dir.path().join("run.stderr");
     let file = std::fs::File::create(&log).expect("log");
     cmd.env("WALSHIFT_ORIGIN_POLL_MS", "3000")

@@ -10,13 +10,13 @@
 //! bad row and mirrors nothing after it
 //! (`planted_no_isolation_stops_everything`).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::cli::*;
-use common::{Database, wait_backfill_done, wait_caught_up, wait_for, wait_for_some};
 use serde_json::Value;
+use support::cli::*;
+use support::{Database, wait_backfill_done, wait_caught_up, wait_for, wait_for_some};
 
 /// `reviews.rating_v2 = CAST(rating AS integer)`, one review rated `'4.5'`.
 const REVIEWS: &str = "
@@ -90,7 +90,7 @@ async fn status_until(
 /// operator looks, and fixing the row mirrors it without a restart.
 #[tokio::test]
 async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(REVIEWS).await.unwrap();
     let spec = Spec::new("poison-rating", REVIEWS_MIRROR);
@@ -157,7 +157,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
         "{text}"
     );
     // /readyz: not ready, saying why.
-    let ready = common::http::get(&addr, "/readyz").await.unwrap();
+    let ready = support::http::get(&addr, "/readyz").await.unwrap();
     assert_eq!(ready.code, 503, "{ready}");
     assert!(ready.body.contains("2 key(s) held"), "{ready}");
     // verify names them and fails.
@@ -201,7 +201,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
     assert!(s["held"].as_array().unwrap().is_empty(), "{s}");
     let v = cli(&["verify"], &spec, &db).await;
     assert_eq!(v.code(), Some(0), "{v}");
-    let ready = common::http::get(&addr, "/readyz").await.unwrap();
+    let ready = support::http::get(&addr, "/readyz").await.unwrap();
     assert_eq!(ready.code, 200, "{ready}");
     assert!(run.still_running());
     assert!(
@@ -215,7 +215,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
 /// row, and the test's oracle sees the rows it never mirrored.
 #[tokio::test]
 async fn planted_no_isolation_stops_everything() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(REVIEWS).await.unwrap();
     let spec = Spec::new("poison-planted", REVIEWS_MIRROR);
@@ -232,7 +232,7 @@ async fn planted_no_isolation_stops_everything() {
 /// every other key of the batch is mirrored.
 #[tokio::test]
 async fn one_poison_key_in_a_live_batch_of_thousands_is_held_alone() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(
         "CREATE TABLE reviews (id bigint PRIMARY KEY, rating text NOT NULL, body text, rating_v2 integer);
@@ -266,7 +266,7 @@ async fn one_poison_key_in_a_live_batch_of_thousands_is_held_alone() {
 /// operator changes the constraint and asks `walshift ctl SPEC retry`.
 #[tokio::test]
 async fn a_check_failure_is_held_until_ctl_retry() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(
         "CREATE TABLE scores (id bigint PRIMARY KEY, grade text NOT NULL,
@@ -342,7 +342,7 @@ set = { grade_v2 = "upper(grade)" }
 /// mirrored and forgotten.
 #[tokio::test]
 async fn a_unique_collision_in_a_rows_target_is_held() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(
         "CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
@@ -411,7 +411,7 @@ async fn a_unique_collision_in_a_rows_target_is_held() {
 /// version's next write of the key settles it.
 #[tokio::test]
 async fn a_two_way_key_whose_way_back_fails_is_held() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(
         "CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean NOT NULL, status text);

@@ -8,12 +8,12 @@
 //! Each test starts its own cluster with `max_slot_wal_keep_size = 1MB` (the shared one must
 //! not lose other tests' slots).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::cli::{ORDERS_MIRROR, Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use common::{Cluster, Database, wait_caught_up, wait_for, wrong_status};
+use support::cli::{ORDERS_MIRROR, Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
+use support::{Cluster, Database, wait_caught_up, wait_for, wrong_status};
 
 /// A cluster whose slots lose WAL past 1 MB, for one test.
 async fn small_wal_cluster() -> Cluster {
@@ -167,7 +167,7 @@ async fn a_slot_lost_while_stopped_is_resynced_and_ends_exact() {
     wait_for(
         "the backfill to finish again",
         Duration::from_secs(60),
-        || common::backfill_done(&c, &spec.name),
+        || support::backfill_done(&c, &spec.name),
     )
     .await;
     write_a_round(&c, 4).await;
@@ -212,7 +212,7 @@ async fn a_slot_lost_while_stopped_is_resynced_and_ends_exact() {
         out.stdout.contains("resynced:  after slot lost at "),
         "{out}"
     );
-    let metrics = common::http::get(&addr, "/metrics")
+    let metrics = support::http::get(&addr, "/metrics")
         .await
         .expect("/metrics");
     assert!(

@@ -6,12 +6,12 @@
 //!
 //! Each test was seen to fail with the behaviour it pins broken; the comment above it says how.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use common::{Cluster, Database, majors, wait_backfill_done, wait_caught_up, wait_for};
+use support::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
+use support::{Cluster, Database, majors, wait_backfill_done, wait_caught_up, wait_for};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::{ReplicationClient, SlotOptions, SnapshotAction, proto};
 
@@ -344,7 +344,7 @@ async fn own_writes_on(major: u32) -> Option<OwnWrites> {
 
 /// total_bytes of the slot once its statistics count at least the test's own transaction.
 async fn wait_for_some_stat(c: &tokio_postgres::Client, stats: &str, slot: &str) -> i64 {
-    common::wait_for_some(
+    support::wait_for_some(
         "the slot's statistics to count a transaction",
         Duration::from_secs(30),
         || async move {

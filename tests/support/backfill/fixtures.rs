@@ -7,11 +7,11 @@
 //! not exist (below the lowest key, in gaps, past the highest). Only a backfill that covers the
 //! whole key range, with no gap between chunks, makes the comparison exact.
 //!
-//! The mappings themselves (spec text and comparison) are `tests/mirror_support/workloads.rs`'s,
+//! The mappings themselves (spec text and comparison) are `tests/support/mirror/workloads.rs`'s,
 //! so live mirroring and backfill are held to the same definition.
 
-use crate::mirror_support::Rng;
-use crate::mirror_support::workloads::{
+use crate::support::mirror::Rng;
+use crate::support::mirror::workloads::{
     EVENTS_DDL, IDS_DDL, ORDERS_DDL, TAGS_DDL, USERS_DDL, item, items,
 };
 

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use super::load::{Load, LoadOptions, LoadStats, Rng, Step};
 use super::process::{SpecFile, Walshift};
 use super::waits::wait_active;
-use crate::common::{Cluster, Database};
+use crate::support::{Cluster, Database};
 
 /// A load that runs until stopped (mid-load actions need it to keep going afterwards).
 pub const OPEN_ENDED: LoadOptions = LoadOptions {
@@ -26,7 +26,7 @@ pub struct Scenario {
 
 impl Scenario {
     pub async fn new(name: &str, ddl: &str, spec: &str) -> Scenario {
-        Scenario::on(crate::common::fresh_db().await, name, ddl, spec).await
+        Scenario::on(crate::support::fresh_db().await, name, ddl, spec).await
     }
 
     pub async fn on(db: Database, name: &str, ddl: &str, spec: &str) -> Scenario {

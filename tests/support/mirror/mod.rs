@@ -14,7 +14,6 @@
 //! fails the test at once with its stderr instead of at a timeout.
 //!
 //! Each test binary that includes this module (`mirror`, `backfill`) uses a different subset.
-#![allow(dead_code)]
 
 pub mod compare;
 pub mod load;

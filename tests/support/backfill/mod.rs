@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The process, the load, the caught-up wait and the exact comparisons are
-//! `tests/mirror_support`'s; this module only adds what the backfill needs.
+//! `tests/support/mirror`'s; this module only adds what the backfill needs.
 
 pub mod fixtures;
 pub mod throttle;
@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::common::{Database, backfill_done};
-use crate::mirror_support::compare::{RowsMirror, SetMirror};
-use crate::mirror_support::{SpecFile, Walshift, poll, wait_active};
+use crate::support::mirror::compare::{RowsMirror, SetMirror};
+use crate::support::mirror::{SpecFile, Walshift, poll, wait_active};
+use crate::support::{Database, backfill_done};
 
 // Dedicated clusters (reconfigured, or with a standby or slots of their own), databases on them
 // and counts: the same as the mirror scenarios'.
-pub use crate::mirror_support::{count, dedicated_cluster, fresh_db_on};
+#[allow(unused_imports)]
+pub use crate::support::mirror::{count, dedicated_cluster, fresh_db_on};
 
 /// How long a whole backfill may take in these scenarios (debug build, small tables).
 pub const BACKFILL_WITHIN: Duration = Duration::from_secs(60);
@@ -41,7 +42,7 @@ pub struct Scenario {
 
 impl Scenario {
     pub async fn new(name: &str, setup: &str, spec: &str) -> Scenario {
-        Scenario::on(crate::common::fresh_db().await, name, setup, spec).await
+        Scenario::on(crate::support::fresh_db().await, name, setup, spec).await
     }
 
     pub async fn on(db: Database, name: &str, setup: &str, spec: &str) -> Scenario {

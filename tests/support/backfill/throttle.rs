@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{Checkpoint, Scenario};
-use crate::common::Database;
-use crate::mirror_support::Walshift;
+use crate::support::Database;
+use crate::support::mirror::Walshift;
 
 /// How long a throttle (or its end) may take to show in the log: signals are read every
 /// 500 ms, and a standby's replay lag needs a status reply to move.

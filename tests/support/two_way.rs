@@ -3,7 +3,6 @@
 //! recording what it wrote in an acknowledgement table in the same
 //! transaction. The oracle is that table, read with plain SQL: the last
 //! acknowledged write of every key must hold in both shapes.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -69,7 +68,7 @@ impl Load {
         for (step, count) in writers {
             for _ in 0..*count {
                 number += 1;
-                let client = super::common::connect(conninfo).await;
+                let client = crate::support::connect(conninfo).await;
                 let (stop, committed, failed) = (stop.clone(), committed.clone(), failed.clone());
                 let step = *step;
                 let writer = number;

@@ -2,7 +2,6 @@
 //! ([`relay::Relay`]), conninfo strings through it, a `walshift run` child
 //! on any conninfo, and a write load on the source that walshift must
 //! keep up with.
-#![allow(dead_code)]
 
 pub mod relay;
 
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use walshift_cluster::{Cluster, Database};
 
-use super::common::cli::Spec;
+use crate::support::cli::Spec;
 
 /// The unix socket of `cluster`'s server.
 pub fn server_socket(cluster: &Cluster) -> PathBuf {

@@ -5,9 +5,13 @@
 //! Each test binary compiles this module on its own and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod backfill;
 pub mod cli;
 pub mod http;
 pub mod majors;
+pub mod mirror;
+pub mod network;
+pub mod two_way;
 
 use std::future::Future;
 use std::path::Path;
