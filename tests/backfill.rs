@@ -532,7 +532,7 @@ async fn standby_replay_lag_holds_history_not_live_changes() {
     let on_standby = standby.database("postgres").connect().await;
     let sql = &s.sql;
     let name = standby_name.as_str();
-    support::mirror::poll(
+    support::poll(
         None,
         "the standby to stream",
         Duration::from_secs(30),

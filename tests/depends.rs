@@ -388,15 +388,20 @@ async fn bad_depends_are_refused_by_check() {
 
 /// Waits until walshift's stream is connected (its slot active).
 async fn streaming(c: &tokio_postgres::Client, slot: &str) {
-    support::wait_for("the stream to connect", Duration::from_secs(30), || async {
-        c.query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .is_some()
-    })
+    support::poll(
+        None,
+        "the stream to connect",
+        Duration::from_secs(30),
+        || async {
+            c.query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        },
+    )
     .await;
 }
 
@@ -431,7 +436,8 @@ set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.i
     let run = Run::spawn(&after, &db);
     // The old run's checkpoint says done until the new run's setup restarts
     // it: wait for that first.
-    support::wait_for(
+    support::poll(
+        None,
         "the history to restart",
         Duration::from_secs(30),
         || async {

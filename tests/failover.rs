@@ -28,9 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use support::{
-    Cluster, Database, majors, wait_backfill_done, wait_caught_up, wait_for, wrong_status,
-};
+use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up, wrong_status};
 use tokio::sync::watch;
 
 /// Where the writer writes: a generation (0 = the old primary, 1 = the promoted standby) and
@@ -148,7 +146,8 @@ async fn wait_synced_copy(primary: &tokio_postgres::Client, standby: &Database, 
         .await
         .unwrap()
         .get(0);
-    wait_for(
+    poll(
+        None,
         "the standby's synced copy of walshift's slot",
         Duration::from_secs(60),
         || async {
@@ -278,9 +277,12 @@ async fn failover_on(major: u32) {
     let spec = Spec::new(&format!("fo{major}"), USERS_MIRROR);
     let slot = spec.object();
     let mut first = Run::spawn(&spec, &db);
-    wait_for("the backfill's mirror", Duration::from_secs(60), || async {
-        wrong_status(&c).await == 0
-    })
+    poll(
+        None,
+        "the backfill's mirror",
+        Duration::from_secs(60),
+        || async { wrong_status(&c).await == 0 },
+    )
     .await;
     wait_backfill_done(&c, &spec.name).await;
     wait_caught_up(&c, &slot).await;
@@ -313,7 +315,8 @@ async fn failover_on(major: u32) {
     let (to, target) = watch::channel::<Target>(Some((0, db.clone())));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(target, Arc::clone(&stop));
-    wait_for(
+    poll(
+        None,
         "writes on the old primary",
         Duration::from_secs(30),
         || async { one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await > 200 },
@@ -364,7 +367,8 @@ async fn failover_on(major: u32) {
     // walshift again, against the new primary.
     let restarted = Instant::now();
     let mut second = Run::spawn(&spec, &on_standby_db);
-    wait_for(
+    poll(
+        None,
         "walshift streaming from the new primary",
         Duration::from_secs(60),
         || async { slot_active(&c, &slot).await },
@@ -376,7 +380,8 @@ async fn failover_on(major: u32) {
 
     // The load goes on against the new primary for a while, then stops.
     let base = one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await;
-    wait_for(
+    poll(
+        None,
         "writes on the new primary",
         Duration::from_secs(30),
         || async {
@@ -491,7 +496,7 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     let both = host_list(&db.conninfo(), &on_standby_db.conninfo());
     let run = support::spawn_run(&spec.path, &both, &[]);
     wait_backfill_done(&c, &spec.name).await;
-    wait_for("the stream", Duration::from_secs(30), || async {
+    poll(None, "the stream", Duration::from_secs(30), || async {
         slot_active(&c, &slot).await
     })
     .await;
@@ -533,7 +538,8 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     let (to, target) = watch::channel::<Target>(Some((0, db.clone())));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(target, Arc::clone(&stop));
-    wait_for(
+    poll(
+        None,
         "writes on the old primary",
         Duration::from_secs(30),
         || async { one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await > 200 },
@@ -549,7 +555,8 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     let c = on_standby_db.connect().await;
     to.send_replace(Some((1, on_standby_db.clone())));
     // The same run, through its host list (its reconnect backoff is at most 30 s).
-    wait_for(
+    poll(
+        None,
         "the same run streaming from the new primary",
         Duration::from_secs(90),
         || async { slot_active(&c, &slot).await },
@@ -557,7 +564,8 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     .await;
     let followed = killed.elapsed();
     let base = one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await;
-    wait_for(
+    poll(
+        None,
         "writes on the new primary",
         Duration::from_secs(30),
         || async {

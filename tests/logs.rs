@@ -51,7 +51,7 @@ async fn short_run(name: &str, global: &[&str]) -> Output {
     .expect("a live write");
     // Backfill and live mirroring both done: every status matches.
     let client = &c;
-    support::wait_for("walshift run to mirror", Duration::from_secs(30), || async move {
+    support::poll(None, "walshift run to mirror", Duration::from_secs(30), || async move {
         client
             .query_one(
                 "SELECT count(*) FROM users

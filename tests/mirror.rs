@@ -11,7 +11,6 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::Cluster;
 use support::mirror::workloads::{
     EVENTS_A, EVENTS_B, EVENTS_DDL, ID_BIG, IDS_DDL, MOVED, ORDER_ITEMS, ORDERS_DDL, QUOTED_COUNT,
     QUOTED_DDL, QUOTED_ITEMS, STATUS, TAGS, TAGS_DDL, USERS_DDL, events_step, ids_step,
@@ -19,9 +18,10 @@ use support::mirror::workloads::{
 };
 use support::mirror::{
     LoadOptions, OPEN_ENDED, Scenario, Step, Walshift, assert_load, confirmed_at_least,
-    dedicated_cluster, fresh_db_on, poll, settled_updates, step, terminate_walshift_sessions,
+    dedicated_cluster, fresh_db_on, settled_updates, step, terminate_walshift_sessions,
     wait_active, wait_caught_up, wait_inactive,
 };
+use support::{Cluster, poll};
 use tokio_postgres::Client;
 
 // ---------------------------------------------------------------------------------------------

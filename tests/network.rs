@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use support::cli::{SCHEMA, Spec, USERS_MIRROR};
 use support::network::relay::Relay;
 use support::network::{Run, Writer, credentials, refusing_port, server_socket, via_relay};
-use support::{Cluster, Database, fresh_db, shared_cluster, wait_for, wrong_status};
+use support::{Cluster, Database, fresh_db, poll, shared_cluster, wrong_status};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::ReplicationClient;
 
@@ -39,7 +39,8 @@ async fn standby_with(db: &Database) -> Cluster {
         .unwrap()
         .unwrap_or_else(|e| panic!("start a standby: {e}"));
     let on_standby = standby.database(db.name());
-    wait_for(
+    poll(
+        None,
         "the database on the standby",
         Duration::from_secs(30),
         || {
@@ -210,9 +211,12 @@ async fn run_finds_the_primary_behind_a_dead_host_and_a_standby() {
         )
         .await
         .unwrap();
-    wait_for("the writes mirrored", Duration::from_secs(30), || async {
-        wrong_status(&admin).await == 0
-    })
+    poll(
+        None,
+        "the writes mirrored",
+        Duration::from_secs(30),
+        || async { wrong_status(&admin).await == 0 },
+    )
     .await;
     let on_standby = standby.database(db.name()).connect().await;
     let slots: i64 = on_standby
@@ -307,7 +311,8 @@ async fn black_holes_under_load_end_exact() {
     }
     // The relay keeps every black-holed backend's socket open: only
     // pg_terminate_backend ends them.
-    wait_for(
+    poll(
+        None,
         "one apply backend left",
         Duration::from_secs(20),
         || async { apply_backends(&admin, &db).await == 1 },
@@ -446,7 +451,7 @@ async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
         )
         .await
         .unwrap();
-    wait_for("the apply session waits on the lock", Duration::from_secs(20), || async {
+    poll(None, "the apply session waits on the lock", Duration::from_secs(20), || async {
         admin
             .query_opt(
                 "SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND application_name = 'walshift-apply'

@@ -16,7 +16,7 @@ mod support;
 use std::time::Duration;
 
 use support::cli::{Run, Spec, USERS_MIRROR, cli, one_i64};
-use support::{Cluster, Database, wait_for};
+use support::{Cluster, Database, poll};
 
 /// Users whose `status` differs from the mapping of `is_active`.
 const WRONG: &str = "SELECT count(*) FROM users \
@@ -58,7 +58,7 @@ async fn setup(cluster: &Cluster, users: i64) -> (Database, tokio_postgres::Clie
 }
 
 async fn mirrored(c: &tokio_postgres::Client, what: &str) {
-    wait_for(what, Duration::from_secs(60), || async {
+    poll(None, what, Duration::from_secs(60), || async {
         one_i64(c, WRONG).await == 0
     })
     .await;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::cli::*;
-use support::{Database, wait_backfill_done, wait_caught_up, wait_for, wait_for_some};
+use support::{Database, poll, poll_some, wait_backfill_done, wait_caught_up};
 
 /// `reviews.rating_v2 = CAST(rating AS integer)`, one review rated `'4.5'`.
 const REVIEWS: &str = "
@@ -78,7 +78,7 @@ async fn status_until(
     db: &Database,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait_for_some(what, Duration::from_secs(30), || async {
+    poll_some(None, what, Duration::from_secs(30), || async {
         let s = status_json(spec, db).await;
         cond(&s).then_some(s)
     })
@@ -128,7 +128,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
     );
     assert_eq!(reviews_bad(&c).await, ["7777", "20501"]);
     // Held keys do not pin WAL: the slot confirms past them.
-    wait_for("the slot to confirm past the bad insert", Duration::from_secs(20), || async {
+    poll(None, "the slot to confirm past the bad insert", Duration::from_secs(20), || async {
         c.query_one(
             "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
             &[&after_bad, &spec.object()],
@@ -310,14 +310,19 @@ set = { grade_v2 = "upper(grade)" }
     let out = cli(&["ctl", "retry"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains("1 held key(s)"), "{out}");
-    wait_for("the held key mirrored", Duration::from_secs(20), || async {
-        one_i64(
-            &c,
-            "SELECT count(*) FROM scores WHERE id = 1234 AND grade_v2 = 'X'",
-        )
-        .await
-            == 1
-    })
+    poll(
+        None,
+        "the held key mirrored",
+        Duration::from_secs(20),
+        || async {
+            one_i64(
+                &c,
+                "SELECT count(*) FROM scores WHERE id = 1234 AND grade_v2 = 'X'",
+            )
+            .await
+                == 1
+        },
+    )
     .await;
     status_until("nothing held", &spec, &db, |s| held_count(s) == 0).await;
     assert_eq!(

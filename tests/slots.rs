@@ -13,7 +13,7 @@ mod support;
 use std::time::Duration;
 
 use support::cli::{ORDERS_MIRROR, Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use support::{Cluster, Database, wait_caught_up, wait_for, wrong_status};
+use support::{Cluster, Database, poll, wait_caught_up, wrong_status};
 
 /// A cluster whose slots lose WAL past 1 MB, for one test.
 async fn small_wal_cluster() -> Cluster {
@@ -139,7 +139,7 @@ async fn exact(c: &tokio_postgres::Client) -> bool {
 }
 
 async fn wait_exact(what: &str, c: &tokio_postgres::Client) {
-    wait_for(what, Duration::from_secs(60), || exact(c)).await;
+    poll(None, what, Duration::from_secs(60), || exact(c)).await;
 }
 
 /// Guards the resync: after the slot was invalidated while walshift was stopped, `run` drops
@@ -164,7 +164,8 @@ async fn a_slot_lost_while_stopped_is_resynced_and_ends_exact() {
     let mut run = Run::spawn_with(&spec, &db, &["--listen", "127.0.0.1:0"]);
     let addr = run.listening().await;
     wait_exact("the resynced mirror", &c).await;
-    wait_for(
+    poll(
+        None,
         "the backfill to finish again",
         Duration::from_secs(60),
         || support::backfill_done(&c, &spec.name),
@@ -284,7 +285,8 @@ async fn planted_naive_recovery_misses_the_writes() {
     let wrong_before = (wrong_status(&c).await, order_items_diff(&c).await);
 
     let mut run = Run::spawn_with(&spec, &db, &["--unsafe-plant", "no-resync"]);
-    wait_for(
+    poll(
+        None,
         "the planted run streaming from a new slot",
         Duration::from_secs(30),
         || async { wal_status(&c, &spec.object()).await.as_deref() == Some("reserved") },

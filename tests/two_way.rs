@@ -445,19 +445,24 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
     // The new version starts once walshift runs (before it, history is the
     // old shape's): its slot streams.
     let slot = spec.object();
-    support::wait_for("walshift's slot to stream", Duration::from_secs(30), || {
-        let c = &c;
-        let slot = slot.clone();
-        async move {
-            c.query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&slot],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 1)
-            .unwrap_or(false)
-        }
-    })
+    support::poll(
+        None,
+        "walshift's slot to stream",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            let slot = slot.clone();
+            async move {
+                c.query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[&slot],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0) == 1)
+                .unwrap_or(false)
+            }
+        },
+    )
     .await;
     if s.users <= HOT as i64 {
         wait_backfill_done(&c, &spec.name).await;
@@ -502,7 +507,8 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
         .collect();
     // `status` counts what the run logged (it records about once a second).
     if s.kill_after.is_none() {
-        support::wait_for(
+        support::poll(
+            None,
             "status to count the conflicts",
             Duration::from_secs(10),
             || async {

@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use support::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use support::{Cluster, Database, majors, wait_backfill_done, wait_caught_up, wait_for};
+use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::{ReplicationClient, SlotOptions, SnapshotAction, proto};
 
@@ -56,7 +56,7 @@ async fn setup(cluster: &Cluster, hint: &str, users: i64) -> (Database, tokio_po
 }
 
 async fn mirrored(c: &tokio_postgres::Client, what: &str) {
-    wait_for(what, Duration::from_secs(60), || async {
+    poll(None, what, Duration::from_secs(60), || async {
         one_i64(c, WRONG).await == 0
     })
     .await;
@@ -77,7 +77,8 @@ async fn slot_active(c: &tokio_postgres::Client, slot: &str) -> bool {
 }
 
 async fn wait_inactive(c: &tokio_postgres::Client, slot: &str) {
-    wait_for(
+    poll(
+        None,
         "the slot to be released",
         Duration::from_secs(30),
         || async move { !slot_active(c, slot).await },
@@ -239,7 +240,7 @@ async fn pg14_empty_transactions_are_streamed_and_confirmed_past() {
     );
     let slot = spec.object();
     let (c_ref, slot_ref, after_ref) = (&c, &slot, &after);
-    wait_for(
+    poll(None,
         "walshift's slot to be confirmed past the empty transactions",
         Duration::from_secs(30),
         || async move {
@@ -344,7 +345,8 @@ async fn own_writes_on(major: u32) -> Option<OwnWrites> {
 
 /// total_bytes of the slot once its statistics count at least the test's own transaction.
 async fn wait_for_some_stat(c: &tokio_postgres::Client, stats: &str, slot: &str) -> i64 {
-    support::wait_for_some(
+    support::poll_some(
+        None,
         "the slot's statistics to count a transaction",
         Duration::from_secs(30),
         || async move {

@@ -22,6 +22,8 @@ use tokio::io::AsyncReadExt;
 
 pub use walshift_cluster::{Cluster, Database};
 
+use mirror::Walshift;
+
 /// The cluster shared by every test of this process, started on first use and removed at exit.
 pub fn shared_cluster() -> &'static Cluster {
     Cluster::shared()
@@ -49,9 +51,16 @@ pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Poll `poll` until it yields a value, backing off from 10 ms to 200 ms between polls.
-/// Panics after `timeout`, naming `what` was awaited.
-pub async fn wait_for_some<T, F, Fut>(what: &str, timeout: Duration, mut poll: F) -> T
+/// The one poller: polls `poll` until it yields a value, backing off from 10 ms to 200 ms between
+/// polls, and panics after `timeout`, naming `what` was awaited. With `ws`, it checks before each
+/// poll that that `walshift run` is alive, so a crashed binary fails the test at once with its
+/// output, and a timeout fails with that output too.
+pub async fn poll_some<T, F, Fut>(
+    ws: Option<&Walshift>,
+    what: &str,
+    timeout: Duration,
+    mut poll: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -59,24 +68,31 @@ where
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(10);
     loop {
+        if let Some(ws) = ws {
+            ws.ensure_running();
+        }
         if let Some(value) = poll().await {
             return value;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            let message = format!("timed out after {timeout:?} waiting for {what}");
+            match ws {
+                Some(ws) => ws.fail(&message),
+                None => panic!("{message}"),
+            }
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 
-/// Poll `cond` until it holds; panics after `timeout`, naming `what` was awaited.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+/// [`poll_some`] for a condition: until `cond` holds.
+pub async fn poll<F, Fut>(ws: Option<&Walshift>, what: &str, timeout: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    wait_for_some(what, timeout, || {
+    poll_some(ws, what, timeout, || {
         let fut = cond();
         async move { fut.await.then_some(()) }
     })
@@ -111,9 +127,12 @@ pub async fn backfill_done(client: &tokio_postgres::Client, name: &str) -> bool 
 
 /// Polls [`backfill_done`] for spec `name`; panics if the backfill has not finished within 60 s.
 pub async fn wait_backfill_done(client: &tokio_postgres::Client, name: &str) {
-    wait_for("the backfill to finish", Duration::from_secs(60), || {
-        backfill_done(client, name)
-    })
+    poll(
+        None,
+        "the backfill to finish",
+        Duration::from_secs(60),
+        || backfill_done(client, name),
+    )
     .await
 }
 

@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::support::mirror::compare::{RowsMirror, SetMirror};
-use crate::support::mirror::{SpecFile, Walshift, poll, wait_active};
+use crate::support::mirror::{SpecFile, Walshift, wait_active};
+use crate::support::poll;
 use crate::support::{Database, backfill_done};
 
 // Dedicated clusters (reconfigured, or with a standby or slots of their own), databases on them

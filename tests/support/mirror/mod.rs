@@ -37,4 +37,4 @@ pub use scenario::{
 #[allow(unused_imports)]
 pub use sessions::{settled_updates, terminate_walshift_sessions};
 #[allow(unused_imports)]
-pub use waits::{confirmed_at_least, poll, wait_active, wait_caught_up, wait_inactive};
+pub use waits::{confirmed_at_least, wait_active, wait_caught_up, wait_inactive};

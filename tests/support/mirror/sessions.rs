@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use super::process::Walshift;
 use super::scenario::count;
-use super::waits::poll;
+use crate::support::poll;
 
 /// Waits until no other session of this database remains (a backend flushes its statistics
 /// before it leaves pg_stat_activity), then expects `n_tup_upd` of users to be `expected`.

@@ -1,44 +1,17 @@
 //! Conditions a scenario waits on. Each polls, and fails the test at once, with walshift's
 //! output, if the process ended meanwhile.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
 use super::process::Walshift;
+use crate::support::poll;
 
 /// Startup: check, setup, connect, START_REPLICATION.
 pub const ACTIVE_WITHIN: Duration = Duration::from_secs(30);
 /// The "caught up" condition of the contract.
 pub const CAUGHT_UP_WITHIN: Duration = Duration::from_secs(60);
-
-/// Polls `cond` every 10..100 ms until it holds; checks `ws` is alive between polls.
-pub async fn poll<F, Fut>(ws: Option<&Walshift>, what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(10);
-    loop {
-        if let Some(ws) = ws {
-            ws.ensure_running();
-        }
-        if cond().await {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let message = format!("timed out after {timeout:?} waiting for {what}");
-            match ws {
-                Some(ws) => ws.fail(&message),
-                None => panic!("{message}"),
-            }
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
 
 /// `active` of a slot; `None` when there is no such slot.
 pub async fn slot_active(client: &Client, slot: &str) -> Option<bool> {
