@@ -11,6 +11,9 @@ pub mod http;
 pub mod majors;
 pub mod mirror;
 pub mod network;
+/// `benches/support/page.rs` (a symlink): the benches write their reports as pages of the
+/// documentation, and `tests/docs.rs` checks those pages.
+pub mod page;
 pub mod two_way;
 
 use std::future::Future;

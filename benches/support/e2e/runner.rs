@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::process::{BackfillDone, cpu_seconds, peak_rss_mb, session_pids, spawn_run, stop, tail};
+use crate::support::backfill::process::{
+    BackfillDone, cpu_seconds, peak_rss_mb, session_pids, spawn_run, stop, tail,
+};
 
 use super::{confirmed_at_least, sync_point};
 

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use tokio_postgres::Client;
 use walshift_cluster::Database;
 
-pub use crate::summary::loadavg;
+// Used by the e2e bench alone; the other benches compile this module too.
+#[allow(unused_imports)]
+pub use crate::support::backfill::summary::loadavg;
 pub use config::Config;
 
 /// Everything a scenario needs: the database, an admin session on it, the server's binaries
@@ -119,9 +121,9 @@ pub async fn current_lsn(admin: &Client) -> String {
         .get(0)
 }
 
-/// The median of a slice (a `fn` the charts take): [`crate::summary::median`].
+/// The median of a slice (a `fn` the charts take): [`crate::support::backfill::summary::median`].
 pub fn median(values: &[f64]) -> f64 {
-    crate::summary::median(values)
+    crate::support::backfill::summary::median(values)
 }
 
 /// The `q` quantile (0..=1) by nearest rank; NaN when empty.

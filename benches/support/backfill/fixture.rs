@@ -12,7 +12,7 @@ use walshift::mirror::applier::SESSION_SETTINGS;
 use walshift::spec::Spec;
 use walshift_cluster::Database;
 
-use crate::process::{cpu_seconds, runq_wait_seconds, scalar_f64};
+use crate::support::backfill::process::{cpu_seconds, runq_wait_seconds, scalar_f64};
 
 /// One run of the in-server loop.
 #[derive(Debug, Clone, Default)]

@@ -26,7 +26,7 @@ impl Outcome {
 }
 
 pub fn run(reps: usize) -> Outcome {
-    let payloads = crate::stream::stream();
+    let payloads = crate::support::stream::stream();
     let opts = DecoderOptions {
         proto_version: 2,
         streaming_parallel: false,

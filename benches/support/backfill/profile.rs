@@ -30,8 +30,8 @@ use walshift::spec::Spec;
 use walshift::state;
 use walshift_cluster::Database;
 
-use crate::fixture::apply_session;
-use crate::process::{cpu_seconds, wait_slot_released};
+use crate::support::backfill::fixture::apply_session;
+use crate::support::backfill::process::{cpu_seconds, wait_slot_released};
 
 const SLOT: &str = "walshift_bench_consumer";
 const PUBLICATION: &str = "walshift_bench_consumer";
@@ -81,7 +81,7 @@ pub async fn in_server_with_consumer(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let sample = crate::fixture::in_server(db, block).await;
+    let sample = crate::support::backfill::fixture::in_server(db, block).await;
     let cpu_walsender_s = cpu_seconds(sender);
     let cpu_consumer_s = cpu_seconds(consumer.id() as i32);
     // SAFETY: SIGINT to our own child, not yet reaped; pg_recvlogical exits

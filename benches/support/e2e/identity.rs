@@ -16,8 +16,8 @@ use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::fixture::SET_MIRROR;
-use crate::process::drop_walshift_objects;
+use crate::support::backfill::fixture::SET_MIRROR;
+use crate::support::backfill::process::drop_walshift_objects;
 
 use super::live::{pgbench, write_scripts};
 use super::runner::Walshift;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use walshift_cluster::Database;
 
-use crate::fixture::SET_MIRROR;
-use crate::process::drop_walshift_objects;
+use crate::support::backfill::fixture::SET_MIRROR;
+use crate::support::backfill::process::drop_walshift_objects;
 
 use super::backfill::users_trigger;
 use super::runner::{Cpu, Walshift};

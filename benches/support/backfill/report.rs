@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::fixture::InServerSample;
-use crate::process::RunSample;
-use crate::profile::{Steps, WithConsumer};
-use crate::summary::{median, ratio_spread, target_dir};
+use crate::support::backfill::fixture::InServerSample;
+use crate::support::backfill::process::RunSample;
+use crate::support::backfill::profile::{Steps, WithConsumer};
+use crate::support::backfill::summary::{median, ratio_spread, target_dir};
 
 /// The ratio the issue allows: walshift at most 1.15x the in-server loop.
 pub const GOAL: f64 = 1.15;

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::process::drop_walshift_objects;
+use crate::support::backfill::process::drop_walshift_objects;
 
 use super::runner::Walshift;
 use super::{Ctx, current_lsn, exec, thousands, verify_statuses};

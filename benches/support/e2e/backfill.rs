@@ -1,7 +1,7 @@
 //! Scenarios 1 and 2: the backfill of history, three ways, from the same reset.
 //!
 //! ```text
-//!  fixture (benches/backfill_support): users 1M (set: status) / orders 200k → order_items ~1M (rows)
+//!  fixture (benches/support/backfill): users 1M (set: status) / orders 200k → order_items ~1M (rows)
 //!  per repetition, the order rotating:
 //!    reset ─▶ walshift run (fixed chunks, unthrottled) ─poll walshift.backfill─▶ done ─▶ SIGTERM
 //!    reset ─▶ in-server DO block: the same chunks, walshift's own statements, COMMIT per chunk
@@ -17,11 +17,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::fixture::{
+use crate::support::backfill::fixture::{
     InServerSample, Scenario, apply_session, in_server, plan_for, reset, scenarios, spec_text,
     verify,
 };
-use crate::process::{
+use crate::support::backfill::process::{
     RunSample, binary, cpu_seconds, drop_walshift_objects, run_walshift, scalar_f64,
 };
 
@@ -278,7 +278,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Vec<Outcome> {
             &spec_text(&scenario, scenario.spec_name, Some(cfg.chunk)),
         )
         .await;
-        let block = crate::in_server::do_block(&plan, cfg.chunk);
+        let block = crate::support::backfill::in_server::do_block(&plan, cfg.chunk);
         let mut o = Outcome {
             scenario: scenario.name,
             size,

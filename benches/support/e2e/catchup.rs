@@ -13,8 +13,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::fixture::SET_MIRROR;
-use crate::process::drop_walshift_objects;
+use crate::support::backfill::fixture::SET_MIRROR;
+use crate::support::backfill::process::drop_walshift_objects;
 
 use super::runner::{Cpu, Walshift};
 use super::{Ctx, current_lsn, exec, thousands, verify_statuses};
@@ -162,7 +162,7 @@ $e2e$",
                 );
             }
         }
-        crate::process::wait_slot_released(ctx.admin, COPY).await;
+        crate::support::backfill::process::wait_slot_released(ctx.admin, COPY).await;
         exec(
             ctx.admin,
             &format!("SELECT pg_drop_replication_slot('{COPY}')"),
