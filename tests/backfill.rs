@@ -28,6 +28,7 @@ use support::backfill::{
     Mapping, Scenario, assert_exact_progress, dedicated_cluster, fresh_db_on, tamper_as_walshift,
     wait_sessions_gone,
 };
+use support::fixtures::{ITEMS_SKU_SELECT, STATUS_EXPR};
 use support::mirror::compare::{RowsMirror, SetMirror};
 use support::mirror::workloads::{EVENTS_A, EVENTS_B, ID_BIG, ORDER_ITEMS, STATUS, TAGS};
 use support::mirror::{Load, LoadOptions, Rng, Step, wait_caught_up, wait_inactive};
@@ -307,12 +308,11 @@ async fn empty_sources_complete_at_once_and_clear_orphans() {
     let users = SetMirror {
         table: "public.empty_users",
         column: "status",
-        expr: "CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
+        expr: STATUS_EXPR,
     };
     let items = RowsMirror {
         source: "public.empty_orders",
-        select: "SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)",
+        select: ITEMS_SKU_SELECT,
         target: "public.empty_items",
         owner: &["order_id"],
         columns: "order_id, line_no, sku",

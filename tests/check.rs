@@ -10,6 +10,7 @@ mod check {
     mod scan;
 }
 
+use support::fixtures::ITEMS_SELECT;
 use support::{Cluster, Database, fresh_db};
 use walshift::catalog::{CheckReport, MirrorKind, Problem, check};
 use walshift::ident::QualifiedName;
@@ -36,11 +37,6 @@ name = "users-status"
 source = "public.users"
 set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
 "#;
-
-/// The `select` of the design's rows-mode example.
-const ITEMS_SELECT: &str =
-    "SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)";
 
 fn items_spec(select: &str) -> String {
     format!(

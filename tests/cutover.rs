@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::cli::*;
+use support::fixtures::{ORDERS_MIRROR, USERS_MIRROR};
 use support::{Database, connect, poll};
 
 /// Independent of walshift: how many rows of each target differ from the

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
+use support::cli::{Run, Spec, cli, one_i64, status_json};
+use support::fixtures::{SCHEMA, USERS_MIRROR};
 use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up, wrong_status};
 use tokio::sync::watch;
 

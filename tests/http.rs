@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::cli::{Spec, USERS_MIRROR, cli, command};
+use support::cli::{Spec, cli, command};
+use support::fixtures::USERS_MIRROR;
 use support::http::{Reply, get};
 use support::{Database, poll, poll_some};
 

@@ -6,21 +6,12 @@
 
 mod support;
 
-const SPEC: &str = r#"name = "least-priv"
+use support::fixtures::{ORDERS_SKU_MIRROR, SKU_SCHEMA, USERS_MIRROR};
 
-[[mirror]]
-source = "public.users"
-set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
-
-[[mirror]]
-source = "public.orders"
-target = "public.order_items"
-owner  = ["order_id"]
-select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
-"""
-"#;
+/// Both shared mirrors, `users.status` and `orders` -> `order_items` without `qty`.
+fn spec_text() -> String {
+    format!("name = \"least-priv\"\n{USERS_MIRROR}{ORDERS_SKU_MIRROR}")
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
@@ -34,9 +25,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
     admin
         .batch_execute(&format!(
             "CREATE ROLE app_owner;
-             CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean, status text);
-             CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
-             CREATE TABLE order_items (order_id bigint, line_no bigint, sku text, PRIMARY KEY (order_id, line_no));
+             {SKU_SCHEMA}
              ALTER TABLE users OWNER TO app_owner;
              ALTER TABLE orders OWNER TO app_owner;
              INSERT INTO users SELECT g, g % 2 = 0 FROM generate_series(1, 2000) g;
@@ -53,7 +42,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
     let conninfo = format!("{} user={role}", db.conninfo());
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.toml");
-    std::fs::write(&spec, SPEC).unwrap();
+    std::fs::write(&spec, spec_text()).unwrap();
 
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
         .args(["check", spec.to_str().unwrap(), "--db", &conninfo])

@@ -11,7 +11,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::cli::{Spec, USERS_MIRROR};
+use support::cli::Spec;
+use support::fixtures::USERS_MIRROR;
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");
 

@@ -15,9 +15,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::cli::{SCHEMA, Spec, USERS_MIRROR};
+use support::cli::Spec;
+use support::fixtures::{SCHEMA, USERS_MIRROR};
 use support::network::relay::Relay;
-use support::network::{Run, Writer, credentials, refusing_port, server_socket, via_relay};
+use support::network::{Writer, credentials, refusing_port, run_on, server_socket, via_relay};
 use support::{Cluster, Database, fresh_db, poll, shared_cluster, wrong_status};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::ReplicationClient;
@@ -201,7 +202,7 @@ async fn run_finds_the_primary_behind_a_dead_host_and_a_standby() {
         credentials(&db)
     );
     let spec = Spec::new("net-multi-host", USERS_MIRROR);
-    let mut run = Run::spawn(&spec, &conninfo, &[]);
+    let mut run = run_on(&spec, &conninfo, &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -252,7 +253,7 @@ async fn black_holes_under_load_end_exact() {
     let (db, admin) = support::cli::setup(3000, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-load", USERS_MIRROR);
-    let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -333,7 +334,7 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
     let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-bound", USERS_MIRROR);
-    let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -386,7 +387,7 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
     let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-plant", USERS_MIRROR);
-    let mut run = Run::spawn(
+    let mut run = run_on(
         &spec,
         &via_relay(&db, relay.port(), SHORT),
         &["--unsafe-plant", "no-receive-timeout"],
@@ -433,8 +434,8 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
 async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
     let (db, admin) = support::cli::setup(0, 10).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
-    let spec = Spec::new("net-lock", support::cli::ORDERS_MIRROR);
-    let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let spec = Spec::new("net-lock", support::fixtures::ORDERS_MIRROR);
+    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -469,17 +470,7 @@ async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
     holder.batch_execute("COMMIT").await.unwrap();
     support::wait_caught_up(&admin, &spec.object()).await;
     // The mapping by the test's own SQL, both ways, as multisets.
-    let diff: i64 = admin
-        .query_one(
-            "WITH want AS (SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-                           FROM orders src, jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n))
-             SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM order_items) a)
-                  + (SELECT count(*) FROM (SELECT * FROM order_items EXCEPT ALL SELECT * FROM want) b)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let diff = support::fixtures::order_items_qty_diff(&admin).await;
     assert_eq!(diff, 0);
     run.stop().await;
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 use support::{Database, connect, poll, poll_some};
 
 use support::cli::*;
+use support::fixtures::{ORDERS_MIRROR, USERS_MIRROR};
 /// Whether the backfill of `name` has not (yet) completed every mirror.
 async fn backfill_incomplete(c: &tokio_postgres::Client, name: &str) -> bool {
     if one_i64(

@@ -15,7 +15,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{Run, Spec, USERS_MIRROR, cli, one_i64};
+use support::cli::{Run, Spec, cli, one_i64};
+use support::fixtures::USERS_MIRROR;
 use support::{Cluster, Database, poll};
 
 /// Users whose `status` differs from the mapping of `is_active`.
@@ -47,7 +48,9 @@ async fn cluster16() -> Option<Cluster> {
 async fn setup(cluster: &Cluster, users: i64) -> (Database, tokio_postgres::Client) {
     let db = cluster.fresh_database_named("origins").expect("database");
     let c = db.connect().await;
-    c.batch_execute(support::cli::SCHEMA).await.expect("schema");
+    c.batch_execute(support::fixtures::SCHEMA)
+        .await
+        .expect("schema");
     c.execute(
         "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
         &[&users],

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::cli::*;
+use support::fixtures::ORDERS_MIRROR;
 use support::{Database, poll, poll_some, wait_backfill_done, wait_caught_up};
 
 /// `reviews.rating_v2 = CAST(rating AS integer)`, one review rated `'4.5'`.

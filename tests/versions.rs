@@ -10,7 +10,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
+use support::cli::{Run, Spec, cli, one_i64, status_json};
+use support::fixtures::{SCHEMA, USERS_MIRROR};
 use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::{ReplicationClient, SlotOptions, SnapshotAction, proto};
@@ -84,12 +85,6 @@ async fn wait_inactive(c: &tokio_postgres::Client, slot: &str) {
         || async move { !slot_active(c, slot).await },
     )
     .await;
-}
-
-async fn stop(mut run: Run) {
-    run.sigterm();
-    let status = run.exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "walshift run: {status}\n{}", run.stderr());
 }
 
 // --- PostgreSQL 14: the replication command syntax ---------------------------------------------
@@ -265,7 +260,7 @@ async fn pg14_empty_transactions_are_streamed_and_confirmed_past() {
     c.batch_execute("SELECT pg_drop_replication_slot('probe')")
         .await
         .unwrap();
-    stop(run).await;
+    run.stop().await;
 }
 
 /// The other side of the difference: from 15 on, pgoutput sends nothing for those
@@ -335,7 +330,7 @@ async fn own_writes_on(major: u32) -> Option<OwnWrites> {
     let decoded_bytes = wait_for_some_stat(c_ref, stats, slot_ref).await;
     eprintln!("PostgreSQL {major}: the slot decoded {decoded_bytes} bytes");
     let log = run.stderr();
-    stop(run).await;
+    run.stop().await;
     Some(OwnWrites {
         check: check.stdout,
         log,
@@ -436,7 +431,7 @@ async fn rolled_back_apply_on(major: u32) {
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
     wait_backfill_done(&c, &spec.name).await;
-    stop(run).await;
+    run.stop().await;
 
     // While walshift is stopped: writes to mirror, then an apply that set walshift's origin up
     // and rolled back, ending where those writes end.
@@ -492,7 +487,7 @@ async fn rolled_back_apply_on(major: u32) {
 
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the writes made while walshift was stopped").await;
-    stop(run).await;
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,7 +575,7 @@ async fn pg17_slot_columns_and_walshift_status() {
         "{check}"
     );
 
-    stop(run).await;
+    run.stop().await;
     wait_inactive(&c, &slot).await;
     let stopped: (bool, bool, Option<String>, String) = {
         let r = c
@@ -706,7 +701,7 @@ async fn origin_limit_on(major: u32, setting: &str, limit: i64) {
         Some(0),
         "walshift's own origin is not another:\n{check}"
     );
-    stop(run).await;
+    run.stop().await;
 }
 
 /// 18 bounds replication origins by max_active_replication_origins (default 10), apart from
@@ -749,7 +744,7 @@ async fn pg18_default_origin_limit_and_idle_timeout_are_off_walshifts_path() {
     assert_eq!(check.code(), Some(0), "{check}");
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
-    stop(run).await;
+    run.stop().await;
 }
 
 // --- PostgreSQL 18: idle_replication_slot_timeout ----------------------------------------------
@@ -793,7 +788,7 @@ async fn pg18_idle_slot_timeout_spares_a_running_slot_and_check_refuses_a_lost_o
     .unwrap();
     mirrored(&c, "a write past the timeout").await;
 
-    stop(run).await;
+    run.stop().await;
     wait_inactive(&c, &slot).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     c.batch_execute("CHECKPOINT").await.unwrap();
@@ -846,5 +841,5 @@ async fn pg18_idle_slot_timeout_spares_a_running_slot_and_check_refuses_a_lost_o
         "{}",
         run.stderr()
     );
-    stop(run).await;
+    run.stop().await;
 }

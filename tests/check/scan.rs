@@ -470,8 +470,8 @@ async fn the_estimate_is_within_half_of_the_real_backfill() {
         "eta",
         &format!(
             "{}{}",
-            crate::support::cli::USERS_MIRROR,
-            crate::support::cli::ORDERS_MIRROR
+            crate::support::fixtures::USERS_MIRROR,
+            crate::support::fixtures::ORDERS_MIRROR
         ),
     );
     let out = cli(&["check", "--scan", "full"], &spec, &db).await;

@@ -1,6 +1,6 @@
 //! Driving the real `walshift` binary: specs in temporary directories, one-shot
-//! commands, a `walshift run` child, and the schema the operator tests share
-//! (set mode `users.status`, rows mode `orders` -> `order_items`).
+//! commands, a `walshift run` child, and a database with the schema the operator tests share
+//! ([`super::fixtures`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -9,35 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::fixtures::SCHEMA;
 use super::{Database, fresh_db};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_walshift");
-
-/// `users` (set mode: `status` from `is_active`) and `orders` -> `order_items`
-/// (rows mode: one target row per JSON line item).
-pub const SCHEMA: &str = "
-CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean NOT NULL, pad text, status text);
-CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
-CREATE TABLE order_items (order_id bigint NOT NULL, line_no bigint NOT NULL, sku text, qty int,
-                          PRIMARY KEY (order_id, line_no));
-";
-
-pub const USERS_MIRROR: &str = r#"
-[[mirror]]
-source = "public.users"
-set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
-"#;
-
-pub const ORDERS_MIRROR: &str = r#"
-[[mirror]]
-source = "public.orders"
-target = "public.order_items"
-owner  = ["order_id"]
-select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
-"""
-"#;
 
 /// A spec in its own temporary directory (the run's stderr goes there too).
 pub struct Spec {
@@ -97,12 +72,17 @@ impl std::fmt::Display for Out {
 }
 
 pub fn command(args: &[&str], spec: &Path, db: &Database) -> tokio::process::Command {
+    command_on(args, spec, &db.conninfo())
+}
+
+/// [`command`] on any conninfo (through a relay, several hosts, another user).
+pub fn command_on(args: &[&str], spec: &Path, conninfo: &str) -> tokio::process::Command {
     let (sub, rest) = args.split_first().expect("a subcommand");
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg(sub)
         .arg(spec)
         .args(rest)
-        .args(["--db", &db.conninfo()])
+        .args(["--db", conninfo])
         .env_remove("RUST_LOG")
         .env_remove("WALSHIFT_DB")
         // `run` serves HTTP on a fixed port by default; tests run side by side, so
@@ -149,6 +129,14 @@ impl Run {
 
     /// `walshift run SPEC --db ... <extra>`.
     pub fn spawn_with(spec: &Spec, db: &Database, extra: &[&str]) -> Run {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        Run::start(spec, command(&args, &spec.path, db))
+    }
+
+    /// Starts `cmd` (a `walshift run` from [`command`] or [`command_on`]), its stdout and
+    /// stderr in a log file in the spec's directory.
+    pub fn start(spec: &Spec, mut cmd: tokio::process::Command) -> Run {
         static RUNS: AtomicU32 = AtomicU32::new(0);
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
         let log = spec.dir.path().join(format!("run-{n}.stderr"));
@@ -157,9 +145,6 @@ impl Run {
             .append(true)
             .open(&log)
             .expect("run log");
-        let mut args = vec!["run"];
-        args.extend_from_slice(extra);
-        let mut cmd = command(&args, &spec.path, db);
         cmd.stdout(Stdio::from(file.try_clone().expect("clone")))
             .stderr(Stdio::from(file));
         Run {
@@ -171,6 +156,49 @@ impl Run {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Times `needle` appears in the log.
+    pub fn count(&self, needle: &str) -> usize {
+        self.stderr().matches(needle).count()
+    }
+
+    /// Waits until the log holds `needle` more than `before` times; how
+    /// long that took, or `None` after `timeout`. Fails at once if the run
+    /// exits.
+    pub async fn wait_log(
+        &mut self,
+        needle: &str,
+        before: usize,
+        timeout: Duration,
+    ) -> Option<Duration> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.count(needle) > before {
+                return Some(start.elapsed());
+            }
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "walshift run exited:\n{}",
+                self.stderr()
+            );
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM; it must exit with success within 30 s. Returns its log.
+    pub async fn stop(mut self) -> String {
+        self.sigterm();
+        let status = self.exit(Duration::from_secs(30)).await;
+        assert!(
+            status.success(),
+            "walshift run: {status}\n{}",
+            self.stderr()
+        );
+        self.stderr()
     }
 
     pub fn sigterm(&self) {

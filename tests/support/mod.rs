@@ -7,6 +7,7 @@
 
 pub mod backfill;
 pub mod cli;
+pub mod fixtures;
 pub mod http;
 pub mod majors;
 pub mod mirror;
@@ -25,6 +26,9 @@ use tokio::io::AsyncReadExt;
 
 pub use walshift_cluster::{Cluster, Database};
 
+// The users and order_items oracles, for the tests that name them here.
+#[allow(unused_imports)]
+pub use fixtures::{order_items_diff, wrong_status};
 use mirror::Walshift;
 
 /// The cluster shared by every test of this process, started on first use and removed at exit.
@@ -100,19 +104,6 @@ where
         async move { fut.await.then_some(()) }
     })
     .await
-}
-
-/// Counts the `users` rows whose `status` is not the set mapping of `is_active`
-/// (`CASE WHEN is_active THEN 'active' ELSE 'disabled' END`): 0 once walshift has mirrored them.
-pub async fn wrong_status(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM users WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// The contract's `SELECT bool_and(done) FROM walshift.backfill WHERE name = ...`: whether every
@@ -194,21 +185,4 @@ pub async fn stop_run(mut child: tokio::process::Child) -> String {
         .unwrap();
     assert!(status.success(), "{stderr}");
     stderr
-}
-
-/// How many rows `order_items` and the rows mapping of `orders.items` (one
-/// `(order_id, line_no, sku)` row per JSON line item) differ by, compared as multisets in both
-/// directions: 0 when the target is exactly the mapping.
-pub async fn order_items_diff(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one(
-            "WITH want AS (SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-                           FROM orders src, jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n))
-             SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM order_items) a)
-                  + (SELECT count(*) FROM (SELECT * FROM order_items EXCEPT ALL SELECT * FROM want) b)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }

@@ -6,6 +6,7 @@
 
 use super::compare::{RowsMirror, SetMirror};
 use super::load::Rng;
+use crate::support::fixtures::{ITEMS_SELECT, STATUS_EXPR};
 
 /// Runs `one` once, or (one time in five) two or three times as one transaction.
 pub fn txn(rng: &mut Rng, one: fn(&mut Rng) -> String) -> String {
@@ -36,7 +37,7 @@ pub const USERS_DDL: &str = "
 pub const STATUS: SetMirror<'static> = SetMirror {
     table: "public.users",
     column: "status",
-    expr: "CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
+    expr: STATUS_EXPR,
 };
 
 pub fn users_step(rng: &mut Rng) -> String {
@@ -124,9 +125,7 @@ pub const ORDERS_DDL: &str = "
 
 pub const ORDER_ITEMS: RowsMirror<'static> = RowsMirror {
     source: "public.orders",
-    select:
-        "SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)",
+    select: ITEMS_SELECT,
     target: "public.order_items",
     owner: &["order_id"],
     columns: "order_id, line_no, sku, qty",

@@ -6,14 +6,13 @@
 pub mod relay;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use walshift_cluster::{Cluster, Database};
 
-use crate::support::cli::Spec;
+use crate::support::cli::{Run, Spec, command_on};
 
 /// The unix socket of `cluster`'s server.
 pub fn server_socket(cluster: &Cluster) -> PathBuf {
@@ -45,88 +44,14 @@ pub fn refusing_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// A `walshift run` child on `conninfo`, its stderr in a file; killed on
-/// drop, the log shown if the test fails.
-pub struct Run {
-    pub child: tokio::process::Child,
-    pub log: PathBuf,
-}
-
-impl Run {
-    pub fn spawn(spec: &Spec, conninfo: &str, extra: &[&str]) -> Run {
-        let log = spec.dir.path().join("run.stderr");
-        let file = std::fs::File::create(&log).expect("run log");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
-            .arg("run")
-            .arg(&spec.path)
-            .args(["--db", conninfo, "--listen", "off"])
-            .args(extra)
-            .env_remove("WALSHIFT_DB")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn walshift run");
-        Run { child, log }
-    }
-
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Times `needle` appears in the log.
-    pub fn count(&self, needle: &str) -> usize {
-        self.stderr().matches(needle).count()
-    }
-
-    /// Waits until the log holds `needle` more than `before` times; how
-    /// long that took, or `None` after `timeout`. Fails at once if the run
-    /// exits.
-    pub async fn wait_log(
-        &mut self,
-        needle: &str,
-        before: usize,
-        timeout: Duration,
-    ) -> Option<Duration> {
-        let start = Instant::now();
-        loop {
-            if self.count(needle) > before {
-                return Some(start.elapsed());
-            }
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "walshift run exited:\n{}",
-                self.stderr()
-            );
-            if start.elapsed() >= timeout {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM; it must exit with success within 30 s.
-    pub async fn stop(mut self) -> String {
-        let pid = self.child.id().expect("still running") as i32;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("run did not stop:\n{}", self.stderr()))
-            .unwrap();
-        assert!(status.success(), "{}", self.stderr());
-        self.stderr()
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- walshift run stderr\n{}", self.stderr());
-        }
-    }
+/// A `walshift run` child on `conninfo` (through a relay, several hosts), logging at
+/// `RUST_LOG=info`, its output in a file; killed on drop, the log shown if the test fails.
+pub fn run_on(spec: &Spec, conninfo: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    let mut cmd = command_on(&args, &spec.path, conninfo);
+    cmd.env("RUST_LOG", "info");
+    Run::start(spec, cmd)
 }
 
 /// Inserts and updates on `users` from its own session (not through the
