@@ -1,6 +1,17 @@
-//! Shared helpers for integration tests: one throwaway PostgreSQL per test process
-//! (`walshift_cluster`), a fresh database per test, waiting on conditions instead of
-//! sleeping, and the checks and waits several tests make around a `walshift run`.
+//! The integration tests' one support tree, `mod support;` in every test binary: one throwaway
+//! PostgreSQL per test process (`walshift_cluster`), a fresh database per test, the one poller
+//! ([`poll_some`], [`poll`]) instead of sleeping, and the checks and waits several tests make
+//! around a `walshift run`.
+//!
+//! - [`fixtures`]: the schemas, specs and oracles many tests share (`users.status`,
+//!   `orders` -> `order_items`).
+//! - [`cli`]: the binary's one-shot commands and the `walshift run` child of the operator tests
+//!   ([`cli::Run`]); [`http`], [`majors`]: its HTTP side, other PostgreSQL majors.
+//! - [`mirror`]: the `walshift run` child the mirror scenarios watch ([`mirror::Walshift`]),
+//!   write loads, the waits that define "caught up", exact comparisons; [`backfill`] builds
+//!   its backfill scenarios on it.
+//! - [`network`]: a relay that breaks links, and runs through it; [`two_way`]: a rolling
+//!   deploy's writers.
 //!
 //! Each test binary compiles this module on its own and uses a different subset of it.
 #![allow(dead_code)]

@@ -13,7 +13,7 @@
 //! Every wait polls a condition and checks that walshift is still alive, so a crashed binary
 //! fails the test at once with its stderr instead of at a timeout.
 //!
-//! Each test binary that includes this module (`mirror`, `backfill`) uses a different subset.
+//! `tests/mirror.rs` and `tests/backfill.rs` use it (through [`super::backfill`]) the most.
 
 pub mod compare;
 pub mod load;
