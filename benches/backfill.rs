@@ -35,20 +35,7 @@
 //! (`key=value,...` added to the server settings of both contenders, for
 //! experiments), `WALSHIFT_BIN` (another binary).
 
-#[path = "docs_support/page.rs"]
-mod docs_page;
-#[path = "backfill_support/fixture.rs"]
-mod fixture;
-#[path = "backfill_support/in_server.rs"]
-mod in_server;
-#[path = "backfill_support/process.rs"]
-mod process;
-#[path = "backfill_support/profile.rs"]
-mod profile;
-#[path = "backfill_support/report.rs"]
-mod report;
-#[path = "backfill_support/summary.rs"]
-mod summary;
+mod support;
 
 use std::path::Path;
 use std::time::Instant;
@@ -57,6 +44,9 @@ use tokio_postgres::Client;
 use walshift::catalog::MirrorPlan;
 use walshift::spec::Spec;
 use walshift_cluster::{Cluster, Database};
+
+use support::backfill::{fixture, in_server, process, profile, report, summary};
+use support::page as docs_page;
 
 use fixture::{SETTINGS, Scenario, in_server, load, plan_for, reset, scenarios, spec_text, verify};
 use process::{RunSample, drop_walshift_objects, run_walshift};

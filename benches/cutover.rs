@@ -11,16 +11,7 @@
 //!
 //! Target (issue 5): freeze p99 under 100 ms.
 
-// Shared with benches/backfill.rs and benches/e2e.rs; only the mirrors and
-// the binary are used here.
-#[path = "docs_support/page.rs"]
-mod docs_page;
-#[allow(dead_code)]
-#[path = "backfill_support/fixture.rs"]
-mod fixture;
-#[allow(dead_code)]
-#[path = "backfill_support/process.rs"]
-mod process;
+mod support;
 
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
@@ -30,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use walshift_cluster::{Cluster, Database};
+
+use support::backfill::{fixture, process};
+use support::page as docs_page;
 
 use fixture::{ROWS_MIRROR, SET_MIRROR};
 use process::binary;

@@ -8,8 +8,7 @@
 //!
 //! Run with `cargo bench --bench decoder`.
 
-#[path = "decoder_support/stream.rs"]
-mod stream;
+mod support;
 
 use std::hint::black_box;
 
@@ -17,7 +16,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use walshift::pgoutput::{Decoder, DecoderOptions};
 
-use stream::stream;
+use support::stream::stream;
 
 fn decode_stream(c: &mut Criterion) {
     let payloads = stream();

@@ -15,41 +15,25 @@
 //!                        + target/e2e/*.svg (a chart per scenario, lag over time)
 //! ```
 //!
-//! Run with `cargo bench --bench e2e`. Environment (see `e2e_support/config.rs`):
+//! Run with `cargo bench --bench e2e`. Environment (see `support/e2e/config.rs`):
 //! `E2E_REPS` (default 3), `E2E_SCALE` (default 1; 0.05 for a quick run), `E2E_ONLY`
 //! (`set,rows,live,catchup,memory,decoder,identity`), `E2E_CLIENTS` (4), `E2E_LIVE_SECONDS`
 //! (20 x scale), `E2E_CHUNK` (10000), `WALSHIFT_BIN` (another walshift binary), `PG_BIN`
 //! (other server binaries; pgbench and pg_recvlogical are taken from the same directory, or
 //! from `E2E_CLIENT_BIN`).
 
-// Shared with benches/backfill.rs, which uses all of them.
-#[path = "docs_support/page.rs"]
-mod docs_page;
-#[allow(dead_code)]
-#[path = "backfill_support/fixture.rs"]
-mod fixture;
-#[allow(dead_code)]
-#[path = "backfill_support/in_server.rs"]
-mod in_server;
-#[allow(dead_code)]
-#[path = "backfill_support/process.rs"]
-mod process;
-#[path = "decoder_support/stream.rs"]
-mod stream;
-// ratio_spread is the backfill report's alone.
-#[allow(dead_code)]
-#[path = "backfill_support/summary.rs"]
-mod summary;
-
-mod e2e_support;
+mod support;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use walshift_cluster::Cluster;
 
-use e2e_support::report::Figures;
-use e2e_support::{Config, Ctx, backfill, catchup, decoder, identity, live, loadavg, memory};
+use support::backfill::{fixture, process, summary};
+
+use support::e2e::report::Figures;
+use support::e2e::{Config, Ctx, backfill, catchup, decoder, identity, live, loadavg, memory};
+use support::page as docs_page;
 
 /// `<target>/e2e`.
 fn out_dir() -> PathBuf {

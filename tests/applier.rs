@@ -14,7 +14,7 @@
 //!   between the applier and the server, so a statement that sneaks back to a
 //!   prepare-then-execute (two round trips of its own) fails the count.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,7 +62,7 @@ async fn plans(admin: &Client) -> (Spec, Vec<MirrorPlan>) {
 /// A fresh database with the tables, walshift's state row and the two
 /// mirrors' checkpoint rows, as `run` leaves them before its first batch.
 async fn prepared() -> (walshift_cluster::Database, Client, Spec, Vec<MirrorPlan>) {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let admin = db.connect().await;
     admin.batch_execute(SETUP).await.expect("setup");
     let (spec, plans) = plans(&admin).await;
@@ -492,12 +492,12 @@ impl Relay {
 #[tokio::test]
 async fn a_batch_costs_two_round_trips_and_a_chunk_two() {
     let (db, admin, spec, plans) = prepared().await;
-    let cluster = common::shared_cluster();
+    let cluster = support::shared_cluster();
     let socket = cluster
         .socket_dir()
         .join(format!(".s.PGSQL.{}", cluster.port()));
     let relay = Relay::start(socket, cluster.port()).await;
-    let client = common::connect(&relay.conninfo(&db)).await;
+    let client = support::connect(&relay.conninfo(&db)).await;
     let mut applier = applier(client, &spec, &plans).await;
 
     // A batch touching both mirrors: the barrier's snapshot, then BEGIN,

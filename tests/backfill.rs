@@ -13,27 +13,25 @@
 //! - SIGKILL mid-backfill (I6): the checkpoint and the data committed together, and the restart
 //!   copies no finished range again.
 
-mod backfill_support;
-mod common;
+mod support;
 // Owned (and linted) by tests/mirror.rs, which uses more of it than this file does.
 #[allow(dead_code, unused_imports, clippy::all)]
-mod mirror_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use backfill_support::fixtures::{
+use support::backfill::fixtures::{
     self, LEDGER_EXPR, ORDER_SKUS_SELECT, PARCELS_SELECT, PARTITIONED, PARTITIONED_EXPR, SPARSE,
     SPARSE_EXPR, ledger_step, shipments_step,
 };
-use backfill_support::throttle::{WalGenerator, assert_still, wait_resumed, wait_throttled};
-use backfill_support::{
+use support::backfill::throttle::{WalGenerator, assert_still, wait_resumed, wait_throttled};
+use support::backfill::{
     Mapping, Scenario, assert_exact_progress, dedicated_cluster, fresh_db_on, tamper_as_walshift,
     wait_sessions_gone,
 };
-use mirror_support::compare::{RowsMirror, SetMirror};
-use mirror_support::workloads::{EVENTS_A, EVENTS_B, ID_BIG, ORDER_ITEMS, STATUS, TAGS};
-use mirror_support::{Load, LoadOptions, Rng, Step, wait_caught_up, wait_inactive};
+use support::fixtures::{ITEMS_SKU_SELECT, STATUS_EXPR};
+use support::mirror::compare::{RowsMirror, SetMirror};
+use support::mirror::workloads::{EVENTS_A, EVENTS_B, ID_BIG, ORDER_ITEMS, STATUS, TAGS};
+use support::mirror::{Load, LoadOptions, Rng, Step, wait_caught_up, wait_inactive};
 
 /// A load that runs until stopped.
 const OPEN_ENDED: LoadOptions = LoadOptions {
@@ -95,7 +93,7 @@ async fn backfill_under_load(name: &str, setup: &str, mappings: &[Mapping<'_>], 
     eprintln!(
         "{name}: {chunks} chunks, {acked_during} load transactions during the backfill, {stats:?}"
     );
-    for line in backfill_support::throttle::log_lines(&ws) {
+    for line in support::backfill::throttle::log_lines(&ws) {
         if line.get("level").and_then(|l| l.as_str()) != Some("INFO") {
             eprintln!("walshift: {line}");
         }
@@ -310,12 +308,11 @@ async fn empty_sources_complete_at_once_and_clear_orphans() {
     let users = SetMirror {
         table: "public.empty_users",
         column: "status",
-        expr: "CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
+        expr: STATUS_EXPR,
     };
     let items = RowsMirror {
         source: "public.empty_orders",
-        select: "SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)",
+        select: ITEMS_SKU_SELECT,
         target: "public.empty_items",
         owner: &["order_id"],
         columns: "order_id, line_no, sku",
@@ -452,7 +449,7 @@ const WINDOW: Duration = Duration::from_secs(4);
 /// reached) are written, walshift catches up, both are right; then for [`WINDOW`] the
 /// checkpoint stays exactly where it was, and the number of unmapped rows dropped by exactly
 /// the one row the live change fixed.
-async fn history_waits_live_goes_on(s: &Scenario, ws: &mirror_support::Walshift, at: usize) {
+async fn history_waits_live_goes_on(s: &Scenario, ws: &support::mirror::Walshift, at: usize) {
     let before = s.checkpoints().await;
     let lower: i64 = before[0]
         .lower_key
@@ -498,7 +495,7 @@ async fn history_waits_live_goes_on(s: &Scenario, ws: &mirror_support::Walshift,
 }
 
 /// The end of every throttle scenario: done, caught up, exact, every row counted once.
-async fn finishes_exact(s: &Scenario, ws: &mirror_support::Walshift) {
+async fn finishes_exact(s: &Scenario, ws: &support::mirror::Walshift) {
     let cps = s.wait_done(ws).await;
     wait_caught_up(ws, &s.sql).await;
     let rows = STATUS.assert_exact(&s.sql, Some(ws)).await;
@@ -535,7 +532,7 @@ async fn standby_replay_lag_holds_history_not_live_changes() {
     let on_standby = standby.database("postgres").connect().await;
     let sql = &s.sql;
     let name = standby_name.as_str();
-    mirror_support::poll(
+    support::poll(
         None,
         "the standby to stream",
         Duration::from_secs(30),

@@ -4,11 +4,14 @@
 //! (no publication, slot, replication origin, `walshift` schema, prepared
 //! statement or temporary schema) and the session left idle.
 
-mod common;
-#[path = "check/scan.rs"]
-mod scan;
+mod support;
+/// The data scan's tests, in `tests/check/scan.rs`.
+mod check {
+    mod scan;
+}
 
-use common::{Cluster, Database, fresh_db};
+use support::fixtures::ITEMS_SELECT;
+use support::{Cluster, Database, fresh_db};
 use walshift::catalog::{CheckReport, MirrorKind, Problem, check};
 use walshift::ident::QualifiedName;
 use walshift::mirror::sql::KeyColumn;
@@ -34,11 +37,6 @@ name = "users-status"
 source = "public.users"
 set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
 "#;
-
-/// The `select` of the design's rows-mode example.
-const ITEMS_SELECT: &str =
-    "SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)";
 
 fn items_spec(select: &str) -> String {
     format!(
@@ -128,7 +126,7 @@ async fn check_as(db: &Database, conninfo: &str, setup: &str, spec_text: &str) -
     let admin = db.connect().await;
     admin.batch_execute(setup).await.unwrap();
     let before = trace(&admin).await;
-    let client = common::connect(conninfo).await;
+    let client = support::connect(conninfo).await;
     let report = check(&client, &spec(spec_text)).await.unwrap();
     assert_eq!(trace(&admin).await, before, "check created something");
     assert_session_clean(&client).await;

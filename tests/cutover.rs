@@ -3,15 +3,16 @@
 //! a failing gate, the operator's hold, and what happens after the switch.
 //! Everything is driven through the real binary against a fresh database.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::cli::*;
-use common::{Database, connect, wait_for};
 use serde_json::Value;
+use support::cli::*;
+use support::fixtures::{ORDERS_MIRROR, USERS_MIRROR};
+use support::{Database, connect, poll};
 
 /// Independent of walshift: how many rows of each target differ from the
 /// mapping of its source, computed by plain SQL.
@@ -387,7 +388,8 @@ async fn a_held_lock_makes_cutover_retry_then_give_up_cleanly() {
     .unwrap();
     let out = cli(&["wait", "--timeout", "20s"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
-    wait_for(
+    poll(
+        None,
         "the write after the failed cut-over mirrored",
         Duration::from_secs(20),
         || async { one_i64(&c, MISMATCHES).await == 0 },

@@ -10,12 +10,12 @@
 //! (`posts_test_fails_with_depends_ignored`), and so does the comment split
 //! (`likes_test_fails_with_depends_ignored`).
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::cli::*;
-use common::{Database, wait_backfill_done, wait_caught_up};
+use support::cli::*;
+use support::{Database, wait_backfill_done, wait_caught_up};
 
 /// pgroll's example: `user_id_v2` keeps only references to users that exist.
 const POSTS: &str = "
@@ -106,7 +106,7 @@ async fn users_and_posts_load(c: &tokio_postgres::Client, seconds: u64) -> u64 {
 /// The posts/users scenario; returns the posts left wrong once walshift
 /// has caught up.
 async fn posts_scenario(name: &str, extra: &[&str]) -> (i64, Run, Database) {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(POSTS).await.unwrap();
     let spec = Spec::new(name, POSTS_MIRROR);
@@ -212,7 +212,7 @@ async fn likes_wrong(c: &tokio_postgres::Client) -> i64 {
 /// Kinds flip, comments go and come back, likes move between comments;
 /// returns the likes left on the wrong side once walshift has caught up.
 async fn likes_scenario(name: &str, extra: &[&str]) -> (i64, Run) {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(LIKES).await.unwrap();
     let spec = Spec::new(name, LIKES_MIRRORS);
@@ -272,7 +272,7 @@ async fn likes_test_fails_with_depends_ignored() {
 /// logs the same warning; a good `depends` silences it.
 #[tokio::test]
 async fn an_undeclared_read_is_warned_of() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(POSTS).await.unwrap();
     let undeclared = r#"
@@ -318,7 +318,7 @@ set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.i
 /// nothing is created.
 #[tokio::test]
 async fn bad_depends_are_refused_by_check() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(POSTS).await.unwrap();
     c.batch_execute(
@@ -388,15 +388,20 @@ async fn bad_depends_are_refused_by_check() {
 
 /// Waits until walshift's stream is connected (its slot active).
 async fn streaming(c: &tokio_postgres::Client, slot: &str) {
-    common::wait_for("the stream to connect", Duration::from_secs(30), || async {
-        c.query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .is_some()
-    })
+    support::poll(
+        None,
+        "the stream to connect",
+        Duration::from_secs(30),
+        || async {
+            c.query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        },
+    )
     .await;
 }
 
@@ -406,7 +411,7 @@ async fn streaming(c: &tokio_postgres::Client, slot: &str) {
 /// users inserted while walshift did not watch them would stay NULL.
 #[tokio::test]
 async fn a_depends_added_later_recomputes_the_mirror() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(POSTS).await.unwrap();
     let undeclared = r#"
@@ -431,7 +436,8 @@ set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.i
     let run = Run::spawn(&after, &db);
     // The old run's checkpoint says done until the new run's setup restarts
     // it: wait for that first.
-    common::wait_for(
+    support::poll(
+        None,
         "the history to restart",
         Duration::from_secs(30),
         || async {

@@ -6,10 +6,10 @@
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
+mod support;
+
 // What the benches write their reports with (docs/results/<bench>.md).
-#[allow(dead_code)]
-#[path = "../benches/docs_support/page.rs"]
-mod page;
+use support::page;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

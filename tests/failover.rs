@@ -19,18 +19,17 @@
 //! (`FAILOVER ...` lines) docs/topology.md quotes.
 //!
 //! Each test needs its own major's binaries, found as tests/versions.rs finds them
-//! (`common::majors`); under CI a missing major fails, elsewhere the test is skipped.
+//! (`support::majors`); under CI a missing major fails, elsewhere the test is skipped.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use common::{
-    Cluster, Database, majors, wait_backfill_done, wait_caught_up, wait_for, wrong_status,
-};
+use support::cli::{Run, Spec, cli, one_i64, status_json};
+use support::fixtures::{SCHEMA, USERS_MIRROR};
+use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up, wrong_status};
 use tokio::sync::watch;
 
 /// Where the writer writes: a generation (0 = the old primary, 1 = the promoted standby) and
@@ -148,7 +147,8 @@ async fn wait_synced_copy(primary: &tokio_postgres::Client, standby: &Database, 
         .await
         .unwrap()
         .get(0);
-    wait_for(
+    poll(
+        None,
         "the standby's synced copy of walshift's slot",
         Duration::from_secs(60),
         || async {
@@ -278,9 +278,12 @@ async fn failover_on(major: u32) {
     let spec = Spec::new(&format!("fo{major}"), USERS_MIRROR);
     let slot = spec.object();
     let mut first = Run::spawn(&spec, &db);
-    wait_for("the backfill's mirror", Duration::from_secs(60), || async {
-        wrong_status(&c).await == 0
-    })
+    poll(
+        None,
+        "the backfill's mirror",
+        Duration::from_secs(60),
+        || async { wrong_status(&c).await == 0 },
+    )
     .await;
     wait_backfill_done(&c, &spec.name).await;
     wait_caught_up(&c, &slot).await;
@@ -313,7 +316,8 @@ async fn failover_on(major: u32) {
     let (to, target) = watch::channel::<Target>(Some((0, db.clone())));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(target, Arc::clone(&stop));
-    wait_for(
+    poll(
+        None,
         "writes on the old primary",
         Duration::from_secs(30),
         || async { one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await > 200 },
@@ -364,7 +368,8 @@ async fn failover_on(major: u32) {
     // walshift again, against the new primary.
     let restarted = Instant::now();
     let mut second = Run::spawn(&spec, &on_standby_db);
-    wait_for(
+    poll(
+        None,
         "walshift streaming from the new primary",
         Duration::from_secs(60),
         || async { slot_active(&c, &slot).await },
@@ -376,7 +381,8 @@ async fn failover_on(major: u32) {
 
     // The load goes on against the new primary for a while, then stops.
     let base = one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await;
-    wait_for(
+    poll(
+        None,
         "writes on the new primary",
         Duration::from_secs(30),
         || async {
@@ -489,9 +495,9 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     let spec = Spec::new("fo17-follow", USERS_MIRROR);
     let slot = spec.object();
     let both = host_list(&db.conninfo(), &on_standby_db.conninfo());
-    let run = common::spawn_run(&spec.path, &both, &[]);
+    let run = support::spawn_run(&spec.path, &both, &[]);
     wait_backfill_done(&c, &spec.name).await;
-    wait_for("the stream", Duration::from_secs(30), || async {
+    poll(None, "the stream", Duration::from_secs(30), || async {
         slot_active(&c, &slot).await
     })
     .await;
@@ -533,7 +539,8 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     let (to, target) = watch::channel::<Target>(Some((0, db.clone())));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(target, Arc::clone(&stop));
-    wait_for(
+    poll(
+        None,
         "writes on the old primary",
         Duration::from_secs(30),
         || async { one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await > 200 },
@@ -549,7 +556,8 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     let c = on_standby_db.connect().await;
     to.send_replace(Some((1, on_standby_db.clone())));
     // The same run, through its host list (its reconnect backoff is at most 30 s).
-    wait_for(
+    poll(
+        None,
         "the same run streaming from the new primary",
         Duration::from_secs(90),
         || async { slot_active(&c, &slot).await },
@@ -557,7 +565,8 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     .await;
     let followed = killed.elapsed();
     let base = one_i64(&c, "SELECT count(*) FROM users WHERE id > 1000000").await;
-    wait_for(
+    poll(
+        None,
         "writes on the new primary",
         Duration::from_secs(30),
         || async {
@@ -573,7 +582,7 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
         0,
         "users.status is not the mapping of is_active on the new primary"
     );
-    let log = common::stop_run(run).await;
+    let log = support::stop_run(run).await;
     how_it_resumed(true, &log, &c, &spec, &on_standby_db).await;
     eprintln!(
         "FAILOVER PostgreSQL 17: one run followed the promotion through its host list, streaming \

@@ -7,7 +7,7 @@
 //! `WALSHIFT_HARNESS_CHILD=<test name>`; the child tests are `#[ignore]`d so that ordinary
 //! runs skip them.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, fresh_db, shared_cluster, wait_for, wait_for_some};
+use support::{Cluster, fresh_db, poll, poll_some, shared_cluster};
 use walshift_cluster::{Rows, process_alive};
 
 const CHILD_ENV: &str = "WALSHIFT_HARNESS_CHILD";
@@ -423,7 +423,7 @@ async fn password_auth_over_tcp() {
     assert!(cluster.listens_on_tcp());
     let db = cluster.database("postgres");
     let tcp = db.tcp_conninfo().expect("TCP is on");
-    let client = common::connect(&tcp).await;
+    let client = support::connect(&tcp).await;
     let addr: String = client
         .query_one("SELECT inet_server_addr()::text", &[])
         .await
@@ -584,7 +584,7 @@ async fn standby_replay_lag_shows_while_replay_is_paused() {
         let lag: Option<f64> = row.get(1);
         (state == "streaming").then_some(lag).flatten()
     };
-    wait_for_some("the standby to stream", Duration::from_secs(30), lag).await;
+    poll_some(None, "the standby to stream", Duration::from_secs(30), lag).await;
 
     on_standby
         .execute("SELECT pg_wal_replay_pause()", &[])
@@ -594,7 +594,8 @@ async fn standby_replay_lag_shows_while_replay_is_paused() {
         .batch_execute("CREATE TABLE lag_probe AS SELECT generate_series(1, 1000) AS n")
         .await
         .unwrap();
-    let behind = wait_for_some(
+    let behind = poll_some(
+        None,
         "replay lag while paused",
         Duration::from_secs(30),
         || async { lag().await.filter(|bytes| *bytes > 0.0) },
@@ -614,11 +615,15 @@ async fn standby_replay_lag_shows_while_replay_is_paused() {
         .execute("SELECT pg_wal_replay_resume()", &[])
         .await
         .unwrap();
-    wait_for("replay to catch up", Duration::from_secs(30), || async {
-        lag().await == Some(0.0)
-    })
+    poll(
+        None,
+        "replay to catch up",
+        Duration::from_secs(30),
+        || async { lag().await == Some(0.0) },
+    )
     .await;
-    wait_for(
+    poll(
+        None,
         "the table to appear on the standby",
         Duration::from_secs(30),
         || async {

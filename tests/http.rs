@@ -4,7 +4,7 @@
 //! (docs/metrics.md: "HTTP endpoints" and "Metrics"); and the page itself in
 //! headless Chromium.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,10 +12,11 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cli::{Spec, USERS_MIRROR, cli, command};
-use common::http::{Reply, get};
-use common::{Database, wait_for, wait_for_some};
 use serde_json::Value;
+use support::cli::{Spec, cli, command};
+use support::fixtures::USERS_MIRROR;
+use support::http::{Reply, get};
+use support::{Database, poll, poll_some};
 
 /// The label the run gives the `users` mirror (log lines, `/history`, the page).
 const USERS_LABEL: &str = r#"mirror 1 ("public"."users" set status)"#;
@@ -144,13 +145,16 @@ impl Metrics {
 
 /// A fresh database with `users` rows `1..=users` (and no orders).
 async fn setup(users: i64) -> (Database, tokio_postgres::Client) {
-    common::cli::setup(users, 0).await
+    support::cli::setup(users, 0).await
 }
 
 async fn wait_ready(run: &Run) {
-    wait_for_some("/readyz to answer 200", Duration::from_secs(60), || async {
-        (run.get("/readyz").await.code == 200).then_some(())
-    })
+    poll_some(
+        None,
+        "/readyz to answer 200",
+        Duration::from_secs(60),
+        || async { (run.get("/readyz").await.code == 200).then_some(()) },
+    )
     .await;
 }
 
@@ -165,7 +169,8 @@ async fn metrics_are_documented_and_move_with_writes() {
     let spec = Spec::new("http-metrics", USERS_MIRROR);
     let run = Run::start(&spec, &db, &[]).await;
     // Gauges appear once measured: within a second or two of streaming.
-    let m = wait_for_some(
+    let m = poll_some(
+        None,
         "every documented metric on /metrics",
         Duration::from_secs(30),
         || async {
@@ -201,7 +206,8 @@ async fn metrics_are_documented_and_move_with_writes() {
     }
 
     // History: every row is covered by the backfill of mirror 1.
-    let m = wait_for_some(
+    let m = poll_some(
+        None,
         "the backfill to finish",
         Duration::from_secs(60),
         || async {
@@ -227,16 +233,21 @@ async fn metrics_are_documented_and_move_with_writes() {
         .await
         .unwrap();
     }
-    let after = wait_for_some("the metrics to move", Duration::from_secs(30), || async {
-        let m = run.metrics().await;
-        let moved = |name: &str, by: f64| m.value(name) >= before.value(name) + by;
-        (moved("walshift_changes_received_total", 100.0)
-            && moved("walshift_transactions_received_total", 10.0)
-            && moved("walshift_keys_applied_total", 100.0)
-            && moved("walshift_rows_written_total{work=\"live\"}", 100.0)
-            && moved("walshift_apply_batch_duration_seconds_count", 1.0))
-        .then_some(m)
-    })
+    let after = poll_some(
+        None,
+        "the metrics to move",
+        Duration::from_secs(30),
+        || async {
+            let m = run.metrics().await;
+            let moved = |name: &str, by: f64| m.value(name) >= before.value(name) + by;
+            (moved("walshift_changes_received_total", 100.0)
+                && moved("walshift_transactions_received_total", 10.0)
+                && moved("walshift_keys_applied_total", 100.0)
+                && moved("walshift_rows_written_total{work=\"live\"}", 100.0)
+                && moved("walshift_apply_batch_duration_seconds_count", 1.0))
+            .then_some(m)
+        },
+    )
     .await;
     assert!(
         after.value("walshift_apply_batch_duration_seconds_bucket{le=\"10\"}")
@@ -271,7 +282,7 @@ async fn metrics_are_documented_and_move_with_writes() {
         assert!(after.0.contains(&sample), "{sample} missing");
         assert_eq!(after.value(&sample), 0.0, "{sample}");
     }
-    assert_eq!(common::wrong_status(&c).await, 0);
+    assert_eq!(support::wrong_status(&c).await, 0);
 }
 
 /// Guards `/healthz`: 200 while the stream is connected; 503 while the
@@ -283,7 +294,7 @@ async fn healthz_follows_the_replication_session() {
     let (db, c) = setup(100).await;
     let spec = Spec::new("http-health", USERS_MIRROR);
     let mut run = Run::start(&spec, &db, &[]).await;
-    wait_for("/healthz 200", Duration::from_secs(30), || async {
+    poll(None, "/healthz 200", Duration::from_secs(30), || async {
         run.get("/healthz").await.code == 200
     })
     .await;
@@ -301,15 +312,18 @@ async fn healthz_follows_the_replication_session() {
         .unwrap()
         .get(0);
     assert_eq!(terminated, 1);
-    let down = wait_for_some("/healthz 503", Duration::from_secs(10), || async {
+    let down = poll_some(None, "/healthz 503", Duration::from_secs(10), || async {
         let r = run.get("/healthz").await;
         (r.code == 503).then_some(r)
     })
     .await;
     assert!(down.body.contains("not streaming"), "{down}");
-    wait_for("/healthz 200 again", Duration::from_secs(30), || async {
-        run.get("/healthz").await.code == 200
-    })
+    poll(
+        None,
+        "/healthz 200 again",
+        Duration::from_secs(30),
+        || async { run.get("/healthz").await.code == 200 },
+    )
     .await;
     let m = run.metrics().await;
     assert!(m.value("walshift_reconnects_total") >= 1.0, "{}", m.0);
@@ -343,11 +357,15 @@ async fn readyz_is_what_wait_waits_for() {
     );
     let run = Run::start(&spec, &db, &["--ready-max-lag", "2s"]).await;
     // Pause as soon as the state exists.
-    wait_for("walshift ctl pause", Duration::from_secs(30), || async {
-        cli(&["ctl", "pause"], &spec, &db).await.status.success()
-    })
+    poll(
+        None,
+        "walshift ctl pause",
+        Duration::from_secs(30),
+        || async { cli(&["ctl", "pause"], &spec, &db).await.status.success() },
+    )
     .await;
-    let waiting = wait_for_some(
+    let waiting = poll_some(
+        None,
         "/readyz to say the backfill is paused",
         Duration::from_secs(30),
         || async {
@@ -360,7 +378,8 @@ async fn readyz_is_what_wait_waits_for() {
         waiting.body.starts_with("not ready: waiting for backfill:"),
         "{waiting}"
     );
-    wait_for(
+    poll(
+        None,
         "the paused throttle gauge",
         Duration::from_secs(10),
         || async {
@@ -468,7 +487,7 @@ async fn status_is_the_status_json_of_the_cli() {
     assert_eq!(ov["waiting_for"], Value::Null, "{ov}");
     assert_eq!(ov["status"]["name"], "http-status");
 
-    let samples = wait_for_some("3 lag samples", Duration::from_secs(10), || async {
+    let samples = poll_some(None, "3 lag samples", Duration::from_secs(10), || async {
         let h = run.get("/history").await.json();
         let n = h["samples"].as_array().map_or(0, |s| s.len());
         (n >= 3).then_some(h)

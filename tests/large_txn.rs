@@ -3,23 +3,14 @@
 //! and the result is still exact. The threshold is lowered with the hidden
 //! `--max-txn-keys` flag so the test needs thousands of rows, not millions.
 
-mod common;
+mod support;
 
-const SPEC: &str = r#"name = "large-txn"
+use support::fixtures::{ORDERS_SKU_MIRROR, SKU_SCHEMA, USERS_MIRROR};
 
-[[mirror]]
-source = "public.users"
-set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
-
-[[mirror]]
-source = "public.orders"
-target = "public.order_items"
-owner  = ["order_id"]
-select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
-"""
-"#;
+/// Both shared mirrors, `users.status` and `orders` -> `order_items` without `qty`.
+fn spec_text() -> String {
+    format!("name = \"large-txn\"\n{USERS_MIRROR}{ORDERS_SKU_MIRROR}")
+}
 
 /// Guards "large transactions keep memory bounded" (issue 3): a 20k-key
 /// transaction against a 100-key bound must overflow into a whole-mirror
@@ -27,22 +18,19 @@ FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
 /// recompute would have removed — and end exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let client = db.connect().await;
     client
-        .batch_execute(
-            "CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean, status text);
-             CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
-             CREATE TABLE order_items (order_id bigint, line_no bigint, sku text, PRIMARY KEY (order_id, line_no));
-             INSERT INTO orders SELECT g, '[{\"sku\":\"a\"}]' FROM generate_series(1, 3000) g;",
-        )
+        .batch_execute(&format!(
+            "{SKU_SCHEMA}INSERT INTO orders SELECT g, '[{{\"sku\":\"a\"}}]' FROM generate_series(1, 3000) g;"
+        ))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let child = common::spawn_run(&spec, &db.conninfo(), &["--max-txn-keys", "100"]);
-    common::wait_backfill_done(&client, "large-txn").await;
+    std::fs::write(&spec, spec_text()).unwrap();
+    let child = support::spawn_run(&spec, &db.conninfo(), &["--max-txn-keys", "100"]);
+    support::wait_backfill_done(&client, "large-txn").await;
 
     // One transaction: 20k new users, every order rewritten, 500 deleted.
     client
@@ -55,11 +43,11 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         )
         .await
         .unwrap();
-    common::wait_caught_up(&client, "walshift_large_txn").await;
+    support::wait_caught_up(&client, "walshift_large_txn").await;
 
-    assert_eq!(common::wrong_status(&client).await, 0);
+    assert_eq!(support::wrong_status(&client).await, 0);
     assert_eq!(
-        common::order_items_diff(&client).await,
+        support::order_items_diff(&client).await,
         0,
         "order_items differs from the mapping"
     );
@@ -70,7 +58,7 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         .get(0);
     assert_eq!(items, 2500 * 2);
 
-    let stderr = common::stop_run(child).await;
+    let stderr = support::stop_run(child).await;
     assert!(
         stderr.contains("recomputed whole mirrors"),
         "the overflow path must have run:\n{stderr}"

@@ -4,27 +4,18 @@
 //! Without its origin, walshift's own writes come back through the stream
 //! and recompute to no-ops; the result must still be exact.
 
-mod common;
+mod support;
 
-const SPEC: &str = r#"name = "least-priv"
+use support::fixtures::{ORDERS_SKU_MIRROR, SKU_SCHEMA, USERS_MIRROR};
 
-[[mirror]]
-source = "public.users"
-set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
-
-[[mirror]]
-source = "public.orders"
-target = "public.order_items"
-owner  = ["order_id"]
-select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
-"""
-"#;
+/// Both shared mirrors, `users.status` and `orders` -> `order_items` without `qty`.
+fn spec_text() -> String {
+    format!("name = \"least-priv\"\n{USERS_MIRROR}{ORDERS_SKU_MIRROR}")
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let admin = db.connect().await;
     let role = format!("{}_migrator", db.name());
     // The recipe of docs/operations.md "Privileges": REPLICATION, CREATE on
@@ -34,9 +25,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
     admin
         .batch_execute(&format!(
             "CREATE ROLE app_owner;
-             CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean, status text);
-             CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
-             CREATE TABLE order_items (order_id bigint, line_no bigint, sku text, PRIMARY KEY (order_id, line_no));
+             {SKU_SCHEMA}
              ALTER TABLE users OWNER TO app_owner;
              ALTER TABLE orders OWNER TO app_owner;
              INSERT INTO users SELECT g, g % 2 = 0 FROM generate_series(1, 2000) g;
@@ -53,7 +42,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
     let conninfo = format!("{} user={role}", db.conninfo());
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.toml");
-    std::fs::write(&spec, SPEC).unwrap();
+    std::fs::write(&spec, spec_text()).unwrap();
 
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
         .args(["check", spec.to_str().unwrap(), "--db", &conninfo])
@@ -69,8 +58,8 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         "{out}"
     );
 
-    let child = common::spawn_run(&spec, &conninfo, &[]);
-    common::wait_backfill_done(&admin, "least-priv").await;
+    let child = support::spawn_run(&spec, &conninfo, &[]);
+    support::wait_backfill_done(&admin, "least-priv").await;
     admin
         .batch_execute(
             "UPDATE users SET is_active = NOT is_active WHERE id % 7 = 0;
@@ -81,9 +70,9 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         )
         .await
         .unwrap();
-    common::wait_caught_up(&admin, "walshift_least_priv").await;
-    assert_eq!(common::wrong_status(&admin).await, 0);
-    assert_eq!(common::order_items_diff(&admin).await, 0);
+    support::wait_caught_up(&admin, "walshift_least_priv").await;
+    assert_eq!(support::wrong_status(&admin).await, 0);
+    assert_eq!(support::order_items_diff(&admin).await, 0);
     let origins: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_replication_origin WHERE roname = 'walshift_least_priv'",
@@ -94,7 +83,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         .get(0);
     assert_eq!(origins, 0, "the role could not create an origin");
 
-    let stderr = common::stop_run(child).await;
+    let stderr = support::stop_run(child).await;
     assert!(
         stderr.contains("replication origin functions are not permitted"),
         "run says it works without its origin:\n{stderr}"

@@ -5,20 +5,21 @@
 //! values); by default the lines are human text, without colour codes when
 //! stderr is not a terminal.
 
-mod common;
+mod support;
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::cli::{Spec, USERS_MIRROR};
 use serde_json::Value;
+use support::cli::Spec;
+use support::fixtures::USERS_MIRROR;
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");
 
 /// A short `walshift run` (until it mirrors a write, then SIGTERM) on a fresh
 /// database; `global` goes before the subcommand.
 async fn short_run(name: &str, global: &[&str]) -> Output {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(
         "CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean NOT NULL, status text);
@@ -51,7 +52,7 @@ async fn short_run(name: &str, global: &[&str]) -> Output {
     .expect("a live write");
     // Backfill and live mirroring both done: every status matches.
     let client = &c;
-    common::wait_for("walshift run to mirror", Duration::from_secs(30), || async move {
+    support::poll(None, "walshift run to mirror", Duration::from_secs(30), || async move {
         client
             .query_one(
                 "SELECT count(*) FROM users

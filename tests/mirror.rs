@@ -6,23 +6,22 @@
 //! evaluated by Postgres over the old one, once and exactly. Lifecycle scenarios do the same
 //! across SIGKILL, SIGTERM, lost connections and a server restart.
 
-mod common;
-mod mirror_support;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
-use mirror_support::workloads::{
+use support::mirror::workloads::{
     EVENTS_A, EVENTS_B, EVENTS_DDL, ID_BIG, IDS_DDL, MOVED, ORDER_ITEMS, ORDERS_DDL, QUOTED_COUNT,
     QUOTED_DDL, QUOTED_ITEMS, STATUS, TAGS, TAGS_DDL, USERS_DDL, events_step, ids_step,
     orders_step, quoted_step, shop_ddl, shop_spec, shop_step, tags_step, txn, users_step,
 };
-use mirror_support::{
+use support::mirror::{
     LoadOptions, OPEN_ENDED, Scenario, Step, Walshift, assert_load, confirmed_at_least,
-    dedicated_cluster, fresh_db_on, poll, settled_updates, step, terminate_walshift_sessions,
+    dedicated_cluster, fresh_db_on, settled_updates, step, terminate_walshift_sessions,
     wait_active, wait_caught_up, wait_inactive,
 };
+use support::{Cluster, poll};
 use tokio_postgres::Client;
 
 // ---------------------------------------------------------------------------------------------
@@ -690,7 +689,7 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes_exactly() {
 /// `walshift` schema behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spec_that_does_not_fit_exits_1_and_creates_nothing() {
-    let spec = mirror_support::SetMirror {
+    let spec = support::mirror::SetMirror {
         table: "public.users",
         column: "state",
         expr: STATUS.expr,
@@ -815,7 +814,7 @@ async fn sigkill_loop_during_backfill_and_load_loses_nothing() {
         }),
     );
     load.wait_acked(50, None).await;
-    let mut rng = mirror_support::Rng::new(knob("WALSHIFT_TEST_SEED", 7));
+    let mut rng = support::mirror::Rng::new(knob("WALSHIFT_TEST_SEED", 7));
     // `KILL_LOOP_PLANT=resume-from-origin-progress` plants the bug this loop found on 16+.
     let plant = std::env::var("KILL_LOOP_PLANT").ok();
     let extra: Vec<&str> = match &plant {
@@ -863,7 +862,7 @@ async fn sigkill_loop_during_backfill_and_load_loses_nothing() {
                 None,
                 "the killed run's walsender to end",
                 Duration::from_secs(30),
-                || async move { mirror_support::waits::slot_active(sql, slot).await != Some(true) },
+                || async move { support::mirror::waits::slot_active(sql, slot).await != Some(true) },
             )
             .await;
         }

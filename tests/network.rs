@@ -1,6 +1,6 @@
 //! Multi-host connection strings and dead links, against the harness's real
 //! server behind a TCP relay that can refuse, black-hole and cut
-//! connections (tests/network_support/relay.rs).
+//! connections (tests/support/network/relay.rs).
 //!
 //! - which host every kind of session picks from a list, and the one-line
 //!   error when none fits;
@@ -11,15 +11,15 @@
 //! - how soon a black-holed stream is noticed (measured and printed), and
 //!   that without the receive timeout it never is (a planted bug).
 
-mod common;
-mod network_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::cli::{SCHEMA, Spec, USERS_MIRROR};
-use common::{Cluster, Database, fresh_db, shared_cluster, wait_for, wrong_status};
-use network_support::relay::Relay;
-use network_support::{Run, Writer, credentials, refusing_port, server_socket, via_relay};
+use support::cli::Spec;
+use support::fixtures::{SCHEMA, USERS_MIRROR};
+use support::network::relay::Relay;
+use support::network::{Writer, credentials, refusing_port, run_on, server_socket, via_relay};
+use support::{Cluster, Database, fresh_db, poll, shared_cluster, wrong_status};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::ReplicationClient;
 
@@ -40,7 +40,8 @@ async fn standby_with(db: &Database) -> Cluster {
         .unwrap()
         .unwrap_or_else(|e| panic!("start a standby: {e}"));
     let on_standby = standby.database(db.name());
-    wait_for(
+    poll(
+        None,
         "the database on the standby",
         Duration::from_secs(30),
         || {
@@ -165,7 +166,7 @@ async fn no_fitting_host_is_one_line_naming_every_host() {
     );
 
     let spec = Spec::new("net-none-fits", USERS_MIRROR);
-    let out = tokio::process::Command::new(common::cli::BIN)
+    let out = tokio::process::Command::new(support::cli::BIN)
         .args(["check"])
         .arg(&spec.path)
         .args(["--db", &conninfo])
@@ -201,7 +202,7 @@ async fn run_finds_the_primary_behind_a_dead_host_and_a_standby() {
         credentials(&db)
     );
     let spec = Spec::new("net-multi-host", USERS_MIRROR);
-    let mut run = Run::spawn(&spec, &conninfo, &[]);
+    let mut run = run_on(&spec, &conninfo, &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -211,9 +212,12 @@ async fn run_finds_the_primary_behind_a_dead_host_and_a_standby() {
         )
         .await
         .unwrap();
-    wait_for("the writes mirrored", Duration::from_secs(30), || async {
-        wrong_status(&admin).await == 0
-    })
+    poll(
+        None,
+        "the writes mirrored",
+        Duration::from_secs(30),
+        || async { wrong_status(&admin).await == 0 },
+    )
     .await;
     let on_standby = standby.database(db.name()).connect().await;
     let slots: i64 = on_standby
@@ -246,10 +250,10 @@ async fn apply_backends(admin: &tokio_postgres::Client, db: &Database) -> i64 {
 /// as a middlebox would) are terminated, so no dead apply session lingers.
 #[tokio::test(flavor = "multi_thread")]
 async fn black_holes_under_load_end_exact() {
-    let (db, admin) = common::cli::setup(3000, 0).await;
+    let (db, admin) = support::cli::setup(3000, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-load", USERS_MIRROR);
-    let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -280,8 +284,8 @@ async fn black_holes_under_load_end_exact() {
     }
     let txns = writer.finish().await;
     assert!(txns > 100, "the writer committed only {txns} transactions");
-    common::wait_backfill_done(&admin, &spec.name).await;
-    common::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_backfill_done(&admin, &spec.name).await;
+    support::wait_caught_up(&admin, &spec.object()).await;
     // The judge: every row's status is the mapping of its is_active, by a
     // query of the test's own, and every row written is there.
     assert_eq!(wrong_status(&admin).await, 0);
@@ -308,7 +312,8 @@ async fn black_holes_under_load_end_exact() {
     }
     // The relay keeps every black-holed backend's socket open: only
     // pg_terminate_backend ends them.
-    wait_for(
+    poll(
+        None,
         "one apply backend left",
         Duration::from_secs(20),
         || async { apply_backends(&admin, &db).await == 1 },
@@ -326,14 +331,14 @@ async fn black_holes_under_load_end_exact() {
 /// interval 0.8 s. Prints the figure measured.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_black_holed_stream_is_noticed_within_its_bound() {
-    let (db, admin) = common::cli::setup(10, 0).await;
+    let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-bound", USERS_MIRROR);
-    let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
-    common::wait_backfill_done(&admin, &spec.name).await;
+    support::wait_backfill_done(&admin, &spec.name).await;
     const NOTICED: &str = "dead link: nothing arrived on the replication stream";
     let mut figures = Vec::new();
     for _ in 0..3 {
@@ -366,7 +371,7 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
         .execute("UPDATE users SET is_active = NOT is_active", &[])
         .await
         .unwrap();
-    common::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&admin, &spec.object()).await;
     assert_eq!(wrong_status(&admin).await, 0);
     run.stop().await;
 }
@@ -379,10 +384,10 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
 /// fails without the feature.
 #[tokio::test(flavor = "multi_thread")]
 async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
-    let (db, admin) = common::cli::setup(10, 0).await;
+    let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-plant", USERS_MIRROR);
-    let mut run = Run::spawn(
+    let mut run = run_on(
         &spec,
         &via_relay(&db, relay.port(), SHORT),
         &["--unsafe-plant", "no-receive-timeout"],
@@ -390,7 +395,7 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
-    common::wait_backfill_done(&admin, &spec.name).await;
+    support::wait_backfill_done(&admin, &spec.name).await;
     relay.black_hole_all();
     let wait = STREAM_BOUND * 4;
     let noticed = run
@@ -427,14 +432,14 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
 /// target is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
-    let (db, admin) = common::cli::setup(0, 10).await;
+    let (db, admin) = support::cli::setup(0, 10).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
-    let spec = Spec::new("net-lock", common::cli::ORDERS_MIRROR);
-    let mut run = Run::spawn(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let spec = Spec::new("net-lock", support::fixtures::ORDERS_MIRROR);
+    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
-    common::wait_backfill_done(&admin, &spec.name).await;
+    support::wait_backfill_done(&admin, &spec.name).await;
     let holder = db.connect().await;
     holder
         .batch_execute("BEGIN; SELECT * FROM order_items WHERE order_id = 1 FOR UPDATE")
@@ -447,7 +452,7 @@ async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
         )
         .await
         .unwrap();
-    wait_for("the apply session waits on the lock", Duration::from_secs(20), || async {
+    poll(None, "the apply session waits on the lock", Duration::from_secs(20), || async {
         admin
             .query_opt(
                 "SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND application_name = 'walshift-apply'
@@ -463,19 +468,9 @@ async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
     assert_eq!(run.count("dead link"), 0, "{}", run.stderr());
     assert_eq!(run.count(" streaming slot="), 1, "{}", run.stderr());
     holder.batch_execute("COMMIT").await.unwrap();
-    common::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&admin, &spec.object()).await;
     // The mapping by the test's own SQL, both ways, as multisets.
-    let diff: i64 = admin
-        .query_one(
-            "WITH want AS (SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-                           FROM orders src, jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n))
-             SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM order_items) a)
-                  + (SELECT count(*) FROM (SELECT * FROM order_items EXCEPT ALL SELECT * FROM want) b)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let diff = support::fixtures::order_items_qty_diff(&admin).await;
     assert_eq!(diff, 0);
     run.stop().await;
 }

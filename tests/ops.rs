@@ -3,16 +3,17 @@
 //! through the real binary against a fresh database (docs/design.md §7-8, README
 //! "Commands").
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Database, connect, wait_for, wait_for_some};
 use serde_json::Value;
+use support::{Database, connect, poll, poll_some};
 
-use common::cli::*;
+use support::cli::*;
+use support::fixtures::{ORDERS_MIRROR, USERS_MIRROR};
 /// Whether the backfill of `name` has not (yet) completed every mirror.
 async fn backfill_incomplete(c: &tokio_postgres::Client, name: &str) -> bool {
     if one_i64(
@@ -42,7 +43,7 @@ async fn status_until(
     db: &Database,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait_for_some(what, timeout, || async {
+    poll_some(None, what, timeout, || async {
         let s = status_json(spec, db).await;
         cond(&s).then_some(s)
     })
@@ -81,7 +82,7 @@ async fn wait_user_mirrored(what: &str, c: &tokio_postgres::Client, id: i64) {
     let sql = format!(
         "SELECT count(*) FROM users WHERE id = {id} AND status = CASE WHEN is_active THEN 'active' ELSE 'disabled' END"
     );
-    wait_for(what, Duration::from_secs(10), || async {
+    poll(None, what, Duration::from_secs(10), || async {
         one_i64(c, &sql).await == 1
     })
     .await;
@@ -184,7 +185,7 @@ async fn wait_returns_only_after_the_backfill_is_done() {
         "status never showed phase backfilling with a live run"
     );
     assert!(stdout.contains("ready"), "{stdout}");
-    assert_eq!(common::wrong_status(&c).await, 0);
+    assert_eq!(support::wrong_status(&c).await, 0);
 
     stop_cleanly(&mut run).await;
     let out = cli(&["wait", "--timeout", "2s"], &spec, &db).await;
@@ -494,14 +495,19 @@ async fn ctl_pause_stops_backfill_but_not_mirroring() {
 
     // The chunk in flight may still land; then rows_done must hold still.
     let prev = std::cell::Cell::new(rows_done(&s));
-    let last = wait_for_some("rows_done to hold still", Duration::from_secs(10), || {
-        let (spec, db, prev) = (&spec, &db, &prev);
-        async move {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            let now = rows_done(&status_json(spec, db).await);
-            (now == prev.replace(now)).then_some(now)
-        }
-    })
+    let last = poll_some(
+        None,
+        "rows_done to hold still",
+        Duration::from_secs(10),
+        || {
+            let (spec, db, prev) = (&spec, &db, &prev);
+            async move {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let now = rows_done(&status_json(spec, db).await);
+                (now == prev.replace(now)).then_some(now)
+            }
+        },
+    )
     .await;
     // Live mirroring continues: a row far beyond the backfill's position.
     c.execute(
@@ -569,13 +575,18 @@ async fn ctl_set_changes_a_running_backfill() {
     .await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains("max_rows_per_second=100000"), "{out}");
-    wait_for_some("the run to log the change", Duration::from_secs(10), || {
-        let log = run.stderr();
-        async move {
-            log.contains("backfill settings changed by the operator")
-                .then_some(())
-        }
-    })
+    poll_some(
+        None,
+        "the run to log the change",
+        Duration::from_secs(10),
+        || {
+            let log = run.stderr();
+            async move {
+                log.contains("backfill settings changed by the operator")
+                    .then_some(())
+            }
+        },
+    )
     .await;
     eprintln!("change taken in {:?}", asked.elapsed());
     assert!(

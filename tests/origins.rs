@@ -11,12 +11,13 @@
 //! older server the tests say why they did not run, except under CI, where
 //! that means the matrix is wrong and they fail.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::cli::{Run, Spec, USERS_MIRROR, cli, one_i64};
-use common::{Cluster, Database, wait_for};
+use support::cli::{Run, Spec, cli, one_i64};
+use support::fixtures::USERS_MIRROR;
+use support::{Cluster, Database, poll};
 
 /// Users whose `status` differs from the mapping of `is_active`.
 const WRONG: &str = "SELECT count(*) FROM users \
@@ -47,7 +48,9 @@ async fn cluster16() -> Option<Cluster> {
 async fn setup(cluster: &Cluster, users: i64) -> (Database, tokio_postgres::Client) {
     let db = cluster.fresh_database_named("origins").expect("database");
     let c = db.connect().await;
-    c.batch_execute(common::cli::SCHEMA).await.expect("schema");
+    c.batch_execute(support::fixtures::SCHEMA)
+        .await
+        .expect("schema");
     c.execute(
         "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
         &[&users],
@@ -58,7 +61,7 @@ async fn setup(cluster: &Cluster, users: i64) -> (Database, tokio_postgres::Clie
 }
 
 async fn mirrored(c: &tokio_postgres::Client, what: &str) {
-    wait_for(what, Duration::from_secs(60), || async {
+    poll(None, what, Duration::from_secs(60), || async {
         one_i64(c, WRONG).await == 0
     })
     .await;
@@ -77,7 +80,7 @@ async fn a_new_origin_appearing_mid_run_loses_no_write() {
     };
     let (db, c) = setup(&cluster, 20_000).await;
     let spec = Spec::new("orig", USERS_MIRROR);
-    let mut cmd = common::cli::command(&["run"], &spec.path, &db);
+    let mut cmd = support::cli::command(&["run"], &spec.path, &db);
     let log = spec.dir.path().join("run.stderr");
     let file = std::fs::File::create(&log).expect("log");
     cmd.env("WALSHIFT_ORIGIN_POLL_MS", "3000")

@@ -10,13 +10,14 @@
 //! bad row and mirrors nothing after it
 //! (`planted_no_isolation_stops_everything`).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::cli::*;
-use common::{Database, wait_backfill_done, wait_caught_up, wait_for, wait_for_some};
 use serde_json::Value;
+use support::cli::*;
+use support::fixtures::ORDERS_MIRROR;
+use support::{Database, poll, poll_some, wait_backfill_done, wait_caught_up};
 
 /// `reviews.rating_v2 = CAST(rating AS integer)`, one review rated `'4.5'`.
 const REVIEWS: &str = "
@@ -78,7 +79,7 @@ async fn status_until(
     db: &Database,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait_for_some(what, Duration::from_secs(30), || async {
+    poll_some(None, what, Duration::from_secs(30), || async {
         let s = status_json(spec, db).await;
         cond(&s).then_some(s)
     })
@@ -90,7 +91,7 @@ async fn status_until(
 /// operator looks, and fixing the row mirrors it without a restart.
 #[tokio::test]
 async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(REVIEWS).await.unwrap();
     let spec = Spec::new("poison-rating", REVIEWS_MIRROR);
@@ -128,7 +129,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
     );
     assert_eq!(reviews_bad(&c).await, ["7777", "20501"]);
     // Held keys do not pin WAL: the slot confirms past them.
-    wait_for("the slot to confirm past the bad insert", Duration::from_secs(20), || async {
+    poll(None, "the slot to confirm past the bad insert", Duration::from_secs(20), || async {
         c.query_one(
             "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
             &[&after_bad, &spec.object()],
@@ -157,7 +158,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
         "{text}"
     );
     // /readyz: not ready, saying why.
-    let ready = common::http::get(&addr, "/readyz").await.unwrap();
+    let ready = support::http::get(&addr, "/readyz").await.unwrap();
     assert_eq!(ready.code, 503, "{ready}");
     assert!(ready.body.contains("2 key(s) held"), "{ready}");
     // verify names them and fails.
@@ -201,7 +202,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
     assert!(s["held"].as_array().unwrap().is_empty(), "{s}");
     let v = cli(&["verify"], &spec, &db).await;
     assert_eq!(v.code(), Some(0), "{v}");
-    let ready = common::http::get(&addr, "/readyz").await.unwrap();
+    let ready = support::http::get(&addr, "/readyz").await.unwrap();
     assert_eq!(ready.code, 200, "{ready}");
     assert!(run.still_running());
     assert!(
@@ -215,7 +216,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
 /// row, and the test's oracle sees the rows it never mirrored.
 #[tokio::test]
 async fn planted_no_isolation_stops_everything() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(REVIEWS).await.unwrap();
     let spec = Spec::new("poison-planted", REVIEWS_MIRROR);
@@ -232,7 +233,7 @@ async fn planted_no_isolation_stops_everything() {
 /// every other key of the batch is mirrored.
 #[tokio::test]
 async fn one_poison_key_in_a_live_batch_of_thousands_is_held_alone() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(
         "CREATE TABLE reviews (id bigint PRIMARY KEY, rating text NOT NULL, body text, rating_v2 integer);
@@ -266,7 +267,7 @@ async fn one_poison_key_in_a_live_batch_of_thousands_is_held_alone() {
 /// operator changes the constraint and asks `walshift ctl SPEC retry`.
 #[tokio::test]
 async fn a_check_failure_is_held_until_ctl_retry() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(
         "CREATE TABLE scores (id bigint PRIMARY KEY, grade text NOT NULL,
@@ -310,14 +311,19 @@ set = { grade_v2 = "upper(grade)" }
     let out = cli(&["ctl", "retry"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains("1 held key(s)"), "{out}");
-    wait_for("the held key mirrored", Duration::from_secs(20), || async {
-        one_i64(
-            &c,
-            "SELECT count(*) FROM scores WHERE id = 1234 AND grade_v2 = 'X'",
-        )
-        .await
-            == 1
-    })
+    poll(
+        None,
+        "the held key mirrored",
+        Duration::from_secs(20),
+        || async {
+            one_i64(
+                &c,
+                "SELECT count(*) FROM scores WHERE id = 1234 AND grade_v2 = 'X'",
+            )
+            .await
+                == 1
+        },
+    )
     .await;
     status_until("nothing held", &spec, &db, |s| held_count(s) == 0).await;
     assert_eq!(
@@ -342,7 +348,7 @@ set = { grade_v2 = "upper(grade)" }
 /// mirrored and forgotten.
 #[tokio::test]
 async fn a_unique_collision_in_a_rows_target_is_held() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(
         "CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
@@ -411,7 +417,7 @@ async fn a_unique_collision_in_a_rows_target_is_held() {
 /// version's next write of the key settles it.
 #[tokio::test]
 async fn a_two_way_key_whose_way_back_fails_is_held() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let c = db.connect().await;
     c.batch_execute(
         "CREATE TABLE users (id bigint PRIMARY KEY, is_active boolean NOT NULL, status text);

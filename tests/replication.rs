@@ -2,7 +2,7 @@
 //! arrives decoded, restarts resume exactly at the confirmed position, idle
 //! slots do not pin WAL, and a slow consumer is not dropped by the server.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ impl Tap {
         proto_version: u32,
         extra: &[(&str, &str)],
     ) -> Tap {
-        let sql = common::connect(conninfo).await;
+        let sql = support::connect(conninfo).await;
         sql.batch_execute(&format!("CREATE PUBLICATION pub FOR TABLE {tables}"))
             .await
             .unwrap();
@@ -130,7 +130,7 @@ fn changes(body: Vec<LogicalMessage>) -> Vec<LogicalMessage> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identify_system_and_slot_lifecycle() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let mut repl = repl_client(&db.conninfo()).await;
     let sys = repl.identify_system().await.unwrap();
     assert!(sys.xlogpos.is_valid());
@@ -171,7 +171,7 @@ async fn identify_system_and_slot_lifecycle() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn use_snapshot_sees_exactly_the_state_at_the_consistent_point() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let sql = db.connect().await;
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
         .await
@@ -204,7 +204,7 @@ async fn use_snapshot_sees_exactly_the_state_at_the_consistent_point() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_kind_of_change_arrives_decoded() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let sql = db.connect().await;
     sql.batch_execute(
         "CREATE TABLE items (id bigint PRIMARY KEY, name text, note text, big text);
@@ -328,7 +328,7 @@ async fn every_kind_of_change_arrives_decoded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logical_message_and_origin_arrive() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let sql = db.connect().await;
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
@@ -391,7 +391,7 @@ async fn logical_message_and_origin_arrive() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn relation_message_is_resent_after_ddl() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let sql = db.connect().await;
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
@@ -429,7 +429,7 @@ async fn relation_message_is_resent_after_ddl() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn large_transaction_is_streamed_with_protocol_v2() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let sql = db.connect().await;
     sql.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
         .await
@@ -484,7 +484,7 @@ async fn large_transaction_is_streamed_with_protocol_v2() {
 /// up to that commit is sent again and nothing after it is missing.
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_resumes_exactly_after_the_confirmed_commit() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let sql = db.connect().await;
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
@@ -544,7 +544,7 @@ async fn restart_resumes_exactly_after_the_confirmed_commit() {
 /// published, confirming the keepalive's wal_end moves confirmed_flush_lsn.
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_slot_confirmed_flush_follows_keepalives() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let sql = db.connect().await;
     sql.batch_execute("CREATE TABLE published (id int PRIMARY KEY); CREATE TABLE other (id int)")
         .await
@@ -611,7 +611,7 @@ async fn idle_slot_confirmed_flush_follows_keepalives() {
 /// timeout, the server ends the connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_consumer_is_not_dropped_by_wal_sender_timeout() {
-    let db = common::fresh_db().await;
+    let db = support::fresh_db().await;
     let sql = db.connect().await;
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY, pad text)")
         .await
@@ -622,7 +622,7 @@ async fn slow_consumer_is_not_dropped_by_wal_sender_timeout() {
         status_interval: None,
         ..Default::default()
     };
-    let sqlc = common::connect(&conninfo).await;
+    let sqlc = support::connect(&conninfo).await;
     sqlc.batch_execute("CREATE PUBLICATION pub FOR TABLE t")
         .await
         .unwrap();

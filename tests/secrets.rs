@@ -7,12 +7,13 @@
 //! migration (`status`, `run` with trace-level text and JSON logs, `verify`,
 //! `cleanup`). Errors must also stay one clear line.
 
-mod common;
+mod support;
 
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{Spec, USERS_MIRROR};
+use support::cli::Spec;
+use support::fixtures::USERS_MIRROR;
 use walshift_cluster::{Cluster, Database};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");

@@ -8,12 +8,14 @@
 //! Each test starts its own cluster with `max_slot_wal_keep_size = 1MB` (the shared one must
 //! not lose other tests' slots).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::cli::{ORDERS_MIRROR, Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use common::{Cluster, Database, wait_caught_up, wait_for, wrong_status};
+use support::cli::{Run, Spec, cli, one_i64, status_json};
+use support::fixtures::order_items_qty_diff;
+use support::fixtures::{ORDERS_MIRROR, SCHEMA, USERS_MIRROR};
+use support::{Cluster, Database, poll, wait_caught_up, wrong_status};
 
 /// A cluster whose slots lose WAL past 1 MB, for one test.
 async fn small_wal_cluster() -> Cluster {
@@ -115,31 +117,18 @@ async fn mirror_then_lose_the_slot(spec: &Spec, db: &Database, c: &tokio_postgre
     eprintln!("slot invalidated after {checkpoints} checkpoint(s)");
     write_a_round(c, 3).await;
     assert!(
-        wrong_status(c).await > 0 && order_items_diff(c).await > 0,
+        wrong_status(c).await > 0 && order_items_qty_diff(c).await > 0,
         "the writes made while walshift was stopped must leave the targets behind"
     );
 }
 
-/// How many rows `order_items` and the rows mapping of `orders.items` differ by, as
-/// multisets in both directions: 0 when the target is exactly the mapping.
-async fn order_items_diff(c: &tokio_postgres::Client) -> i64 {
-    one_i64(
-        c,
-        "WITH want AS (SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-                       FROM orders src, jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n))
-         SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM order_items) a)
-              + (SELECT count(*) FROM (SELECT * FROM order_items EXCEPT ALL SELECT * FROM want) b)",
-    )
-    .await
-}
-
 /// Both targets equal the mapping of their sources, by SQL independent of walshift's.
 async fn exact(c: &tokio_postgres::Client) -> bool {
-    wrong_status(c).await == 0 && order_items_diff(c).await == 0
+    wrong_status(c).await == 0 && order_items_qty_diff(c).await == 0
 }
 
 async fn wait_exact(what: &str, c: &tokio_postgres::Client) {
-    wait_for(what, Duration::from_secs(60), || exact(c)).await;
+    poll(None, what, Duration::from_secs(60), || exact(c)).await;
 }
 
 /// Guards the resync: after the slot was invalidated while walshift was stopped, `run` drops
@@ -164,10 +153,11 @@ async fn a_slot_lost_while_stopped_is_resynced_and_ends_exact() {
     let mut run = Run::spawn_with(&spec, &db, &["--listen", "127.0.0.1:0"]);
     let addr = run.listening().await;
     wait_exact("the resynced mirror", &c).await;
-    wait_for(
+    poll(
+        None,
         "the backfill to finish again",
         Duration::from_secs(60),
-        || common::backfill_done(&c, &spec.name),
+        || support::backfill_done(&c, &spec.name),
     )
     .await;
     write_a_round(&c, 4).await;
@@ -212,7 +202,7 @@ async fn a_slot_lost_while_stopped_is_resynced_and_ends_exact() {
         out.stdout.contains("resynced:  after slot lost at "),
         "{out}"
     );
-    let metrics = common::http::get(&addr, "/metrics")
+    let metrics = support::http::get(&addr, "/metrics")
         .await
         .expect("/metrics");
     assert!(
@@ -281,10 +271,11 @@ async fn planted_naive_recovery_misses_the_writes() {
     let (db, c) = setup(&cluster, "slots_planted").await;
     let spec = spec("slots-planted", "");
     mirror_then_lose_the_slot(&spec, &db, &c).await;
-    let wrong_before = (wrong_status(&c).await, order_items_diff(&c).await);
+    let wrong_before = (wrong_status(&c).await, order_items_qty_diff(&c).await);
 
     let mut run = Run::spawn_with(&spec, &db, &["--unsafe-plant", "no-resync"]);
-    wait_for(
+    poll(
+        None,
         "the planted run streaming from a new slot",
         Duration::from_secs(30),
         || async { wal_status(&c, &spec.object()).await.as_deref() == Some("reserved") },
@@ -292,7 +283,7 @@ async fn planted_naive_recovery_misses_the_writes() {
     .await;
     write_a_round(&c, 4).await;
     wait_caught_up(&c, &spec.object()).await;
-    let wrong_after = (wrong_status(&c).await, order_items_diff(&c).await);
+    let wrong_after = (wrong_status(&c).await, order_items_qty_diff(&c).await);
     assert!(
         wrong_after.0 > 0 && wrong_after.1 > 0,
         "the naive recovery should have missed writes (before {wrong_before:?}, after {wrong_after:?})"

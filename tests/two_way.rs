@@ -2,12 +2,12 @@
 //! application, walshift keeps each the mapping of the other, the later
 //! commit wins, and nothing an application acknowledged is lost.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::cli::{Run, Spec, cli};
-use common::{fresh_db, wait_backfill_done, wait_caught_up};
+use support::cli::{Run, Spec, cli};
+use support::{fresh_db, wait_backfill_done, wait_caught_up};
 
 const USERS: &str = "
 CREATE TABLE users (id bigint PRIMARY KEY, name text, is_active boolean, status text);
@@ -199,7 +199,7 @@ async fn set_mode_follows_the_shape_each_write_changed() {
         .get::<_, i64>(0);
     assert_eq!(slots, 0);
     assert_eq!(
-        common::cli::one_i64(
+        support::cli::one_i64(
             &c,
             "SELECT count(*) FROM pg_namespace WHERE nspname = 'walshift'"
         )
@@ -208,12 +208,10 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     );
 }
 
-mod two_way_support;
-
 use std::future::Future;
 use std::pin::Pin;
 
-use two_way_support::{Load, Rng, Step, conflicts_logged};
+use support::two_way::{Load, Rng, Step, conflicts_logged};
 
 type Fut<'a> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>>;
 
@@ -385,7 +383,7 @@ ORDER BY u.id";
 /// once more, one right after the other (in a random order per key), and
 /// nothing writes after. The last write of each key then meets the other
 /// version's in walshift's hands: only the later may decide.
-async fn last_writes_of_both(db: &common::Database) -> u64 {
+async fn last_writes_of_both(db: &support::Database) -> u64 {
     let old = db.connect().await;
     let new = db.connect().await;
     let mut rng = Rng::new(7);
@@ -447,19 +445,24 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
     // The new version starts once walshift runs (before it, history is the
     // old shape's): its slot streams.
     let slot = spec.object();
-    common::wait_for("walshift's slot to stream", Duration::from_secs(30), || {
-        let c = &c;
-        let slot = slot.clone();
-        async move {
-            c.query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&slot],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 1)
-            .unwrap_or(false)
-        }
-    })
+    support::poll(
+        None,
+        "walshift's slot to stream",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            let slot = slot.clone();
+            async move {
+                c.query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[&slot],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0) == 1)
+                .unwrap_or(false)
+            }
+        },
+    )
     .await;
     if s.users <= HOT as i64 {
         wait_backfill_done(&c, &spec.name).await;
@@ -504,11 +507,12 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
         .collect();
     // `status` counts what the run logged (it records about once a second).
     if s.kill_after.is_none() {
-        common::wait_for(
+        support::poll(
+            None,
             "status to count the conflicts",
             Duration::from_secs(10),
             || async {
-                let v = common::cli::status_json(&spec, &db).await;
+                let v = support::cli::status_json(&spec, &db).await;
                 v["two_way"][0]["conflicts"].as_u64() == Some(conflicts_logged(&run.stderr()))
             },
         )
@@ -1376,7 +1380,7 @@ CREATE TABLE cutover_check AS SELECT count(*) AS lost FROM ({lost}) AS l;
     );
     assert!(freeze < 1000.0, "{out}");
     assert_eq!(
-        common::cli::one_i64(&c, "SELECT lost FROM cutover_check").await,
+        support::cli::one_i64(&c, "SELECT lost FROM cutover_check").await,
         0
     );
     assert!(

@@ -6,12 +6,13 @@
 //!
 //! Each test was seen to fail with the behaviour it pins broken; the comment above it says how.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::cli::{Run, SCHEMA, Spec, USERS_MIRROR, cli, one_i64, status_json};
-use common::{Cluster, Database, majors, wait_backfill_done, wait_caught_up, wait_for};
+use support::cli::{Run, Spec, cli, one_i64, status_json};
+use support::fixtures::{SCHEMA, USERS_MIRROR};
+use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::{ReplicationClient, SlotOptions, SnapshotAction, proto};
 
@@ -56,7 +57,7 @@ async fn setup(cluster: &Cluster, hint: &str, users: i64) -> (Database, tokio_po
 }
 
 async fn mirrored(c: &tokio_postgres::Client, what: &str) {
-    wait_for(what, Duration::from_secs(60), || async {
+    poll(None, what, Duration::from_secs(60), || async {
         one_i64(c, WRONG).await == 0
     })
     .await;
@@ -77,18 +78,13 @@ async fn slot_active(c: &tokio_postgres::Client, slot: &str) -> bool {
 }
 
 async fn wait_inactive(c: &tokio_postgres::Client, slot: &str) {
-    wait_for(
+    poll(
+        None,
         "the slot to be released",
         Duration::from_secs(30),
         || async move { !slot_active(c, slot).await },
     )
     .await;
-}
-
-async fn stop(mut run: Run) {
-    run.sigterm();
-    let status = run.exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "walshift run: {status}\n{}", run.stderr());
 }
 
 // --- PostgreSQL 14: the replication command syntax ---------------------------------------------
@@ -239,7 +235,7 @@ async fn pg14_empty_transactions_are_streamed_and_confirmed_past() {
     );
     let slot = spec.object();
     let (c_ref, slot_ref, after_ref) = (&c, &slot, &after);
-    wait_for(
+    poll(None,
         "walshift's slot to be confirmed past the empty transactions",
         Duration::from_secs(30),
         || async move {
@@ -264,7 +260,7 @@ async fn pg14_empty_transactions_are_streamed_and_confirmed_past() {
     c.batch_execute("SELECT pg_drop_replication_slot('probe')")
         .await
         .unwrap();
-    stop(run).await;
+    run.stop().await;
 }
 
 /// The other side of the difference: from 15 on, pgoutput sends nothing for those
@@ -334,7 +330,7 @@ async fn own_writes_on(major: u32) -> Option<OwnWrites> {
     let decoded_bytes = wait_for_some_stat(c_ref, stats, slot_ref).await;
     eprintln!("PostgreSQL {major}: the slot decoded {decoded_bytes} bytes");
     let log = run.stderr();
-    stop(run).await;
+    run.stop().await;
     Some(OwnWrites {
         check: check.stdout,
         log,
@@ -344,7 +340,8 @@ async fn own_writes_on(major: u32) -> Option<OwnWrites> {
 
 /// total_bytes of the slot once its statistics count at least the test's own transaction.
 async fn wait_for_some_stat(c: &tokio_postgres::Client, stats: &str, slot: &str) -> i64 {
-    common::wait_for_some(
+    support::poll_some(
+        None,
         "the slot's statistics to count a transaction",
         Duration::from_secs(30),
         || async move {
@@ -434,7 +431,7 @@ async fn rolled_back_apply_on(major: u32) {
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
     wait_backfill_done(&c, &spec.name).await;
-    stop(run).await;
+    run.stop().await;
 
     // While walshift is stopped: writes to mirror, then an apply that set walshift's origin up
     // and rolled back, ending where those writes end.
@@ -490,7 +487,7 @@ async fn rolled_back_apply_on(major: u32) {
 
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the writes made while walshift was stopped").await;
-    stop(run).await;
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,7 +575,7 @@ async fn pg17_slot_columns_and_walshift_status() {
         "{check}"
     );
 
-    stop(run).await;
+    run.stop().await;
     wait_inactive(&c, &slot).await;
     let stopped: (bool, bool, Option<String>, String) = {
         let r = c
@@ -704,7 +701,7 @@ async fn origin_limit_on(major: u32, setting: &str, limit: i64) {
         Some(0),
         "walshift's own origin is not another:\n{check}"
     );
-    stop(run).await;
+    run.stop().await;
 }
 
 /// 18 bounds replication origins by max_active_replication_origins (default 10), apart from
@@ -747,7 +744,7 @@ async fn pg18_default_origin_limit_and_idle_timeout_are_off_walshifts_path() {
     assert_eq!(check.code(), Some(0), "{check}");
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
-    stop(run).await;
+    run.stop().await;
 }
 
 // --- PostgreSQL 18: idle_replication_slot_timeout ----------------------------------------------
@@ -791,7 +788,7 @@ async fn pg18_idle_slot_timeout_spares_a_running_slot_and_check_refuses_a_lost_o
     .unwrap();
     mirrored(&c, "a write past the timeout").await;
 
-    stop(run).await;
+    run.stop().await;
     wait_inactive(&c, &slot).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     c.batch_execute("CHECKPOINT").await.unwrap();
@@ -844,5 +841,5 @@ async fn pg18_idle_slot_timeout_spares_a_running_slot_and_check_refuses_a_lost_o
         "{}",
         run.stderr()
     );
-    stop(run).await;
+    run.stop().await;
 }

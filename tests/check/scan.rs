@@ -4,9 +4,9 @@
 //! and samples the rest; `--scan off` skips it; and nothing is left behind
 //! (judged with SQL of the test's own).
 
-use super::common::cli::{Out, Spec, cli};
-use super::common::{Database, fresh_db};
-use super::{Trace, trace};
+use crate::support::cli::{Out, Spec, cli};
+use crate::support::{Database, fresh_db};
+use crate::{Trace, trace};
 
 /// `reviews`: 20,000 rows whose `rating` is an integer as text, but for
 /// the rows `bad` lists; `rating_v2` is the new column.
@@ -360,12 +360,12 @@ async fn the_scan_locks_and_writes_only_the_timed_chunks() {
     let out = cli(&["check", "--scan", "full"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains("all 20000 row(s)"), "{out}");
-    let touched = super::common::cli::one_i64(
+    let touched = crate::support::cli::one_i64(
         &admin,
         "SELECT count(*) FROM reviews WHERE xmax <> '0'::xid",
     )
     .await;
-    let wal_bytes = super::common::cli::one_i64(
+    let wal_bytes = crate::support::cli::one_i64(
         &admin,
         &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal_before}')::bigint"),
     )
@@ -470,16 +470,16 @@ async fn the_estimate_is_within_half_of_the_real_backfill() {
         "eta",
         &format!(
             "{}{}",
-            super::common::cli::USERS_MIRROR,
-            super::common::cli::ORDERS_MIRROR
+            crate::support::fixtures::USERS_MIRROR,
+            crate::support::fixtures::ORDERS_MIRROR
         ),
     );
     let out = cli(&["check", "--scan", "full"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     let estimated = estimates(&out.stdout);
     assert_eq!(estimated.len(), 2, "{out}");
-    let mut run = super::common::cli::Run::spawn(&spec, &db);
-    super::common::wait_backfill_done(&admin, "eta").await;
+    let mut run = crate::support::cli::Run::spawn(&spec, &db);
+    crate::support::wait_backfill_done(&admin, "eta").await;
     run.sigterm();
     run.exit(std::time::Duration::from_secs(20)).await;
     let rows = admin
