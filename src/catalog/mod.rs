@@ -54,7 +54,7 @@ use crate::mirror::sql::{KeyColumn, RowsPlan, SetPlan};
 use crate::spec::Spec;
 use privileges::Grants;
 use relation::Relation;
-use session::{Refusal, Session};
+use session::{CheckTransaction, Refusal};
 
 /// What `run` will do, resolved against the live database.
 #[derive(Clone, Debug, PartialEq)]
@@ -206,7 +206,7 @@ pub struct CheckReport {
 /// every problem rather than stopping at the first. `client` must be idle
 /// (not inside a transaction); `check` leaves it as it found it.
 pub async fn check(client: &Client, spec: &Spec) -> Result<CheckReport, Error> {
-    let session = Session::begin(client).await?;
+    let session = CheckTransaction::begin(client).await?;
     let outcome = run(&session, spec).await;
     // End the transaction even when a check failed; a lost connection is the
     // error to report either way.
@@ -216,7 +216,7 @@ pub async fn check(client: &Client, spec: &Spec) -> Result<CheckReport, Error> {
     Ok(report)
 }
 
-async fn run(session: &Session<'_>, spec: &Spec) -> Result<CheckReport, Error> {
+async fn run(session: &CheckTransaction<'_>, spec: &Spec) -> Result<CheckReport, Error> {
     let mut ctx = Ctx::new(session);
     let server = server::check(&mut ctx, spec).await?;
     let mut mirrors = Vec::new();
@@ -262,7 +262,7 @@ enum Lookup {
 /// privileges the role lacks (reported together, as one line), and the
 /// answers of type probes (many columns share a type).
 struct Ctx<'a> {
-    session: &'a Session<'a>,
+    session: &'a CheckTransaction<'a>,
     problems: Vec<Problem>,
     notes: Vec<String>,
     warnings: Vec<String>,
@@ -271,7 +271,7 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(session: &'a Session<'a>) -> Self {
+    fn new(session: &'a CheckTransaction<'a>) -> Self {
         Ctx {
             session,
             problems: Vec::new(),

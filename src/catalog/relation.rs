@@ -8,7 +8,7 @@
 
 use tokio_postgres::Row;
 
-use super::session::{Asked, Session};
+use super::session::{Asked, CheckTransaction};
 use crate::ident::QualifiedName;
 
 #[derive(Clone, Debug)]
@@ -116,7 +116,10 @@ impl Relation {
 }
 
 /// Describe `name`, or `None` when there is no relation by that name.
-pub(super) async fn load(session: &Session<'_>, name: &QualifiedName) -> Asked<Option<Relation>> {
+pub(super) async fn load(
+    session: &CheckTransaction<'_>,
+    name: &QualifiedName,
+) -> Asked<Option<Relation>> {
     let rows = match session.query(RELATION, &[&name.schema, &name.name]).await? {
         Ok(rows) => rows,
         Err(refusal) => return Ok(Err(refusal)),

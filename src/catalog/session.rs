@@ -120,19 +120,19 @@ pub(super) fn one_line(text: &str) -> String {
 
 /// The check's transaction on the caller's client, which must be idle (not
 /// inside a transaction of its own).
-pub(super) struct Session<'a> {
+pub(super) struct CheckTransaction<'a> {
     client: &'a Client,
 }
 
-impl<'a> Session<'a> {
-    pub(super) async fn begin(client: &'a Client) -> Result<Session<'a>, Error> {
+impl<'a> CheckTransaction<'a> {
+    pub(super) async fn begin(client: &'a Client) -> Result<CheckTransaction<'a>, Error> {
         client
             .batch_execute(&format!(
                 "BEGIN READ ONLY; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; \
                  SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'"
             ))
             .await?;
-        Ok(Session { client })
+        Ok(CheckTransaction { client })
     }
 
     /// Roll everything back; `check` never keeps anything.

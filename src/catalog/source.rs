@@ -7,7 +7,7 @@
 //! not include the key, the mirror cannot tell which key to recompute.
 
 use super::relation::{Column, Relation};
-use super::session::{Asked, Session};
+use super::session::{Asked, CheckTransaction};
 
 /// The source key: the primary key, or the spec's `key`, which must be NOT
 /// NULL columns covered by a unique index. `Err` holds one message per
@@ -126,7 +126,7 @@ ORDER BY 1";
 
 /// The tables whose replica identity matters for `rel`: itself when it is
 /// an ordinary table, its leaf partitions when it is partitioned.
-pub(super) async fn leaves(session: &Session<'_>, rel: &Relation) -> Asked<Vec<Leaf>> {
+pub(super) async fn leaves(session: &CheckTransaction<'_>, rel: &Relation) -> Asked<Vec<Leaf>> {
     Ok(session.query(LEAVES, &[&rel.oid]).await?.map(|rows| {
         rows.iter()
             .map(|row| Leaf {

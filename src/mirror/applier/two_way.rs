@@ -239,7 +239,7 @@ struct MirrorWork {
 
 /// What the statements of a transaction did.
 #[derive(Default)]
-struct Outcome {
+struct WorkDone {
     stats: ApplyStats,
     /// Keys to carry, per mirror, with their direction.
     carried: Vec<Vec<(Key, Dir)>>,
@@ -671,7 +671,7 @@ impl Applier {
         i: usize,
         lower: Option<&[String]>,
         rows: i64,
-        outcome: &mut Outcome,
+        outcome: &mut WorkDone,
     ) -> Result<super::ChunkOutcome, ApplyError> {
         let started = Instant::now();
         let ignore = crate::mirror::plant::active(crate::mirror::plant::Plant::ChunksIgnoreMarks);
@@ -873,8 +873,8 @@ impl Applier {
     /// The statements: every way back first (it writes the old columns the
     /// forward mappings read), then every forward mapping, each in spec
     /// order.
-    async fn run_work(&self, work: &[MirrorWork]) -> Result<Outcome, ApplyError> {
-        let mut out = Outcome {
+    async fn run_work(&self, work: &[MirrorWork]) -> Result<WorkDone, ApplyError> {
+        let mut out = WorkDone {
             carried: vec![Vec::new(); work.len()],
             reversed: vec![0; work.len()],
             holdings: (0..work.len()).map(|_| Holding::default()).collect(),
@@ -947,7 +947,7 @@ impl Applier {
 
     /// Writes of the key table that go with the transaction: the marks,
     /// the carried keys it took up and the ones it carries on.
-    fn keep_keys<'a>(&'a self, work: &'a [MirrorWork], outcome: &'a Outcome) -> Vec<Step<'a>> {
+    fn keep_keys<'a>(&'a self, work: &'a [MirrorWork], outcome: &'a WorkDone) -> Vec<Step<'a>> {
         let mut steps = self.keep_marks(work);
         steps.extend(self.keep_carry(work, outcome));
         steps
@@ -963,7 +963,7 @@ impl Applier {
             .collect()
     }
 
-    fn keep_carry<'a>(&'a self, work: &'a [MirrorWork], outcome: &'a Outcome) -> Vec<Step<'a>> {
+    fn keep_carry<'a>(&'a self, work: &'a [MirrorWork], outcome: &'a WorkDone) -> Vec<Step<'a>> {
         let c = &self.client;
         let mut steps = Vec::new();
         for ((m, w), carried) in self.mirrors.iter().zip(work).zip(&outcome.carried) {
