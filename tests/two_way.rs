@@ -993,6 +993,25 @@ fn kind_of(comment: i64) -> &'static str {
     if comment % 2 == 1 { "product" } else { "blog" }
 }
 
+/// The oracle takes the last acknowledgement of a row (highest `seq`) as
+/// its last commit. The old version writes `comments` and the new version
+/// `blog_comment`/`product_comment`, so two transactions of one comment share
+/// no row lock, and one could take the higher `seq` and still commit first
+/// (seen once in CI on 14). So an acknowledgement waits for any other
+/// transaction that acknowledged the same row until it has committed: a
+/// lock held from the ack, each transaction's last statement, to its COMMIT.
+/// Its holder waits on nothing else, so it cannot deadlock.
+async fn ack_in_commit_order(
+    c: &tokio_postgres::Client,
+    what: i32,
+    id: i64,
+) -> Result<(), tokio_postgres::Error> {
+    let id = i32::try_from(id).expect("test ids fit an int4");
+    c.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&what, &id])
+        .await
+        .map(drop)
+}
+
 async fn ack_comment(
     c: &tokio_postgres::Client,
     id: i64,
@@ -1001,6 +1020,7 @@ async fn ack_comment(
     kind: &str,
     body: Option<&str>,
 ) -> Result<(), tokio_postgres::Error> {
+    ack_in_commit_order(c, 1, id).await?;
     c.execute(
         "INSERT INTO split_ack (what, id, version, op, kind, body) VALUES ('comment', $1, $2, $3, $4, $5)",
         &[&id, &version, &op, &kind, &body],
@@ -1016,6 +1036,7 @@ async fn ack_like(
     op: &str,
     comment: i64,
 ) -> Result<(), tokio_postgres::Error> {
+    ack_in_commit_order(c, 2, id).await?;
     c.execute(
         "INSERT INTO split_ack (what, id, version, op, comment_id) VALUES ('like', $1, $2, $3, $4)",
         &[&id, &version, &op, &comment],
