@@ -737,10 +737,10 @@ async fn under_lock_two_way(
             let _ = applier.client().batch_execute("ROLLBACK").await;
             applier.restore_carried(backup);
             out.freeze_ms = ms(asked.elapsed());
-            let again = lock_timeout(&e).then_some(());
+            let again = lock_timeout(&e);
             out.error = Some(format!("applying the last changes: {e}"));
             reapply(applier, done_tx, vec![(batch, ApplyStats::default())]).await;
-            return (out, again.map(|()| tracker));
+            return (out, again.then_some(tracker));
         }
     };
     tracker.add(&batch);
