@@ -366,7 +366,7 @@ const READ_CHUNK: usize = 256 * 1024;
 /// of walshift's CPU in `perf`. Waiting this long lets the socket buffers
 /// gather what arrives meanwhile, at most this much latency for a change. A
 /// read that fills most of the room does not pause: the stream is busy.
-const COALESCE: Duration = Duration::from_millis(1);
+const COALESCE: Duration = Duration::from_millis(4);
 
 /// Reads into `buf`, first making room for [`READ_CHUNK`] bytes once less
 /// than a quarter of that is left. Not on every read: the frames handed over
