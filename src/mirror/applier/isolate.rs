@@ -480,7 +480,7 @@ impl Applier {
         };
         let mut steps = self.holding_steps(&holdings);
         if position {
-            steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
+            steps.extend(position_steps(c, &self.positions, &self.spec_name, batch));
         }
         steps.push(simple(c, "COMMIT"));
         in_transaction(c, steps).await?;

@@ -255,6 +255,7 @@ pub struct Applier {
     /// walshift's origin is set up on this session (else progress is kept
     /// only in the state table, and echoes are recomputed once).
     origin: bool,
+    positions: Positions,
     opts: ApplierOptions,
     /// Keys of two-way specs carried to the next transaction (as stored in
     /// `walshift.keys`), per mirror.
@@ -323,11 +324,13 @@ impl Applier {
             vec![Default::default(); plans.len()]
         };
         let held = isolate::load_held(&client, spec_name, plans).await?;
+        let positions = Positions::prepare(&client, origin).await?;
         let applier = Applier {
             client,
             spec_name: spec_name.to_string(),
             mirrors,
             origin,
+            positions,
             opts,
             carried,
             flusher: None,
@@ -486,7 +489,7 @@ impl Applier {
         let c = &self.client;
         let mut keyed = ApplyStats::default();
         let mut steps = vec![simple(c, "BEGIN")];
-        steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
+        steps.extend(position_steps(c, &self.positions, &self.spec_name, batch));
         steps.extend(key_steps(&self.mirrors, c, batch, &mut keyed));
         steps.push(simple(c, "COMMIT"));
         match in_transaction(c, steps).await {
@@ -523,7 +526,7 @@ impl Applier {
     /// Records `batch`'s end LSN as applied (state row and origin, I4) in
     /// the transaction open on [`Applier::client`].
     pub async fn record_position(&self, batch: &Batch) -> Result<(), ApplyError> {
-        let steps = position_steps(&self.client, self.origin, &self.spec_name, batch);
+        let steps = position_steps(&self.client, &self.positions, &self.spec_name, batch);
         pipeline::in_order(steps)
             .await
             .map(drop)
@@ -541,7 +544,7 @@ impl Applier {
         loop {
             let row = self
                 .client
-                .query_typed_one("SELECT pg_current_snapshot()::text", &[])
+                .query_one(&self.positions.snapshot, &[])
                 .await
                 .map_err(ApplyError::session)?;
             let text: String = row.get(0);
@@ -1045,35 +1048,72 @@ fn simple<'a>(c: &'a Client, sql: &'static str) -> Step<'a> {
 /// the origin's progress (when walshift has its origin) and the state row.
 fn position_steps<'a>(
     c: &'a Client,
-    origin: bool,
+    positions: &'a Positions,
     spec_name: &'a str,
     batch: &Batch,
 ) -> Vec<Step<'a>> {
     let lsn = batch.end_lsn.to_string();
     let mut steps: Vec<Step<'a>> = Vec::with_capacity(2);
-    if origin {
+    if let Some(origin) = &positions.origin_setup {
         let lsn = lsn.clone();
         let ts = pg_timestamp_to_system_time(batch.commit_time);
         steps.push(Box::pin(async move {
-            c.execute_typed(
-                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2::timestamptz)",
-                &[(&lsn, Type::TEXT), (&ts, Type::TIMESTAMPTZ)],
-            )
-            .await
-            .map_err(ApplyError::session)?;
+            c.execute(origin, &[&lsn, &ts])
+                .await
+                .map_err(ApplyError::session)?;
             Ok(Wrote::default())
         }));
     }
     steps.push(Box::pin(async move {
-        c.execute_typed(
-            state::RECORD_APPLIED,
-            &[(&spec_name, Type::TEXT), (&lsn, Type::TEXT)],
-        )
-        .await
-        .map_err(ApplyError::session)?;
+        c.execute(&positions.record_applied, &[&spec_name, &lsn])
+            .await
+            .map_err(ApplyError::session)?;
         Ok(Wrote::default())
     }));
     steps
+}
+
+/// The statements every batch runs besides its recomputes, prepared once:
+/// planned per batch they cost the apply session more than a small batch's
+/// recompute.
+struct Positions {
+    /// `pg_replication_origin_xact_setup`, when walshift has its origin.
+    origin_setup: Option<tokio_postgres::Statement>,
+    /// [`state::RECORD_APPLIED`].
+    record_applied: tokio_postgres::Statement,
+    /// The visibility barrier's snapshot.
+    snapshot: tokio_postgres::Statement,
+}
+
+impl Positions {
+    async fn prepare(client: &Client, origin: bool) -> Result<Self, ApplyError> {
+        let origin_setup = if origin {
+            Some(
+                client
+                    .prepare_typed(
+                        "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
+                        &[Type::TEXT, Type::TIMESTAMPTZ],
+                    )
+                    .await
+                    .map_err(ApplyError::session)?,
+            )
+        } else {
+            None
+        };
+        let record_applied = client
+            .prepare_typed(state::RECORD_APPLIED, &[Type::TEXT, Type::TEXT])
+            .await
+            .map_err(ApplyError::session)?;
+        let snapshot = client
+            .prepare("SELECT pg_current_snapshot()::text")
+            .await
+            .map_err(ApplyError::session)?;
+        Ok(Positions {
+            origin_setup,
+            record_applied,
+            snapshot,
+        })
+    }
 }
 
 /// One recompute statement per mirror with dirty keys (and the removal of

@@ -358,7 +358,7 @@ impl Applier {
         let c = &self.client;
         let mut steps = self.keep_keys(&work, &outcome);
         if batch.txns > 0 {
-            steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
+            steps.extend(position_steps(c, &self.positions, &self.spec_name, batch));
         }
         steps.push(simple(c, "COMMIT"));
         in_transaction(c, steps).await?;
@@ -651,7 +651,7 @@ impl Applier {
             Ok(Wrote::default())
         }));
         if batch.txns > 0 {
-            steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
+            steps.extend(position_steps(c, &self.positions, &self.spec_name, batch));
         }
         steps.push(simple(c, "COMMIT"));
         in_transaction(c, steps).await?;
@@ -751,7 +751,7 @@ impl Applier {
             ..Batch::default()
         };
         let mut steps = vec![simple(c, "BEGIN")];
-        steps.extend(position_steps(c, self.origin, &self.spec_name, batch));
+        steps.extend(position_steps(c, &self.positions, &self.spec_name, batch));
         steps.extend(super::key_steps(&self.mirrors, c, &one_way, &mut stats));
         for (m, keys) in self.mirrors.iter().zip(&staged) {
             if !keys.is_empty() {
