@@ -739,3 +739,52 @@ async fn the_page_shows_live_numbers_in_a_browser() {
     assert!(bytes.starts_with(b"\x89PNG"), "a PNG screenshot");
     assert!(bytes.len() > 10_000, "a screenshot with content");
 }
+
+/// `--batch-window`: twenty single-row commits 20 ms apart are applied in one
+/// or two batches when a batch may wait 2 s for more keys, and in at least
+/// five with no window (the planted half: `0ms` hands each commit over as
+/// soon as the applier is free, so this half fails if the window is not
+/// what collects them). Judged by `/metrics` and, for the data, by SQL.
+#[tokio::test]
+async fn batch_window_collects_commits_into_fewer_batches() {
+    const BATCHES: &str = "walshift_apply_batch_duration_seconds_count";
+    for (window, name, fits) in [
+        ("2s", "http-window-2s", (|n| n <= 2.0) as fn(f64) -> bool),
+        ("0ms", "http-window-0ms", |n| n >= 5.0),
+    ] {
+        let (db, c) = setup(50).await;
+        let spec = Spec::new(name, USERS_MIRROR);
+        let run = Run::start(&spec, &db, &["--batch-window", window]).await;
+        wait_ready(&run).await;
+        let before = run.metrics().await.value(BATCHES);
+        for id in 1..=20i64 {
+            c.execute(
+                "UPDATE users SET is_active = NOT is_active WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .expect("update a user");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        poll(
+            None,
+            "every update mirrored",
+            Duration::from_secs(30),
+            || async {
+                support::cli::one_i64(
+                    &c,
+                    "SELECT count(*) FROM users
+                     WHERE status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END",
+                )
+                .await
+                    == 0
+            },
+        )
+        .await;
+        let batches = run.metrics().await.value(BATCHES) - before;
+        assert!(
+            fits(batches),
+            "--batch-window {window}: twenty commits 20 ms apart went in {batches} batches"
+        );
+    }
+}

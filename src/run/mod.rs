@@ -63,6 +63,9 @@ pub struct RunOptions {
     /// Keys one mirror may collect before the batch falls back to a whole
     /// mirror pass (bounds memory for huge transactions).
     pub max_txn_keys: usize,
+    /// How long a one-way batch may wait for more keys while the applier is
+    /// free (zero: hand each batch over at once).
+    pub batch_window: Duration,
     /// Interval of the progress line in the log.
     pub log_interval: Duration,
 }
@@ -73,6 +76,7 @@ impl Default for RunOptions {
             applier: ApplierOptions::default(),
             max_batch_keys: 20_000,
             max_txn_keys: 200_000,
+            batch_window: Duration::from_millis(10),
             log_interval: Duration::from_secs(10),
         }
     }

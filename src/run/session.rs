@@ -51,6 +51,17 @@ const STREAM_BURST: usize = 512;
 /// Work items the loop queues for the apply task before it stops reading.
 const MAX_OUTBOX: usize = 64;
 
+/// A batch held back by `batch_window` goes as soon as it has this many
+/// keys: past it the statements around the recompute are a small share.
+const BATCH_WINDOW_KEYS: usize = 2_000;
+
+/// Sleeps until `due` (never when it is `None`: the arm is disabled then).
+async fn sleep_until_due(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
 /// What every session of a run is given.
 #[derive(Clone, Copy)]
 pub(super) struct Given<'a> {
@@ -303,6 +314,7 @@ impl<'a> Session<'a> {
         let has_outbox = !self.outbox.is_empty();
         let verifying = self.cut.as_ref().is_some_and(|c| c.verify.is_some());
         let watching = self.guard.is_some() && !self.job_running();
+        let due = self.batch_due();
         tokio::select! {
             biased;
             // 1.
@@ -320,6 +332,7 @@ impl<'a> Session<'a> {
             // 4.
             ev = self.stream.recv(), if may_read => self.on_stream(ev),
             // 5.
+            _ = sleep_until_due(due), if due.is_some() => Ok(()),
             _ = self.log_tick.tick() => self.on_log_tick(),
         }
     }
@@ -370,7 +383,7 @@ impl<'a> Session<'a> {
             let batch = self.take_pending();
             self.in_flight_since = self.in_flight_since.or(self.pending_since.take());
             self.send_batch(batch);
-        } else if !self.in_flight && self.pending.txns > 0 {
+        } else if !self.in_flight && self.pending.txns > 0 && self.batch_due().is_none() {
             let batch = self.take_pending();
             if batch.has_work() {
                 self.in_flight = true;
@@ -380,6 +393,27 @@ impl<'a> Session<'a> {
                 self.confirmer.applied(self.totals, &batch);
             }
         }
+    }
+
+    /// While the applier is free, a one-way batch with few keys waits up to
+    /// `batch_window` from its first change for more: each batch costs
+    /// the apply session its statements around the recompute (the barrier,
+    /// the position, BEGIN and COMMIT), and the stream a confirm, whatever
+    /// its size. Returns when the batch is due; `None` when it goes now.
+    fn batch_due(&self) -> Option<Instant> {
+        let window = self.given.opts.batch_window;
+        if window.is_zero()
+            || self.two_way
+            || self.in_flight
+            || self.stopping
+            || self.forwarding()
+            || !self.pending.has_work()
+            || self.pending.key_count() >= BATCH_WINDOW_KEYS
+        {
+            return None;
+        }
+        let due = self.pending_since? + window;
+        (due > Instant::now()).then_some(due)
     }
 
     fn send_batch(&mut self, batch: Batch) {

@@ -35,6 +35,11 @@ pub struct Args {
     /// whole-mirror pass (bounds memory for huge transactions).
     #[arg(long, hide = true, default_value_t = RunOptions::default().max_txn_keys)]
     max_txn_keys: usize,
+    /// How long a batch of live changes may wait for more while the
+    /// applier is idle (e.g. 10ms; 0ms applies each at once). Longer windows
+    /// cost the database less per change and add at most this much lag.
+    #[arg(long, value_parser = walshift::spec::parse_duration, default_value = "10ms")]
+    batch_window: Duration,
     /// Serve the status page, /metrics, /healthz, /readyz and /status on
     /// this address (HOST:PORT; port 0 picks one), or `off`.
     #[arg(long, env = "WALSHIFT_LISTEN", value_name = "ADDR", default_value = http::DEFAULT_LISTEN)]
@@ -102,6 +107,7 @@ fn options(args: &Args) -> RunOptions {
             ..Default::default()
         },
         max_txn_keys: args.max_txn_keys.max(1),
+        batch_window: args.batch_window,
         ..Default::default()
     };
     if args.unsafe_no_visibility_barrier {
