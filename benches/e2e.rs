@@ -10,6 +10,11 @@
 //!   6 decoder in-process decode loop of benches/decoder.rs
 //!   7 identity pgbench update: REPLICA IDENTITY DEFAULT │ FULL │ walshift one-way │ two-way
 //!            (tps and WAL bytes per transaction)
+//!   8 cost   pgbench -R a quarter of the unmirrored tps: no mirroring │ trigger │ walshift
+//!            [│ E2E_BASELINE_BIN]: latency, lag, CPU per change by process against the floor
+//!            (pg_recvlogical on a copy of the slot + the recompute looped in the server)
+//!   9 capacity pgbench -R 0.3, 0.4, ... x the trigger's saturated tps, set and rows mode,
+//!            until walshift misses (tps < 95% offered or lag p99 >= 1 s)
 //!  medians of E2E_REPS ─▶ stdout + target/e2e/report.md (one table, same rows every run)
 //!                        + docs/results/e2e.md (the same report as a page of the docs)
 //!                        + target/e2e/*.svg (a chart per scenario, lag over time)
@@ -17,8 +22,10 @@
 //!
 //! Run with `cargo bench --bench e2e`. Environment (see `support/e2e/config.rs`):
 //! `E2E_REPS` (default 3), `E2E_SCALE` (default 1; 0.05 for a quick run), `E2E_ONLY`
-//! (`set,rows,live,catchup,memory,decoder,identity`), `E2E_CLIENTS` (4), `E2E_LIVE_SECONDS`
-//! (20 x scale), `E2E_CHUNK` (10000), `WALSHIFT_BIN` (another walshift binary), `PG_BIN`
+//! (`set,rows,live,catchup,memory,decoder,identity,cost,capacity`), `E2E_CLIENTS` (4), `E2E_LIVE_SECONDS`
+//! (20 x scale), `E2E_CHUNK` (10000), `WALSHIFT_BIN` (another walshift binary),
+//! `E2E_BASELINE_BIN` (a second binary the cost scenario runs beside it), `E2E_PAGE` (the
+//! docs page to write, `docs/results/<E2E_PAGE>.md`, default `e2e`), `PG_BIN`
 //! (other server binaries; pgbench and pg_recvlogical are taken from the same directory, or
 //! from `E2E_CLIENT_BIN`).
 
@@ -32,7 +39,9 @@ use walshift_cluster::Cluster;
 use support::backfill::{fixture, process, summary};
 
 use support::e2e::report::Figures;
-use support::e2e::{Config, Ctx, backfill, catchup, decoder, identity, live, loadavg, memory};
+use support::e2e::{
+    Config, Ctx, backfill, capacity, catchup, cost, decoder, identity, live, loadavg, memory,
+};
 use support::page as docs_page;
 
 /// `<target>/e2e`.
@@ -75,9 +84,11 @@ async fn scenarios(cfg: &Config, cluster: &Cluster, figures: &mut Figures) {
         bin_dir: cluster.bin_dir(),
         scratch: scratch.path(),
     };
-    if ["set", "rows", "live", "catchup", "identity"]
-        .iter()
-        .any(|s| cfg.runs(s))
+    if [
+        "set", "rows", "live", "catchup", "identity", "cost", "capacity",
+    ]
+    .iter()
+    .any(|s| cfg.runs(s))
     {
         fixture::load(&admin, cfg.users, cfg.orders).await;
     }
@@ -105,6 +116,16 @@ async fn scenarios(cfg: &Config, cluster: &Cluster, figures: &mut Figures) {
         let before = loadavg();
         figures.identity = Some(identity::run(&ctx).await);
         timed("identity", before);
+    }
+    if cfg.runs("cost") {
+        let before = loadavg();
+        figures.cost = Some(cost::run(&ctx).await);
+        timed("cost", before);
+    }
+    if cfg.runs("capacity") {
+        let before = loadavg();
+        figures.capacity = Some(capacity::run(&ctx).await);
+        timed("capacity", before);
     }
     let mut memory = None;
     if cfg.runs("memory") {
@@ -142,9 +163,11 @@ fn main() {
         cfg.scale,
         process::binary().display()
     );
-    if ["set", "rows", "live", "catchup", "memory", "identity"]
-        .iter()
-        .any(|s| cfg.runs(s))
+    if [
+        "set", "rows", "live", "catchup", "memory", "identity", "cost", "capacity",
+    ]
+    .iter()
+    .any(|s| cfg.runs(s))
     {
         let mut builder = Cluster::builder();
         for (k, v) in &settings {
@@ -180,6 +203,18 @@ fn main() {
     } else {
         &figures.server
     };
-    let page = docs_page::write("e2e", &docs_page::command("E2E_", "e2e"), server, &report);
+    // E2E_PAGE: a run of some scenarios only may keep its own page beside the full run's.
+    let name = std::env::var("E2E_PAGE").unwrap_or_else(|_| "e2e".into());
+    assert!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "E2E_PAGE={name:?}: letters, digits and '-' only (the page is docs/results/<E2E_PAGE>.md)"
+    );
+    let page = docs_page::write_as(
+        &name,
+        "e2e",
+        &docs_page::command("E2E_", "e2e"),
+        server,
+        &report,
+    );
     println!("wrote {}", page.display());
 }

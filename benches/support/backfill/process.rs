@@ -46,11 +46,17 @@ pub fn run_extra_args() -> &'static [&'static str] {
 /// stderr (JSON log lines) into `log`; RUST_LOG, WALSHIFT_DB and WALSHIFT_LISTEN
 /// of the bench's environment do not reach it.
 pub fn spawn_run(conninfo: &str, spec: &Path, log: File) -> Child {
-    Command::new(binary())
+    spawn_run_of(&binary(), conninfo, spec, log, run_extra_args())
+}
+
+/// [`spawn_run`] of another binary, with `args` after the spec in place of
+/// [`run_extra_args`] (`--listen <addr>` to read its metrics).
+pub fn spawn_run_of(binary: &Path, conninfo: &str, spec: &Path, log: File, args: &[&str]) -> Child {
+    Command::new(binary)
         .args(["--log-format", "json", "run"])
         .arg(spec)
         .args(["--db", conninfo])
-        .args(run_extra_args())
+        .args(args)
         .env_remove("RUST_LOG")
         .env_remove("WALSHIFT_DB")
         .env_remove("WALSHIFT_LISTEN")
@@ -58,7 +64,7 @@ pub fn spawn_run(conninfo: &str, spec: &Path, log: File) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()))
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()))
 }
 
 /// Whether `walshift.backfill` says every mirror of a spec is done, one poll
@@ -273,6 +279,33 @@ pub async fn session_pids(admin: &Client) -> Option<(i32, i32)> {
             .map(|r| r.get::<_, i32>(1))
     };
     Some((find("walshift-apply")?, find("walshift-stream")?))
+}
+
+/// The pid of the walsender streaming from `slot` now, if one does.
+pub async fn slot_walsender_now(admin: &Client, slot: &str) -> Option<i32> {
+    admin
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await
+        .expect("slot state")
+        .and_then(|r| r.get::<_, Option<i32>>(0))
+}
+
+/// The pid of the walsender streaming from `slot`, once one does (at most `within`).
+pub async fn slot_walsender(admin: &Client, slot: &str, within: Duration) -> i32 {
+    let started = Instant::now();
+    loop {
+        if let Some(pid) = slot_walsender_now(admin, slot).await {
+            return pid;
+        }
+        assert!(
+            started.elapsed() < within,
+            "no walsender streams from slot {slot} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// utime + stime of a live process, in seconds (NaN when it is gone).

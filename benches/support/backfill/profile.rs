@@ -31,7 +31,7 @@ use walshift::state;
 use walshift_cluster::Database;
 
 use crate::support::backfill::fixture::apply_session;
-use crate::support::backfill::process::{cpu_seconds, wait_slot_released};
+use crate::support::backfill::process::{cpu_seconds, slot_walsender, wait_slot_released};
 
 const SLOT: &str = "walshift_bench_consumer";
 const PUBLICATION: &str = "walshift_bench_consumer";
@@ -68,19 +68,7 @@ pub async fn in_server_with_consumer(
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn pg_recvlogical");
-    let sender = loop {
-        let row = admin
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&SLOT],
-            )
-            .await
-            .expect("slot state");
-        if let Some(pid) = row.and_then(|r| r.get::<_, Option<i32>>(0)) {
-            break pid;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let sender = slot_walsender(admin, SLOT, Duration::from_secs(900)).await;
     let sample = crate::support::backfill::fixture::in_server(db, block).await;
     let cpu_walsender_s = cpu_seconds(sender);
     let cpu_consumer_s = cpu_seconds(consumer.id() as i32);

@@ -126,6 +126,12 @@ fn trigger_ddl(scenario: &str) -> (&'static str, &'static str, &'static str) {
     }
 }
 
+/// The trigger of scenario `set` or `rows` alone: (create, drop).
+pub fn trigger_of(scenario: &str) -> (&'static str, &'static str) {
+    let (_, create, drop) = trigger_ddl(scenario);
+    (create, drop)
+}
+
 /// The SET-mode trigger alone, for the live scenario's "trigger" variant: (create, drop).
 pub fn users_trigger() -> (&'static str, &'static str) {
     let (_, create, drop) = trigger_ddl("set");

@@ -4,15 +4,15 @@
 //! |---|---|---|
 //! | `E2E_REPS` | 3 | repetitions of every contender; the report shows medians |
 //! | `E2E_SCALE` | 1 | multiplies every size and the live duration (0.1 for a quick run) |
-//! | `E2E_ONLY` | all | `set,rows,live,catchup,memory,decoder`: the scenarios to run |
+//! | `E2E_ONLY` | all | `set,rows,live,catchup,memory,decoder,identity,cost,capacity`: the scenarios to run |
 //! | `E2E_CLIENTS` | 4 | pgbench clients of the live scenario |
 //! | `E2E_LIVE_SECONDS` | 20 × scale, at least 5 | length of one pgbench run |
 //! | `E2E_CHUNK` | 10000 | backfill chunk rows of walshift and the in-server loop |
 //! | `E2E_CLIENT_BIN` | the server's directory | where pgbench and pg_recvlogical are (e.g. Debian's 15 against a PG_BIN 16 server) |
 
 /// The scenarios, in the order they run and are reported.
-pub const SCENARIOS: [&str; 7] = [
-    "set", "rows", "live", "catchup", "memory", "decoder", "identity",
+pub const SCENARIOS: [&str; 9] = [
+    "set", "rows", "live", "catchup", "memory", "decoder", "identity", "cost", "capacity",
 ];
 
 #[derive(Debug, Clone)]

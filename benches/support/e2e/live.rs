@@ -175,6 +175,8 @@ pub(super) fn write_scripts(dir: &Path) -> Scripts {
 pub(super) struct Pgbench {
     pub tps: f64,
     pub latencies_ms: Vec<f64>,
+    /// The same latencies, by the script that ran (`-f` order).
+    pub by_script: Vec<Vec<f64>>,
 }
 
 pub(super) async fn pgbench(
@@ -194,7 +196,8 @@ pub(super) async fn pgbench(
         .args(["-T", &cfg.live_seconds.to_string()])
         .arg("--log")
         .arg(format!("--log-prefix={}", log_dir.join("txn").display()))
-        .args(["-D", &format!("users={}", cfg.users)]);
+        .args(["-D", &format!("users={}", cfg.users)])
+        .args(["-D", &format!("orders={}", cfg.orders)]);
     for (script, weight) in scripts {
         cmd.arg("-f").arg(format!("{}@{weight}", script.display()));
     }
@@ -221,34 +224,48 @@ pub(super) async fn pgbench(
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no tps in pgbench's output:\n{stdout}"));
-    let latencies_ms = read_latencies(&log_dir);
+    let by_script = read_latencies(&log_dir);
     let _ = std::fs::remove_dir_all(&log_dir);
-    Pgbench { tps, latencies_ms }
+    Pgbench {
+        tps,
+        latencies_ms: by_script.iter().flatten().copied().collect(),
+        by_script,
+    }
 }
 
-/// The per-transaction latencies (the third field, µs) of every log file pgbench wrote.
-fn read_latencies(dir: &Path) -> Vec<f64> {
-    let mut out = Vec::new();
+/// The per-transaction latencies (the third field, µs, as ms) of every log file pgbench wrote,
+/// by script number (the fourth).
+fn read_latencies(dir: &Path) -> Vec<Vec<f64>> {
+    let mut out: Vec<Vec<f64>> = Vec::new();
     for entry in std::fs::read_dir(dir).expect("read the pgbench log directory") {
         let text = std::fs::read_to_string(entry.expect("log entry").path()).expect("log file");
-        out.extend(
-            text.lines()
-                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok())
-                .map(|us| us / 1000.0),
-        );
+        for line in text.lines() {
+            let mut fields = line.split_whitespace().skip(2);
+            let (Some(Ok(us)), Some(Ok(script))) = (
+                fields.next().map(str::parse::<f64>),
+                fields.next().map(str::parse::<usize>),
+            ) else {
+                continue;
+            };
+            if out.len() <= script {
+                out.resize(script + 1, Vec::new());
+            }
+            out[script].push(us / 1000.0);
+        }
     }
     out
 }
 
 /// Reads walshift's lag every [`LAG_POLL`] on a session of its own, until stopped.
-struct LagSampler {
+pub(super) struct LagSampler {
     stop: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<Vec<(f64, f64, f64, f64)>>,
 }
 
 impl LagSampler {
-    async fn start(db: &Database) -> LagSampler {
+    pub(super) async fn start(db: &Database, spec: &str) -> LagSampler {
         let client = db.connect().await;
+        let spec = spec.to_owned();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = tokio::spawn(async move {
@@ -262,7 +279,7 @@ impl LagSampler {
                          FROM walshift.migration AS m
                          LEFT JOIN pg_replication_slots AS s ON s.slot_name = m.slot_name
                          WHERE m.name = $1",
-                        &[&SPEC],
+                        &[&spec],
                     )
                     .await
                     .expect("read walshift.migration");
@@ -288,7 +305,7 @@ impl LagSampler {
 
     /// One sample per watermark measurement (walshift writes one a second), at the time it was
     /// first seen.
-    async fn finish(self) -> Vec<LagSample> {
+    pub(super) async fn finish(self) -> Vec<LagSample> {
         self.stop.store(true, Ordering::Relaxed);
         let raw = self.handle.await.expect("lag sampler");
         let mut out: Vec<LagSample> = Vec::new();
@@ -314,7 +331,7 @@ impl LagSampler {
 /// Waits until walshift has recorded a lag under [`SETTLED`] measured after now (at most
 /// [`SETTLE_WITHIN`]), so the lag left over from draining a backlog before the load is not
 /// read as the load's.
-async fn wait_lag_settled(admin: &Client) {
+pub(super) async fn wait_lag_settled(admin: &Client, spec: &str) {
     let since: f64 = admin
         .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
         .await
@@ -327,7 +344,7 @@ async fn wait_lag_settled(admin: &Client) {
                 "SELECT coalesce(bool_and(lag_seconds < $2::float8
                      AND extract(epoch FROM lag_measured_at)::float8 > $3::float8), false)
                  FROM walshift.migration WHERE name = $1",
-                &[&SPEC, &SETTLED, &since],
+                &[&spec, &SETTLED, &since],
             )
             .await
             .expect("read walshift.migration")
@@ -412,7 +429,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
                         // it measured while doing so must not count as the load's.
                         let mut ws = spawn(&mut run_no);
                         ws.wait_caught_up(ctx.admin, WITHIN).await;
-                        wait_lag_settled(ctx.admin).await;
+                        wait_lag_settled(ctx.admin, SPEC).await;
                         Some(ws)
                     }
                 };
@@ -420,7 +437,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
                 exec(ctx.admin, "CHECKPOINT").await;
                 let (sampler, cpu_before) = match &ws {
                     Some(w) => (
-                        Some(LagSampler::start(ctx.db).await),
+                        Some(LagSampler::start(ctx.db, SPEC).await),
                         Some(w.cpu(ctx.admin).await),
                     ),
                     None => (None, None),

@@ -3,9 +3,11 @@
 //! the report and the charts.
 
 pub mod backfill;
+pub mod capacity;
 pub mod catchup;
 pub mod chart;
 pub mod config;
+pub mod cost;
 pub mod decoder;
 pub mod identity;
 pub mod live;

@@ -27,6 +27,8 @@ pub struct Figures {
     pub memory: Option<memory::Outcome>,
     pub decoder: Option<decoder::Outcome>,
     pub identity: Option<super::identity::Outcome>,
+    pub cost: Option<super::cost::Outcome>,
+    pub capacity: Option<super::capacity::Outcome>,
     pub command: String,
     pub server: String,
     pub settings: Vec<(String, String)>,
@@ -107,7 +109,7 @@ fn s0(v: f64) -> String {
     }
 }
 
-fn list(values: &[f64], digits: usize) -> String {
+pub(super) fn list(values: &[f64], digits: usize) -> String {
     values
         .iter()
         .map(|v| format!("{v:.digits$}"))
@@ -322,7 +324,107 @@ impl Figures {
             d.verdict = Verdict::Info;
         }
         rows.push(d);
+        rows.extend(self.cost_rows());
+        rows.extend(self.capacity_rows());
         rows
+    }
+
+    /// 9a, 9b: the capacity sweep's targets.
+    fn capacity_rows(&self) -> Vec<Row> {
+        use super::capacity::{TARGET_ROWS, TARGET_SET};
+        let mut rows = Vec::new();
+        for (id, mode, target) in [("9a", "set", TARGET_SET), ("9b", "rows", TARGET_ROWS)] {
+            let mut r = Row::new(
+                id,
+                &format!("capacity, {mode} mode"),
+                "highest -R held, x trigger's saturated tps",
+                &format!("≥ {target:.2}x trigger"),
+            );
+            let found = self
+                .capacity
+                .as_ref()
+                .filter(|o| o.skipped.is_none())
+                .and_then(|o| o.modes.iter().find(|m| m.mode == mode));
+            if let Some(m) = found {
+                r.size = format!("trigger {} tps", s0(median(&m.trigger_tps)));
+                r.walshift = format!("{:.2}x", m.capacity());
+                r.reference = format!("per rep {}", list(&m.capacities(), 1));
+                r.verdict = Verdict::of(m.capacity() >= target);
+            }
+            rows.push(r);
+        }
+        rows
+    }
+
+    /// 8a-8d: the cost scenario's targets.
+    fn cost_rows(&self) -> Vec<Row> {
+        use super::cost::{COST_VS_FLOOR, LAG_P99_S, LOAD_FRACTION, P99_VS_TRIGGER, Variant as V};
+        let scenario = format!("normal load: update at {LOAD_FRACTION} x unmirrored tps");
+        let mut a = Row::new(
+            "8a",
+            &scenario,
+            "CPU-s per 100k changes (walsender + walshift + apply)",
+            &format!("≤ {COST_VS_FLOOR:.1}x floor"),
+        );
+        let mut b = Row::new(
+            "8b",
+            &scenario,
+            "application p99 latency ms",
+            &format!("≤ {P99_VS_TRIGGER:.1}x trigger"),
+        );
+        let mut c = Row::new(
+            "8c",
+            &scenario,
+            "watermark lag s p99",
+            &format!("< {LAG_P99_S} s"),
+        );
+        let mut d = Row::new(
+            "8d",
+            &scenario,
+            "p99 latency ms of the hot row's transactions",
+            &format!("≤ {P99_VS_TRIGGER:.1}x trigger"),
+        );
+        if let Some(o) = self.cost.as_ref().filter(|o| o.skipped.is_none()) {
+            let size = format!(
+                "1 change per txn, -R {}",
+                s0(o.median_of(V::Walshift, |r| r.rate))
+            );
+            for r in [&mut a, &mut b, &mut c, &mut d] {
+                r.size = size.clone();
+            }
+            let per =
+                |v, f: &dyn Fn(&super::cost::CostRun) -> f64| o.median_of(v, |r| r.per_100k(f(r)));
+            let total = per(V::Walshift, &|r| r.cpu.total());
+            let floor = per(V::Walshift, &|r| {
+                r.floor.as_ref().map_or(f64::NAN, super::cost::Floor::total)
+            });
+            a.walshift = s2(total);
+            a.reference = format!("floor {}", s2(floor));
+            a.ratio = format!("{:.2}x", total / floor);
+            a.verdict = Verdict::of(total / floor <= COST_VS_FLOOR);
+            let (w, t, n) = (
+                o.median_of(V::Walshift, |r| r.p99_ms),
+                o.median_of(V::Trigger, |r| r.p99_ms),
+                o.median_of(V::None, |r| r.p99_ms),
+            );
+            b.walshift = s2(w);
+            b.reference = format!("trigger {} / none {}", s2(t), s2(n));
+            b.ratio = format!("{:.2}x trigger", w / t);
+            b.verdict = Verdict::of(w / t <= P99_VS_TRIGGER);
+            let (w, t, n) = (
+                o.median_of(V::Walshift, |r| r.hot_p99_ms),
+                o.median_of(V::Trigger, |r| r.hot_p99_ms),
+                o.median_of(V::None, |r| r.hot_p99_ms),
+            );
+            d.walshift = s2(w);
+            d.reference = format!("trigger {} / none {}", s2(t), s2(n));
+            d.ratio = format!("{:.2}x trigger", w / t);
+            d.verdict = Verdict::of(w / t <= P99_VS_TRIGGER);
+            let lag = o.lag_p99(V::Walshift);
+            c.walshift = format!("{lag:.3}");
+            c.verdict = Verdict::of(lag < LAG_P99_S);
+        }
+        vec![a, b, c, d]
     }
 
     /// The summary table.
@@ -370,6 +472,12 @@ impl Figures {
         out.push_str(&self.table());
         if let Some(identity) = &self.identity {
             out.push_str(&identity.markdown());
+        }
+        if let Some(cost) = &self.cost {
+            out.push_str(&cost.markdown());
+        }
+        if let Some(capacity) = &self.capacity {
+            out.push_str(&capacity.markdown());
         }
         out.push_str("\n## Details\n");
         for o in &self.backfill {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::support::backfill::process::{
-    BackfillDone, cpu_seconds, peak_rss_mb, session_pids, spawn_run, stop, tail,
+    BackfillDone, cpu_seconds, peak_rss_mb, session_pids, spawn_run, spawn_run_of, stop, tail,
 };
 
 use super::{confirmed_at_least, sync_point};
@@ -67,7 +67,25 @@ impl Walshift {
     /// `walshift --log-format json run <spec> --db <conninfo> [--listen off]`.
     pub fn spawn(conninfo: &str, spec: &Path, spec_name: &str, log: &Path) -> Walshift {
         let file = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let child = spawn_run(conninfo, spec, file);
+        Walshift::of(spawn_run(conninfo, spec, file), spec_name, log)
+    }
+
+    /// [`Walshift::spawn`] of `binary`, serving its metrics on `listen` (see
+    /// [`Walshift::metric`]).
+    pub fn spawn_listening(
+        binary: &Path,
+        conninfo: &str,
+        spec: &Path,
+        spec_name: &str,
+        log: &Path,
+        listen: &str,
+    ) -> Walshift {
+        let file = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let child = spawn_run_of(binary, conninfo, spec, file, &["--listen", listen]);
+        Walshift::of(child, spec_name, log)
+    }
+
+    fn of(child: Child, spec_name: &str, log: &Path) -> Walshift {
         Walshift {
             child: Some(child),
             log: log.to_owned(),
@@ -184,4 +202,33 @@ impl Drop for Walshift {
             stop(&mut child);
         }
     }
+}
+
+/// An unlabelled sample of walshift's Prometheus metrics at `addr` (`walshift_..._total`), NaN
+/// when the endpoint or the line is missing.
+pub fn metric(addr: &str, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+        return f64::NAN;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    if conn
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return f64::NAN;
+    }
+    let mut body = String::new();
+    if conn.read_to_string(&mut body).is_err() {
+        return f64::NAN;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// A loopback address with a port free at the time of asking, for `--listen`.
+pub fn free_listen_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local address").to_string()
 }

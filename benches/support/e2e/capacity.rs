@@ -1,0 +1,292 @@
+//! Scenario 9: capacity, the highest offered load walshift keeps up with.
+//!
+//! ```text
+//!  per mode (set: users.status; rows: orders -> order_items) and repetition:
+//!    T = what the trigger reaches saturated (pgbench, no -R)
+//!    walshift run, then pgbench -R f x T for f = 0.3, 0.4, ... 1.0, until a step misses:
+//!      a step holds when the application gets at least 95% of the offered rate and
+//!      walshift's watermark lag p99 stays under 1 s
+//!    capacity = the highest f that held; verified exactly after the last step
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::backfill::fixture::{self, ROWS_MIRROR, SET_MIRROR};
+use crate::support::backfill::process::drop_walshift_objects;
+
+use super::backfill::trigger_of;
+use super::cost::machine_busy_s;
+use super::live::{self, LagSampler};
+use super::runner::Walshift;
+use super::{Ctx, exec, median, quantile, verify_statuses};
+
+const SPEC: &str = "e2e-capacity";
+const WITHIN: Duration = Duration::from_secs(1800);
+/// The offered rates, as fractions of the trigger's saturated tps.
+const STEPS: [f64; 8] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+/// A step holds when the application gets this share of the offered rate ...
+pub const DELIVERED: f64 = 0.95;
+/// ... and the lag p99 stays under this.
+pub const LAG_P99_S: f64 = 1.0;
+/// Targets (issue 17), as fractions of the trigger's saturated tps.
+pub const TARGET_SET: f64 = 0.65;
+pub const TARGET_ROWS: f64 = 0.85;
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub fraction: f64,
+    pub offered: f64,
+    pub tps: f64,
+    pub lag_p99: f64,
+    /// How busy the machine's cores were during the step, 0..1.
+    pub busy: f64,
+}
+
+impl Step {
+    pub fn held(&self) -> bool {
+        self.tps >= DELIVERED * self.offered && self.lag_p99 < LAG_P99_S
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ModeOutcome {
+    pub mode: &'static str,
+    pub trigger_tps: Vec<f64>,
+    /// Per repetition, the steps run.
+    pub steps: Vec<Vec<Step>>,
+}
+
+impl ModeOutcome {
+    /// The highest fraction that held, per repetition (0 when none did).
+    pub fn capacities(&self) -> Vec<f64> {
+        self.steps
+            .iter()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .take_while(|s| s.held())
+                    .last()
+                    .map_or(0.0, |s| s.fraction)
+            })
+            .collect()
+    }
+
+    pub fn capacity(&self) -> f64 {
+        median(&self.capacities())
+    }
+
+    pub fn target(&self) -> f64 {
+        if self.mode == "set" {
+            TARGET_SET
+        } else {
+            TARGET_ROWS
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub clients: u32,
+    pub seconds: u64,
+    pub modes: Vec<ModeOutcome>,
+    pub skipped: Option<String>,
+}
+
+struct Mode {
+    name: &'static str,
+    mirror: &'static str,
+    script: &'static str,
+}
+
+const MODES: [Mode; 2] = [
+    Mode {
+        name: "set",
+        mirror: SET_MIRROR,
+        script: "\\set id random(1, :users)\n\
+                 UPDATE public.users SET is_active = NOT is_active WHERE id = :id;\n",
+    },
+    Mode {
+        name: "rows",
+        mirror: ROWS_MIRROR,
+        // One item's quantity changes: the order's items are recomputed.
+        script: "\\set id random(1, :orders)\n\\set qty random(1, 9)\n\
+                 UPDATE public.orders SET items = jsonb_set(items, '{0,qty}', to_jsonb(:qty::int)) \
+                 WHERE id = :id;\n",
+    },
+];
+
+pub async fn run(ctx: &Ctx<'_>) -> Outcome {
+    let cfg = ctx.cfg;
+    let mut outcome = Outcome {
+        clients: cfg.clients,
+        seconds: cfg.live_seconds,
+        ..Outcome::default()
+    };
+    let Some(pgbench) = ctx.program("pgbench") else {
+        let why = format!(
+            "no pgbench in {} (E2E_CLIENT_BIN names another directory)",
+            ctx.bin_dir.display()
+        );
+        eprintln!("== capacity: skipped, {why}");
+        outcome.skipped = Some(why);
+        return outcome;
+    };
+    for mode in &MODES {
+        eprintln!(
+            "== capacity, {} mode: {} clients, {} s per step",
+            mode.name, cfg.clients, cfg.live_seconds
+        );
+        outcome.modes.push(run_mode(ctx, &pgbench, mode).await);
+    }
+    outcome
+}
+
+async fn run_mode(ctx: &Ctx<'_>, pgbench: &Path, mode: &Mode) -> ModeOutcome {
+    let cfg = ctx.cfg;
+    let mut out = ModeOutcome {
+        mode: mode.name,
+        ..ModeOutcome::default()
+    };
+    let script = ctx.scratch.join(format!("e2e-capacity-{}.sql", mode.name));
+    std::fs::write(&script, mode.script).expect("write the capacity script");
+    let scripts: &[(&Path, u32)] = &[(&script, 1)];
+    let (trigger_create, trigger_drop) = trigger_of(mode.name);
+    drop_walshift_objects(ctx.admin, SPEC).await;
+    let spec = ctx.write_spec(SPEC, mode.mirror);
+    let mut run_no = 0;
+    let mut spawn = || {
+        run_no += 1;
+        Walshift::spawn(
+            &ctx.db.conninfo(),
+            &spec,
+            SPEC,
+            &ctx.scratch
+                .join(format!("{SPEC}-{}-{run_no}.log", mode.name)),
+        )
+    };
+    let mut ws = spawn();
+    ws.wait_backfill_done(ctx.admin, WITHIN).await;
+    ws.wait_caught_up(ctx.admin, WITHIN).await;
+    ws.stop();
+    for rep in 0..cfg.reps {
+        exec(ctx.admin, trigger_create).await;
+        let tag = format!("capacity-{}-{rep}-trigger", mode.name);
+        let trigger = live::pgbench(ctx, pgbench, scripts, None, &tag).await;
+        exec(ctx.admin, trigger_drop).await;
+        out.trigger_tps.push(trigger.tps);
+        eprintln!(
+            "  rep {} trigger saturated: {:.0} tps",
+            rep + 1,
+            trigger.tps
+        );
+        let mut ws = spawn();
+        let mut steps = Vec::new();
+        for fraction in STEPS {
+            ws.wait_caught_up(ctx.admin, WITHIN).await;
+            live::wait_lag_settled(ctx.admin, SPEC).await;
+            exec(ctx.admin, "VACUUM public.users, public.orders").await;
+            let offered = fraction * trigger.tps;
+            let sampler = LagSampler::start(ctx.db, SPEC).await;
+            let busy_before = machine_busy_s();
+            let started = std::time::Instant::now();
+            let tag = format!("capacity-{}-{rep}-{fraction}", mode.name);
+            let bench = live::pgbench(ctx, pgbench, scripts, Some(offered), &tag).await;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let busy = (machine_busy_s() - busy_before) / started.elapsed().as_secs_f64() / cores;
+            let lag: Vec<f64> = sampler.finish().await.iter().map(|s| s.lag_s).collect();
+            let step = Step {
+                fraction,
+                offered,
+                tps: bench.tps,
+                lag_p99: quantile(&lag, 0.99),
+                busy,
+            };
+            eprintln!(
+                "  rep {} {fraction:.1} x trigger (-R {offered:.0}): {:.0} tps, lag p99 {:.3} s, cores {:.0}% busy: {}",
+                rep + 1,
+                step.tps,
+                step.lag_p99,
+                step.busy * 100.0,
+                if step.held() { "held" } else { "missed" }
+            );
+            let held = step.held();
+            steps.push(step);
+            if !held {
+                break;
+            }
+        }
+        ws.wait_caught_up(ctx.admin, WITHIN).await;
+        ws.stop();
+        verify(ctx, mode.name).await;
+        out.steps.push(steps);
+    }
+    drop_walshift_objects(ctx.admin, SPEC).await;
+    out
+}
+
+async fn verify(ctx: &Ctx<'_>, mode: &str) {
+    if mode == "set" {
+        verify_statuses(ctx.admin, "public.users", "the capacity sweep").await;
+    } else {
+        let scenarios = fixture::scenarios(ctx.cfg.users, ctx.cfg.orders);
+        let rows = scenarios
+            .iter()
+            .find(|s| s.name == "rows")
+            .expect("the rows scenario");
+        fixture::verify(ctx.admin, rows, "the capacity sweep").await;
+    }
+}
+
+impl Outcome {
+    /// The section of the report: every step of every repetition.
+    pub fn markdown(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::from("\n## Capacity\n\n");
+        if let Some(why) = &self.skipped {
+            let _ = writeln!(out, "skipped: {why}");
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "pgbench, {} clients, {} s per step, at `-R` = a fraction of what the trigger reached \
+             saturated; a step holds when the application gets at least {:.0}% of the offered \
+             rate and walshift's lag p99 stays under {LAG_P99_S} s. The sweep stops at the first \
+             step that misses.\n",
+            self.clients,
+            self.seconds,
+            DELIVERED * 100.0
+        );
+        out.push_str(
+            "| mode | rep | trigger tps | steps (fraction: tps, lag p99 s, cores busy) | capacity |\n",
+        );
+        out.push_str("|---|---:|---:|---|---:|\n");
+        for m in &self.modes {
+            for (i, steps) in m.steps.iter().enumerate() {
+                let cells: Vec<String> = steps
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{:.1}: {:.0}, {:.3}, {:.0}%{}",
+                            s.fraction,
+                            s.tps,
+                            s.lag_p99,
+                            s.busy * 100.0,
+                            if s.held() { "" } else { " (missed)" }
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {} | {:.1}x |",
+                    m.mode,
+                    i + 1,
+                    m.trigger_tps.get(i).copied().unwrap_or(f64::NAN),
+                    cells.join("; "),
+                    m.capacities()[i]
+                );
+            }
+        }
+        out
+    }
+}
