@@ -535,3 +535,136 @@ async fn a_batch_costs_two_round_trips_and_a_chunk_two() {
     assert_eq!((out.upper, out.rows), (None, 6));
     assert_eq!(relay.count() - before, 3, "round trips of the last chunk");
 }
+
+/// Orders in the catch-up batch of [`a_recompute_is_planned_for_its_batch_not_for_an_empty_target`].
+const CATCH_UP_ORDERS: i64 = 10_000;
+
+/// A recompute must be planned for the batch it runs, with the target as it is now.
+///
+/// The applier prepares its statements once. PostgreSQL plans a prepared statement with its
+/// parameters for five executions, then switches to one generic plan if that looks no dearer,
+/// and keeps it until the tables' statistics change. Prepared when a rows-mode target is empty
+/// (a new table, analyzed once, then filled by the backfill before autovacuum analyzes it
+/// again), the generic plan of the rows statement probes the target with a sequential scan per
+/// desired row: a 10,000-key catch-up batch then ran past a minute (measured, planted: remove
+/// `plan_cache_mode` from `SESSION_SETTINGS` and the plan below shows `$1` in place of the keys)
+/// where the batch's own plan takes under a second. [`SESSION_SETTINGS`] plans every execution
+/// with its keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recompute_is_planned_for_its_batch_not_for_an_empty_target() {
+    use support::fixtures::{ORDERS_MIRROR, SCHEMA, order_items_qty_diff};
+    use walshift::catalog::MirrorKind;
+    use walshift::mirror::sql::{Scope, rows_apply};
+
+    let db = support::fresh_db().await;
+    let admin = db.connect().await;
+    admin.batch_execute(SCHEMA).await.expect("schema");
+    // Analyzed while empty; no autovacuum to analyze it again while the test runs.
+    admin
+        .batch_execute(
+            "ALTER TABLE order_items SET (autovacuum_enabled = off); ANALYZE order_items",
+        )
+        .await
+        .expect("empty target analyzed");
+    let name = "catch-up";
+    let spec = Spec::from_str_named(&format!("name = \"{name}\"\n{ORDERS_MIRROR}"), "t.toml")
+        .expect("valid spec");
+    let report = catalog::check(&admin, &spec).await.expect("check ran");
+    let plans = report.plan.expect("the spec fits").mirrors;
+    let MirrorKind::Rows(rows) = &plans[0].kind else {
+        panic!("orders -> order_items is a rows mirror")
+    };
+    state::ensure_schema(&admin).await.expect("state schema");
+    state::register(&admin, &spec, None)
+        .await
+        .expect("state row");
+    state::backfill_rows(&admin, name, &[0])
+        .await
+        .expect("checkpoint row");
+
+    // The statement as the applier prepares it, on a session set up as the applier's; and the
+    // applier itself. Both run small batches against the empty target first.
+    let session = db.connect().await;
+    session
+        .batch_execute(SESSION_SETTINGS)
+        .await
+        .expect("settings");
+    let sql = rows_apply(rows, Scope::Keys).sql;
+    session
+        .batch_execute(&format!("PREPARE recompute AS {sql}"))
+        .await
+        .expect("prepare");
+    let mut applier = applier(db.connect().await, &spec, &plans).await;
+    // Live batches of a few dozen keys: dearer to plan one by one than the generic plan looks
+    // (it assumes ten keys), so PostgreSQL would switch to it after the fifth.
+    for round in 0..8_i64 {
+        let ids: Vec<i64> = (round * 50 + 1..=round * 50 + 50).collect();
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        session
+            .batch_execute(&format!("EXECUTE recompute('{{{list}}}')"))
+            .await
+            .expect("small recompute");
+        let b = Batch {
+            mirrors: vec![keys(&ids)],
+            end_lsn: Lsn(round as u64 + 1),
+            txns: 1,
+            ..Default::default()
+        };
+        applier.apply(&b).await.expect("small batch");
+    }
+
+    // The target fills (as a backfill fills it) without being analyzed; then every order
+    // changes: one catch-up batch with all the keys.
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO orders SELECT g, (SELECT jsonb_agg(jsonb_build_object('sku', 's' || n, 'qty', n))
+                                           FROM generate_series(1, 5) n)
+             FROM generate_series(1, {CATCH_UP_ORDERS}) g;
+             INSERT INTO order_items
+             SELECT o.id, i.n, i.v->>'sku', (i.v->>'qty')::int
+             FROM orders AS o, jsonb_array_elements(o.items) WITH ORDINALITY AS i(v, n);
+             UPDATE orders SET items = jsonb_set(items, '{{0,qty}}', '9');"
+        ))
+        .await
+        .expect("fill and change");
+    let all: Vec<i64> = (1..=CATCH_UP_ORDERS).collect();
+    let array = format!(
+        "{{{}}}",
+        all.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+    );
+    // EXPLAIN EXECUTE plans as EXECUTE does (custom or the cached generic plan); a utility
+    // statement takes no parameters, so the keys go in as a literal.
+    let plan: String = session
+        .simple_query(&format!("EXPLAIN EXECUTE recompute('{array}')"))
+        .await
+        .expect("explain")
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|l| l.to_owned() + "\n"),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        plan.contains("{1,2,3,4,5,"),
+        "the catch-up batch is planned without its keys (a generic plan made for the empty \
+         target):\n{plan}"
+    );
+
+    let b = Batch {
+        mirrors: vec![keys(&all)],
+        end_lsn: Lsn(100),
+        txns: 1,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let stats = tokio::time::timeout(std::time::Duration::from_secs(60), applier.apply(&b))
+        .await
+        .expect("the catch-up batch finishes within a minute (it takes about 0.2 s)")
+        .expect("catch-up batch");
+    eprintln!(
+        "catch-up batch of {CATCH_UP_ORDERS} keys: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stats.rows_written, CATCH_UP_ORDERS as u64);
+    assert_eq!(order_items_qty_diff(&admin).await, 0);
+}
