@@ -148,7 +148,14 @@ fn main() {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    // E2E_PAGE: a run of some scenarios only may keep its own page beside the full run's.
+    let page = std::env::var("E2E_PAGE").unwrap_or_else(|_| "e2e".into());
+    assert!(
+        !page.is_empty() && page.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "E2E_PAGE={page:?}: letters, digits and '-' only (the page is docs/results/<E2E_PAGE>.md)"
+    );
     let mut figures = Figures {
+        page: page.clone(),
         command: command(),
         reps: cfg.reps,
         scale: cfg.scale,
@@ -203,18 +210,17 @@ fn main() {
     } else {
         &figures.server
     };
-    // E2E_PAGE: a run of some scenarios only may keep its own page beside the full run's.
-    let name = std::env::var("E2E_PAGE").unwrap_or_else(|_| "e2e".into());
-    assert!(
-        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
-        "E2E_PAGE={name:?}: letters, digits and '-' only (the page is docs/results/<E2E_PAGE>.md)"
-    );
-    let page = docs_page::write_as(
-        &name,
+    let path = docs_page::write_as(
+        &page,
         "e2e",
         &docs_page::command("E2E_", "e2e"),
         server,
         &report,
     );
-    println!("wrote {}", page.display());
+    println!("wrote {}", path.display());
+    // The charts the page shows, beside it.
+    if let (Some(capacity), Some(dir)) = (&figures.capacity, path.parent()) {
+        let charts = capacity.charts(dir, &page);
+        println!("wrote {} there", charts.join(", "));
+    }
 }

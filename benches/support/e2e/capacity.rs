@@ -1,13 +1,19 @@
 //! Scenario 9: capacity, the highest offered load walshift keeps up with.
 //!
 //! ```text
-//!  per mode (set: users.status; rows: orders -> order_items) and repetition:
+//!  per mode (set: users.status; rows: orders -> order_items):
+//!    the reference, before walshift's slot exists: T0 = the trigger saturated, then
+//!      pgbench -R f x T0 for every f below, without mirroring and with the trigger
+//!  per mode and repetition:
 //!    T = what the trigger reaches saturated (pgbench, no -R)
 //!    walshift run, then pgbench -R f x T for f = 0.3, 0.4, ... 1.0, until a step misses:
 //!      a step holds when the application gets at least 95% of the offered rate and
 //!      walshift's watermark lag p99 stays under 1 s
 //!    capacity = the highest f that held; verified exactly after the last step
 //! ```
+//!
+//! The report charts every step's application p99 latency against the offered rate, for no
+//! mirroring, the trigger and walshift (its first repetition), with walshift's lag p99.
 
 use std::path::Path;
 use std::time::Duration;
@@ -38,9 +44,21 @@ pub struct Step {
     pub fraction: f64,
     pub offered: f64,
     pub tps: f64,
+    /// The application's p99 latency, ms (pgbench's, from each transaction's scheduled start).
+    pub p99_ms: f64,
     pub lag_p99: f64,
     /// How busy the machine's cores were during the step, 0..1.
     pub busy: f64,
+}
+
+/// A step of the reference sweep: the same offered rate without walshift.
+#[derive(Debug, Clone)]
+pub struct RefStep {
+    pub offered: f64,
+    pub none_tps: f64,
+    pub none_p99_ms: f64,
+    pub trigger_tps: f64,
+    pub trigger_p99_ms: f64,
 }
 
 impl Step {
@@ -53,6 +71,9 @@ impl Step {
 pub struct ModeOutcome {
     pub mode: &'static str,
     pub trigger_tps: Vec<f64>,
+    /// The reference sweep's saturated trigger (T0) and its steps.
+    pub reference_tps: f64,
+    pub reference: Vec<RefStep>,
     /// Per repetition, the steps run.
     pub steps: Vec<Vec<Step>>,
 }
@@ -165,6 +186,7 @@ async fn run_mode(ctx: &Ctx<'_>, pgbench: &Path, mode: &Mode) -> ModeOutcome {
                 .join(format!("{SPEC}-{}-{run_no}.log", mode.name)),
         )
     };
+    reference(ctx, pgbench, scripts, mode, &mut out).await;
     let mut ws = spawn();
     ws.wait_backfill_done(ctx.admin, WITHIN).await;
     ws.wait_caught_up(ctx.admin, WITHIN).await;
@@ -199,6 +221,7 @@ async fn run_mode(ctx: &Ctx<'_>, pgbench: &Path, mode: &Mode) -> ModeOutcome {
                 fraction,
                 offered,
                 tps: bench.tps,
+                p99_ms: quantile(&bench.latencies_ms, 0.99),
                 lag_p99: quantile(&lag, 0.99),
                 busy,
             };
@@ -225,6 +248,49 @@ async fn run_mode(ctx: &Ctx<'_>, pgbench: &Path, mode: &Mode) -> ModeOutcome {
     out
 }
 
+/// The reference sweep: the trigger saturated (T0), then every step's rate of T0 without
+/// mirroring and with the trigger. Runs before walshift's slot exists, so nothing decodes the
+/// load.
+async fn reference(
+    ctx: &Ctx<'_>,
+    pgbench: &Path,
+    scripts: &[(&Path, u32)],
+    mode: &Mode,
+    out: &mut ModeOutcome,
+) {
+    let (trigger_create, trigger_drop) = trigger_of(mode.name);
+    exec(ctx.admin, trigger_create).await;
+    let tag = format!("capacity-{}-reference-trigger", mode.name);
+    out.reference_tps = live::pgbench(ctx, pgbench, scripts, None, &tag).await.tps;
+    exec(ctx.admin, trigger_drop).await;
+    eprintln!(
+        "  reference: trigger saturated {:.0} tps",
+        out.reference_tps
+    );
+    for fraction in STEPS {
+        let offered = fraction * out.reference_tps;
+        exec(ctx.admin, "VACUUM public.users, public.orders").await;
+        let tag = format!("capacity-{}-reference-none-{fraction}", mode.name);
+        let none = live::pgbench(ctx, pgbench, scripts, Some(offered), &tag).await;
+        exec(ctx.admin, trigger_create).await;
+        let tag = format!("capacity-{}-reference-trigger-{fraction}", mode.name);
+        let trigger = live::pgbench(ctx, pgbench, scripts, Some(offered), &tag).await;
+        exec(ctx.admin, trigger_drop).await;
+        let step = RefStep {
+            offered,
+            none_tps: none.tps,
+            none_p99_ms: quantile(&none.latencies_ms, 0.99),
+            trigger_tps: trigger.tps,
+            trigger_p99_ms: quantile(&trigger.latencies_ms, 0.99),
+        };
+        eprintln!(
+            "  reference {fraction:.1} x (-R {offered:.0}): none {:.0} tps p99 {:.1} ms; trigger {:.0} tps p99 {:.1} ms",
+            step.none_tps, step.none_p99_ms, step.trigger_tps, step.trigger_p99_ms
+        );
+        out.reference.push(step);
+    }
+}
+
 async fn verify(ctx: &Ctx<'_>, mode: &str) {
     if mode == "set" {
         verify_statuses(ctx.admin, "public.users", "the capacity sweep").await;
@@ -239,8 +305,76 @@ async fn verify(ctx: &Ctx<'_>, mode: &str) {
 }
 
 impl Outcome {
-    /// The section of the report: every step of every repetition.
-    pub fn markdown(&self) -> String {
+    /// The chart of `mode` beside page `page` (docs/results/<page>.md).
+    pub fn chart_name(page: &str, mode: &str) -> String {
+        format!("{page}-capacity-{mode}.svg")
+    }
+
+    /// Writes each mode's chart (latency and lag against the offered rate) into `dir`, named
+    /// for page `page`; returns the names written.
+    pub fn charts(&self, dir: &Path, page: &str) -> Vec<String> {
+        use super::chart::{self, Limit, Line};
+        let mut written = Vec::new();
+        for m in self.modes.iter().filter(|m| !m.reference.is_empty()) {
+            let reference = |f: fn(&RefStep) -> f64| -> Vec<(f64, f64)> {
+                m.reference.iter().map(|r| (r.offered, f(r))).collect()
+            };
+            let first = m.steps.first().map(Vec::as_slice).unwrap_or_default();
+            let walshift = |f: fn(&Step) -> f64| -> Vec<(f64, f64)> {
+                first.iter().map(|s| (s.offered, f(s))).collect()
+            };
+            let line = |name: &str, color, points| Line {
+                name: name.to_owned(),
+                color,
+                points,
+            };
+            let name = Self::chart_name(page, m.mode);
+            let result = chart::log_lines(
+                &dir.join(&name),
+                &format!(
+                    "{} mode: application p99 latency and walshift's lag against the offered load",
+                    m.mode
+                ),
+                "offered load, transactions/s (pgbench -R)",
+                "ms (log scale)",
+                &[
+                    line(
+                        "no mirroring: p99 latency",
+                        chart::NONE,
+                        reference(|r| r.none_p99_ms),
+                    ),
+                    line(
+                        "trigger: p99 latency",
+                        chart::TRIGGER,
+                        reference(|r| r.trigger_p99_ms),
+                    ),
+                    line(
+                        "walshift: p99 latency",
+                        chart::WALSHIFT,
+                        walshift(|s| s.p99_ms),
+                    ),
+                    line(
+                        "walshift: lag p99",
+                        chart::RECVLOGICAL,
+                        walshift(|s| s.lag_p99 * 1000.0),
+                    ),
+                ],
+                &[Limit {
+                    value: LAG_P99_S * 1000.0,
+                    label: format!("lag bound of a step that holds ({LAG_P99_S} s)"),
+                }],
+            );
+            match result {
+                Ok(()) => written.push(name),
+                Err(e) => eprintln!("chart {name}: {e}"),
+            }
+        }
+        written
+    }
+
+    /// The section of the report: every step of every repetition, the reference sweep, and
+    /// each mode's chart (see [`Outcome::charts`]) beside page `page`.
+    pub fn markdown(&self, page: &str) -> String {
         use std::fmt::Write;
         let mut out = String::from("\n## Capacity\n\n");
         if let Some(why) = &self.skipped {
@@ -286,6 +420,45 @@ impl Outcome {
                     m.capacities()[i]
                 );
             }
+        }
+        for m in self.modes.iter().filter(|m| !m.reference.is_empty()) {
+            let _ = writeln!(
+                out,
+                "\n**{} mode against the offered load.** The reference (no mirroring, the \
+                 trigger) ran before walshift's slot existed, at fractions of the trigger's \
+                 saturated {:.0} tps; walshift's steps are its first repetition's, at fractions \
+                 of that repetition's trigger. p99 latencies in ms, lag p99 in s.\n",
+                m.mode, m.reference_tps
+            );
+            out.push_str(
+                "| fraction | offered | no mirroring: tps, p99 | trigger: tps, p99 | walshift: offered, tps, p99 | walshift lag p99 |\n\
+                 |---:|---:|---:|---:|---:|---:|\n",
+            );
+            let first = m.steps.first().map(Vec::as_slice).unwrap_or_default();
+            for (r, fraction) in m.reference.iter().zip(STEPS) {
+                let w = first.iter().find(|s| s.fraction == fraction);
+                let (ws, lag) = match w {
+                    Some(s) => (
+                        format!("{:.0}, {:.0}, {:.1}", s.offered, s.tps, s.p99_ms),
+                        format!("{:.3}", s.lag_p99),
+                    ),
+                    None => (
+                        "not run (an earlier step missed)".to_owned(),
+                        "—".to_owned(),
+                    ),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {fraction:.1} | {:.0} | {:.0}, {:.1} | {:.0}, {:.1} | {ws} | {lag} |",
+                    r.offered, r.none_tps, r.none_p99_ms, r.trigger_tps, r.trigger_p99_ms
+                );
+            }
+            let _ = writeln!(
+                out,
+                "\n![{} mode: p99 latency and lag against the offered load]({})",
+                m.mode,
+                Self::chart_name(page, m.mode)
+            );
         }
         out
     }

@@ -1,5 +1,5 @@
 //! SVG charts of the report (plotters, SVG backend only): grouped bars of medians with every
-//! repetition as a dot, and lines over time.
+//! repetition as a dot, lines over time, and lines against a rate on a log scale.
 
 use std::path::Path;
 
@@ -199,6 +199,78 @@ pub fn lines(
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Lines against a rate, on a logarithmic y axis (latencies from milliseconds to seconds on
+/// one chart): one line per series, a dot per point, the limits as horizontal lines.
+pub fn log_lines(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Line],
+    limits: &[Limit],
+) -> Res {
+    let points = || series.iter().flat_map(|l| l.points.iter().copied());
+    let x_max = points().map(|(x, _)| x).fold(1.0f64, f64::max) * 1.05;
+    let ys = || {
+        points()
+            .map(|(_, y)| y)
+            .chain(limits.iter().map(|l| l.value))
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    let y_top = ys().fold(1.0f64, f64::max) * 2.0;
+    let y_bottom = ys().fold(f64::INFINITY, f64::min).min(y_top / 10.0) / 2.0;
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..x_max, (y_bottom..y_top).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&|v| short(*v))
+        .y_label_formatter(&|v| short(*v))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    for Line {
+        name,
+        color,
+        points: pts,
+    } in series
+    {
+        let color = *color;
+        // A zero has no place on a log axis: it is drawn at the bottom.
+        let pts: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x, y.max(y_bottom))).collect();
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.iter().map(move |p| Circle::new(*p, 3, color.filled())))?;
+    }
+    for limit in limits {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, limit.value), (x_max, limit.value)],
+                LIMIT.stroke_width(1),
+            ))?
+            .label(limit.label.clone())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], LIMIT.stroke_width(1)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;

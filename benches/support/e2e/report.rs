@@ -29,6 +29,9 @@ pub struct Figures {
     pub identity: Option<super::identity::Outcome>,
     pub cost: Option<super::cost::Outcome>,
     pub capacity: Option<super::capacity::Outcome>,
+    /// The docs page the report becomes (`docs/results/<page>.md`; `E2E_PAGE`): charts that
+    /// the page shows are named for it.
+    pub page: String,
     pub command: String,
     pub server: String,
     pub settings: Vec<(String, String)>,
@@ -477,7 +480,7 @@ impl Figures {
             out.push_str(&cost.markdown());
         }
         if let Some(capacity) = &self.capacity {
-            out.push_str(&capacity.markdown());
+            out.push_str(&capacity.markdown(&self.page));
         }
         out.push_str("\n## Details\n");
         for o in &self.backfill {
@@ -858,6 +861,9 @@ impl Figures {
                     max,
                 ),
             );
+        }
+        if let Some(o) = self.capacity.as_ref().filter(|o| o.skipped.is_none()) {
+            written.extend(o.charts(dir, &self.page));
         }
         written
     }
