@@ -102,18 +102,25 @@ impl Watermarks {
     }
 
     /// The lag now: the last measured one, or the age of the oldest
-    /// watermark still out if that is larger.
+    /// watermark still out if that is larger. Unknown (`None`) until a
+    /// watermark has come back since the stream started: before that, the
+    /// age of the first one out says nothing about the backlog ahead of it
+    /// (a run restarted on an hour of WAL would read a few milliseconds).
     pub fn lag(&self, now: Instant) -> Option<Duration> {
         let i = self.inner.lock().expect("watermarks lock");
+        let (last, _) = i.last?;
         let waiting = i
             .in_flight
             .front()
             .map(|(_, at)| now.saturating_duration_since(*at));
-        match (i.last.map(|(l, _)| l), waiting) {
-            (Some(l), Some(w)) => Some(l.max(w)),
-            (Some(l), None) => Some(l),
-            (None, w) => w,
-        }
+        Some(waiting.map_or(last, |w| last.max(w)))
+    }
+
+    /// The stream (re)started, perhaps behind a backlog: the lag is unknown
+    /// again until a watermark comes back through it. Watermarks still out
+    /// stay out; they arrive with the WAL after the restart point.
+    pub fn stream_started(&self) {
+        self.inner.lock().expect("watermarks lock").last = None;
     }
 }
 
@@ -184,6 +191,31 @@ mod tests {
             Some(Duration::from_millis(50))
         );
         assert_eq!(w.applied(b, t0), None, "applied once");
+    }
+
+    /// Planted: with the first watermark's age taken as the lag, this read
+    /// 4 ms while that watermark still waited behind the backlog.
+    #[test]
+    fn lag_is_unknown_until_a_watermark_comes_back_through_the_stream() {
+        let w = Watermarks::default();
+        let t0 = Instant::now();
+        let a = w.emit(t0);
+        assert_eq!(w.lag(t0 + Duration::from_millis(4)), None);
+        assert_eq!(w.lag(t0 + Duration::from_secs(30)), None);
+        w.applied(a, t0 + Duration::from_secs(40));
+        let b = w.emit(t0 + Duration::from_secs(41));
+        assert_eq!(
+            w.lag(t0 + Duration::from_secs(41)),
+            Some(Duration::from_secs(40))
+        );
+        // A reconnect: unknown again, though b is young.
+        w.stream_started();
+        assert_eq!(w.lag(t0 + Duration::from_secs(42)), None);
+        w.applied(b, t0 + Duration::from_secs(43));
+        assert_eq!(
+            w.lag(t0 + Duration::from_secs(43)),
+            Some(Duration::from_secs(2))
+        );
     }
 
     #[test]

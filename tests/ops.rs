@@ -196,6 +196,45 @@ async fn wait_returns_only_after_the_backfill_is_done() {
     );
 }
 
+/// Guards `wait` after a restart on a backlog: a run that has just started does not know its
+/// lag until a watermark it emitted comes back through the stream, after everything before it.
+/// Until then `wait` must not say ready, however young that watermark is. Planted: with the
+/// lag taken as the age of the first watermark still out (a few ms at the first tick), `wait`
+/// returned ready about a second after the restart with the whole backlog unapplied.
+#[tokio::test]
+async fn wait_after_a_restart_returns_only_once_the_backlog_is_applied() {
+    let (db, c) = setup(200_000, 0).await;
+    let spec = Spec::new("ops-restart", USERS_MIRROR);
+    let mut run = Run::spawn(&spec, &db);
+    let out = cli(&["wait", "--timeout", "60s"], &spec, &db).await;
+    assert_eq!(out.code(), Some(0), "{out}\nrun:\n{}", run.stderr());
+    stop_cleanly(&mut run).await;
+    // The backlog: every user flips three times while no run reads the slot.
+    for _ in 0..3 {
+        c.batch_execute("UPDATE users SET is_active = NOT is_active")
+            .await
+            .expect("backlog");
+    }
+    assert!(
+        support::wrong_status(&c).await > 0,
+        "the backlog is not applied yet"
+    );
+    let mut run = Run::spawn(&spec, &db);
+    let out = cli(
+        &["wait", "--timeout", "120s", "--max-lag", "1s"],
+        &spec,
+        &db,
+    )
+    .await;
+    let wrong = support::wrong_status(&c).await;
+    assert_eq!(out.code(), Some(0), "{out}\nrun:\n{}", run.stderr());
+    assert_eq!(
+        wrong, 0,
+        "wait said ready with {wrong} users not yet mirrored: {out}"
+    );
+    stop_cleanly(&mut run).await;
+}
+
 /// Guards `status` while a run mirrors: phase `mirroring`, run alive with its
 /// pid, lag measured end to end (under 1 s once caught up, and refreshed),
 /// slot active, `ready` true — and the human rendering says the same.

@@ -226,6 +226,7 @@ impl Observed {
     /// The stream is up until the returned guard is dropped (the session
     /// ends, however it ends).
     pub fn streaming(&self) -> Streaming {
+        self.watermarks.stream_started();
         self.connected.store(true, Ordering::Release);
         crate::metrics::stream_connected(true);
         Streaming(self.connected.clone())
