@@ -21,9 +21,6 @@ use tokio_postgres::types::Type;
 
 use super::super::bind::Args;
 use super::super::pipeline;
-use super::super::sql::keys::{
-    KEYS_FORGET_HELD, KEYS_HELD, KeyKind, keys_forget, keys_hold, keys_store,
-};
 use super::super::sql::{self, Scope};
 use super::super::txn::{Dir, Key};
 use super::{
@@ -32,6 +29,9 @@ use super::{
 };
 use crate::catalog::{MirrorKind, MirrorPlan};
 use crate::error_policy::{self, Action};
+use crate::state::keys::{
+    KEYS_FORGET_HELD, KEYS_HELD, KeyKind, keys_forget, keys_hold, keys_store,
+};
 
 /// A key whose recompute fails on its data, as the applier holds it (and
 /// `walshift.keys` stores it, kind `held`).

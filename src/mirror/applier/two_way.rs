@@ -37,7 +37,6 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 use super::super::pipeline;
-use super::super::sql::keys::{KEYS_CARRIED, KEYS_FORGET_MARKS, KeyKind};
 use super::super::sql::{self, Param, Scope};
 use super::super::txn::{Conflicts, Dir, Key, MirrorKeys};
 use super::super::visibility::Snapshot;
@@ -49,6 +48,7 @@ use super::{
 use crate::Lsn;
 use crate::catalog::{MirrorKind, MirrorPlan, ReversePlan};
 use crate::error_policy::Action;
+use crate::state::keys::{KEYS_CARRIED, KEYS_FORGET_MARKS, KeyKind};
 
 /// Carried keys taken into one transaction at most, per mirror (the rest
 /// wait for the next): after a long catch-up the carry can be large.

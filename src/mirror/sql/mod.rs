@@ -36,7 +36,6 @@
 //! `xml`, `point`) must be rejected by the catalog check (use `jsonb`).
 
 pub mod evaluate;
-pub mod keys;
 mod rows;
 pub mod scan;
 mod verify;
@@ -117,6 +116,7 @@ impl Excluded {
             .iter()
             .map(|c| format!("{}::text", col(alias, &c.name)))
             .collect();
+        // Generated inside a batch statement, so made here; see crate::state::keys.
         format!(
             "NOT EXISTS (SELECT FROM walshift.keys AS w WHERE w.name = {} AND w.mirror = {} AND w.key = ARRAY[{}])",
             quote_literal(&self.spec),

@@ -1,6 +1,6 @@
 //! Statements on walshift's key table, `walshift.keys` (sql/state.sql): the
-//! keys of two-way mirrors held between transactions. Pure, like the rest of
-//! this module.
+//! keys of two-way mirrors held between transactions, and the held keys of
+//! any mirror. The statement builders are pure; the applier runs them.
 //!
 //! Keys travel as one `text[]` per key column (as in a batch's statements)
 //! and are stored as one `text[]` per key; directions as their one-letter

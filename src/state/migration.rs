@@ -1,15 +1,8 @@
-//! walshift's own state in the migrated database (`sql/state.sql`).
+//! The migration's row, `walshift.migration`: one per spec name, with its
+//! slot, position, run heartbeat and the operator's controls.
 
 use crate::Lsn;
 use crate::spec::Spec;
-
-/// The state schema's DDL; idempotent.
-pub const STATE_SQL: &str = include_str!("../sql/state.sql");
-
-/// Creates the state schema if missing.
-pub async fn ensure_schema(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(STATE_SQL).await
-}
 
 /// Records the spec's objects (once; later runs keep the first row).
 pub async fn register(
@@ -56,61 +49,6 @@ pub async fn applied_lsn(
 
 /// The statement that records progress inside an apply transaction.
 pub const RECORD_APPLIED: &str = "UPDATE walshift.migration SET applied_lsn = $2::text::pg_lsn, applied_at = now() WHERE name = $1";
-
-/// A mirror's backfill checkpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BackfillRow {
-    pub mirror: i32,
-    pub lower_key: Option<Vec<String>>,
-    pub done: bool,
-    pub rows_done: i64,
-    pub chunks: i64,
-    pub rows_estimate: Option<i64>,
-}
-
-/// Reads (creating missing rows for) the checkpoints of mirrors `1..=n`.
-pub async fn backfill_rows(
-    client: &tokio_postgres::Client,
-    name: &str,
-    estimates: &[i64],
-) -> Result<Vec<BackfillRow>, tokio_postgres::Error> {
-    for (i, est) in estimates.iter().enumerate() {
-        client
-            .execute(
-                "INSERT INTO walshift.backfill (name, mirror, rows_estimate, started_at)
-                 VALUES ($1, $2, $3, now())
-                 ON CONFLICT (name, mirror) DO UPDATE SET rows_estimate = EXCLUDED.rows_estimate",
-                &[&name, &(i as i32 + 1), &(*est).max(0)],
-            )
-            .await?;
-    }
-    let rows = client
-        .query(
-            "SELECT mirror, lower_key, done, rows_done, chunks, rows_estimate
-             FROM walshift.backfill WHERE name = $1 ORDER BY mirror",
-            &[&name],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| BackfillRow {
-            mirror: r.get(0),
-            lower_key: r.get(1),
-            done: r.get(2),
-            rows_done: r.get(3),
-            chunks: r.get(4),
-            rows_estimate: r.get(5),
-        })
-        .collect())
-}
-
-/// Records a committed chunk; runs inside the chunk's transaction (I6).
-/// Params: name, mirror, new lower key (NULL when the mirror is done), rows.
-pub const RECORD_CHUNK: &str = "UPDATE walshift.backfill
-    SET lower_key = $3::text[], done = ($3::text[] IS NULL), rows_done = rows_done + $4::bigint,
-        chunks = chunks + 1, updated_at = now(),
-        finished_at = CASE WHEN $3::text[] IS NULL THEN now() END
-    WHERE name = $1 AND mirror = $2";
 
 /// Whether the operator paused the backfill.
 pub async fn backfill_paused(
@@ -218,12 +156,3 @@ pub const RECORD_LAG: &str = "UPDATE walshift.migration
         lag_measured_at = now(), run_heartbeat = now(), run_host = $4, run_pid = $5,
         throttle_reason = $6
     WHERE name = $1";
-
-/// Records a mirror's backfill rate (params: name, mirror, rows per second).
-/// Adds a two-way mirror's conflicts and written-back keys since the last
-/// record: `$1` name, `$2` mirror, `$3` conflicts, `$4` keys.
-pub const RECORD_TWO_WAY: &str = "UPDATE walshift.backfill
-    SET conflicts = conflicts + $3::bigint, reverse_keys = reverse_keys + $4::bigint
-    WHERE name = $1 AND mirror = $2::int4";
-
-pub const RECORD_RATE: &str = "UPDATE walshift.backfill SET rows_per_second = $3::float8 WHERE name = $1 AND mirror = $2 AND NOT done";
