@@ -9,7 +9,7 @@ use tokio_postgres::error::SqlState;
 use super::{Outcome, UNCLAIMED_TIMEOUT};
 use crate::error_policy::pg_message;
 use crate::spec::Spec;
-use crate::status;
+use crate::{state, status};
 
 /// Why the command did not get an outcome.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +38,7 @@ pub struct Request {
 
 /// Checks readiness and files the request; returns its id.
 pub async fn request(client: &Client, spec: &Spec, req: &Request) -> Result<i64, CutoverError> {
-    let row = client
-        .query_opt(
-            "SELECT cutover_at::text, cutover_postponed FROM walshift.migration WHERE name = $1",
-            &[&spec.name],
-        )
+    let (cut_over_at, postponed) = state::cutover_hold(client, &spec.name)
         .await
         .map_err(|e| {
             if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
@@ -60,13 +56,13 @@ pub async fn request(client: &Client, spec: &Spec, req: &Request) -> Result<i64,
                 spec.name, spec.file
             ))
         })?;
-    if let Some(at) = row.get::<_, Option<String>>(0) {
+    if let Some(at) = cut_over_at {
         return Err(CutoverError::NotReady(format!(
             "{} was already cut over at {at}; run `walshift cleanup {}` to remove walshift's objects",
             spec.name, spec.file
         )));
     }
-    if row.get::<_, bool>(1) {
+    if postponed {
         return Err(CutoverError::NotReady(format!(
             "cut-over of {} is postponed by the operator; run `walshift ctl {} allow-cutover` first",
             spec.name, spec.file
@@ -79,14 +75,14 @@ pub async fn request(client: &Client, spec: &Spec, req: &Request) -> Result<i64,
             spec.file
         )));
     }
-    let id: i64 = client
-        .query_one(
-            "INSERT INTO walshift.cutover (name, dry_run, spec_digest, spec_file)
-             VALUES ($1, $2, $3, $4) RETURNING id",
-            &[&spec.name, &req.dry_run, &spec.cutover_digest(), &spec.file],
-        )
-        .await?
-        .get(0);
+    let id = state::file_cutover_request(
+        client,
+        &spec.name,
+        req.dry_run,
+        &spec.cutover_digest(),
+        &spec.file,
+    )
+    .await?;
     Ok(id)
 }
 
@@ -103,12 +99,7 @@ pub async fn follow(
     let started = Instant::now();
     let mut last: (String, Option<String>) = (String::new(), None);
     loop {
-        let row = client
-            .query_one(
-                "SELECT state, detail, result::text FROM walshift.cutover WHERE id = $1",
-                &[&id],
-            )
-            .await?;
+        let row = client.query_one(state::CUTOVER_PROGRESS, &[&id]).await?;
         let state: String = row.get(0);
         let detail: Option<String> = row.get(1);
         if (state.as_str(), detail.as_ref()) != (last.0.as_str(), last.1.as_ref()) {
@@ -161,12 +152,5 @@ pub async fn follow(
 /// Cancels request `id` if the run has not begun locking. Returns whether
 /// it was cancelled.
 pub async fn cancel(client: &Client, id: i64) -> Result<bool, CutoverError> {
-    let n = client
-        .execute(
-            "UPDATE walshift.cutover SET state = 'cancelled', updated_at = now(), finished_at = now()
-             WHERE id = $1 AND state IN ('requested', 'accepted', 'verifying')",
-            &[&id],
-        )
-        .await?;
-    Ok(n == 1)
+    Ok(state::cancel_cutover_request(client, id).await?)
 }

@@ -854,13 +854,7 @@ async fn checks_and_sql(
         }
     }
     if !job.dry_run {
-        if let Err(e) = client
-            .execute(
-                "UPDATE walshift.migration SET cutover_at = now() WHERE name = $1",
-                &[&ctx.spec.name],
-            )
-            .await
-        {
+        if let Err(e) = crate::state::record_cut_over(client, &ctx.spec.name).await {
             return Some(format!("recording the cut-over: {}", pg_message(&e)));
         }
     }

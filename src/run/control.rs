@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::conninfo::ConnConfig;
 use crate::cutover::session::{Job, StateUpdate};
-use crate::settings;
+use crate::{settings, state};
 
 /// How often the state is read without a notification.
 const POLL: Duration = Duration::from_millis(200);
@@ -131,28 +131,13 @@ impl ControlTask {
         &self,
         c: &tokio_postgres::Client,
     ) -> Result<(), tokio_postgres::Error> {
-        c.execute(
-            "UPDATE walshift.cutover SET state = 'failed', finished_at = now(), updated_at = now(),
-                    detail = 'interrupted: the run restarted its session; nothing was changed, request again'
-             WHERE name = $1 AND state NOT IN ('requested', 'done', 'failed', 'cancelled')",
-            &[&self.name],
-        )
-        .await
-        .map(drop)
+        state::fail_interrupted_cutovers(c, &self.name).await
     }
 
     /// The pause and the overrides (sent on when they changed), and `ctl
     /// retry` (passed on when its count moved).
     async fn follow_settings(&mut self, c: &tokio_postgres::Client) -> Result<(), Gone> {
-        let Ok(Some(row)) = c
-            .query_opt(
-                "SELECT backfill_paused, (to_jsonb(m)->'settings')::text, \
-                        coalesce((to_jsonb(m)->>'retry_held')::int8, 0) \
-                 FROM walshift.migration m WHERE name = $1",
-                &[&self.name],
-            )
-            .await
-        else {
+        let Ok(Some(row)) = c.query_opt(state::CONTROL_STATE, &[&self.name]).await else {
             return Ok(());
         };
         let asked: i64 = row.get(2);
@@ -180,13 +165,10 @@ impl ControlTask {
 
     /// The request in hand: has the operator cancelled it?
     async fn follow_active(&mut self, c: &tokio_postgres::Client, id: i64) -> Result<(), Gone> {
-        let Ok(Some(row)) = c
-            .query_opt("SELECT state FROM walshift.cutover WHERE id = $1", &[&id])
-            .await
-        else {
+        let Ok(Some(request)) = state::cutover_request_state(c, id).await else {
             return Ok(());
         };
-        if row.get::<_, String>(0) == "cancelled" {
+        if request == "cancelled" {
             self.active = None;
             self.send(ControlEvent::Cancelled(id)).await?;
         }
@@ -195,17 +177,7 @@ impl ControlTask {
 
     /// Claims the oldest new request, if any, and hands it to the session.
     async fn take_request(&mut self, c: &tokio_postgres::Client) -> Result<(), Gone> {
-        let taken = c
-            .query_opt(
-                "UPDATE walshift.cutover c SET state = 'accepted', updated_at = now()
-                 WHERE id = (SELECT id FROM walshift.cutover WHERE name = $1 AND state = 'requested'
-                             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, dry_run,
-                           (SELECT cutover_postponed FROM walshift.migration WHERE name = $1),
-                           spec_digest, spec_file",
-                &[&self.name],
-            )
-            .await;
+        let taken = c.query_opt(state::CUTOVER_ACCEPT, &[&self.name]).await;
         let Ok(Some(row)) = taken else {
             return Ok(());
         };
@@ -284,13 +256,13 @@ pub(crate) async fn write_update(
         .as_ref()
         .and_then(|r| serde_json::to_string(r).ok());
     let attempts = u.attempts.map(|a| a as i32);
-    c.execute(
-        "UPDATE walshift.cutover SET state = $2, detail = $3,
-                attempts = coalesce($4, attempts), result = coalesce($5::text::jsonb, result), updated_at = now(),
-                finished_at = CASE WHEN $2 IN ('done', 'failed') THEN now() END
-         WHERE id = $1",
-        &[&u.id, &u.state, &u.detail, &attempts, &result],
+    state::record_cutover_step(
+        c,
+        u.id,
+        u.state,
+        u.detail.as_deref(),
+        attempts,
+        result.as_deref(),
     )
     .await
-    .map(|_| ())
 }

@@ -156,3 +156,40 @@ pub const RECORD_LAG: &str = "UPDATE walshift.migration
         lag_measured_at = now(), run_heartbeat = now(), run_host = $4, run_pid = $5,
         throttle_reason = $6
     WHERE name = $1";
+
+/// What holds a cut-over of `name` back, if it has state: when it was
+/// already cut over (`None` if not) and whether the operator postponed it.
+/// Fails with `UNDEFINED_TABLE` before the first run made the state schema.
+pub async fn cutover_hold(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<Option<(Option<String>, bool)>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT cutover_at::text, cutover_postponed FROM walshift.migration WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Records that `name` was cut over, now (in the cut-over's transaction).
+pub async fn record_cut_over(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE walshift.migration SET cutover_at = now() WHERE name = $1",
+            &[&name],
+        )
+        .await
+}
+
+/// What the operator asks of the run of `$1`: `backfill_paused bool,
+/// settings text (the overrides as JSON), retry_held int8`. Read through
+/// `to_jsonb`, so a state table from before the overrides or retries reads
+/// as none.
+pub const CONTROL_STATE: &str = "SELECT backfill_paused, (to_jsonb(m)->'settings')::text, \
+                        coalesce((to_jsonb(m)->>'retry_held')::int8, 0) \
+                 FROM walshift.migration m WHERE name = $1";

@@ -1,14 +1,16 @@
 //! walshift's own state in the migrated database (`sql/state.sql`). Every
 //! statement that reads or writes walshift's tables lives here, by table:
-//! [`migration`] (`walshift.migration`), [`backfill`] (`walshift.backfill`)
-//! and [`keys`] (`walshift.keys`). Their items are re-exported here, so
-//! `crate::state::NAME` names each of them.
+//! [`migration`] (`walshift.migration`), [`backfill`] (`walshift.backfill`),
+//! [`keys`] (`walshift.keys`) and [`cutover`] (`walshift.cutover`). Their
+//! items are re-exported here, so `crate::state::NAME` names each of them.
 
 pub mod backfill;
+pub mod cutover;
 pub mod keys;
 pub mod migration;
 
 pub use backfill::*;
+pub use cutover::*;
 pub use keys::*;
 pub use migration::*;
 
