@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use crate::error_policy::pg_message;
 use crate::ident::quote_ident;
 use crate::spec::Spec;
-use crate::status;
+use crate::{state, status};
 
 /// What cleanup did, one line each.
 pub async fn cleanup(client: &Client, spec: &Spec, force: bool) -> Result<Vec<String>, String> {
@@ -33,30 +33,21 @@ pub async fn cleanup(client: &Client, spec: &Spec, force: bool) -> Result<Vec<St
     // The state first: a run that finds its slot gone while its state is
     // there resynchronises with a new slot (run/slot.rs), so the state must
     // not outlive the slot, even for a moment.
-    let has_state: bool = client
-        .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
+    let has_state = state::has_migration_table(client)
         .await
-        .map_err(|e| err("reading the state schema", e))?
-        .get(0);
+        .map_err(|e| err("reading the state schema", e))?;
     if has_state {
-        let n = client
-            .execute(
-                "DELETE FROM walshift.migration WHERE name = $1",
-                &[&spec.name],
-            )
+        let n = state::delete_migration(client, &spec.name)
             .await
             .map_err(|e| err("deleting walshift's state", e))?;
         if n > 0 {
             done.push(format!("deleted the state of {}", spec.name));
         }
-        let others: i64 = client
-            .query_one("SELECT count(*) FROM walshift.migration", &[])
+        let others = state::count_migrations(client)
             .await
-            .map_err(|e| err("reading walshift's state", e))?
-            .get(0);
+            .map_err(|e| err("reading walshift's state", e))?;
         if others == 0 {
-            client
-                .batch_execute("DROP SCHEMA walshift CASCADE")
+            state::drop_schema(client)
                 .await
                 .map_err(|e| err("dropping the walshift schema", e))?;
             done.push("dropped schema walshift (no other spec uses it)".into());

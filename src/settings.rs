@@ -141,13 +141,7 @@ pub async fn read(
     client: &tokio_postgres::Client,
     name: &str,
 ) -> Result<Overrides, tokio_postgres::Error> {
-    let text: Option<String> = client
-        .query_opt(
-            "SELECT (to_jsonb(m)->'settings')::text FROM walshift.migration m WHERE name = $1",
-            &[&name],
-        )
-        .await?
-        .and_then(|r| r.get(0));
+    let text = crate::state::read_settings(client, name).await?;
     Ok(text
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default())
@@ -171,16 +165,18 @@ pub async fn write(
             None => removed.push(k.clone()),
         }
     }
-    let row = client
-        .query_opt(
-            "UPDATE walshift.migration SET settings = (settings - $3::text[]) || $2::text::jsonb
-             WHERE name = $1 RETURNING settings::text",
-            &[&name, &serde_json::Value::Object(set).to_string(), &removed],
-        )
-        .await?;
-    let Some(row) = row else { return Ok(None) };
+    let stored = crate::state::update_settings(
+        client,
+        name,
+        &serde_json::Value::Object(set).to_string(),
+        &removed,
+    )
+    .await?;
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
     notify(client, name).await?;
-    Ok(serde_json::from_str(&row.get::<_, String>(0)).ok())
+    Ok(serde_json::from_str(&stored).ok())
 }
 
 /// Wakes a running `run` of `name` (it re-reads its control state now

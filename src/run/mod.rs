@@ -436,12 +436,7 @@ async fn lost_slot(config: &ConnConfig, spec: &Spec, reason: &str) -> Result<(),
 /// at once that no run is alive (instead of for up to 5 s).
 async fn clear_heartbeat(config: &ConnConfig, spec: &Spec) {
     if let Ok(c) = config.with_application_name("walshift").connect_sql().await {
-        let _ = c
-            .execute(
-                "UPDATE walshift.migration SET run_heartbeat = NULL, run_pid = NULL, run_host = NULL WHERE name = $1",
-                &[&spec.name],
-            )
-            .await;
+        let _ = state::clear_heartbeat(&c, &spec.name).await;
     }
 }
 
@@ -464,18 +459,8 @@ async fn drop_slot_after_safety_stop(config: &ConnConfig, spec: &Spec) {
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let _ = c
-        .execute(
-            "DELETE FROM walshift.backfill WHERE name = $1",
-            &[&spec.name],
-        )
-        .await;
-    let _ = c
-        .execute(
-            "UPDATE walshift.migration SET applied_lsn = NULL, consistent_point = NULL WHERE name = $1",
-            &[&spec.name],
-        )
-        .await;
+    let _ = state::delete_backfill(&c, &spec.name).await;
+    let _ = state::forget_position(&c, &spec.name).await;
 }
 
 /// How a session ended without error.

@@ -286,16 +286,7 @@ async fn restart_history_of_new_dependencies(
         if new.is_empty() {
             continue;
         }
-        let restarted = client
-            .execute(
-                "UPDATE walshift.backfill
-                 SET lower_key = NULL, done = false, rows_done = 0, chunks = 0,
-                     rows_per_second = NULL, started_at = now(), finished_at = NULL,
-                     updated_at = now()
-                 WHERE name = $1 AND mirror = $2",
-                &[&spec.name, &(m.number as i32)],
-            )
-            .await?;
+        let restarted = state::restart_mirror_backfill(client, &spec.name, m.number as i32).await?;
         if restarted > 0 {
             tracing::warn!(
                 mirror = m.number,

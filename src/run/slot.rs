@@ -21,6 +21,7 @@ use crate::conninfo::ConnConfig;
 use crate::error_policy::pg_message;
 use crate::replication::{ReplicationClient, SlotOptions};
 use crate::spec::{OnSlotLost, Spec};
+use crate::state;
 
 /// The slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,15 +81,10 @@ fn judge(
 /// is recorded); or a resync was cut short.
 pub async fn lost_at_start(client: &Client, spec: &Spec) -> Result<Option<String>, String> {
     let fail = |what: &str, e: tokio_postgres::Error| format!("{what}: {}", pg_message(&e));
-    let state = client
-        .query_opt(
-            "SELECT consistent_point IS NOT NULL, slot_lost FROM walshift.migration WHERE name = $1",
-            &[&spec.name],
-        )
+    let (had_slot, unfinished) = state::slot_state(client, &spec.name)
         .await
-        .map_err(|e| fail("reading walshift's state", e))?;
-    let (had_slot, unfinished): (bool, Option<String>) =
-        state.map_or((false, None), |r| (r.get(0), r.get(1)));
+        .map_err(|e| fail("reading walshift's state", e))?
+        .unwrap_or((false, None));
     if let Some(reason) = unfinished {
         return Ok(Some(format!("{reason}; its resync had not finished")));
     }
@@ -123,21 +119,10 @@ pub async fn after_failure(config: &ConnConfig, spec: &Spec) -> Option<AfterFail
         .connect_sql()
         .await
         .ok()?;
-    let state: bool = c
-        .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
-        .await
-        .ok()?
-        .get(0);
-    let state = state
-        && c.query_opt(
-            "SELECT 1 FROM walshift.migration WHERE name = $1",
-            &[&spec.name],
-        )
-        .await
-        .ok()?
-        .is_some();
+    let has_state = state::has_migration_table(&c).await.ok()?
+        && state::has_migration(&c, &spec.name).await.ok()?;
     let health = health(&c, &spec.slot_name()).await.ok()?;
-    match (state, health) {
+    match (has_state, health) {
         (true, Health::Healthy | Health::OtherDatabase) => None,
         (true, Health::Missing) => Some(AfterFailure::Lost(missing())),
         (true, Health::Invalidated(why)) => Some(AfterFailure::Lost(why)),
@@ -199,27 +184,21 @@ pub async fn resync(config: &ConnConfig, spec: &Spec, reason: &str) -> Result<Ls
         .transaction()
         .await
         .map_err(|e| fail("beginning", e))?;
-    tx.execute(
-        "UPDATE walshift.migration SET slot_lost = $2, applied_lsn = NULL, consistent_point = NULL WHERE name = $1",
-        &[&spec.name, &reason],
-    )
-    .await
-    .map_err(|e| fail("marking the resync", e))?;
+    state::mark_slot_lost(&tx, &spec.name, reason)
+        .await
+        .map_err(|e| fail("marking the resync", e))?;
     let planted = crate::mirror::plant::active(crate::mirror::plant::Plant::NoResync);
     if !planted {
-        tx.execute(RESET_BACKFILL, &[&spec.name])
+        state::reset_backfill(&tx, &spec.name)
             .await
             .map_err(|e| fail("resetting the backfill", e))?;
     }
     // Two-way mirrors' carried directions and marks describe writes of the
     // lost stream; the full pass decides every key again. Held keys stay
     // held (their rows still fail) and are tried again as always.
-    tx.execute(
-        "DELETE FROM walshift.keys WHERE name = $1 AND kind IN ('carry', 'mark')",
-        &[&spec.name],
-    )
-    .await
-    .map_err(|e| fail("forgetting carried and marked keys", e))?;
+    state::forget_carried_and_marked(&tx, &spec.name)
+        .await
+        .map_err(|e| fail("forgetting carried and marked keys", e))?;
     tx.commit().await.map_err(|e| fail("committing", e))?;
 
     // 2. What is left of the dead slot. Its walsender may still be on its
@@ -243,15 +222,7 @@ pub async fn resync(config: &ConnConfig, spec: &Spec, reason: &str) -> Result<Ls
         .map_err(|e| format!("resynchronising after slot {slot} was lost: {e}"))?;
 
     // 4. Recorded: the resync is done, the backfill starts from scratch.
-    let recorded = client
-        .execute(
-            "UPDATE walshift.migration
-             SET consistent_point = $2::text::pg_lsn, slot_lost = NULL, slot_resyncs = slot_resyncs + 1,
-                 slot_resynced_at = now(), slot_resync_reason = $3
-             WHERE name = $1",
-            &[&spec.name, &created.to_string(), &reason],
-        )
-        .await;
+    let recorded = state::record_resync(&client, &spec.name, &created.to_string(), reason).await;
     if let Err(e) = recorded {
         // `slot_lost` is still set: the next run starts the resync over,
         // and finds no slot of this attempt in its way.
@@ -269,13 +240,6 @@ pub async fn resync(config: &ConnConfig, spec: &Spec, reason: &str) -> Result<Ls
     );
     Ok(created)
 }
-
-/// Every mirror's backfill from the start; the two-way counters (conflicts,
-/// keys written back) count the migration's whole life and stay.
-const RESET_BACKFILL: &str = "UPDATE walshift.backfill
-    SET lower_key = NULL, done = false, rows_done = 0, chunks = 0, rows_per_second = NULL,
-        started_at = now(), finished_at = NULL, updated_at = now()
-    WHERE name = $1";
 
 /// `CREATE_REPLICATION_SLOT` for walshift's slot: a failover slot where the
 /// server has them (17+), so a standby that syncs slots keeps a copy.

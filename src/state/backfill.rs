@@ -1,5 +1,7 @@
 //! The backfill's checkpoints, `walshift.backfill`: one row per mirror.
 
+use tokio_postgres::GenericClient;
+
 /// A mirror's backfill checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackfillRow {
@@ -63,3 +65,48 @@ pub const RECORD_TWO_WAY: &str = "UPDATE walshift.backfill
 
 /// Records a mirror's backfill rate (params: name, mirror, rows per second).
 pub const RECORD_RATE: &str = "UPDATE walshift.backfill SET rows_per_second = $3::float8 WHERE name = $1 AND mirror = $2 AND NOT done";
+
+/// Every mirror's backfill from the start; the two-way counters (conflicts,
+/// keys written back) count the migration's whole life and stay.
+pub async fn reset_backfill(
+    client: &impl GenericClient,
+    name: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client.execute(RESET_BACKFILL, &[&name]).await
+}
+
+const RESET_BACKFILL: &str = "UPDATE walshift.backfill
+    SET lower_key = NULL, done = false, rows_done = 0, chunks = 0, rows_per_second = NULL,
+        started_at = now(), finished_at = NULL, updated_at = now()
+    WHERE name = $1";
+
+/// Starts mirror `mirror`'s backfill over (it depends on tables the stream
+/// did not carry until now); returns how many rows were reset (0 before
+/// its first checkpoint).
+pub async fn restart_mirror_backfill(
+    client: &tokio_postgres::Client,
+    name: &str,
+    mirror: i32,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE walshift.backfill
+                 SET lower_key = NULL, done = false, rows_done = 0, chunks = 0,
+                     rows_per_second = NULL, started_at = now(), finished_at = NULL,
+                     updated_at = now()
+                 WHERE name = $1 AND mirror = $2",
+            &[&name, &mirror],
+        )
+        .await
+}
+
+/// Deletes every backfill checkpoint of `name` (after a safety stop the
+/// backfill must start over with a new slot).
+pub async fn delete_backfill(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute("DELETE FROM walshift.backfill WHERE name = $1", &[&name])
+        .await
+}

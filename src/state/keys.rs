@@ -115,6 +115,20 @@ pub const KEYS_CARRIED: &str =
 pub const KEYS_FORGET_MARKS: &str =
     "DELETE FROM walshift.keys WHERE name = $1 AND mirror = $2 AND kind = 'mark'";
 
+/// Forgets the carried keys and marks of `name` (its slot was lost: the
+/// resync's full pass decides every key again); held keys stay.
+pub async fn forget_carried_and_marked(
+    client: &impl tokio_postgres::GenericClient,
+    name: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM walshift.keys WHERE name = $1 AND kind IN ('carry', 'mark')",
+            &[&name],
+        )
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

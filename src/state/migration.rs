@@ -1,8 +1,53 @@
 //! The migration's row, `walshift.migration`: one per spec name, with its
 //! slot, position, run heartbeat and the operator's controls.
 
+use tokio_postgres::GenericClient;
+
 use crate::Lsn;
 use crate::spec::Spec;
+
+/// Whether the migration table exists (no run has made the state schema
+/// yet, or cleanup dropped it).
+pub async fn has_migration_table(
+    client: &tokio_postgres::Client,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
+        .await?
+        .get(0))
+}
+
+/// Whether `name` has a migration row.
+pub async fn has_migration(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt("SELECT 1 FROM walshift.migration WHERE name = $1", &[&name])
+        .await?
+        .is_some())
+}
+
+/// Deletes the state of `name` (its other tables' rows go with it, `ON
+/// DELETE CASCADE`); returns how many rows went (0 or 1).
+pub async fn delete_migration(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute("DELETE FROM walshift.migration WHERE name = $1", &[&name])
+        .await
+}
+
+/// How many specs have state in this database.
+pub async fn count_migrations(
+    client: &tokio_postgres::Client,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT count(*) FROM walshift.migration", &[])
+        .await?
+        .get(0))
+}
 
 /// Records the spec's objects (once; later runs keep the first row).
 pub async fn register(
@@ -193,3 +238,113 @@ pub async fn record_cut_over(
 pub const CONTROL_STATE: &str = "SELECT backfill_paused, (to_jsonb(m)->'settings')::text, \
                         coalesce((to_jsonb(m)->>'retry_held')::int8, 0) \
                  FROM walshift.migration m WHERE name = $1";
+
+/// The operator's `ctl set` overrides of `name` as JSON text; `None`
+/// without a row, or when the state predates them.
+pub async fn read_settings(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT (to_jsonb(m)->'settings')::text FROM walshift.migration m WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
+/// Merges `set` (a JSON object as text) into the overrides of `name` after
+/// removing the keys in `removed`; returns the overrides now stored as JSON
+/// text, or `None` when walshift has no state for `name`.
+pub async fn update_settings(
+    client: &tokio_postgres::Client,
+    name: &str,
+    set: &str,
+    removed: &[String],
+) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "UPDATE walshift.migration SET settings = (settings - $3::text[]) || $2::text::jsonb
+             WHERE name = $1 RETURNING settings::text",
+            &[&name, &set, &removed],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Whether walshift made a slot for `name` (a consistent point is recorded)
+/// and the reason of a resync that has not finished; `None` without a row.
+pub async fn slot_state(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<Option<(bool, Option<String>)>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT consistent_point IS NOT NULL, slot_lost FROM walshift.migration WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Marks the slot of `name` lost for `reason` and forgets its position and
+/// consistent point: the first step of a resync (in its transaction).
+pub async fn mark_slot_lost(
+    client: &impl GenericClient,
+    name: &str,
+    reason: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE walshift.migration SET slot_lost = $2, applied_lsn = NULL, consistent_point = NULL WHERE name = $1",
+            &[&name, &reason],
+        )
+        .await
+}
+
+/// Records the new slot's consistent point (as text) and the resync of
+/// `name` for `reason` as finished.
+pub async fn record_resync(
+    client: &tokio_postgres::Client,
+    name: &str,
+    consistent_point: &str,
+    reason: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE walshift.migration
+             SET consistent_point = $2::text::pg_lsn, slot_lost = NULL, slot_resyncs = slot_resyncs + 1,
+                 slot_resynced_at = now(), slot_resync_reason = $3
+             WHERE name = $1",
+            &[&name, &consistent_point, &reason],
+        )
+        .await
+}
+
+/// Clears the run's heartbeat after a clean stop, so no run shows as alive.
+pub async fn clear_heartbeat(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE walshift.migration SET run_heartbeat = NULL, run_pid = NULL, run_host = NULL WHERE name = $1",
+            &[&name],
+        )
+        .await
+}
+
+/// Forgets the applied position and consistent point of `name` (its slot
+/// was dropped after a safety stop).
+pub async fn forget_position(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE walshift.migration SET applied_lsn = NULL, consistent_point = NULL WHERE name = $1",
+            &[&name],
+        )
+        .await
+}

@@ -21,3 +21,9 @@ pub const STATE_SQL: &str = include_str!("../../sql/state.sql");
 pub async fn ensure_schema(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(STATE_SQL).await
 }
+
+/// Drops the state schema and everything in it (`walshift cleanup`, once no
+/// spec has state left).
+pub async fn drop_schema(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("DROP SCHEMA walshift CASCADE").await
+}
