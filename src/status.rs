@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 
 use crate::estimate::human_eta;
 use crate::spec::Spec;
+use crate::state;
 use crate::throttle::human_bytes;
 
 /// A heartbeat older than this means no `run` is alive (it writes one every
@@ -560,13 +561,6 @@ async fn read_slot(client: &Client, spec: &Spec) -> Result<SlotState, tokio_post
     Ok(slot)
 }
 
-/// The row of migration `$1` as JSON text, with the ages of its lag
-/// measurement and heartbeat in seconds.
-const MIGRATION_ROW: &str = "SELECT (to_jsonb(m) || jsonb_build_object(
-                            'lag_age', extract(epoch FROM now() - (to_jsonb(m)->>'lag_measured_at')::timestamptz),
-                            'heartbeat_age', extract(epoch FROM now() - (to_jsonb(m)->>'run_heartbeat')::timestamptz)))::text
-                 FROM walshift.migration m WHERE name = $1";
-
 /// The row of `spec` in `walshift.migration` as JSON, with the ages of the
 /// last lag measurement and heartbeat; `None` before the first run (no state
 /// table, or no row).
@@ -574,15 +568,12 @@ async fn migration_row(
     client: &Client,
     spec: &Spec,
 ) -> Result<Option<serde_json::Value>, tokio_postgres::Error> {
-    let has_state = client
-        .query_one("SELECT to_regclass('walshift.migration') IS NOT NULL", &[])
-        .await?
-        .get::<_, bool>(0);
+    let has_state = state::has_migration_table(client).await?;
     // As JSON, so a state table written by an older walshift (fewer
     // columns) still reads: missing fields are simply absent.
     let row: Option<serde_json::Value> = if has_state {
         client
-            .query_opt(MIGRATION_ROW, &[&spec.name])
+            .query_opt(state::MIGRATION_ROW, &[&spec.name])
             .await?
             .and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok())
     } else {
@@ -599,12 +590,7 @@ async fn mirror_backfill(
     alive: bool,
 ) -> Result<Vec<MirrorBackfill>, tokio_postgres::Error> {
     Ok(client
-        .query(
-            "SELECT mirror, rows_done, coalesce(rows_estimate, 0), chunks, done,
-                    (to_jsonb(b)->>'rows_per_second')::float8
-             FROM walshift.backfill b WHERE name = $1 ORDER BY mirror",
-            &[&spec.name],
-        )
+        .query(state::BACKFILL_PROGRESS, &[&spec.name])
         .await?
         .iter()
         .map(|r| {
@@ -687,20 +673,12 @@ async fn last_cutover(
     client: &Client,
     name: &str,
 ) -> Result<Option<LastCutover>, tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('walshift.cutover') IS NOT NULL", &[])
-        .await?
-        .get(0);
+    let exists = state::has_cutover_table(client).await?;
     if !exists {
         return Ok(None);
     }
     Ok(client
-        .query_opt(
-            "SELECT id, dry_run, state, detail, (result->>'freeze_ms')::float8,
-                    requested_at::text, finished_at::text
-             FROM walshift.cutover WHERE name = $1 ORDER BY id DESC LIMIT 1",
-            &[&name],
-        )
+        .query_opt(state::LAST_CUTOVER, &[&name])
         .await?
         .map(|r| LastCutover {
             id: r.get(0),
@@ -713,34 +691,21 @@ async fn last_cutover(
         }))
 }
 
-/// Whether the key table exists and records why a key is held (a state
-/// table from an older walshift may not).
-const HAS_HELD_KEYS: &str = "SELECT to_regclass('walshift.keys') IS NOT NULL \
-             AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('walshift.keys') AND attname = 'error')";
-
-/// The held keys of migration `$1`, at most `$2` per mirror, with each
-/// mirror's total.
-const HELD_KEYS: &str =
-    "SELECT mirror, total, key, dir, coalesce(sqlstate, ''), coalesce(error, ''), since::text
-             FROM (SELECT *, row_number() OVER (PARTITION BY mirror ORDER BY since, key) AS n,
-                          count(*) OVER (PARTITION BY mirror) AS total
-                   FROM walshift.keys WHERE name = $1 AND kind = 'held') k
-             WHERE n <= $2
-             ORDER BY mirror, n";
-
 /// The held keys, per mirror with a few examples.
 pub async fn held_state(
     client: &Client,
     name: &str,
 ) -> Result<Vec<MirrorHeld>, tokio_postgres::Error> {
     let keys = client
-        .query_one(HAS_HELD_KEYS, &[])
+        .query_one(state::HAS_HELD_KEYS, &[])
         .await?
         .get::<_, bool>(0);
     if !keys {
         return Ok(Vec::new());
     }
-    let rows = client.query(HELD_KEYS, &[&name, &HELD_EXAMPLES]).await?;
+    let rows = client
+        .query(state::HELD_KEYS, &[&name, &HELD_EXAMPLES])
+        .await?;
     let mut out: Vec<MirrorHeld> = Vec::new();
     for r in rows {
         let mirror: i32 = r.get(0);
@@ -777,20 +742,8 @@ async fn two_way_state(
     if numbers.is_empty() {
         return Ok(Vec::new());
     }
-    let keys = client
-        .query_one("SELECT to_regclass('walshift.keys') IS NOT NULL", &[])
-        .await?
-        .get::<_, bool>(0);
-    let carried = if keys {
-        "(SELECT count(*) FROM walshift.keys k WHERE k.name = b.name AND k.mirror = b.mirror AND k.kind = 'carry')"
-    } else {
-        "0::bigint"
-    };
-    let sql = format!(
-        "SELECT b.mirror, coalesce((to_jsonb(b)->>'conflicts')::bigint, 0),
-                        coalesce((to_jsonb(b)->>'reverse_keys')::bigint, 0), {carried}
-                 FROM walshift.backfill b WHERE b.name = $1 AND b.mirror = ANY($2) ORDER BY b.mirror"
-    );
+    let keys = state::has_keys_table(client).await?;
+    let sql = state::two_way_counts(keys);
     let rows = client.query(&sql, &[&spec.name, &numbers]).await?;
     Ok(rows
         .iter()

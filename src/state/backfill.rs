@@ -110,3 +110,45 @@ pub async fn delete_backfill(
         .execute("DELETE FROM walshift.backfill WHERE name = $1", &[&name])
         .await
 }
+
+/// Each mirror's backfill progress for `walshift status`: `mirror int4,
+/// rows_done int8, rows_estimate int8 (0 when unknown), chunks int8, done
+/// bool, rows_per_second float8` (NULL, also when the state predates it).
+pub const BACKFILL_PROGRESS: &str =
+    "SELECT mirror, rows_done, coalesce(rows_estimate, 0), chunks, done,
+                    (to_jsonb(b)->>'rows_per_second')::float8
+             FROM walshift.backfill b WHERE name = $1 ORDER BY mirror";
+
+/// The two-way mirrors' counts: `mirror int4, conflicts int8, reverse_keys
+/// int8, carried int8` for migration `$1` and the mirrors in `$2`
+/// (`int4[]`); carried keys are counted when `keys` says the key table
+/// exists, else 0 (counters missing from an older state read as 0).
+pub fn two_way_counts(keys: bool) -> String {
+    let carried = if keys {
+        "(SELECT count(*) FROM walshift.keys k WHERE k.name = b.name AND k.mirror = b.mirror AND k.kind = 'carry')"
+    } else {
+        "0::bigint"
+    };
+    format!(
+        "SELECT b.mirror, coalesce((to_jsonb(b)->>'conflicts')::bigint, 0),
+                        coalesce((to_jsonb(b)->>'reverse_keys')::bigint, 0), {carried}
+                 FROM walshift.backfill b WHERE b.name = $1 AND b.mirror = ANY($2) ORDER BY b.mirror"
+    )
+}
+
+/// A two-way backfill chunk's [`SYNC_POINT`](super::SYNC_POINT): its
+/// mirror's checkpoint row is locked as well (the run's rate recorder
+/// updates it meanwhile). Params: `$1` spec name, `$2` mirror.
+pub const CHUNK_SYNC_POINT: &str = "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text \
+     FROM walshift.migration AS m, walshift.backfill AS b \
+     WHERE m.name = $1 AND b.name = $1 AND b.mirror = $2 FOR UPDATE";
+
+/// A two-way migration's conflicts over all its mirrors (`int8`), as a
+/// scalar subquery for a larger statement. Params: `$1` spec name.
+pub const CONFLICTS_TOTAL: &str =
+    "SELECT coalesce(sum(conflicts), 0)::bigint FROM walshift.backfill WHERE name = $1";
+
+/// A two-way migration's written-back keys over all its mirrors (`int8`), as
+/// a scalar subquery for a larger statement. Params: `$1` spec name.
+pub const REVERSE_KEYS_TOTAL: &str =
+    "SELECT coalesce(sum(reverse_keys), 0)::bigint FROM walshift.backfill WHERE name = $1";

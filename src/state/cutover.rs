@@ -1,6 +1,24 @@
 //! Cut-over requests, `walshift.cutover`: filed by `walshift cutover`,
 //! carried out by the running `run`, which writes each step back.
 
+/// Whether the cut-over table exists (a state schema from before cut-over
+/// has none).
+pub async fn has_cutover_table(
+    client: &tokio_postgres::Client,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT to_regclass('walshift.cutover') IS NOT NULL", &[])
+        .await?
+        .get(0))
+}
+
+/// The latest request of `$1` for `walshift status`: `id int8, dry_run
+/// bool, state text, detail text, freeze_ms float8, requested_at text,
+/// finished_at text`.
+pub const LAST_CUTOVER: &str = "SELECT id, dry_run, state, detail, (result->>'freeze_ms')::float8,
+                    requested_at::text, finished_at::text
+             FROM walshift.cutover WHERE name = $1 ORDER BY id DESC LIMIT 1";
+
 /// Files a cut-over request; returns its id.
 pub async fn file_cutover_request(
     client: &tokio_postgres::Client,

@@ -129,6 +129,33 @@ pub async fn forget_carried_and_marked(
         .await
 }
 
+/// Whether the key table exists (a state schema from before two-way
+/// mirrors has none).
+pub async fn has_keys_table(
+    client: &tokio_postgres::Client,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT to_regclass('walshift.keys') IS NOT NULL", &[])
+        .await?
+        .get(0))
+}
+
+/// Whether the key table exists and records why a key is held (a state
+/// table from an older walshift may not).
+pub const HAS_HELD_KEYS: &str = "SELECT to_regclass('walshift.keys') IS NOT NULL \
+             AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('walshift.keys') AND attname = 'error')";
+
+/// The held keys of migration `$1`, at most `$2` per mirror, with each
+/// mirror's total, for `walshift status`: `mirror int4, total int8, key
+/// text[], dir text, sqlstate text, error text, since text`.
+pub const HELD_KEYS: &str =
+    "SELECT mirror, total, key, dir, coalesce(sqlstate, ''), coalesce(error, ''), since::text
+             FROM (SELECT *, row_number() OVER (PARTITION BY mirror ORDER BY since, key) AS n,
+                          count(*) OVER (PARTITION BY mirror) AS total
+                   FROM walshift.keys WHERE name = $1 AND kind = 'held') k
+             WHERE n <= $2
+             ORDER BY mirror, n";
+
 #[cfg(test)]
 mod tests {
     use super::*;

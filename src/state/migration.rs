@@ -348,3 +348,18 @@ pub async fn forget_position(
         )
         .await
 }
+
+/// The row of migration `$1` as JSON text, with the ages of its lag
+/// measurement and heartbeat in seconds. As JSON, so a state table written
+/// by an older walshift (fewer columns) still reads.
+pub const MIGRATION_ROW: &str = "SELECT (to_jsonb(m) || jsonb_build_object(
+                            'lag_age', extract(epoch FROM now() - (to_jsonb(m)->>'lag_measured_at')::timestamptz),
+                            'heartbeat_age', extract(epoch FROM now() - (to_jsonb(m)->>'run_heartbeat')::timestamptz)))::text
+                 FROM walshift.migration m WHERE name = $1";
+
+/// The snapshot, the WAL position no transaction visible to it committed
+/// past, and the lock on the state row the transaction will write (so no
+/// other session's update of it can make the position's write fail); run
+/// at the start of a two-way transaction. Params: `$1` spec name.
+pub const SYNC_POINT: &str = "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text \
+     FROM walshift.migration WHERE name = $1 FOR UPDATE";

@@ -29,6 +29,7 @@ use walshift::conninfo::ConnConfig;
 use walshift::estimate::human_eta;
 use walshift::run::{self, Observed, RunError, RunOptions, Totals};
 use walshift::spec::Spec;
+use walshift::state::{CONFLICTS_TOTAL, REVERSE_KEYS_TOTAL};
 use walshift_cluster::{Cluster, Database};
 
 use crate::cli;
@@ -701,8 +702,8 @@ impl Summary {
             .query_one(
                 &format!(
                     "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM order_items),
-                            (SELECT coalesce(sum(conflicts), 0)::bigint FROM walshift.backfill WHERE name = $1),
-                            (SELECT coalesce(sum(reverse_keys), 0)::bigint FROM walshift.backfill WHERE name = $1),
+                            ({CONFLICTS_TOTAL}),
+                            ({REVERSE_KEYS_TOTAL}),
                             ({INCONSISTENT})"
                 ),
                 &[&spec.name],

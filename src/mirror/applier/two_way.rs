@@ -48,17 +48,12 @@ use super::{
 use crate::Lsn;
 use crate::catalog::{MirrorKind, MirrorPlan, ReversePlan};
 use crate::error_policy::Action;
+use crate::state;
 use crate::state::keys::{KEYS_CARRIED, KEYS_FORGET_MARKS, KeyKind};
 
 /// Carried keys taken into one transaction at most, per mirror (the rest
 /// wait for the next): after a long catch-up the carry can be large.
 const CARRIED_PER_TRANSACTION: usize = 20_000;
-
-/// The snapshot, the WAL position no transaction visible to it committed
-/// past, and the lock on the state row the transaction will write (so no
-/// other session's update of it can make the position's write fail).
-const SYNC_POINT: &str = "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text \
-     FROM walshift.migration WHERE name = $1 FOR UPDATE";
 
 /// Per two-way mirror (by number): conflicts and written-back keys counted
 /// since they were last taken.
@@ -313,7 +308,7 @@ impl Applier {
             .await
             .map_err(ApplyError::session)?;
         let point = c
-            .query_typed_one(SYNC_POINT, &[(&self.spec_name, Type::TEXT)])
+            .query_typed_one(state::SYNC_POINT, &[(&self.spec_name, Type::TEXT)])
             .await;
         let (snapshot, lsn) = match point {
             Ok(row) => (row.get::<_, String>(0), row.get::<_, String>(1)),
@@ -578,7 +573,7 @@ impl Applier {
         let mirror = self.mirrors[i].plan.number as i32;
         let point = c
             .query_typed_one(
-                CHUNK_SYNC_POINT,
+                state::CHUNK_SYNC_POINT,
                 &[(&self.spec_name, Type::TEXT), (&mirror, Type::INT4)],
             )
             .await;
@@ -638,7 +633,7 @@ impl Applier {
         let mut steps = self.keep_carry(&work, &outcome);
         steps.push(Box::pin(async move {
             c.execute_typed(
-                crate::state::RECORD_CHUNK,
+                state::RECORD_CHUNK,
                 &[
                     (spec_name, Type::TEXT),
                     (&mirror, Type::INT4),
@@ -1031,12 +1026,6 @@ impl Applier {
             .map_err(ApplyError::session)
     }
 }
-
-/// The chunk's SYNC_POINT: its mirror's checkpoint row is locked as well
-/// (the run's rate recorder updates it meanwhile).
-const CHUNK_SYNC_POINT: &str = "SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text \
-     FROM walshift.migration AS m, walshift.backfill AS b \
-     WHERE m.name = $1 AND b.name = $1 AND b.mirror = $2 FOR UPDATE";
 
 fn snapshot_text(s: &Snapshot) -> String {
     format!("{s:?}")
