@@ -130,8 +130,8 @@ struct MirrorState {
 pub struct Backfill {
     spec_name: String,
     /// The spec's `[backfill]`; `limits` is it with the operator's overrides.
-    base_limits: spec::Backfill,
-    limits: spec::Backfill,
+    base_limits: spec::BackfillLimits,
+    limits: spec::BackfillLimits,
     /// The operator's pause and overrides, kept current by the run's control
     /// task (without one, the pause is read from the state row).
     control: Option<tokio::sync::watch::Receiver<crate::settings::Control>>,
@@ -240,7 +240,7 @@ impl Backfill {
     }
 
     /// The limits in force (the spec's, with the operator's overrides).
-    pub fn limits(&self) -> &spec::Backfill {
+    pub fn limits(&self) -> &spec::BackfillLimits {
         &self.limits
     }
 

@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use crate::catalog;
 use crate::estimate::human_eta;
-use crate::scan::{self, Budget, Progress};
+use crate::scan::{self, Budget, ScanProgress};
 use crate::spec::Spec;
 
 /// How `check` ended, for the exit code.
@@ -124,7 +124,7 @@ fn estimates(scanned: &scan::ScanReport, max_rows_per_second: Option<u64>) -> St
     out
 }
 
-fn progress_for_stderr(budget: Budget) -> Box<dyn Progress> {
+fn progress_for_stderr(budget: Budget) -> Box<dyn ScanProgress> {
     if std::io::stderr().is_terminal() {
         Box::new(Bar { bar: None })
     } else {
@@ -141,7 +141,7 @@ struct Bar {
     bar: Option<ProgressBar>,
 }
 
-impl Progress for Bar {
+impl ScanProgress for Bar {
     fn start(&mut self, label: &str, total: u64) {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(5));
         bar.set_style(
@@ -178,7 +178,7 @@ struct Lines {
 
 const LINE_EVERY: Duration = Duration::from_secs(5);
 
-impl Progress for Lines {
+impl ScanProgress for Lines {
     fn start(&mut self, label: &str, total: u64) {
         self.label = label.to_string();
         self.last = Instant::now();

@@ -126,12 +126,12 @@ impl Watermarks {
 
 /// Watermarks in stream order, waiting for the transactions before them.
 #[derive(Debug, Default)]
-pub struct Pending {
+pub struct PendingWatermarks {
     /// (seq, transactions received before it).
     queue: VecDeque<(u64, u64)>,
 }
 
-impl Pending {
+impl PendingWatermarks {
     /// Watermark `seq` arrived after `received` transactions.
     pub fn arrived(&mut self, seq: u64, received: u64) {
         self.queue.push_back((seq, received));
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_watermark_waits_for_the_transactions_before_it() {
-        let mut p = Pending::default();
+        let mut p = PendingWatermarks::default();
         p.arrived(1, 10);
         p.arrived(2, 12);
         assert_eq!(p.release(9), Vec::<u64>::new());

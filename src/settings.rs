@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::spec::{Backfill, parse_duration, parse_size};
+use crate::spec::{BackfillLimits, parse_duration, parse_size};
 
 /// The channel `ctl` notifies on; the payload is the spec's name.
 pub const CHANNEL: &str = "walshift_control";
@@ -66,7 +66,7 @@ pub fn parse_assignment(text: &str) -> Result<(String, Option<String>), String> 
     if value == "default" {
         return Ok((key.to_string(), None));
     }
-    let mut probe = Backfill::default();
+    let mut probe = BackfillLimits::default();
     set(&mut probe, key, value).map_err(|e| format!("{key}: {e} (expected {what})"))?;
     Ok((key.to_string(), Some(value.to_string())))
 }
@@ -99,7 +99,7 @@ fn positive(d: Duration) -> Result<Duration, String> {
 }
 
 /// Sets one field of `limits`.
-fn set(limits: &mut Backfill, key: &str, value: &str) -> Result<(), String> {
+fn set(limits: &mut BackfillLimits, key: &str, value: &str) -> Result<(), String> {
     match key {
         "chunk_target_time" => limits.chunk_target_time = positive(parse_duration(value)?)?,
         "max_rows_per_second" => {
@@ -122,7 +122,7 @@ fn set(limits: &mut Backfill, key: &str, value: &str) -> Result<(), String> {
 
 /// The spec's limits with the overrides on top (overrides that no longer
 /// parse are skipped with a warning; `ctl` never writes such).
-pub fn effective(base: &Backfill, overrides: &Overrides) -> Backfill {
+pub fn effective(base: &BackfillLimits, overrides: &Overrides) -> BackfillLimits {
     let mut limits = base.clone();
     for (k, v) in overrides {
         if let Err(e) = set(&mut limits, k, v) {
@@ -192,7 +192,7 @@ pub async fn notify(
 }
 
 /// Human summary of the differences between two limit sets, for the log.
-pub fn describe_changes(before: &Backfill, after: &Backfill) -> Vec<String> {
+pub fn describe_changes(before: &BackfillLimits, after: &BackfillLimits) -> Vec<String> {
     KEYS.iter()
         .filter_map(|(key, _)| {
             let (a, b) = (shown(before, key), shown(after, key));
@@ -202,7 +202,7 @@ pub fn describe_changes(before: &Backfill, after: &Backfill) -> Vec<String> {
 }
 
 /// The value of setting `key` in `limits`, for the log.
-fn shown(limits: &Backfill, key: &str) -> String {
+fn shown(limits: &BackfillLimits, key: &str) -> String {
     match key {
         "chunk_target_time" => format!("{:?}", limits.chunk_target_time),
         "max_rows_per_second" => format!("{:?}", limits.max_rows_per_second),
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn overrides_apply_on_top_of_the_spec() {
-        let base = Backfill::default();
+        let base = BackfillLimits::default();
         let mut o = Overrides::new();
         o.insert("max_rows_per_second".into(), "500".into());
         o.insert("max_replica_lag".into(), "2s".into());

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::spec::Backfill;
+use crate::spec::BackfillLimits;
 
 /// One standby as `pg_stat_replication` reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +126,7 @@ impl fmt::Display for Reason {
 
 /// The first reason to wait, in a fixed order: the operator's word first,
 /// then the health of others (standbys, other slots), then our own lag.
-pub fn decide(signals: &Signals, limits: &Backfill) -> Option<Reason> {
+pub fn decide(signals: &Signals, limits: &BackfillLimits) -> Option<Reason> {
     if signals.paused {
         return Some(Reason::Paused);
     }
@@ -187,7 +187,7 @@ pub struct ChunkSizer {
 }
 
 impl ChunkSizer {
-    pub fn new(limits: &Backfill) -> Self {
+    pub fn new(limits: &BackfillLimits) -> Self {
         let min = limits.min_chunk_rows.max(1);
         let max = limits.max_chunk_rows.max(min);
         ChunkSizer {
@@ -216,7 +216,7 @@ impl ChunkSizer {
 
     /// New bounds and target (the operator changed them at runtime); the
     /// current size is kept within them.
-    pub fn retarget(&mut self, limits: &Backfill) {
+    pub fn retarget(&mut self, limits: &BackfillLimits) {
         self.min = limits.min_chunk_rows.max(1);
         self.max = limits.max_chunk_rows.max(self.min);
         self.target = limits.chunk_target_time;
@@ -264,15 +264,15 @@ mod tests {
     use super::*;
     use crate::spec::ThrottleQuery;
 
-    fn limits() -> Backfill {
-        Backfill {
+    fn limits() -> BackfillLimits {
+        BackfillLimits {
             max_replica_lag_bytes: Some(64 << 20),
             max_retained_wal: Some(1 << 30),
             throttle_query: Some(ThrottleQuery {
                 sql: "SELECT 1".into(),
                 max: 10.0,
             }),
-            ..Backfill::default()
+            ..BackfillLimits::default()
         }
     }
 
@@ -353,7 +353,7 @@ mod tests {
 
     #[test]
     fn chunk_size_steers_toward_the_target_within_bounds() {
-        let mut s = ChunkSizer::new(&Backfill::default());
+        let mut s = ChunkSizer::new(&BackfillLimits::default());
         assert_eq!(s.rows(), 1000);
         // Fast chunks grow the size, at most 2x per step.
         assert_eq!(s.observe(1000, Duration::from_millis(10)), 2000);

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::Error;
 
-use super::relation::{Column, Relation};
+use super::relation::{Column, TableInfo};
 use super::{Ctx, DependPlan, Lookup, MirrorKind, pretty, pretty_ident, rows};
 use crate::ident::QualifiedName;
 use crate::mirror::sql::{self, KeyColumn, Scope, VerifyOutput};
@@ -28,7 +28,7 @@ use crate::spec::Depends;
 pub(super) async fn check(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
+    source: &TableInfo,
     depends: &[Depends],
     must_publish: impl Fn(&QualifiedName) -> bool,
 ) -> Result<Option<Vec<DependPlan>>, Error> {
@@ -63,9 +63,9 @@ struct Entry<'a> {
     label: &'a str,
     /// `depends[i]`, as problems name the entry.
     field: &'a str,
-    source: &'a Relation,
+    source: &'a TableInfo,
     d: &'a Depends,
-    table: &'a Relation,
+    table: &'a TableInfo,
 }
 
 /// Checks one `depends` entry whose table exists; `None` when it has a
@@ -74,9 +74,9 @@ async fn one(
     ctx: &mut Ctx<'_>,
     label: &str,
     field: &str,
-    source: &Relation,
+    source: &TableInfo,
     d: &Depends,
-    table: &Relation,
+    table: &TableInfo,
     must_publish: &impl Fn(&QualifiedName) -> bool,
 ) -> Result<Option<DependPlan>, Error> {
     let entry = Entry {

@@ -5,8 +5,8 @@
 use tokio_postgres::Error;
 
 use super::probe::{prepare_generated, type_advice};
-use super::relation::{Column, Relation};
-use super::server::Server;
+use super::relation::{Column, TableInfo};
+use super::server::ServerInfo;
 use super::source::{identity_fix, identity_index_for, identity_problem, leaves, resolve_key};
 use super::{Ctx, Lookup, MirrorKind, MirrorPlan, TwoWayPlan, depends, pretty, rows, set, twoway};
 use crate::mirror::sql::KeyColumn;
@@ -20,7 +20,7 @@ const COUNT_MAX_BYTES: i64 = 8 * 1024 * 1024;
 pub(super) async fn check(
     ctx: &mut Ctx<'_>,
     m: &Mirror,
-    server: Option<&Server>,
+    server: Option<&ServerInfo>,
 ) -> Result<Option<MirrorPlan>, Error> {
     let label = format!("mirror #{} ({})", m.number, pretty(&m.source));
     let before = ctx.problems.len();
@@ -67,7 +67,7 @@ async fn check_source(
     ctx: &mut Ctx<'_>,
     label: &str,
     m: &Mirror,
-) -> Result<Option<Box<Relation>>, Error> {
+) -> Result<Option<Box<TableInfo>>, Error> {
     let source = match ctx.relation(&m.source).await? {
         Lookup::Found(rel) => rel,
         Lookup::Missing => {
@@ -119,7 +119,7 @@ async fn check_source(
 async fn check_key<'r>(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &'r Relation,
+    source: &'r TableInfo,
     spec_key: Option<&[String]>,
 ) -> Result<Option<(Vec<&'r Column>, Vec<KeyColumn>)>, Error> {
     let key_columns = match resolve_key(source, spec_key) {
@@ -159,7 +159,7 @@ async fn check_mode(
     ctx: &mut Ctx<'_>,
     label: &str,
     m: &Mirror,
-    source: &Relation,
+    source: &TableInfo,
     key: &[KeyColumn],
     key_columns: &[&Column],
 ) -> Result<Option<MirrorKind>, Error> {
@@ -209,8 +209,8 @@ async fn check_two_way(
     ctx: &mut Ctx<'_>,
     label: &str,
     m: &Mirror,
-    server: Option<&Server>,
-    source: &Relation,
+    server: Option<&ServerInfo>,
+    source: &TableInfo,
     key: &[KeyColumn],
     kind: &MirrorKind,
 ) -> Result<Option<Option<TwoWayPlan>>, Error> {
@@ -280,7 +280,12 @@ fn kind_name(kind: char) -> &'static str {
 /// schema, and, unless the publication already lists it, ownership:
 /// `CREATE PUBLICATION ... FOR TABLE` and `ALTER PUBLICATION ... ADD TABLE`
 /// require it.
-fn source_privileges(ctx: &mut Ctx<'_>, source: &Relation, m: &Mirror, server: Option<&Server>) {
+fn source_privileges(
+    ctx: &mut Ctx<'_>,
+    source: &TableInfo,
+    m: &Mirror,
+    server: Option<&ServerInfo>,
+) {
     let role = ctx.grants.role().to_string();
     if !source.schema_usage {
         ctx.grants.need(
@@ -301,7 +306,7 @@ fn source_privileges(ctx: &mut Ctx<'_>, source: &Relation, m: &Mirror, server: O
 /// Ownership of a table the publication must list unless the role already
 /// has it: `CREATE PUBLICATION ... FOR TABLE` and `ALTER PUBLICATION ... ADD
 /// TABLE` require it.
-pub(super) fn publication_ownership(ctx: &mut Ctx<'_>, table: &Relation) {
+pub(super) fn publication_ownership(ctx: &mut Ctx<'_>, table: &TableInfo) {
     if table.owned {
         return;
     }
@@ -324,7 +329,7 @@ pub(super) fn publication_ownership(ctx: &mut Ctx<'_>, table: &Relation) {
 pub(super) async fn replica_identity(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
+    source: &TableInfo,
     key_columns: &[&Column],
 ) -> Result<(), Error> {
     let leaves = match leaves(ctx.session, source).await? {
@@ -372,7 +377,7 @@ WHERE (c.oid = $1 AND c.relkind = 'r')
 /// Rows of the source: `reltuples` summed over what holds rows, or an exact
 /// count of a small table that was never analyzed (reltuples -1), or -1 with
 /// a note.
-async fn estimate(ctx: &mut Ctx<'_>, source: &Relation) -> Result<i64, Error> {
+async fn estimate(ctx: &mut Ctx<'_>, source: &TableInfo) -> Result<i64, Error> {
     let size = match ctx.session.query(SIZE, &[&source.oid]).await? {
         Ok(rows) => rows.into_iter().next(),
         Err(_) => None,

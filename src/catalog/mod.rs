@@ -53,7 +53,7 @@ use crate::ident::{QualifiedName, quote_ident};
 use crate::mirror::sql::{KeyColumn, RowsPlan, SetPlan};
 use crate::spec::Spec;
 use privileges::Grants;
-use relation::Relation;
+use relation::TableInfo;
 use session::{CheckTransaction, Refusal};
 
 /// What `run` will do, resolved against the live database.
@@ -252,7 +252,7 @@ async fn run(session: &CheckTransaction<'_>, spec: &Spec) -> Result<CheckReport,
 
 /// A catalog lookup of a table by name.
 enum Lookup {
-    Found(Box<Relation>),
+    Found(Box<TableInfo>),
     Missing,
     /// The catalog query itself was refused; already reported.
     Failed,

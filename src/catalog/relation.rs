@@ -12,7 +12,7 @@ use super::session::{Asked, CheckTransaction};
 use crate::ident::QualifiedName;
 
 #[derive(Clone, Debug)]
-pub(super) struct Relation {
+pub(super) struct TableInfo {
     pub oid: u32,
     /// As the spec named it (and the catalog holds it).
     pub name: QualifiedName,
@@ -91,7 +91,7 @@ impl Index {
     }
 }
 
-impl Relation {
+impl TableInfo {
     pub(super) fn is_table(&self) -> bool {
         matches!(self.kind, 'r' | 'p')
     }
@@ -119,7 +119,7 @@ impl Relation {
 pub(super) async fn load(
     session: &CheckTransaction<'_>,
     name: &QualifiedName,
-) -> Asked<Option<Relation>> {
+) -> Asked<Option<TableInfo>> {
     let rows = match session.query(RELATION, &[&name.schema, &name.name]).await? {
         Ok(rows) => rows,
         Err(refusal) => return Ok(Err(refusal)),
@@ -136,7 +136,7 @@ pub(super) async fn load(
         Ok(rows) => rows.iter().map(index).collect(),
         Err(refusal) => return Ok(Err(refusal)),
     };
-    Ok(Ok(Some(Relation {
+    Ok(Ok(Some(TableInfo {
         oid,
         name: name.clone(),
         display: row.get("display"),

@@ -15,14 +15,14 @@ use std::collections::HashSet;
 use tokio_postgres::Error;
 
 use super::probe::{refusal_in, type_advice};
-use super::relation::{Column, Relation};
+use super::relation::{Column, TableInfo};
 use super::{Ctx, Lookup, pretty, pretty_ident};
 use crate::ident::QualifiedName;
 use crate::mirror::sql::{KeyColumn, RowsPlan};
 
 /// The source side, already resolved by the caller.
 pub(super) struct Found<'a> {
-    pub source: &'a Relation,
+    pub source: &'a TableInfo,
     pub key: &'a [KeyColumn],
     pub key_columns: &'a [&'a Column],
 }
@@ -167,7 +167,7 @@ pub(super) async fn check(
 }
 
 /// Rows mode inserts, updates, deletes and reads the target.
-fn target_privileges(ctx: &mut Ctx<'_>, t: &Relation) {
+fn target_privileges(ctx: &mut Ctx<'_>, t: &TableInfo) {
     if !t.schema_usage {
         let role = ctx.grants.role().to_string();
         ctx.grants.need(
@@ -192,7 +192,13 @@ fn target_privileges(ctx: &mut Ctx<'_>, t: &Relation) {
 /// collation (key ranges are applied to them, so they must order alike; a
 /// different type modifier, e.g. varchar(20) vs varchar(40), orders the same
 /// and is accepted), and led by an index.
-fn owner_checks(ctx: &mut Ctx<'_>, label: &str, found: &Found<'_>, t: &Relation, owner: &[String]) {
+fn owner_checks(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    found: &Found<'_>,
+    t: &TableInfo,
+    owner: &[String],
+) {
     let table = &t.display;
     if owner.len() != found.key_columns.len() {
         let key: Vec<&str> = found
@@ -277,7 +283,7 @@ fn owner_checks(ctx: &mut Ctx<'_>, label: &str, found: &Found<'_>, t: &Relation,
 
 /// A valid, whole-table btree index whose leading key columns are the owner
 /// columns (in any order: batches look owners up by equality).
-pub(super) fn has_owner_index(t: &Relation, owner: &[&Column]) -> bool {
+pub(super) fn has_owner_index(t: &TableInfo, owner: &[&Column]) -> bool {
     let wanted: HashSet<i16> = owner.iter().map(|c| c.num).collect();
     t.indexes.iter().any(|i| {
         i.valid
@@ -297,7 +303,7 @@ pub(super) fn has_owner_index(t: &Relation, owner: &[&Column]) -> bool {
 pub(super) async fn describe(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
+    source: &TableInfo,
     select: &Select<'_>,
 ) -> Result<Option<Vec<Output>>, Error> {
     let head = format!(
@@ -355,7 +361,7 @@ pub(super) async fn describe(
 pub(super) fn output_checks(
     ctx: &mut Ctx<'_>,
     label: &str,
-    t: &Relation,
+    t: &TableInfo,
     outputs: &[Output],
     owner: &[String],
     select: &Select<'_>,
@@ -444,7 +450,7 @@ pub(super) fn output_checks(
 pub(super) async fn types_compare(
     ctx: &mut Ctx<'_>,
     label: &str,
-    t: &Relation,
+    t: &TableInfo,
     outputs: &[Output],
     select: &Select<'_>,
 ) -> Result<bool, Error> {
@@ -495,8 +501,8 @@ pub(super) async fn types_compare(
 pub(super) async fn assignable(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
-    t: &Relation,
+    source: &TableInfo,
+    t: &TableInfo,
     outputs: &[Output],
     select: &Select<'_>,
 ) -> Result<bool, Error> {
@@ -541,7 +547,7 @@ pub(super) struct ConflictKey {
 /// index (fewest columns, then by name). Only valid, immediate (DEFERRABLE
 /// ones cannot arbitrate ON CONFLICT), whole-table indexes on plain columns
 /// qualify: exactly what `ON CONFLICT (columns)` will infer.
-pub(super) fn conflict_key(t: &Relation, outputs: &[String]) -> Option<ConflictKey> {
+pub(super) fn conflict_key(t: &TableInfo, outputs: &[String]) -> Option<ConflictKey> {
     let mut candidates: Vec<(bool, bool, usize, &str, Vec<&Column>)> = t
         .indexes
         .iter()

@@ -27,14 +27,14 @@ const ORIGIN_FUNCTIONS: &[&str] = &[
 
 /// What later checks need from the server-wide facts.
 #[derive(Debug)]
-pub(super) struct Server {
+pub(super) struct ServerInfo {
     pub version_num: u32,
     /// The publication `walshift_<name>` when it already exists (a run
     /// started before): `(all_tables, published tables as (schema, name))`.
     pub publication: Option<(bool, Vec<(String, String)>)>,
 }
 
-impl Server {
+impl ServerInfo {
     /// Whether `run` must add `source` to the publication, which needs
     /// ownership of the table.
     pub(super) fn must_publish(&self, schema: &str, name: &str) -> bool {
@@ -85,7 +85,7 @@ FROM pg_catalog.pg_publication AS p WHERE p.pubname = $1";
 
 /// Run the server-wide checks; `None` when the facts could not be read
 /// (already reported).
-pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Server>, Error> {
+pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<ServerInfo>, Error> {
     let Some(facts) = facts(ctx).await? else {
         return Ok(None);
     };
@@ -117,7 +117,7 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, spec: &Spec) -> Result<Option<Serve
         origin_capacity(ctx, spec, &facts, version_num).await?;
         origin_filter_note(ctx, spec, version_num).await?;
     }
-    Ok(Some(Server {
+    Ok(Some(ServerInfo {
         version_num,
         publication,
     }))

@@ -5,7 +5,7 @@
 use tokio_postgres::Error;
 
 use super::probe::{refusal_in, type_advice};
-use super::relation::Relation;
+use super::relation::TableInfo;
 use super::{Ctx, pretty_ident};
 use crate::ident::quote_ident;
 use crate::mirror::sql::{KeyColumn, SetPlan};
@@ -15,7 +15,7 @@ use crate::mirror::sql::{KeyColumn, SetPlan};
 pub(super) async fn check(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
+    source: &TableInfo,
     key: &[KeyColumn],
     set: &[(String, String)],
     field: &str,
@@ -117,7 +117,7 @@ pub(super) async fn check(
 async fn expression_compiles(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
+    source: &TableInfo,
     (spec_field, name): (&str, &str),
     expr: &str,
 ) -> Result<bool, Error> {

@@ -6,14 +6,14 @@
 //! the key, carry only the *old* row's replica identity columns. If those do
 //! not include the key, the mirror cannot tell which key to recompute.
 
-use super::relation::{Column, Relation};
+use super::relation::{Column, TableInfo};
 use super::session::{Asked, CheckTransaction};
 
 /// The source key: the primary key, or the spec's `key`, which must be NOT
 /// NULL columns covered by a unique index. `Err` holds one message per
 /// thing wrong (without the mirror label).
 pub(super) fn resolve_key<'r>(
-    rel: &'r Relation,
+    rel: &'r TableInfo,
     spec_key: Option<&[String]>,
 ) -> Result<Vec<&'r Column>, Vec<String>> {
     let table = &rel.display;
@@ -126,7 +126,7 @@ ORDER BY 1";
 
 /// The tables whose replica identity matters for `rel`: itself when it is
 /// an ordinary table, its leaf partitions when it is partitioned.
-pub(super) async fn leaves(session: &CheckTransaction<'_>, rel: &Relation) -> Asked<Vec<Leaf>> {
+pub(super) async fn leaves(session: &CheckTransaction<'_>, rel: &TableInfo) -> Asked<Vec<Leaf>> {
     Ok(session.query(LEAVES, &[&rel.oid]).await?.map(|rows| {
         rows.iter()
             .map(|row| Leaf {
@@ -195,7 +195,7 @@ pub(super) fn identity_fix(leaf: &Leaf, key: &[&str], unique_index: Option<&str>
 
 /// A unique index of `rel` usable as its replica identity for exactly the
 /// key columns: valid, immediate, whole-table, on NOT NULL columns.
-pub(super) fn identity_index_for<'r>(rel: &'r Relation, key: &[&Column]) -> Option<&'r str> {
+pub(super) fn identity_index_for<'r>(rel: &'r TableInfo, key: &[&Column]) -> Option<&'r str> {
     let mut nums: Vec<i16> = key.iter().map(|c| c.num).collect();
     nums.sort_unstable();
     rel.indexes

@@ -4,7 +4,7 @@
 //! ask Postgres are tested against a real server in `tests/check.rs`.
 
 use super::privileges::Grants;
-use super::relation::{Column, Index, Relation};
+use super::relation::{Column, Index, TableInfo};
 use super::render::{eta_note, version_text};
 use super::rows::{conflict_key, has_owner_index};
 use super::session::{Refusal, line_at, locate, one_line};
@@ -46,8 +46,8 @@ fn index(display: &str, columns: &[i16], unique: bool, primary: bool) -> Index {
 }
 
 /// `public.t (id bigint NOT NULL, email text NOT NULL, note text, tags text[] NOT NULL)`.
-fn table(indexes: Vec<Index>) -> Relation {
-    Relation {
+fn table(indexes: Vec<Index>) -> TableInfo {
+    TableInfo {
         oid: 1,
         name: QualifiedName::new("public", "t"),
         display: "public.t".into(),

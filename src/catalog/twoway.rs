@@ -21,9 +21,9 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::Error;
 
-use super::relation::Relation;
+use super::relation::TableInfo;
 use super::rows::{Output, Select, assignable, describe, output_checks, types_compare};
-use super::server::Server;
+use super::server::ServerInfo;
 use super::source::{identity_fix, identity_problem, leaves};
 use super::{Ctx, MirrorKind, ReversePlan, ShapeColumn, TwoWayPlan, pretty_ident, set};
 use crate::ident::quote_ident;
@@ -35,11 +35,11 @@ const UNDEFINED_COLUMN: &str = "42703";
 
 /// The forward side, already checked by the caller.
 pub(super) struct Forward<'a> {
-    pub source: &'a Relation,
+    pub source: &'a TableInfo,
     pub key: &'a [KeyColumn],
     pub kind: &'a MirrorKind,
     /// Rows mode: the target table.
-    pub target: Option<&'a Relation>,
+    pub target: Option<&'a TableInfo>,
 }
 
 /// Checks the way back of a two-way mirror whose forward side checked;
@@ -49,7 +49,7 @@ pub(super) async fn check(
     label: &str,
     fwd: Forward<'_>,
     reverse: &Reverse,
-    server: Option<&Server>,
+    server: Option<&ServerInfo>,
 ) -> Result<Option<TwoWayPlan>, Error> {
     let before = ctx.problems.len();
     let Some(reverse_plan) = reverse_checks(ctx, label, &fwd, reverse, server).await? else {
@@ -101,7 +101,7 @@ async fn reverse_checks(
     label: &str,
     fwd: &Forward<'_>,
     reverse: &Reverse,
-    server: Option<&Server>,
+    server: Option<&ServerInfo>,
 ) -> Result<Option<ReversePlan>, Error> {
     full_identity(ctx, label, fwd.source).await?;
     if let Some(t) = fwd.target {
@@ -195,7 +195,7 @@ async fn signals(
 
 /// Telling which columns an update changed needs the old row whole: with
 /// any other replica identity an update carries only the new row.
-async fn full_identity(ctx: &mut Ctx<'_>, label: &str, source: &Relation) -> Result<(), Error> {
+async fn full_identity(ctx: &mut Ctx<'_>, label: &str, source: &TableInfo) -> Result<(), Error> {
     let leaves = match leaves(ctx.session, source).await? {
         Ok(leaves) => leaves,
         Err(refusal) => {
@@ -231,7 +231,7 @@ fn identity_name(c: char) -> &'static str {
 /// The target of a two-way rows mirror is published too: the new version's
 /// writes to it are what the way back follows. That needs ownership, as for
 /// the source.
-fn target_published(ctx: &mut Ctx<'_>, label: &str, t: &Relation, server: Option<&Server>) {
+fn target_published(ctx: &mut Ctx<'_>, label: &str, t: &TableInfo, server: Option<&ServerInfo>) {
     let must_publish = server.is_none_or(|s| s.must_publish(&t.name.schema, &t.name.name));
     if must_publish && !t.owned {
         let role = ctx.grants.role().to_string();
@@ -265,7 +265,7 @@ fn target_published(ctx: &mut Ctx<'_>, label: &str, t: &Relation, server: Option
 async fn target_identity(
     ctx: &mut Ctx<'_>,
     label: &str,
-    t: &Relation,
+    t: &TableInfo,
     owner: &[&str],
 ) -> Result<(), Error> {
     let leaves = match leaves(ctx.session, t).await? {
@@ -299,8 +299,8 @@ async fn target_identity(
 async fn reverse_rows(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
-    target: &Relation,
+    source: &TableInfo,
+    target: &TableInfo,
     forward: &RowsPlan,
     reverse_select: &str,
 ) -> Result<Option<ReversePlan>, Error> {
@@ -365,7 +365,7 @@ const ROUND_TRIP_SAMPLE: usize = 1000;
 async fn round_trips(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
+    source: &TableInfo,
     forward: &crate::mirror::sql::SetPlan,
     reverse: &crate::mirror::sql::SetPlan,
 ) -> Result<(), Error> {
@@ -417,7 +417,7 @@ async fn round_trips(
 /// the source: how many sampled rows do not survive it, of how many, and
 /// one of them as key: start -> mid -> back.
 fn round_trip_sql(
-    source: &Relation,
+    source: &TableInfo,
     forward: &crate::mirror::sql::SetPlan,
     there: &crate::mirror::sql::SetPlan,
     back: &crate::mirror::sql::SetPlan,
@@ -521,7 +521,7 @@ impl Mapping<'_> {
 async fn forward_inputs(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
+    source: &TableInfo,
     kind: &MirrorKind,
 ) -> Result<Option<BTreeSet<String>>, Error> {
     match kind {
@@ -539,7 +539,7 @@ async fn forward_inputs(
 async fn inputs(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
+    source: &TableInfo,
     mapping: &Mapping<'_>,
 ) -> Result<Option<BTreeSet<String>>, Error> {
     let all: BTreeSet<String> = source.columns.iter().map(|c| c.name.clone()).collect();
@@ -628,7 +628,7 @@ fn refers_to_whole_row(sql: &str) -> bool {
 async fn shape(
     ctx: &mut Ctx<'_>,
     label: &str,
-    source: &Relation,
+    source: &TableInfo,
     columns: &[String],
     which: &str,
 ) -> Result<Option<Vec<ShapeColumn>>, Error> {
@@ -692,7 +692,7 @@ WHERE d.adrelid = $1 AND a.attname = $2";
 /// are evaluated, so nothing with a side effect (`nextval`) ever runs.
 async fn constant_default(
     ctx: &mut Ctx<'_>,
-    source: &Relation,
+    source: &TableInfo,
     column: &str,
 ) -> Result<Result<Option<String>, String>, Error> {
     let rows = match ctx.session.query(DEFAULT, &[&source.oid, &column]).await? {

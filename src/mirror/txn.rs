@@ -323,7 +323,7 @@ enum Binding {
     Source {
         mirror: usize,
         key: Vec<usize>,
-        two_way: Option<Signals>,
+        two_way: Option<SourceColumns>,
     },
     /// A two-way rows mirror's target: every change is the new version's
     /// write to the keys its owner columns hold.
@@ -339,7 +339,7 @@ enum Binding {
 
 /// [`TwoWaySource`] as positions in the source relation.
 #[derive(Clone, Debug)]
-struct Signals {
+struct SourceColumns {
     forward: Vec<usize>,
     reverse: Vec<usize>,
     old_shape: Vec<(usize, Option<String>)>,
@@ -347,7 +347,7 @@ struct Signals {
     rows: bool,
 }
 
-impl Signals {
+impl SourceColumns {
     /// An update: the direction of the columns it changed, or `None` when it
     /// changed neither direction's inputs. A TOASTed value sent as
     /// "unchanged" did not change.
@@ -578,7 +578,7 @@ impl TxnAssembler {
             if s.source_oid == r.oid {
                 let two_way = match &s.two_way {
                     None => None,
-                    Some(t) => Some(Signals {
+                    Some(t) => Some(SourceColumns {
                         forward: positions(&t.forward_signal)?,
                         reverse: positions(&t.reverse_signal)?,
                         old_shape: shape(&t.old_shape)?,
@@ -750,7 +750,7 @@ impl RowChange<'_> {
         &self,
         keys: &mut MirrorKeys,
         key: &[usize],
-        signals: &Signals,
+        signals: &SourceColumns,
         kind: ChangeKind,
     ) -> Result<(), AssembleError> {
         match kind {

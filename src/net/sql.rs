@@ -128,7 +128,7 @@ struct Watchdog {
 
 /// What a probe found.
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+enum Liveness {
     /// The server is still working on the request, or answered meanwhile.
     Alive,
     /// The answer is lost: the server is done with the request, or cannot be
@@ -140,11 +140,11 @@ enum Verdict {
 
 impl Watchdog {
     /// Asks the server, on a session of its own, what the backend is doing.
-    async fn probe(&self, pid: Option<i32>) -> Verdict {
+    async fn probe(&self, pid: Option<i32>) -> Liveness {
         let stamp = self.link.progress_stamp();
         let Some(pid) = pid else {
             // No BackendKeyData yet: the startup itself is unanswered.
-            return Verdict::Dead("no answer to the startup".into());
+            return Liveness::Dead("no answer to the startup".into());
         };
         let bound = self.probe.net().connect_timeout + Duration::from_secs(1);
         let asked = tokio::time::timeout(bound, async {
@@ -156,15 +156,15 @@ impl Watchdog {
         })
         .await;
         if self.link.progress_stamp() != stamp || self.link.outstanding() == 0 {
-            return Verdict::Alive;
+            return Liveness::Alive;
         }
         match asked {
-            Ok(Ok(Some(state))) if state == "active" => Verdict::Alive,
-            Ok(Ok(Some(state))) => Verdict::Dead(format!("the server's backend {pid} is {state}")),
-            Ok(Ok(None)) => Verdict::Dead(format!("the server's backend {pid} is gone")),
-            Ok(Err(SqlConnectError::Postgres(e))) if e.as_db_error().is_some() => Verdict::Unknown,
-            Ok(Err(e)) => Verdict::Dead(format!("the server cannot be reached: {e}")),
-            Err(_) => Verdict::Dead(format!(
+            Ok(Ok(Some(state))) if state == "active" => Liveness::Alive,
+            Ok(Ok(Some(state))) => Liveness::Dead(format!("the server's backend {pid} is {state}")),
+            Ok(Ok(None)) => Liveness::Dead(format!("the server's backend {pid} is gone")),
+            Ok(Err(SqlConnectError::Postgres(e))) if e.as_db_error().is_some() => Liveness::Unknown,
+            Ok(Err(e)) => Liveness::Dead(format!("the server cannot be reached: {e}")),
+            Err(_) => Liveness::Dead(format!(
                 "the server cannot be reached: no answer within {bound:?}"
             )),
         }
@@ -179,7 +179,7 @@ async fn drive(mut conn: Connection, notes: Option<UnboundedSender<String>>, dog
     let tick_every = (dog.silence / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut probe: Option<BoxFuture<'_, Verdict>> = None;
+    let mut probe: Option<BoxFuture<'_, Liveness>> = None;
     // Probed and found alive at this stamp: wait another bound from then.
     let mut judged_at: Option<std::time::Instant> = None;
     loop {
@@ -189,7 +189,7 @@ async fn drive(mut conn: Connection, notes: Option<UnboundedSender<String>>, dog
             }
             _ = tick.tick(), if probe.is_none() => Wake::Tick,
             verdict = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
-                Wake::Verdict(verdict)
+                Wake::Liveness(verdict)
             }
         };
         match wake {
@@ -209,13 +209,13 @@ async fn drive(mut conn: Connection, notes: Option<UnboundedSender<String>>, dog
                     probe = Some(Box::pin(d.probe(d.link.pid())));
                 }
             }
-            Wake::Verdict(verdict) => {
+            Wake::Liveness(verdict) => {
                 probe = None;
                 match verdict {
-                    Verdict::Alive | Verdict::Unknown => {
+                    Liveness::Alive | Liveness::Unknown => {
                         judged_at = Some(std::time::Instant::now())
                     }
-                    Verdict::Dead(why) => {
+                    Liveness::Dead(why) => {
                         dog.drop_dead(&why);
                         return;
                     }
@@ -232,7 +232,7 @@ enum Wake {
     /// Time to look whether a request waits past the bound.
     Tick,
     /// The probe of the server's backend answered.
-    Verdict(Verdict),
+    Liveness(Liveness),
 }
 
 /// A message of the connection: notifications go to `notes`. `false` when

@@ -1,6 +1,6 @@
 //! Byte-level parsing of one pgoutput payload.
 //!
-//! Everything here is a pure function of the payload and a [`Context`] (the
+//! Everything here is a pure function of the payload and a [`DecodeContext`] (the
 //! decoder state that changes the layout). Counts read from the wire are
 //! checked against the bytes left before anything is allocated for them, and
 //! every loop is bounded by such a count, so hostile input costs at most time
@@ -14,7 +14,7 @@ use crate::Lsn;
 
 /// The parts of the decoder's state and options that change the byte layout.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Context {
+pub(super) struct DecodeContext {
     /// Between Stream Start and Stream Stop: data messages carry an xid.
     pub in_stream_block: bool,
     /// Stream Abort carries abort_lsn and abort_time.
@@ -22,12 +22,12 @@ pub(super) struct Context {
 }
 
 /// A cursor over the payload that reports where and what it failed to read.
-struct Reader<'a> {
+struct Cursor<'a> {
     buf: &'a Bytes,
     pos: usize,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> Cursor<'a> {
     fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -134,7 +134,11 @@ impl<'a> Reader<'a> {
     }
 
     /// The optional xid that data messages carry inside a stream block.
-    fn stream_xid(&mut self, cx: Context, field: &'static str) -> Result<Option<u32>, DecodeError> {
+    fn stream_xid(
+        &mut self,
+        cx: DecodeContext,
+        field: &'static str,
+    ) -> Result<Option<u32>, DecodeError> {
         if cx.in_stream_block {
             Ok(Some(self.u32(field)?))
         } else {
@@ -165,8 +169,8 @@ impl<'a> Reader<'a> {
 }
 
 /// Decode one payload whose tag has already been checked against the state.
-pub(super) fn decode(data: &Bytes, cx: Context) -> Result<LogicalMessage, DecodeError> {
-    let mut r = Reader { buf: data, pos: 0 };
+pub(super) fn decode(data: &Bytes, cx: DecodeContext) -> Result<LogicalMessage, DecodeError> {
+    let mut r = Cursor { buf: data, pos: 0 };
     let tag = r.u8("tag").map_err(|_| DecodeError::Empty)?;
     let msg = match tag {
         b'B' => LogicalMessage::Begin(Begin {
@@ -259,7 +263,7 @@ pub(super) fn decode(data: &Bytes, cx: Context) -> Result<LogicalMessage, Decode
     Ok(msg)
 }
 
-fn relation(r: &mut Reader<'_>, cx: Context) -> Result<Relation, DecodeError> {
+fn relation(r: &mut Cursor<'_>, cx: DecodeContext) -> Result<Relation, DecodeError> {
     let xid = r.stream_xid(cx, "Relation.xid")?;
     let oid = r.u32("Relation.oid")?;
     let namespace = r.namespace("Relation.namespace")?;
@@ -295,7 +299,7 @@ fn relation(r: &mut Reader<'_>, cx: Context) -> Result<Relation, DecodeError> {
 }
 
 /// TupleData: Int16 column count, then per column a kind byte and maybe a value.
-fn tuple(r: &mut Reader<'_>) -> Result<Vec<TupleColumn>, DecodeError> {
+fn tuple(r: &mut Cursor<'_>) -> Result<Vec<TupleColumn>, DecodeError> {
     let offset = r.pos;
     let ncols = r.u16("TupleData.ncols")?;
     // The smallest column is a lone kind byte ('n' or 'u').
@@ -323,7 +327,7 @@ fn tuple(r: &mut Reader<'_>) -> Result<Vec<TupleColumn>, DecodeError> {
 
 /// The 'K' / 'O' / 'N' byte that announces which tuple follows.
 fn tuple_marker(
-    r: &mut Reader<'_>,
+    r: &mut Cursor<'_>,
     field: &'static str,
     allowed: &[u8],
 ) -> Result<u8, DecodeError> {
@@ -340,7 +344,7 @@ fn tuple_marker(
     }
 }
 
-fn insert(r: &mut Reader<'_>, cx: Context) -> Result<Insert, DecodeError> {
+fn insert(r: &mut Cursor<'_>, cx: DecodeContext) -> Result<Insert, DecodeError> {
     let xid = r.stream_xid(cx, "Insert.xid")?;
     let relid = r.u32("Insert.relid")?;
     tuple_marker(r, "Insert new tuple marker", b"N")?;
@@ -351,7 +355,7 @@ fn insert(r: &mut Reader<'_>, cx: Context) -> Result<Insert, DecodeError> {
     })
 }
 
-fn update(r: &mut Reader<'_>, cx: Context) -> Result<Update, DecodeError> {
+fn update(r: &mut Cursor<'_>, cx: DecodeContext) -> Result<Update, DecodeError> {
     let xid = r.stream_xid(cx, "Update.xid")?;
     let relid = r.u32("Update.relid")?;
     let old_tuple = match tuple_marker(r, "Update tuple marker", b"KON")? {
@@ -370,7 +374,7 @@ fn update(r: &mut Reader<'_>, cx: Context) -> Result<Update, DecodeError> {
     })
 }
 
-fn delete(r: &mut Reader<'_>, cx: Context) -> Result<Delete, DecodeError> {
+fn delete(r: &mut Cursor<'_>, cx: DecodeContext) -> Result<Delete, DecodeError> {
     let xid = r.stream_xid(cx, "Delete.xid")?;
     let relid = r.u32("Delete.relid")?;
     let old_tuple = match tuple_marker(r, "Delete old tuple marker", b"KO")? {
@@ -384,7 +388,7 @@ fn delete(r: &mut Reader<'_>, cx: Context) -> Result<Delete, DecodeError> {
     })
 }
 
-fn truncate(r: &mut Reader<'_>, cx: Context) -> Result<Truncate, DecodeError> {
+fn truncate(r: &mut Cursor<'_>, cx: DecodeContext) -> Result<Truncate, DecodeError> {
     let xid = r.stream_xid(cx, "Truncate.xid")?;
     let offset = r.pos;
     let nrelids = r.u32("Truncate.nrelids")?;
@@ -419,7 +423,7 @@ const STREAM_PREPARE_FIELDS: [&str; 6] = [
     "Stream Prepare.gid",
 ];
 
-fn prepare(r: &mut Reader<'_>, f: &[&'static str; 6]) -> Result<Prepare, DecodeError> {
+fn prepare(r: &mut Cursor<'_>, f: &[&'static str; 6]) -> Result<Prepare, DecodeError> {
     Ok(Prepare {
         flags: r.u8(f[0])?,
         prepare_lsn: r.lsn(f[1])?,

@@ -110,7 +110,7 @@ impl Decoder {
     pub fn decode(&mut self, data: Bytes) -> Result<LogicalMessage, DecodeError> {
         let tag = *data.first().ok_or(DecodeError::Empty)?;
         self.check_sequence(tag)?;
-        let cx = decode::Context {
+        let cx = decode::DecodeContext {
             in_stream_block: self.in_stream_block(),
             stream_abort_info: self.opts.proto_version >= 4 && self.opts.streaming_parallel,
         };

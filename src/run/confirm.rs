@@ -23,7 +23,7 @@ pub(super) struct Confirmer {
     feedback: Feedback,
     cap: Option<Cap>,
     observed: Observed,
-    watermarks: crate::lag::Pending,
+    watermarks: crate::lag::PendingWatermarks,
     received_txns: u64,
     applied_txns: u64,
 }
@@ -34,7 +34,7 @@ impl Confirmer {
             feedback,
             cap,
             observed,
-            watermarks: crate::lag::Pending::default(),
+            watermarks: crate::lag::PendingWatermarks::default(),
             received_txns: 0,
             applied_txns: 0,
         }

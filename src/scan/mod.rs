@@ -85,7 +85,7 @@ impl std::fmt::Display for Budget {
 }
 
 /// Where the scan tells how far it is (a bar on a terminal, lines otherwise).
-pub trait Progress {
+pub trait ScanProgress {
     /// A mirror's scan begins: `total` is the estimated row count (0 unknown).
     fn start(&mut self, label: &str, total: u64);
     /// `done` rows covered so far; `what` says which pass.
@@ -96,7 +96,7 @@ pub trait Progress {
 /// Progress nobody watches.
 pub struct Quiet;
 
-impl Progress for Quiet {
+impl ScanProgress for Quiet {
     fn start(&mut self, _: &str, _: u64) {}
     fn advance(&mut self, _: u64, _: &str) {}
     fn finish(&mut self) {}
@@ -130,7 +130,7 @@ pub async fn scan(
     spec: &Spec,
     plan: &Plan,
     budget: Budget,
-    progress: &mut dyn Progress,
+    progress: &mut dyn ScanProgress,
 ) -> Result<ScanReport, Error> {
     // The applier's settings: the chunk statement runs (and is timed) as
     // `run` will run it, JIT off included.
@@ -162,7 +162,7 @@ async fn scan_all(
     spec: &Spec,
     plan: &Plan,
     budget: Budget,
-    progress: &mut dyn Progress,
+    progress: &mut dyn ScanProgress,
 ) -> Result<Vec<MirrorScan>, Error> {
     let started = Instant::now();
     let mut out = Vec::new();
@@ -218,7 +218,7 @@ impl Refused {
 struct MirrorScanner<'a> {
     client: &'a Client,
     m: &'a MirrorPlan,
-    limits: &'a spec::Backfill,
+    limits: &'a spec::BackfillLimits,
     /// Of the relation the mirror writes, for the evaluation.
     constraints: Constraints,
     kinds: Kinds,
@@ -232,7 +232,7 @@ impl MirrorScanner<'_> {
         &mut self,
         deadline: Option<Instant>,
         timing_only: bool,
-        progress: &mut dyn Progress,
+        progress: &mut dyn ScanProgress,
     ) -> Result<MirrorScan, Error> {
         let started = Instant::now();
         let label = self.m.describe();
@@ -276,7 +276,7 @@ impl MirrorScanner<'_> {
         &mut self,
         deadline: Option<Instant>,
         timing_only: bool,
-        progress: &mut dyn Progress,
+        progress: &mut dyn ScanProgress,
     ) -> Result<Ordered, Error> {
         let (source, key) = (&self.m.source, &self.m.key);
         let mut sizer = ChunkSizer::new(self.limits);

@@ -1,5 +1,5 @@
 //! Validation of the spec's own shape: raw TOML values in, a [`Spec`] or a
-//! list of [`Problem`]s out, each naming the field and what to do.
+//! list of [`FieldProblem`]s out, each naming the field and what to do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -12,8 +12,8 @@ use super::raw::{
 };
 use super::units::{parse_duration, parse_size};
 use super::{
-    Backfill, Cutover, Depends, Gate, MAX_NAME_LEN, Mirror, MirrorMode, OnMaxRetainedWal,
-    OnSlotLost, Problem, Reverse, Safety, Spec, ThrottleQuery,
+    BackfillLimits, Cutover, Depends, FieldProblem, Gate, MAX_NAME_LEN, Mirror, MirrorMode,
+    OnMaxRetainedWal, OnSlotLost, Reverse, Safety, Spec, ThrottleQuery,
 };
 use crate::ident::{self, QualifiedName};
 
@@ -33,20 +33,20 @@ pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// fixing a spec wants the whole list in one run.
 pub(super) struct Checker<'a> {
     pub(super) text: &'a str,
-    pub(super) problems: Vec<Problem>,
+    pub(super) problems: Vec<FieldProblem>,
 }
 
 impl Checker<'_> {
     pub(super) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let at = Some(line_column(self.text, span.start));
-        self.problems.push(Problem {
+        self.problems.push(FieldProblem {
             at,
             message: message.into(),
         });
     }
 
     pub(super) fn nowhere(&mut self, message: impl Into<String>) {
-        self.problems.push(Problem {
+        self.problems.push(FieldProblem {
             at: None,
             message: message.into(),
         });
@@ -494,7 +494,7 @@ impl Checker<'_> {
     fn across_mirrors(&mut self, mirrors: &[Mirror]) {
         if let Some(two_way) = mirrors.iter().find(|m| m.is_two_way()) {
             for m in mirrors.iter().filter(|m| !m.depends.is_empty()) {
-                self.problems.push(Problem {
+                self.problems.push(FieldProblem {
                     at: Some((m.line, 1)),
                     message: format!(
                         "mirror #{}: depends is not supported yet in a spec with a two-way mirror \
@@ -524,7 +524,7 @@ impl Checker<'_> {
                 .map(|(c, _)| ("set", c)),
             ) {
                 if let Some(other) = written.insert((&m.source, column), m.number) {
-                    self.problems.push(Problem {
+                    self.problems.push(FieldProblem {
                         at,
                         message: format!(
                             "mirror #{}: {field}.{column} of {} is also written by mirror \
@@ -538,7 +538,7 @@ impl Checker<'_> {
                 MirrorMode::Set { .. } => {}
                 MirrorMode::Rows { target, owner, .. } => {
                     if *target == m.source {
-                        self.problems.push(Problem {
+                        self.problems.push(FieldProblem {
                             at,
                             message: format!(
                                 "mirror #{}: target is the source itself; rows mode writes a \
@@ -552,7 +552,7 @@ impl Checker<'_> {
                     // target would delete each other's rows.
                     let owner_set = owner.iter().map(String::as_str).collect();
                     if let Some(other) = owned.insert((target, owner_set), m.number) {
-                        self.problems.push(Problem {
+                        self.problems.push(FieldProblem {
                             at,
                             message: format!(
                                 "mirror #{}: writes {target} with the same owner columns as \
@@ -567,8 +567,8 @@ impl Checker<'_> {
         }
     }
 
-    fn backfill(&mut self, raw: RawBackfill) -> Option<Backfill> {
-        let d = Backfill::default();
+    fn backfill(&mut self, raw: RawBackfill) -> Option<BackfillLimits> {
+        let d = BackfillLimits::default();
         let max_replica_lag = self.duration(
             "backfill.max_replica_lag",
             raw.max_replica_lag,
@@ -651,7 +651,7 @@ impl Checker<'_> {
                 None
             }
         };
-        Some(Backfill {
+        Some(BackfillLimits {
             max_replica_lag: max_replica_lag?,
             max_replica_lag_bytes: max_replica_lag_bytes?,
             max_retained_wal: max_retained_wal?,

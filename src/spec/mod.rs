@@ -39,7 +39,7 @@ pub struct Spec {
     pub file: String,
     pub name: String,
     pub mirrors: Vec<Mirror>,
-    pub backfill: Backfill,
+    pub backfill: BackfillLimits,
     pub gates: Vec<Gate>,
     pub cutover: Cutover,
     pub safety: Safety,
@@ -111,7 +111,7 @@ pub enum MirrorMode {
 
 /// `[backfill]`: when history copying pauses and how big a chunk is.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Backfill {
+pub struct BackfillLimits {
     /// Pause while any standby's replay lag is above this. Default 5s.
     pub max_replica_lag: Duration,
     /// Pause while any standby is this many bytes of WAL behind.
@@ -157,9 +157,9 @@ pub struct Cutover {
     pub max_attempts: u32,
 }
 
-impl Default for Backfill {
+impl Default for BackfillLimits {
     fn default() -> Self {
-        Backfill {
+        BackfillLimits {
             max_replica_lag: Duration::from_secs(5),
             max_replica_lag_bytes: None,
             max_retained_wal: None,
@@ -305,19 +305,19 @@ pub enum SpecError {
     #[error("{}", render_problems(file, problems))]
     Invalid {
         file: String,
-        problems: Vec<Problem>,
+        problems: Vec<FieldProblem>,
     },
 }
 
 /// One thing wrong with the spec, with where it is (1-based line and column,
 /// in characters) when that is known.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
+pub struct FieldProblem {
     pub at: Option<(usize, usize)>,
     pub message: String,
 }
 
-fn render_problems(file: &str, problems: &[Problem]) -> String {
+fn render_problems(file: &str, problems: &[FieldProblem]) -> String {
     let lines: Vec<String> = problems
         .iter()
         .map(|p| match p.at {
@@ -328,7 +328,7 @@ fn render_problems(file: &str, problems: &[Problem]) -> String {
     lines.join("\n")
 }
 
-impl fmt::Display for Problem {
+impl fmt::Display for FieldProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.at {
             Some((line, column)) => write!(f, "{line}:{column}: {}", self.message),

@@ -111,7 +111,7 @@ fn full_example_parses() {
 #[test]
 fn defaults() {
     let spec = parse(MINIMAL);
-    assert_eq!(spec.backfill, Backfill::default());
+    assert_eq!(spec.backfill, BackfillLimits::default());
     assert_eq!(spec.cutover, Cutover::default());
     assert_eq!(spec.backfill.chunk_target_time, Duration::from_millis(200));
     assert_eq!(spec.cutover.lock_timeout, Duration::from_millis(200));

@@ -265,7 +265,7 @@ pub struct Applier {
     /// walshift's origin is set up on this session (else progress is kept
     /// only in the state table, and echoes are recomputed once).
     origin: bool,
-    positions: Positions,
+    positions: BatchStatements,
     opts: ApplierOptions,
     /// Keys of two-way specs carried to the next transaction (as stored in
     /// `walshift.keys`), per mirror.
@@ -334,7 +334,7 @@ impl Applier {
             vec![Default::default(); plans.len()]
         };
         let held = isolate::load_held(&client, spec_name, plans).await?;
-        let positions = Positions::prepare(&client, origin).await?;
+        let positions = BatchStatements::prepare(&client, origin).await?;
         let applier = Applier {
             client,
             spec_name: spec_name.to_string(),
@@ -1058,7 +1058,7 @@ fn simple<'a>(c: &'a Client, sql: &'static str) -> Step<'a> {
 /// the origin's progress (when walshift has its origin) and the state row.
 fn position_steps<'a>(
     c: &'a Client,
-    positions: &'a Positions,
+    positions: &'a BatchStatements,
     spec_name: &'a str,
     batch: &Batch,
 ) -> Vec<Step<'a>> {
@@ -1086,7 +1086,7 @@ fn position_steps<'a>(
 /// The statements every batch runs besides its recomputes, prepared once:
 /// planned per batch they cost the apply session more than a small batch's
 /// recompute.
-struct Positions {
+struct BatchStatements {
     /// `pg_replication_origin_xact_setup`, when walshift has its origin.
     origin_setup: Option<tokio_postgres::Statement>,
     /// [`state::RECORD_APPLIED`].
@@ -1095,7 +1095,7 @@ struct Positions {
     snapshot: tokio_postgres::Statement,
 }
 
-impl Positions {
+impl BatchStatements {
     async fn prepare(client: &Client, origin: bool) -> Result<Self, ApplyError> {
         let origin_setup = if origin {
             Some(
@@ -1118,7 +1118,7 @@ impl Positions {
             .prepare("SELECT pg_current_snapshot()::text")
             .await
             .map_err(ApplyError::session)?;
-        Ok(Positions {
+        Ok(BatchStatements {
             origin_setup,
             record_applied,
             snapshot,
