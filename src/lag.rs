@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 /// The logical message prefix of walshift's watermarks.
 pub const PREFIX: &str = "walshift";
 
-/// The content of watermark `seq` of spec `name`.
-pub fn content(name: &str, seq: u64) -> String {
-    format!("{name}:{seq}")
+/// The content of watermark `seq` of spec `name`, emitted by the run whose
+/// token is `run` ([`Watermarks::run`]).
+pub fn content(name: &str, run: &str, seq: u64) -> String {
+    format!("{name}:{run}:{seq}")
 }
 
 /// Emits a non-transactional logical message (`pg_logical_emit_message`
@@ -40,15 +41,20 @@ pub async fn emit_message(
         .map(drop)
 }
 
-/// The sequence number of a watermark of spec `name`, if `content` is one.
-/// Other specs' watermarks pass through every slot of the database too.
-pub fn parse(name: &str, prefix: &str, content: &[u8]) -> Option<u64> {
+/// The sequence number of a watermark of spec `name` emitted by run `run`,
+/// if `content` is one. Other specs' watermarks pass through every slot of
+/// the database too, and so do an earlier run's: a run stopped with
+/// watermarks still unread leaves them in the WAL ahead of whatever was
+/// written after it, and taken for the next run's (numbered from 0 too)
+/// they made a backlog look applied.
+pub fn parse(name: &str, run: &str, prefix: &str, content: &[u8]) -> Option<u64> {
     if prefix != PREFIX {
         return None;
     }
     let text = std::str::from_utf8(content).ok()?;
-    let (n, seq) = text.rsplit_once(':')?;
-    (n == name).then(|| seq.parse().ok()).flatten()
+    let (rest, seq) = text.rsplit_once(':')?;
+    let (n, r) = rest.rsplit_once(':')?;
+    (n == name && r == run).then(|| seq.parse().ok()).flatten()
 }
 
 #[derive(Debug, Default)]
@@ -61,9 +67,26 @@ struct Inner {
 }
 
 /// Watermarks of one `run`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Watermarks {
+    /// This run's token in each watermark it emits: its pid and start time.
+    run: String,
     inner: Mutex<Inner>,
+}
+
+impl Default for Watermarks {
+    fn default() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // Two in one process (the tests) differ by the count.
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Watermarks {
+            run: format!("{:x}.{nanos:x}.{n}", std::process::id()),
+            inner: Mutex::default(),
+        }
+    }
 }
 
 /// At most this many watermarks are remembered; older ones are dropped (a
@@ -71,6 +94,11 @@ pub struct Watermarks {
 const MAX_IN_FLIGHT: usize = 4096;
 
 impl Watermarks {
+    /// This run's token, in the content of its watermarks ([`content`]).
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
     /// Takes the next sequence number and records its emit time.
     pub fn emit(&self, now: Instant) -> u64 {
         let mut i = self.inner.lock().expect("watermarks lock");
@@ -157,14 +185,40 @@ mod tests {
 
     #[test]
     fn parses_only_our_own_watermarks() {
-        assert_eq!(parse("users-status", PREFIX, b"users-status:42"), Some(42));
-        assert_eq!(parse("users-status", PREFIX, b"other:42"), None);
+        let parse = |name, prefix, content: &[u8]| parse(name, "r1", prefix, content);
         assert_eq!(
-            parse("users-status", "other-tool", b"users-status:42"),
+            parse("users-status", PREFIX, b"users-status:r1:42"),
+            Some(42)
+        );
+        assert_eq!(parse("users-status", PREFIX, b"other:r1:42"), None);
+        assert_eq!(
+            parse("users-status", "other-tool", b"users-status:r1:42"),
             None
         );
-        assert_eq!(parse("a:b", PREFIX, content("a:b", 7).as_bytes()), Some(7));
-        assert_eq!(parse("x", PREFIX, b"x:notanumber"), None);
+        assert_eq!(
+            parse("a:b", PREFIX, content("a:b", "r1", 7).as_bytes()),
+            Some(7)
+        );
+        assert_eq!(parse("x", PREFIX, b"x:r1:notanumber"), None);
+        assert_eq!(parse("x", PREFIX, b"x:42"), None);
+    }
+
+    /// Planted: without the run in the content, the earlier run's watermark
+    /// 2 was applied as this run's 2 (tests/ops.rs caught `wait` saying ready
+    /// on an unapplied backlog).
+    #[test]
+    fn an_earlier_runs_watermark_is_not_this_runs() {
+        let (before, now) = (Watermarks::default(), Watermarks::default());
+        assert_ne!(before.run(), now.run());
+        let left_in_the_wal = content("s", before.run(), 2);
+        assert_eq!(
+            parse("s", now.run(), PREFIX, left_in_the_wal.as_bytes()),
+            None
+        );
+        assert_eq!(
+            parse("s", before.run(), PREFIX, left_in_the_wal.as_bytes()),
+            Some(2)
+        );
     }
 
     #[test]

@@ -687,7 +687,8 @@ impl<'a> Session<'a> {
             Assembled::Message {
                 prefix, content, ..
             } => {
-                if let Some(seq) = lag::parse(&self.given.spec.name, &prefix, &content) {
+                let run = self.given.observed.watermarks.run();
+                if let Some(seq) = lag::parse(&self.given.spec.name, run, &prefix, &content) {
                     self.confirmer.watermark(seq);
                 }
             }

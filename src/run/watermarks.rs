@@ -51,7 +51,13 @@ pub(super) async fn emit_watermarks(
         }
         let Some(c) = client.as_ref() else { continue };
         let seq = observed.watermarks.emit(Instant::now());
-        if let Err(e) = lag::emit_message(c, lag::PREFIX, &lag::content(&name, seq)).await {
+        if let Err(e) = lag::emit_message(
+            c,
+            lag::PREFIX,
+            &lag::content(&name, observed.watermarks.run(), seq),
+        )
+        .await
+        {
             observed.watermarks.cancel(seq);
             tracing::debug!(error = %e, "cannot emit a watermark");
             continue;
