@@ -149,14 +149,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
         seconds: cfg.live_seconds,
         ..Outcome::default()
     };
-    let Some(pgbench) = ctx.program("pgbench") else {
-        let why = format!(
-            "no pgbench in {} (E2E_CLIENT_BIN names another directory)",
-            ctx.bin_dir.display()
-        );
-        eprintln!("== capacity: skipped, {why}");
-        outcome.skipped = Some(why);
-        return outcome;
+    let [pgbench] = match ctx.programs("capacity", ["pgbench"]) {
+        Ok(p) => p,
+        Err(why) => {
+            outcome.skipped = Some(why);
+            return outcome;
+        }
     };
     for mode in &MODES {
         eprintln!(

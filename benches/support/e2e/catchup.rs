@@ -66,14 +66,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
         ),
         ..Outcome::default()
     };
-    let Some(recvlogical) = ctx.program("pg_recvlogical") else {
-        let why = format!(
-            "no pg_recvlogical in {} (E2E_CLIENT_BIN names another directory)",
-            ctx.bin_dir.display()
-        );
-        eprintln!("== catch-up: skipped, {why}");
-        outcome.skipped = Some(why);
-        return outcome;
+    let [recvlogical] = match ctx.programs("catch-up", ["pg_recvlogical"]) {
+        Ok(p) => p,
+        Err(why) => {
+            outcome.skipped = Some(why);
+            return outcome;
+        }
     };
     eprintln!("== catch-up: {}", outcome.size);
     drop_walshift_objects(ctx.admin, SPEC).await;

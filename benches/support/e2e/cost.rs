@@ -190,16 +190,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
         seconds: cfg.live_seconds,
         ..Outcome::default()
     };
-    let (Some(pgbench), Some(recvlogical)) =
-        (ctx.program("pgbench"), ctx.program("pg_recvlogical"))
-    else {
-        let why = format!(
-            "no pgbench or pg_recvlogical in {} (E2E_CLIENT_BIN names another directory)",
-            ctx.bin_dir.display()
-        );
-        eprintln!("== cost: skipped, {why}");
-        outcome.skipped = Some(why);
-        return outcome;
+    let [pgbench, recvlogical] = match ctx.programs("cost", ["pgbench", "pg_recvlogical"]) {
+        Ok(p) => p,
+        Err(why) => {
+            outcome.skipped = Some(why);
+            return outcome;
+        }
     };
     let baseline = std::env::var_os("E2E_BASELINE_BIN").map(PathBuf::from);
     let mut variants = vec![

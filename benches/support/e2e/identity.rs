@@ -133,11 +133,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
         clients: cfg.clients,
         ..Outcome::default()
     };
-    let Some(pgbench_bin) = ctx.program("pgbench") else {
-        let why = format!("no pgbench in {}", ctx.bin_dir.display());
-        eprintln!("== identity: skipped, {why}");
-        outcome.skipped = Some(why);
-        return outcome;
+    let [pgbench_bin] = match ctx.programs("identity", ["pgbench"]) {
+        Ok(p) => p,
+        Err(why) => {
+            outcome.skipped = Some(why);
+            return outcome;
+        }
     };
     eprintln!(
         "== identity: {} clients, {} s per run",

@@ -366,14 +366,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
         seconds: cfg.live_seconds,
         ..Outcome::default()
     };
-    let Some(pgbench_bin) = ctx.program("pgbench") else {
-        let why = format!(
-            "no pgbench in {} (E2E_CLIENT_BIN names another directory)",
-            ctx.bin_dir.display()
-        );
-        eprintln!("== live: skipped, {why}");
-        outcome.skipped = Some(why);
-        return outcome;
+    let [pgbench_bin] = match ctx.programs("live", ["pgbench"]) {
+        Ok(p) => p,
+        Err(why) => {
+            outcome.skipped = Some(why);
+            return outcome;
+        }
     };
     eprintln!(
         "== live: {} clients, {} s per run, {}",

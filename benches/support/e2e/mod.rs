@@ -53,6 +53,26 @@ impl Ctx<'_> {
         let path = dir.join(name);
         path.is_file().then_some(path)
     }
+
+    /// The client programs scenario `scenario` needs, or why it is skipped (said on stderr).
+    pub fn programs<const N: usize>(
+        &self,
+        scenario: &str,
+        names: [&str; N],
+    ) -> Result<[PathBuf; N], String> {
+        let found: Option<Vec<PathBuf>> = names.iter().map(|n| self.program(n)).collect();
+        found
+            .and_then(|paths| paths.try_into().ok())
+            .ok_or_else(|| {
+                let why = format!(
+                    "no {} in {} (E2E_CLIENT_BIN names another directory)",
+                    names.join(" or "),
+                    self.bin_dir.display()
+                );
+                eprintln!("== {scenario}: skipped, {why}");
+                why
+            })
+    }
 }
 
 /// Runs one statement (or several), panicking with the text on failure.
