@@ -688,6 +688,11 @@ pub(super) fn store_keys<'a>(
     keys: &[(Key, Dir)],
 ) -> Step<'a> {
     let n = m.plan.key.len();
+    // A key listed twice (carried by the batch and lost again in a chunk) would have the
+    // INSERT's ON CONFLICT DO UPDATE touch its row twice, which PostgreSQL refuses (21000,
+    // seen as a failed backfill chunk on 14): the last direction wins, as it does in the
+    // applier's own map of carried keys.
+    let keys = last_per_key(keys);
     let dirs: Vec<String> = keys.iter().map(|(_, d)| d.code().to_string()).collect();
     let columns: Vec<Vec<String>> = (0..n)
         .map(|c| keys.iter().map(|(k, _)| k[c].to_string()).collect())
@@ -707,6 +712,27 @@ pub(super) fn store_keys<'a>(
             .map_err(ApplyError::session)?;
         Ok(Wrote::default())
     })
+}
+
+/// Each key of `keys` once, with its last direction, in the order of those last entries.
+fn last_per_key(keys: &[(Key, Dir)]) -> Vec<&(Key, Dir)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<&(Key, Dir)> = keys.iter().rev().filter(|(k, _)| seen.insert(k)).collect();
+    out.reverse();
+    out
+}
+
+#[cfg(test)]
+#[test]
+fn a_key_listed_twice_is_stored_once_with_its_last_direction() {
+    let k = |s: &str| -> Key { vec![Box::<str>::from(s)].into_boxed_slice() };
+    let keys = [
+        (k("1"), Dir::Forward),
+        (k("2"), Dir::Forward),
+        (k("1"), Dir::Reverse),
+    ];
+    let once: Vec<_> = last_per_key(&keys).into_iter().cloned().collect();
+    assert_eq!(once, vec![(k("2"), Dir::Forward), (k("1"), Dir::Reverse)]);
 }
 
 /// Forgets `keys` of mirror `m` of kind `kind`.
