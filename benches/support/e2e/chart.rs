@@ -172,36 +172,14 @@ pub fn lines(
         .y_label_formatter(&|v| short(*v))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    for Line {
-        name,
-        color,
-        points: pts,
-    } in series
-    {
-        let color = *color;
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
-            });
-        chart.draw_series(pts.iter().map(move |p| Circle::new(*p, 2, color.filled())))?;
-    }
-    for limit in limits {
-        chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, limit.value), (x_max, limit.value)],
-                LIMIT.stroke_width(1),
-            ))?
-            .label(limit.label.clone())
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], LIMIT.stroke_width(1)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    draw_lines(
+        &mut chart,
+        series,
+        limits,
+        x_max,
+        2,
+        SeriesLabelPosition::UpperRight,
+    )?;
     root.present()?;
     Ok(())
 }
@@ -242,6 +220,45 @@ pub fn log_lines(
         .y_label_formatter(&|v| short(*v))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
+    // A zero has no place on a log axis: it is drawn at the bottom.
+    let floored: Vec<Line> = series
+        .iter()
+        .map(|l| Line {
+            name: l.name.clone(),
+            color: l.color,
+            points: l
+                .points
+                .iter()
+                .map(|&(x, y)| (x, y.max(y_bottom)))
+                .collect(),
+        })
+        .collect();
+    draw_lines(
+        &mut chart,
+        &floored,
+        limits,
+        x_max,
+        3,
+        SeriesLabelPosition::UpperLeft,
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// The series of [`lines`] and [`log_lines`] (a line and a dot per point, dots of
+/// `dot` pixels), the limits as horizontal lines across `0..x_max`, and the legend.
+fn draw_lines<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: &[Line],
+    limits: &[Limit],
+    x_max: f64,
+    dot: u32,
+    legend: SeriesLabelPosition,
+) -> Res
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
     for Line {
         name,
         color,
@@ -249,15 +266,16 @@ pub fn log_lines(
     } in series
     {
         let color = *color;
-        // A zero has no place on a log axis: it is drawn at the bottom.
-        let pts: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x, y.max(y_bottom))).collect();
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
             .label(name.clone())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
             });
-        chart.draw_series(pts.iter().map(move |p| Circle::new(*p, 3, color.filled())))?;
+        chart.draw_series(
+            pts.iter()
+                .map(move |p| Circle::new(*p, dot, color.filled())),
+        )?;
     }
     for limit in limits {
         chart
@@ -270,11 +288,10 @@ pub fn log_lines(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(legend)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
