@@ -36,7 +36,7 @@ mod relation;
 mod render;
 mod rows;
 mod server;
-pub use server::{ORIGIN_OPTION_SINCE, OTHER_ORIGINS};
+pub use server::{COLUMN_LISTS_SINCE, ORIGIN_OPTION_SINCE, OTHER_ORIGINS};
 mod session;
 mod set;
 mod source;

@@ -451,6 +451,10 @@ async fn origin_capacity(
 /// Shared with `run`'s origin guard (src/run/origins.rs).
 pub const ORIGIN_OPTION_SINCE: u32 = 160000;
 
+/// The first server version with publication column lists. Shared with
+/// `run`'s publication (src/run/publication.rs).
+pub const COLUMN_LISTS_SINCE: u32 = 150000;
+
 /// Replication origins other than `$1`, by name (a text array). Shared with
 /// `run`'s origin guard (src/run/origins.rs).
 pub const OTHER_ORIGINS: &str = "SELECT coalesce(array_agg(roname::text ORDER BY roname), '{}') \

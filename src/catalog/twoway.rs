@@ -103,7 +103,7 @@ async fn reverse_checks(
     reverse: &Reverse,
     server: Option<&ServerInfo>,
 ) -> Result<Option<ReversePlan>, Error> {
-    full_identity(ctx, label, fwd.source).await?;
+    full_identity(ctx, label, fwd.source, server).await?;
     if let Some(t) = fwd.target {
         target_published(ctx, label, t, server);
         if let MirrorKind::Rows(plan) = fwd.kind {
@@ -195,7 +195,12 @@ async fn signals(
 
 /// Telling which columns an update changed needs the old row whole: with
 /// any other replica identity an update carries only the new row.
-async fn full_identity(ctx: &mut Ctx<'_>, label: &str, source: &TableInfo) -> Result<(), Error> {
+async fn full_identity(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    source: &TableInfo,
+    server: Option<&ServerInfo>,
+) -> Result<(), Error> {
     let leaves = match leaves(ctx.session, source).await? {
         Ok(leaves) => leaves,
         Err(refusal) => {
@@ -203,20 +208,68 @@ async fn full_identity(ctx: &mut Ctx<'_>, label: &str, source: &TableInfo) -> Re
             return Ok(());
         }
     };
+    if leaves.iter().all(|l| l.replica_identity == 'f') {
+        return Ok(());
+    }
+    let listed_in_part = match server {
+        Some(s) if s.version_num >= super::COLUMN_LISTS_SINCE => {
+            match ctx.session.query(LISTED_IN_PART, &[&source.oid]).await? {
+                Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+                Err(refusal) => {
+                    let what = format!("the publications listing {}", source.display);
+                    ctx.query_failed(&what, &refusal);
+                    return Ok(());
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
     for leaf in leaves.iter().filter(|l| l.replica_identity != 'f') {
+        let fix = full_identity_fix(&leaf.display, &listed_in_part);
         ctx.problem(
             label,
             format!(
                 "{} has REPLICA IDENTITY {}, so an update does not show which columns it \
                  changed and walshift cannot tell the old version's writes from the new \
-                 version's; run ALTER TABLE {} REPLICA IDENTITY FULL",
+                 version's; {fix}",
                 leaf.display,
                 identity_name(leaf.replica_identity),
-                leaf.display
             ),
         );
     }
     Ok(())
+}
+
+/// The publications (quoted) whose column list names some of a table's
+/// columns: under REPLICA IDENTITY FULL, PostgreSQL refuses every UPDATE
+/// and DELETE of it while one does.
+const LISTED_IN_PART: &str = "\
+SELECT quote_ident(p.pubname) FROM pg_catalog.pg_publication_rel AS r
+JOIN pg_catalog.pg_publication AS p ON p.oid = r.prpubid
+WHERE r.prrelid = $1 AND r.prattrs IS NOT NULL ORDER BY 1";
+
+/// How to make `table`'s replica identity FULL. A publication that lists
+/// only some of its columns (walshift's own does, for a one-way mirror) must
+/// list them all first, in the same transaction, or the application's
+/// writes to it fail in between; dropping and adding the table back in one
+/// transaction loses none of its changes.
+fn full_identity_fix(table: &str, listed_in_part: &[String]) -> String {
+    if listed_in_part.is_empty() {
+        return format!("run ALTER TABLE {table} REPLICA IDENTITY FULL");
+    }
+    let mut steps: Vec<String> = vec!["BEGIN".into()];
+    for p in listed_in_part {
+        steps.push(format!("ALTER PUBLICATION {p} DROP TABLE {table}"));
+        steps.push(format!("ALTER PUBLICATION {p} ADD TABLE {table}"));
+    }
+    steps.push(format!("ALTER TABLE {table} REPLICA IDENTITY FULL"));
+    steps.push("COMMIT".into());
+    format!(
+        "publication {} lists only some of its columns, and under REPLICA IDENTITY FULL \
+         PostgreSQL would refuse every UPDATE and DELETE of it, so run, as one transaction: {}",
+        listed_in_part.join(", "),
+        steps.join("; ")
+    )
 }
 
 fn identity_name(c: char) -> &'static str {

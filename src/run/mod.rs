@@ -18,6 +18,7 @@ pub(crate) mod apply_task;
 mod confirm;
 pub(crate) mod control;
 mod origins;
+mod publication;
 mod session;
 mod setup;
 mod slot;

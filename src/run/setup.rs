@@ -89,7 +89,7 @@ async fn ensure_inner(
     state::ensure_schema(client)
         .await
         .map_err(|e| fail("creating the walshift state schema", e))?;
-    ensure_publication(client, spec, plan, created_publication).await?;
+    super::publication::ensure(client, spec, plan, created_publication).await?;
     let origin = ensure_origin(client, config, spec, created_origin).await?;
     let (created_slot, lost) = ensure_slot(client, config, spec).await?;
     Ok(Objects {
@@ -102,77 +102,6 @@ async fn ensure_inner(
 /// `what` failed, as one line.
 fn fail(what: &str, e: tokio_postgres::Error) -> String {
     format!("{what}: {}", pg_message(&e))
-}
-
-/// The publication over the sources (and dependencies): created, or
-/// brought in line with the spec (a new dependency restarts its mirror's
-/// history).
-async fn ensure_publication(
-    client: &Client,
-    spec: &Spec,
-    plan: &Plan,
-    created: &mut bool,
-) -> Result<(), String> {
-    let pubname = spec.publication_name();
-    let tables: Vec<String> = sources(plan).iter().map(|t| t.to_string()).collect();
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&pubname],
-        )
-        .await
-        .map_err(|e| fail("looking up the publication", e))?
-        .is_some();
-    let quoted = crate::ident::quote_ident(&pubname);
-    if !exists {
-        // Partitioned sources publish changes as their root, so keys map to
-        // the table the spec names.
-        client
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {quoted} FOR TABLE {} WITH (publish_via_partition_root = true)",
-                tables.join(", ")
-            ))
-            .await
-            .map_err(|e| fail(&format!("creating publication {pubname}"), e))?;
-        *created = true;
-        tracing::info!(publication = %pubname, "created publication");
-        return Ok(());
-    }
-    let mut have: Vec<(String, String)> = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            &[&pubname],
-        )
-        .await
-        .map_err(|e| fail("reading the publication's tables", e))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let mut want: Vec<(String, String)> = sources(plan)
-        .into_iter()
-        .map(|t| (t.schema, t.name))
-        .collect();
-    have.sort();
-    want.sort();
-    if have == want {
-        return Ok(());
-    }
-    tracing::warn!(publication = %pubname, ?have, ?want, "publication tables differ from the spec; updating it");
-    client
-        .batch_execute(&format!(
-            "ALTER PUBLICATION {quoted} SET TABLE {}",
-            tables.join(", ")
-        ))
-        .await
-        .map_err(|e| fail(&format!("updating publication {pubname}"), e))?;
-    restart_history_of_new_dependencies(client, spec, plan, &have)
-        .await
-        .map_err(|e| {
-            fail(
-                "restarting the backfill of a mirror with a new dependency",
-                e,
-            )
-        })
 }
 
 /// The replication origin: optional. Creating and using one needs superuser
@@ -261,40 +190,4 @@ async fn drop_slot(config: &ConnConfig, slot: &str) {
         let _ = repl.drop_slot(slot, false).await;
         let _ = repl.close().await;
     }
-}
-
-/// A dependency the publication did not carry until now: its changes before
-/// this moment never reached the stream, so every target row that reads it
-/// may be stale. Its mirrors' backfill starts over (the publication change
-/// came first, so what the new pass does not see, the stream brings).
-async fn restart_history_of_new_dependencies(
-    client: &Client,
-    spec: &Spec,
-    plan: &Plan,
-    had: &[(String, String)],
-) -> Result<(), tokio_postgres::Error> {
-    for m in &plan.mirrors {
-        let new: Vec<String> = m
-            .depends
-            .iter()
-            .filter(|d| {
-                !had.iter()
-                    .any(|(s, n)| *s == d.table.schema && *n == d.table.name)
-            })
-            .map(|d| d.table.to_string())
-            .collect();
-        if new.is_empty() {
-            continue;
-        }
-        let restarted = state::restart_mirror_backfill(client, &spec.name, m.number as i32).await?;
-        if restarted > 0 {
-            tracing::warn!(
-                mirror = m.number,
-                tables = %new.join(", "),
-                "the mirror depends on tables the stream did not carry until now; its history is \
-                 recomputed from the start so no earlier change of theirs is missed"
-            );
-        }
-    }
-    Ok(())
 }
