@@ -15,6 +15,8 @@
 //!            (pg_recvlogical on a copy of the slot + the recompute looped in the server)
 //!   9 capacity pgbench -R 0.3, 0.4, ... x the trigger's saturated tps, set and rows mode,
 //!            until walshift misses (tps < 95% offered or lag p99 >= 1 s)
+//!  10 publication the same WAL decoded through walshift's publication (column list, 15+)
+//!            │ one over whole rows: server time and bytes per change
 //!  medians of E2E_REPS ─▶ stdout + target/e2e/report.md (one table, same rows every run)
 //!                        + docs/results/e2e.md (the same report as a page of the docs)
 //!                        + target/e2e/*.svg (a chart per scenario, lag over time)
@@ -22,7 +24,7 @@
 //!
 //! Run with `cargo bench --bench e2e`. Environment (see `support/e2e/config.rs`):
 //! `E2E_REPS` (default 3), `E2E_SCALE` (default 1; 0.05 for a quick run), `E2E_ONLY`
-//! (`set,rows,live,catchup,memory,decoder,identity,cost,capacity`), `E2E_CLIENTS` (4), `E2E_LIVE_SECONDS`
+//! (`set,rows,live,catchup,memory,decoder,identity,cost,capacity,publication`), `E2E_CLIENTS` (4), `E2E_LIVE_SECONDS`
 //! (20 x scale), `E2E_CHUNK` (10000), `WALSHIFT_BIN` (another walshift binary),
 //! `E2E_BASELINE_BIN` (a second binary the cost scenario runs beside it), `E2E_PAGE` (the
 //! docs page to write, `docs/results/<E2E_PAGE>.md`, default `e2e`), `PG_BIN`
@@ -41,6 +43,7 @@ use support::backfill::{fixture, process, summary};
 use support::e2e::report::Figures;
 use support::e2e::{
     Config, Ctx, backfill, capacity, catchup, cost, decoder, identity, live, loadavg, memory,
+    publication,
 };
 use support::page as docs_page;
 
@@ -127,6 +130,11 @@ async fn scenarios(cfg: &Config, cluster: &Cluster, figures: &mut Figures) {
         figures.capacity = Some(capacity::run(&ctx).await);
         timed("capacity", before);
     }
+    if cfg.runs("publication") {
+        let before = loadavg();
+        figures.publication = Some(publication::run(&ctx).await);
+        timed("publication", before);
+    }
     let mut memory = None;
     if cfg.runs("memory") {
         let before = loadavg();
@@ -171,7 +179,15 @@ fn main() {
         process::binary().display()
     );
     if [
-        "set", "rows", "live", "catchup", "memory", "identity", "cost", "capacity",
+        "set",
+        "rows",
+        "live",
+        "catchup",
+        "memory",
+        "identity",
+        "cost",
+        "capacity",
+        "publication",
     ]
     .iter()
     .any(|s| cfg.runs(s))

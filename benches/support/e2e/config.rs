@@ -11,8 +11,17 @@
 //! | `E2E_CLIENT_BIN` | the server's directory | where pgbench and pg_recvlogical are (e.g. Debian's 15 against a PG_BIN 16 server) |
 
 /// The scenarios, in the order they run and are reported.
-pub const SCENARIOS: [&str; 9] = [
-    "set", "rows", "live", "catchup", "memory", "decoder", "identity", "cost", "capacity",
+pub const SCENARIOS: [&str; 10] = [
+    "set",
+    "rows",
+    "live",
+    "catchup",
+    "memory",
+    "decoder",
+    "identity",
+    "cost",
+    "capacity",
+    "publication",
 ];
 
 #[derive(Debug, Clone)]

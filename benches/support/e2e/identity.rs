@@ -245,13 +245,36 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
     outcome
 }
 
+/// The source's replica identity for a variant. From PostgreSQL 15 on the one-way spec's
+/// publication lists only `users (id)`, and under FULL PostgreSQL refuses every UPDATE of a
+/// table a publication lists in part: FULL first lists it whole in the same transaction (as
+/// `walshift check` advises), DEFAULT lists `(id)` again, as `walshift run` made it.
 async fn set_identity(ctx: &Ctx<'_>, full: bool) {
-    let identity = if full { "FULL" } else { "DEFAULT" };
-    exec(
-        ctx.admin,
-        &format!("ALTER TABLE public.users REPLICA IDENTITY {identity}"),
-    )
-    .await;
+    let one_way = format!("walshift_{}_1", SPEC.replace('-', "_"));
+    let listed = ctx
+        .admin
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1
+               AND current_setting('server_version_num')::int >= 150000",
+            &[&one_way],
+        )
+        .await
+        .expect("look up the one-way publication")
+        .is_some();
+    let sql = match (full, listed) {
+        (true, true) => format!(
+            "BEGIN; ALTER PUBLICATION {one_way} DROP TABLE public.users;
+             ALTER PUBLICATION {one_way} ADD TABLE public.users;
+             ALTER TABLE public.users REPLICA IDENTITY FULL; COMMIT"
+        ),
+        (true, false) => "ALTER TABLE public.users REPLICA IDENTITY FULL".to_string(),
+        (false, true) => format!(
+            "BEGIN; ALTER TABLE public.users REPLICA IDENTITY DEFAULT;
+             ALTER PUBLICATION {one_way} SET TABLE public.users (id); COMMIT"
+        ),
+        (false, false) => "ALTER TABLE public.users REPLICA IDENTITY DEFAULT".to_string(),
+    };
+    exec(ctx.admin, &sql).await;
 }
 
 fn spawn(ctx: &Ctx<'_>, spec: &Path, name: &str) -> Walshift {

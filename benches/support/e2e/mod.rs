@@ -12,6 +12,7 @@ pub mod decoder;
 pub mod identity;
 pub mod live;
 pub mod memory;
+pub mod publication;
 pub mod report;
 pub mod runner;
 

@@ -29,6 +29,7 @@ pub struct Figures {
     pub identity: Option<super::identity::Outcome>,
     pub cost: Option<super::cost::Outcome>,
     pub capacity: Option<super::capacity::Outcome>,
+    pub publication: Option<super::publication::Outcome>,
     /// The docs page the report becomes (`docs/results/<page>.md`; `E2E_PAGE`): charts that
     /// the page shows are named for it.
     pub page: String,
@@ -329,7 +330,28 @@ impl Figures {
         rows.push(d);
         rows.extend(self.cost_rows());
         rows.extend(self.capacity_rows());
+        rows.extend(self.publication_rows());
         rows
+    }
+
+    /// 10a, 10b: the column list against whole rows, over the same WAL.
+    fn publication_rows(&self) -> Vec<Row> {
+        let scenario = "publication: column list vs whole rows";
+        let mut time = Row::new("10a", scenario, "server ms per 100k changes", DASH);
+        let mut bytes = Row::new("10b", scenario, "bytes per change", DASH);
+        if let Some(o) = self.publication.as_ref().filter(|o| o.skipped.is_none()) {
+            let (ms_w, ms_all) = o.ms_per_100k();
+            let (b_w, b_all) = o.bytes_per_change();
+            for (row, w, all, digits) in [(&mut time, ms_w, ms_all, 0), (&mut bytes, b_w, b_all, 0)]
+            {
+                row.size = format!("{} changes, 11 columns", o.changes);
+                row.walshift = format!("{w:.digits$}");
+                row.reference = format!("whole rows {all:.digits$}");
+                row.ratio = format!("{:.2}x", w / all);
+                row.verdict = Verdict::Info;
+            }
+        }
+        vec![time, bytes]
     }
 
     /// 9a, 9b: the capacity sweep's targets.
@@ -481,6 +503,9 @@ impl Figures {
         }
         if let Some(capacity) = &self.capacity {
             out.push_str(&capacity.markdown(&self.page));
+        }
+        if let Some(publication) = &self.publication {
+            out.push_str(&publication.markdown());
         }
         out.push_str("\n## Details\n");
         for o in &self.backfill {
