@@ -366,6 +366,8 @@ const READ_CHUNK: usize = 256 * 1024;
 /// of walshift's CPU in `perf`. Waiting this long lets the socket buffers
 /// gather what arrives meanwhile, at most this much latency for a change. A
 /// read that fills most of the room does not pause: the stream is busy.
+/// During the pause the socket is out of the reactor, or the walsender's
+/// flushes would wake the thread all the same (net::socket::Raw).
 const COALESCE: Duration = Duration::from_millis(4);
 
 /// Reads into `buf`, first making room for [`READ_CHUNK`] bytes once less
@@ -453,7 +455,13 @@ impl Reader {
                 }
                 // Reading resumes: the silence counts from now.
                 Wake::Delivered => self.last_heard = tokio::time::Instant::now(),
-                Wake::Quiet => quiet_until = None,
+                Wake::Quiet => {
+                    quiet_until = None;
+                    if let Err(e) = self.socket.attach() {
+                        ending = true;
+                        pending = Some(vec![Err(e.into())]);
+                    }
+                }
                 Wake::Silent => {
                     ending = true;
                     pending = Some(vec![Err(self.silent())]);
@@ -466,6 +474,12 @@ impl Reader {
                     self.last_heard = tokio::time::Instant::now();
                     if n < READ_CHUNK / 4 {
                         quiet_until = Some(tokio::time::Instant::now() + COALESCE);
+                        // Else every message the walsender flushes meanwhile
+                        // wakes the thread, read or not (net::socket::Raw).
+                        if let Err(e) = self.socket.detach() {
+                            ending = true;
+                            pending = Some(vec![Err(e.into())]);
+                        }
                     }
                 }
                 Wake::Read(Err(e)) => {
