@@ -98,7 +98,7 @@ async fn backfill_under_load(name: &str, setup: &str, mappings: &[Mapping<'_>], 
             eprintln!("walshift: {line}");
         }
     }
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards set-mode backfill: `status` NULL, stale or already right on 20k pre-filled users,
@@ -268,7 +268,7 @@ async fn composite_keys_skewed_and_text_parts_under_load() {
         regions >= 8,
         "only {regions} regions have parcels; the awkward ones are missing"
     );
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards a range-partitioned source: chunks range over the root's key order across
@@ -357,7 +357,7 @@ async fn empty_sources_complete_at_once_and_clear_orphans() {
     assert_eq!(users.assert_exact(&s.sql, Some(&ws)).await, 2);
     assert_eq!(items.assert_exact(&s.sql, Some(&ws)).await, 2);
     assert_eq!(after.assert_exact(&s.sql, Some(&ws)).await, 500);
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards sparse and skewed bigint keys: 1..100, a dense run from 10^9, a sparse run from
@@ -382,7 +382,7 @@ async fn sparse_skewed_and_extreme_integer_keys() {
     wait_caught_up(&ws, &s.sql).await;
     assert_eq!(sparse.assert_exact(&s.sql, Some(&ws)).await, rows);
     assert_exact_progress(&cps[0], rows, SIZE);
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards keys whose text form is awkward, with one row per chunk so every key becomes a stored
@@ -419,7 +419,7 @@ async fn awkward_text_numeric_and_timestamp_keys_as_chunk_bounds() {
         let rows = m.assert_exact(&s.sql, Some(&ws)).await;
         assert_exact_progress(cp, rows, 1);
     }
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ const WINDOW: Duration = Duration::from_secs(4);
 /// reached) are written, walshift catches up, both are right; then for [`WINDOW`] the
 /// checkpoint stays exactly where it was, and the number of unmapped rows dropped by exactly
 /// the one row the live change fixed.
-async fn history_waits_live_goes_on(s: &Scenario, ws: &support::mirror::Walshift, at: usize) {
+async fn history_waits_live_goes_on(s: &Scenario, ws: &support::process::Run, at: usize) {
     let before = s.checkpoints().await;
     let lower: i64 = before[0]
         .lower_key
@@ -495,7 +495,7 @@ async fn history_waits_live_goes_on(s: &Scenario, ws: &support::mirror::Walshift
 }
 
 /// The end of every throttle scenario: done, caught up, exact, every row counted once.
-async fn finishes_exact(s: &Scenario, ws: &support::mirror::Walshift) {
+async fn finishes_exact(s: &Scenario, ws: &support::process::Run) {
     let cps = s.wait_done(ws).await;
     wait_caught_up(ws, &s.sql).await;
     let rows = STATUS.assert_exact(&s.sql, Some(ws)).await;
@@ -572,7 +572,7 @@ async fn standby_replay_lag_holds_history_not_live_changes() {
     finishes_exact(&s, &ws).await;
     let commits = wal.stop().await;
     eprintln!("the WAL generator committed {commits} transactions");
-    ws.stop().await;
+    ws.stop_summary().await;
     drop(on_standby);
     drop(standby);
 }
@@ -612,7 +612,7 @@ async fn throttle_query_holds_history_not_live_changes() {
         .unwrap();
     wait_resumed(&ws, at).await;
     finishes_exact(&s, &ws).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards the retained-WAL throttle (`max_retained_wal`): another logical slot that never
@@ -657,7 +657,7 @@ async fn retained_wal_of_another_slot_holds_history_not_live_changes() {
         .unwrap();
     wait_resumed(&ws, at).await;
     finishes_exact(&s, &ws).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 const PAUSED: &str = "paused by the operator";
@@ -692,7 +692,7 @@ async fn ctl_pause_holds_history_across_a_restart_until_resume() {
     history_waits_live_goes_on(&s, &ws, at).await;
 
     let before = s.checkpoints().await;
-    ws.stop().await;
+    ws.stop_summary().await;
     let ws = s.start().await;
     let (at, _) =
         wait_throttled(&ws, &format!("\"{PAUSED} ...\""), |r| r.starts_with(PAUSED)).await;
@@ -706,7 +706,7 @@ async fn ctl_pause_holds_history_across_a_restart_until_resume() {
     );
     wait_resumed(&ws, at).await;
     finishes_exact(&s, &ws).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -817,5 +817,5 @@ async fn sigkill_mid_backfill_resumes_after_the_last_committed_chunk() {
         "besides the three marks every row must equal the mapping: {}",
         diff.report()
     );
-    ws.stop().await;
+    ws.stop_summary().await;
 }

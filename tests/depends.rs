@@ -15,6 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::cli::*;
+use support::process::{Run, Spec};
 use support::{Database, wait_backfill_done, wait_caught_up};
 
 /// pgroll's example: `user_id_v2` keeps only references to users that exist.
@@ -123,7 +124,7 @@ async fn posts_scenario(name: &str, extra: &[&str]) -> (i64, Run, Database) {
 /// every post pointing at them.
 #[tokio::test]
 async fn posts_follow_their_users_under_load() {
-    let (wrong, mut run, db) = posts_scenario("depends-posts", &[]).await;
+    let (wrong, run, db) = posts_scenario("depends-posts", &[]).await;
     assert_eq!(wrong, 0, "posts left stale by user changes");
     assert!(run.still_running(), "{}", run.stderr());
     // The oracle agrees with walshift's verify.
@@ -250,7 +251,7 @@ async fn likes_scenario(name: &str, extra: &[&str]) -> (i64, Run) {
 
 #[tokio::test]
 async fn likes_follow_their_comments_kind_under_load() {
-    let (wrong, mut run) = likes_scenario("depends-likes", &[]).await;
+    let (wrong, run) = likes_scenario("depends-likes", &[]).await;
     assert_eq!(wrong, 0, "likes left on the wrong side");
     assert!(run.still_running(), "{}", run.stderr());
 }
@@ -292,7 +293,7 @@ set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.i
         out.stdout.contains("depends = [{ table = \"public.users\""),
         "{out}"
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     assert!(
         run.stderr()
@@ -420,7 +421,7 @@ source = "public.posts"
 set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.id = user_id) THEN user_id END" }
 "#;
     let before = Spec::new("depends-later", undeclared);
-    let mut run = Run::spawn(&before, &db);
+    let run = Run::spawn(&before, &db);
     wait_backfill_done(&c, &before.name).await;
     streaming(&c, &before.object()).await;
     // Users arrive that posts point at; nothing watches users yet.

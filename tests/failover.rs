@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::cli::{Run, Spec, cli, one_i64, status_json};
+use support::cli::{cli, one_i64, status_json};
 use support::fixtures::{SCHEMA, USERS_MIRROR};
+use support::process::{Run, Spec};
 use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up, wrong_status};
 use tokio::sync::watch;
 
@@ -277,7 +278,7 @@ async fn failover_on(major: u32) {
 
     let spec = Spec::new(&format!("fo{major}"), USERS_MIRROR);
     let slot = spec.object();
-    let mut first = Run::spawn(&spec, &db);
+    let first = Run::spawn(&spec, &db);
     poll(
         None,
         "the backfill's mirror",
@@ -367,7 +368,7 @@ async fn failover_on(major: u32) {
 
     // walshift again, against the new primary.
     let restarted = Instant::now();
-    let mut second = Run::spawn(&spec, &on_standby_db);
+    let second = Run::spawn(&spec, &on_standby_db);
     poll(
         None,
         "walshift streaming from the new primary",
@@ -495,7 +496,7 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     let spec = Spec::new("fo17-follow", USERS_MIRROR);
     let slot = spec.object();
     let both = host_list(&db.conninfo(), &on_standby_db.conninfo());
-    let run = support::spawn_run(&spec.path, &both, &[]);
+    let run = Run::on(&spec, &both).spawn();
     wait_backfill_done(&c, &spec.name).await;
     poll(None, "the stream", Duration::from_secs(30), || async {
         slot_active(&c, &slot).await
@@ -582,7 +583,7 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
         0,
         "users.status is not the mapping of is_active on the new primary"
     );
-    let log = support::stop_run(run).await;
+    let log = run.stop_within(Duration::from_secs(20)).await;
     how_it_resumed(true, &log, &c, &spec, &on_standby_db).await;
     eprintln!(
         "FAILOVER PostgreSQL 17: one run followed the promotion through its host list, streaming \

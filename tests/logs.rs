@@ -11,8 +11,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::cli::Spec;
 use support::fixtures::USERS_MIRROR;
+use support::process::Spec;
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");
 

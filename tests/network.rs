@@ -15,10 +15,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::cli::Spec;
 use support::fixtures::{SCHEMA, USERS_MIRROR};
 use support::network::relay::Relay;
 use support::network::{Writer, credentials, refusing_port, run_on, server_socket, via_relay};
+use support::process::Spec;
 use support::{Cluster, Database, fresh_db, poll, shared_cluster, wrong_status};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::ReplicationClient;
@@ -166,7 +166,7 @@ async fn no_fitting_host_is_one_line_naming_every_host() {
     );
 
     let spec = Spec::new("net-none-fits", USERS_MIRROR);
-    let out = tokio::process::Command::new(support::cli::BIN)
+    let out = tokio::process::Command::new(support::process::BIN)
         .args(["check"])
         .arg(&spec.path)
         .args(["--db", &conninfo])
@@ -202,7 +202,7 @@ async fn run_finds_the_primary_behind_a_dead_host_and_a_standby() {
         credentials(&db)
     );
     let spec = Spec::new("net-multi-host", USERS_MIRROR);
-    let mut run = run_on(&spec, &conninfo, &[]);
+    let run = run_on(&spec, &conninfo, &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -253,7 +253,7 @@ async fn black_holes_under_load_end_exact() {
     let (db, admin) = support::cli::setup(3000, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-load", USERS_MIRROR);
-    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -334,7 +334,7 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
     let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-bound", USERS_MIRROR);
-    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -387,7 +387,7 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
     let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-plant", USERS_MIRROR);
-    let mut run = run_on(
+    let run = run_on(
         &spec,
         &via_relay(&db, relay.port(), SHORT),
         &["--unsafe-plant", "no-receive-timeout"],
@@ -435,7 +435,7 @@ async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
     let (db, admin) = support::cli::setup(0, 10).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-lock", support::fixtures::ORDERS_MIRROR);
-    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::cli::*;
 use support::fixtures::ORDERS_MIRROR;
+use support::process::{Run, Spec};
 use support::{Database, poll, poll_some, wait_backfill_done, wait_caught_up};
 
 /// `reviews.rating_v2 = CAST(rating AS integer)`, one review rated `'4.5'`.
@@ -95,7 +96,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
     let c = db.connect().await;
     c.batch_execute(REVIEWS).await.unwrap();
     let spec = Spec::new("poison-rating", REVIEWS_MIRROR);
-    let mut run = Run::spawn_with(&spec, &db, &["--listen", "127.0.0.1:0"]);
+    let run = Run::spawn_with(&spec, &db, &["--listen", "127.0.0.1:0"]);
     let addr = run.listening().await;
     wait_backfill_done(&c, &spec.name).await;
     assert_eq!(reviews_wrong(&c).await, 0, "every other review is mirrored");
@@ -220,7 +221,7 @@ async fn planted_no_isolation_stops_everything() {
     let c = db.connect().await;
     c.batch_execute(REVIEWS).await.unwrap();
     let spec = Spec::new("poison-planted", REVIEWS_MIRROR);
-    let mut run = Run::spawn_with(&spec, &db, &["--unsafe-plant", "no-isolation"]);
+    let run = Run::spawn_with(&spec, &db, &["--unsafe-plant", "no-isolation"]);
     let status = run.exit(Duration::from_secs(60)).await;
     assert!(!status.success(), "{}", run.stderr());
     assert!(
@@ -285,7 +286,7 @@ source = "public.scores"
 set = { grade_v2 = "upper(grade)" }
 "#,
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     let wrong =
         "SELECT count(*) FROM scores WHERE id <> 1234 AND grade_v2 IS DISTINCT FROM upper(grade)";
@@ -365,7 +366,7 @@ async fn a_unique_collision_in_a_rows_target_is_held() {
     .await
     .unwrap();
     let spec = Spec::new("poison-unique", ORDERS_MIRROR);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     // The oracle: every order but the held ones has exactly its line items.
     let wrong = |held: &'static str| {
@@ -435,7 +436,7 @@ set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
 reverse = { is_active = "CASE status WHEN 'active' THEN true WHEN 'disabled' THEN false END" }
 "#,
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     // The new version writes status: 'paused' (no old form) and others.
     c.batch_execute(

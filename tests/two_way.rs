@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{Run, Spec, cli};
+use support::cli::cli;
+use support::process::{Run, Spec};
 use support::{fresh_db, wait_backfill_done, wait_caught_up};
 
 const USERS: &str = "
@@ -184,7 +185,6 @@ async fn set_mode_follows_the_shape_each_write_changed() {
         "walshift kept writing users after it caught up"
     );
     // cleanup removes walshift's objects, the key table's rows with them.
-    let mut run = run;
     run.sigterm();
     run.exit(Duration::from_secs(20)).await;
     let out = cli(&["cleanup"], &spec, &db).await;
@@ -473,9 +473,7 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
     match s.kill_after {
         Some(after) => {
             tokio::time::sleep(after).await;
-            let pid = run.child.id().expect("run is running") as i32;
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            run.sigkill();
             run.exit(Duration::from_secs(10)).await;
             log.push_str(&run.stderr());
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -848,7 +846,7 @@ async fn orders_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String
         extra.last().map(|p| format!("-{p}")).unwrap_or_default()
     );
     let spec = Spec::new(&name, ORDERS_TWO_WAY);
-    let mut run = Run::spawn_with(&spec, &db, extra);
+    let run = Run::spawn_with(&spec, &db, extra);
     wait_backfill_done(&c, &spec.name).await;
     let writers: [(Step, u64); 3] = [(old_orders, 2), (new_orders, 2), (note, 1)];
     let load = Load::start(&db.conninfo(), &writers, Duration::from_millis(1)).await;
@@ -1240,7 +1238,7 @@ async fn split_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String>
         extra.last().map(|p| format!("-{p}")).unwrap_or_default()
     );
     let spec = Spec::new(&name, &split_spec());
-    let mut run = Run::spawn_with(&spec, &db, extra);
+    let run = Run::spawn_with(&spec, &db, extra);
     wait_backfill_done(&c, &spec.name).await;
     let writers: [(Step, u64); 2] = [(old_split, 2), (new_split, 2)];
     let load = Load::start(&db.conninfo(), &writers, Duration::from_millis(1)).await;
@@ -1324,7 +1322,7 @@ async fn verify_checks_both_directions() {
     .await
     .unwrap();
     let spec = Spec::new("verify-two-way", USERS_TWO_WAY);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     c.batch_execute("UPDATE users SET status = 'paused' WHERE id IN (2, 4, 6)")
         .await
@@ -1384,7 +1382,7 @@ CREATE TABLE cutover_check AS SELECT count(*) AS lost FROM ({lost}) AS l;
 "
         ),
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     let writers: [(Step, u64); 3] = [(old_version, 2), (new_version, 2), (rename, 1)];
     let load = Load::start(&db.conninfo(), &writers, Duration::from_millis(2)).await;

@@ -10,8 +10,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{Run, Spec, cli, one_i64, status_json};
+use support::cli::{cli, one_i64, status_json};
 use support::fixtures::{SCHEMA, USERS_MIRROR};
+use support::process::{Run, Spec};
 use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::{ReplicationClient, SlotOptions, SnapshotAction, proto};
@@ -673,7 +674,7 @@ async fn origin_limit_on(major: u32, setting: &str, limit: i64) {
     }
 
     // run makes the same check first, so it refuses before creating anything.
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     let status = run.exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(1), "run must refuse:\n{}", run.stderr());
     assert!(

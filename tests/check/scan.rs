@@ -4,7 +4,8 @@
 //! and samples the rest; `--scan off` skips it; and nothing is left behind
 //! (judged with SQL of the test's own).
 
-use crate::support::cli::{Out, Spec, cli};
+use crate::support::cli::{Out, cli};
+use crate::support::process::Spec;
 use crate::support::{Database, fresh_db};
 use crate::{Trace, trace};
 
@@ -478,7 +479,7 @@ async fn the_estimate_is_within_half_of_the_real_backfill() {
     assert_eq!(out.code(), Some(0), "{out}");
     let estimated = estimates(&out.stdout);
     assert_eq!(estimated.len(), 2, "{out}");
-    let mut run = crate::support::cli::Run::spawn(&spec, &db);
+    let run = crate::support::process::Run::spawn(&spec, &db);
     crate::support::wait_backfill_done(&admin, "eta").await;
     run.sigterm();
     run.exit(std::time::Duration::from_secs(20)).await;

@@ -3,7 +3,7 @@
 //! pre-fills are in `fixtures`, the throttle log and the "stays still" window in `throttle`.
 //!
 //! ```text
-//!  fixtures (DDL + pre-fill, new shape deliberately wrong) ─▶ Scenario ─▶ Walshift (binary)
+//!  fixtures (DDL + pre-fill, new shape deliberately wrong) ─▶ Scenario ─▶ Run (binary)
 //!                                                                  │
 //!  walshift.backfill (name, mirror, lower_key, done, rows_done, chunks) ◀── checkpoints()
 //!  stderr JSON lines "backfill throttled" {reason} / "backfill resumed" ◀── throttle::throttle_events
@@ -21,8 +21,9 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::support::mirror::compare::{RowsMirror, SetMirror};
-use crate::support::mirror::{SpecFile, Walshift, wait_active};
+use crate::support::mirror::wait_active;
 use crate::support::poll;
+use crate::support::process::{Run, Spec};
 use crate::support::{Database, backfill_done};
 
 // Dedicated clusters (reconfigured, or with a standby or slots of their own), databases on them
@@ -37,7 +38,7 @@ pub const BACKFILL_WITHIN: Duration = Duration::from_secs(60);
 pub struct Scenario {
     pub db: Database,
     pub sql: Client,
-    pub spec: SpecFile,
+    pub spec: Spec,
     pub name: String,
 }
 
@@ -52,7 +53,7 @@ impl Scenario {
             .await
             .unwrap_or_else(|e| panic!("create and fill the old shape: {e:?}"));
         Scenario {
-            spec: SpecFile::new(name, spec),
+            spec: Spec::new(name, spec),
             db,
             sql,
             name: name.to_owned(),
@@ -64,8 +65,8 @@ impl Scenario {
     }
 
     /// Spawns `walshift run` and waits until it streams from its slot.
-    pub async fn start(&self) -> Walshift {
-        let ws = Walshift::spawn(&self.spec, &self.conninfo(), &[]);
+    pub async fn start(&self) -> Run {
+        let ws = Run::on(&self.spec, &self.conninfo()).json_log().spawn();
         wait_active(&ws, &self.sql).await;
         ws
     }
@@ -83,7 +84,7 @@ impl Scenario {
 
     /// Until every mirror's backfill is done (`bool_and(done)` of the contract); returns the
     /// checkpoints.
-    pub async fn wait_done(&self, ws: &Walshift) -> Vec<Checkpoint> {
+    pub async fn wait_done(&self, ws: &Run) -> Vec<Checkpoint> {
         let (sql, name) = (&self.sql, self.name.as_str());
         poll(
             Some(ws),
@@ -98,7 +99,7 @@ impl Scenario {
     }
 
     /// Until `rows_done` of `mirror` reaches `rows`; returns the checkpoints.
-    pub async fn wait_rows_done(&self, ws: &Walshift, mirror: i32, rows: i64) -> Vec<Checkpoint> {
+    pub async fn wait_rows_done(&self, ws: &Run, mirror: i32, rows: i64) -> Vec<Checkpoint> {
         let (sql, name) = (&self.sql, self.name.as_str());
         poll(
             Some(ws),
@@ -119,7 +120,7 @@ impl Scenario {
     pub async fn ctl(&self, action: &str) -> (Option<i32>, String, String) {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
             .arg("ctl")
-            .arg(self.spec.path())
+            .arg(&self.spec.path)
             .arg(action)
             .args(["--db", &self.conninfo()])
             .env_remove("RUST_LOG")
@@ -183,7 +184,7 @@ impl Mapping<'_> {
 
     /// Rows compared; fails the test, with the differing rows and walshift's output, unless the
     /// new shape is exactly the mapping of the old.
-    pub async fn assert_exact(&self, client: &Client, ws: &Walshift) -> i64 {
+    pub async fn assert_exact(&self, client: &Client, ws: &Run) -> i64 {
         match self {
             Mapping::Set(m) => m.assert_exact(client, Some(ws)).await,
             Mapping::Rows(m) => m.assert_exact(client, Some(ws)).await,
@@ -236,7 +237,7 @@ pub async fn wait_sessions_gone(s: &Scenario) {
 /// makes it a marker for "this range was copied". walshift must not be running (it holds the
 /// origin): call [`wait_sessions_gone`] first.
 pub async fn tamper_as_walshift(s: &Scenario, ids: &[i64]) {
-    let origin = s.spec.object_name();
+    let origin = s.spec.object();
     let session = s.db.connect().await;
     session
         .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::process::Walshift;
 use crate::support::poll;
+use crate::support::process::Run;
 
 /// Startup: check, setup, connect, START_REPLICATION.
 pub const ACTIVE_WITHIN: Duration = Duration::from_secs(30);
@@ -48,7 +48,7 @@ pub async fn slot_streaming(client: &Client, slot: &str) -> bool {
 }
 
 /// Until walshift streams from its slot (see [`slot_streaming`]).
-pub async fn wait_active(ws: &Walshift, client: &Client) {
+pub async fn wait_active(ws: &Run, client: &Client) {
     let slot = ws.slot();
     poll(
         Some(ws),
@@ -73,7 +73,7 @@ pub async fn wait_inactive(client: &Client, slot: &str) {
 /// The contract's "caught up": emit a non-transactional message at L, then wait until the
 /// slot's `confirmed_flush_lsn >= L`. walshift confirms a keepalive's position only when nothing
 /// is pending, so every change committed before L is then applied. Returns L.
-pub async fn wait_caught_up(ws: &Walshift, client: &Client) -> String {
+pub async fn wait_caught_up(ws: &Run, client: &Client) -> String {
     let lsn: String = client
         .query_one(
             "SELECT pg_logical_emit_message(false, 'test', 'sync')::text",
