@@ -67,7 +67,7 @@ async fn backfill_under_load(name: &str, setup: &str, mappings: &[Mapping<'_>], 
     let load = Load::start(&s.conninfo(), OPEN_ENDED, load_step);
     load.wait_acked(50, None).await;
 
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let acked_at_start = load.acked();
     let cps = s.wait_done(&ws).await;
     let acked_during = load.acked() - acked_at_start;
@@ -240,7 +240,7 @@ async fn composite_keys_skewed_and_text_parts_under_load() {
         }),
     );
     load.wait_acked(50, None).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     let acked = load.acked();
     load.wait_acked(acked + 100, Some(&ws)).await;
@@ -329,7 +329,7 @@ async fn empty_sources_complete_at_once_and_clear_orphans() {
         after.spec()
     );
     let s = Scenario::new("bf-empty", SETUP, &spec).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     let rows_done: Vec<(i32, bool, i64)> = cps
         .iter()
@@ -377,7 +377,7 @@ async fn sparse_skewed_and_extreme_integer_keys() {
     );
     let s = Scenario::new("bf-sparse", SPARSE, &spec).await;
     let rows = s.count("SELECT count(*) FROM public.sparse").await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     wait_caught_up(&ws, &s.sql).await;
     assert_eq!(sparse.assert_exact(&s.sql, Some(&ws)).await, rows);
@@ -412,7 +412,7 @@ async fn awkward_text_numeric_and_timestamp_keys_as_chunk_bounds() {
     let mut spec: String = mappings.iter().map(SetMirror::spec).collect();
     spec.push_str("[backfill]\nmin_chunk_rows = 1\nmax_chunk_rows = 1\n");
     let s = Scenario::new("bf-awkward", &fixtures::awkward_keys(), &spec).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     wait_caught_up(&ws, &s.sql).await;
     for (m, cp) in mappings.iter().zip(&cps) {
@@ -548,7 +548,7 @@ async fn standby_replay_lag_holds_history_not_live_changes() {
     )
     .await;
 
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 600).await;
     on_standby
         .execute("SELECT pg_wal_replay_pause()", &[])
@@ -593,7 +593,7 @@ async fn throttle_query_holds_history_not_live_changes() {
         "throttle_query = \"SELECT value FROM public.throttle_knob\"\nthrottle_query_max = 10\n",
     );
     let s = Scenario::new("bf-knob", &setup, &spec).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 600).await;
 
     s.sql
@@ -631,7 +631,7 @@ async fn retained_wal_of_another_slot_holds_history_not_live_changes() {
         &paced_spec("max_retained_wal = \"2MB\"\n"),
     )
     .await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 600).await;
 
     s.sql
@@ -680,7 +680,7 @@ async fn ctl_pause_holds_history_across_a_restart_until_resume() {
         "ctl before any run should say to start `walshift run`: {err:?}"
     );
 
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 600).await;
     let (code, out, err) = s.ctl("pause").await;
     assert!(
@@ -693,7 +693,7 @@ async fn ctl_pause_holds_history_across_a_restart_until_resume() {
 
     let before = s.checkpoints().await;
     ws.stop_summary().await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let (at, _) =
         wait_throttled(&ws, &format!("\"{PAUSED} ...\""), |r| r.starts_with(PAUSED)).await;
     let held = assert_still(&s, &ws, at, Duration::from_secs(2)).await;
@@ -730,7 +730,7 @@ async fn sigkill_mid_backfill_resumes_after_the_last_committed_chunk() {
         STATUS.spec()
     );
     let s = Scenario::new("bf-kill", &fixtures::users_null_status(ROWS), &spec).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 8_000).await;
     let slot = ws.slot().to_owned();
     ws.kill().await;
@@ -783,7 +783,7 @@ async fn sigkill_mid_backfill_resumes_after_the_last_committed_chunk() {
     )
     .await;
 
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     wait_caught_up(&ws, &s.sql).await;
 

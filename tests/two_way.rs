@@ -401,8 +401,9 @@ async fn last_writes_of_both(db: &support::Database) -> u64 {
     HOT
 }
 
-/// How a set-mode scenario runs.
-struct Scenario<'a> {
+/// How one set-mode load of [`users_under_both_versions`] runs (its parameters; the mirror
+/// tests' scenario builder is `support::mirror::Scenario`).
+struct SetModeLoad<'a> {
     /// Users before walshift starts (backfilled).
     users: i64,
     /// Extra spec text (e.g. a slow `[backfill]`).
@@ -418,7 +419,7 @@ struct Scenario<'a> {
 /// Runs both versions and the renamer against users, then the last writes
 /// of both; returns the users whose last acknowledged write does not hold,
 /// the transactions committed and the conflicts logged.
-async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
+async fn users_under_both_versions(s: SetModeLoad<'_>) -> (Vec<String>, u64, u64) {
     SPREAD.store(
         (s.users / HOT as i64).max(1),
         std::sync::atomic::Ordering::Relaxed,
@@ -522,7 +523,7 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
     (lost, committed, conflicts_logged(&log))
 }
 
-const HOT_USERS: Scenario<'static> = Scenario {
+const HOT_USERS: SetModeLoad<'static> = SetModeLoad {
     users: HOT as i64,
     spec: "",
     extra: &[],
@@ -557,14 +558,14 @@ async fn set_mode_last_acknowledged_write_holds_under_both_versions() {
 /// bugs it guards against.
 #[tokio::test]
 async fn set_mode_test_fails_with_direction_or_conflict_rule_planted_wrong() {
-    let (lost, _, _) = users_under_both_versions(Scenario {
+    let (lost, _, _) = users_under_both_versions(SetModeLoad {
         extra: &["--unsafe-plant", "recompute-every-write"],
         seconds: 4,
         ..HOT_USERS
     })
     .await;
     assert!(!lost.is_empty(), "recomputing on every write lost nothing?");
-    let (lost, committed, _) = users_under_both_versions(Scenario {
+    let (lost, committed, _) = users_under_both_versions(SetModeLoad {
         extra: &["--unsafe-plant", "earlier-write-wins"],
         ..HOT_USERS
     })
@@ -575,7 +576,7 @@ async fn set_mode_test_fails_with_direction_or_conflict_rule_planted_wrong() {
 
 /// A backfill slower than the load: the new version writes keys before the
 /// backfill reaches them.
-const BACKFILLING: Scenario<'static> = Scenario {
+const BACKFILLING: SetModeLoad<'static> = SetModeLoad {
     users: 30_000,
     spec: "[backfill]\nmax_rows_per_second = 2500\nmax_chunk_rows = 500\n",
     seconds: 8,
@@ -587,7 +588,7 @@ const BACKFILLING: Scenario<'static> = Scenario {
 /// and started again: exact all the same.
 #[tokio::test]
 async fn set_mode_backfill_and_sigkill_under_both_versions() {
-    let (lost, committed, conflicts) = users_under_both_versions(Scenario {
+    let (lost, committed, conflicts) = users_under_both_versions(SetModeLoad {
         kill_after: Some(Duration::from_secs(3)),
         ..BACKFILLING
     })
@@ -605,7 +606,7 @@ async fn set_mode_backfill_and_sigkill_under_both_versions() {
 /// reached them lose those writes: the test sees it.
 #[tokio::test]
 async fn set_mode_backfill_test_fails_with_chunks_ignoring_marks() {
-    let (lost, _, _) = users_under_both_versions(Scenario {
+    let (lost, _, _) = users_under_both_versions(SetModeLoad {
         extra: &["--unsafe-plant", "chunks-ignore-marks"],
         ..BACKFILLING
     })

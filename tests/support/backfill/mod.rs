@@ -1,6 +1,7 @@
-//! Helpers for `tests/backfill.rs`: a pre-filled scenario, the checkpoint table as the test
-//! reads it, `walshift ctl`, dedicated clusters, and writing as walshift's own origin. The
-//! pre-fills are in `fixtures`, the throttle log and the "stays still" window in `throttle`.
+//! Helpers for `tests/backfill.rs`: the checkpoint table as the test reads it, `walshift ctl`,
+//! dedicated clusters, and writing as walshift's own origin, on the one scenario builder
+//! ([`Scenario`], given the old shape created and pre-filled). The pre-fills are in `fixtures`,
+//! the throttle log and the "stays still" window in `throttle`.
 //!
 //! ```text
 //!  fixtures (DDL + pre-fill, new shape deliberately wrong) ─▶ Scenario ─▶ Run (binary)
@@ -15,69 +16,28 @@
 pub mod fixtures;
 pub mod throttle;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use crate::support::cli::cli;
 use crate::support::mirror::compare::{RowsMirror, SetMirror};
-use crate::support::mirror::wait_active;
-use crate::support::poll;
-use crate::support::process::{Run, Spec};
-use crate::support::{Database, backfill_done};
+use crate::support::process::Run;
+use crate::support::{backfill_done, poll};
 
-// Dedicated clusters (reconfigured, or with a standby or slots of their own), databases on them
-// and counts: the same as the mirror scenarios'.
+// The one scenario builder, dedicated clusters (reconfigured, or with a standby or slots of their
+// own), databases on them and counts: the same as the mirror scenarios'.
 #[allow(unused_imports)]
-pub use crate::support::mirror::{count, dedicated_cluster, fresh_db_on};
+pub use crate::support::mirror::{Scenario, count, dedicated_cluster, fresh_db_on};
 
 /// How long a whole backfill may take in these scenarios (debug build, small tables).
 pub const BACKFILL_WITHIN: Duration = Duration::from_secs(60);
 
-/// A database with the old shape created and pre-filled, a spec, and a client.
-pub struct Scenario {
-    pub db: Database,
-    pub sql: Client,
-    pub spec: Spec,
-    pub name: String,
-}
-
+/// The backfill scenarios' own reads and commands, on the one scenario builder.
 impl Scenario {
-    pub async fn new(name: &str, setup: &str, spec: &str) -> Scenario {
-        Scenario::on(crate::support::fresh_db().await, name, setup, spec).await
-    }
-
-    pub async fn on(db: Database, name: &str, setup: &str, spec: &str) -> Scenario {
-        let sql = db.connect().await;
-        sql.batch_execute(setup)
-            .await
-            .unwrap_or_else(|e| panic!("create and fill the old shape: {e:?}"));
-        Scenario {
-            spec: Spec::new(name, spec),
-            db,
-            sql,
-            name: name.to_owned(),
-        }
-    }
-
-    pub fn conninfo(&self) -> String {
-        self.db.conninfo()
-    }
-
-    /// Spawns `walshift run` and waits until it streams from its slot.
-    pub async fn start(&self) -> Run {
-        let ws = Run::on(&self.spec, &self.conninfo()).json_log().spawn();
-        wait_active(&ws, &self.sql).await;
-        ws
-    }
-
-    pub async fn count(&self, sql: &str) -> i64 {
-        count(&self.sql, sql).await
-    }
-
     /// Every mirror's checkpoint row, by mirror number.
     pub async fn checkpoints(&self) -> Vec<Checkpoint> {
-        checkpoints(&self.sql, &self.name)
+        checkpoints(&self.sql, &self.spec.name)
             .await
             .unwrap_or_else(|e| panic!("read walshift.backfill: {e:?}"))
     }
@@ -85,7 +45,7 @@ impl Scenario {
     /// Until every mirror's backfill is done (`bool_and(done)` of the contract); returns the
     /// checkpoints.
     pub async fn wait_done(&self, ws: &Run) -> Vec<Checkpoint> {
-        let (sql, name) = (&self.sql, self.name.as_str());
+        let (sql, name) = (&self.sql, self.spec.name.as_str());
         poll(
             Some(ws),
             &format!("the backfill of {name} to be done"),
@@ -100,7 +60,7 @@ impl Scenario {
 
     /// Until `rows_done` of `mirror` reaches `rows`; returns the checkpoints.
     pub async fn wait_rows_done(&self, ws: &Run, mirror: i32, rows: i64) -> Vec<Checkpoint> {
-        let (sql, name) = (&self.sql, self.name.as_str());
+        let (sql, name) = (&self.sql, self.spec.name.as_str());
         poll(
             Some(ws),
             &format!("mirror {mirror} of {name} to have backfilled {rows} rows"),
@@ -118,22 +78,8 @@ impl Scenario {
 
     /// `walshift ctl SPEC <action> --db ...`: exit code, stdout, stderr.
     pub async fn ctl(&self, action: &str) -> (Option<i32>, String, String) {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
-            .arg("ctl")
-            .arg(&self.spec.path)
-            .arg(action)
-            .args(["--db", &self.conninfo()])
-            .env_remove("RUST_LOG")
-            .env_remove("WALSHIFT_DB")
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("run walshift ctl {action}: {e}"));
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = cli(&["ctl", action], &self.spec, &self.db).await;
+        (out.code(), out.stdout, out.stderr)
     }
 }
 

@@ -17,7 +17,9 @@ pub const OPEN_ENDED: LoadOptions = LoadOptions {
     reconnect: false,
 };
 
-/// A database with the old and new shapes created, a spec file, and a client.
+/// The one scenario builder of the mirror and backfill tests: a database with the shapes
+/// created (and, for a backfill, the old one pre-filled) by `ddl`, a spec, and a client.
+/// [`crate::support::backfill`] adds the backfill's checkpoint reads and `walshift ctl` to it.
 pub struct Scenario {
     pub db: Database,
     pub sql: Client,
@@ -33,7 +35,7 @@ impl Scenario {
         let sql = db.connect().await;
         sql.batch_execute(ddl)
             .await
-            .unwrap_or_else(|e| panic!("create the shapes: {e:?}"));
+            .unwrap_or_else(|e| panic!("create (and fill) the shapes: {e:?}"));
         Scenario {
             spec: Spec::new(name, spec),
             db,
