@@ -116,7 +116,7 @@ async fn posts_scenario(name: &str, extra: &[&str]) -> (i64, Run, Database) {
     assert_eq!(posts_wrong(&c).await, 0, "the backfill reads users");
     let txns = users_and_posts_load(&c, 6).await;
     assert!(txns > 100, "the load ran: {txns} transactions");
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     (posts_wrong(&c).await, run, db)
 }
 
@@ -136,11 +136,11 @@ async fn posts_follow_their_users_under_load() {
     c.batch_execute("DELETE FROM users WHERE id = 77; INSERT INTO posts VALUES (999999, 77, 'p')")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     c.batch_execute("INSERT INTO users VALUES (77, 'late')")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         one_i64(&c, "SELECT user_id_v2 FROM posts WHERE id = 999999").await,
         77
@@ -245,7 +245,7 @@ async fn likes_scenario(name: &str, extra: &[&str]) -> (i64, Run) {
         };
         c.batch_execute(&sql).await.unwrap();
     }
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     (likes_wrong(&c).await, run)
 }
 
@@ -428,7 +428,7 @@ set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.i
     c.batch_execute("INSERT INTO users SELECT g, 'late' FROM generate_series(2, 400, 2) g")
         .await
         .unwrap();
-    wait_caught_up(&c, &before.object()).await;
+    wait_caught_up(&run, &c).await;
     assert!(posts_wrong(&c).await > 0, "undeclared, the posts go stale");
     run.sigterm();
     run.exit(Duration::from_secs(30)).await;
@@ -449,6 +449,6 @@ set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.i
     .await;
     wait_backfill_done(&c, &after.name).await;
     streaming(&c, &after.object()).await;
-    wait_caught_up(&c, &after.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(posts_wrong(&c).await, 0, "the history was recomputed");
 }

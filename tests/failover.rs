@@ -287,7 +287,7 @@ async fn failover_on(major: u32) {
     )
     .await;
     wait_backfill_done(&c, &spec.name).await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&first, &c).await;
 
     let on_primary = slot_row(&c, &slot).await.expect("walshift's slot");
     assert_eq!(
@@ -377,7 +377,7 @@ async fn failover_on(major: u32) {
     )
     .await;
     let streaming = restarted.elapsed();
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&second, &c).await;
     let caught_up = restarted.elapsed();
 
     // The load goes on against the new primary for a while, then stops.
@@ -400,7 +400,7 @@ async fn failover_on(major: u32) {
     if !failover_slots {
         wait_backfill_done(&c, &spec.name).await;
     }
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&second, &c).await;
     assert_eq!(
         wrong_status(&c).await,
         0,
@@ -502,7 +502,7 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
         slot_active(&c, &slot).await
     })
     .await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     wait_synced_copy(&c, &on_standby_db, &slot).await;
 
     // status and check, given both hosts, ask the standby about its copy.
@@ -577,7 +577,7 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer");
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         wrong_status(&c).await,
         0,

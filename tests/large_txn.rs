@@ -44,7 +44,7 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         )
         .await
         .unwrap();
-    support::wait_caught_up(&client, "walshift_large_txn").await;
+    support::wait_caught_up(&run, &client).await;
 
     assert_eq!(support::wrong_status(&client).await, 0);
     assert_eq!(

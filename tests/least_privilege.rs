@@ -71,7 +71,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         )
         .await
         .unwrap();
-    support::wait_caught_up(&admin, "walshift_least_priv").await;
+    support::wait_caught_up(&run, &admin).await;
     assert_eq!(support::wrong_status(&admin).await, 0);
     assert_eq!(support::order_items_diff(&admin).await, 0);
     let origins: i64 = admin

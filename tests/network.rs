@@ -285,7 +285,7 @@ async fn black_holes_under_load_end_exact() {
     let txns = writer.finish().await;
     assert!(txns > 100, "the writer committed only {txns} transactions");
     support::wait_backfill_done(&admin, &spec.name).await;
-    support::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&run, &admin).await;
     // The judge: every row's status is the mapping of its is_active, by a
     // query of the test's own, and every row written is there.
     assert_eq!(wrong_status(&admin).await, 0);
@@ -371,7 +371,7 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
         .execute("UPDATE users SET is_active = NOT is_active", &[])
         .await
         .unwrap();
-    support::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&run, &admin).await;
     assert_eq!(wrong_status(&admin).await, 0);
     run.stop().await;
 }
@@ -468,7 +468,7 @@ async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
     assert_eq!(run.count("dead link"), 0, "{}", run.stderr());
     assert_eq!(run.count(" streaming slot="), 1, "{}", run.stderr());
     holder.batch_execute("COMMIT").await.unwrap();
-    support::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&run, &admin).await;
     // The mapping by the test's own SQL, both ways, as multisets.
     let diff = support::fixtures::order_items_qty_diff(&admin).await;
     assert_eq!(diff, 0);

@@ -122,7 +122,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
         .await
         .unwrap()
         .get(0);
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         reviews_wrong(&c).await,
         0,
@@ -190,7 +190,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         one_i64(&c, "SELECT rating_v2::int8 FROM reviews WHERE id = 7777").await,
         4
@@ -243,7 +243,7 @@ async fn one_poison_key_in_a_live_batch_of_thousands_is_held_alone() {
     .await
     .unwrap();
     let spec = Spec::new("poison-batch", REVIEWS_MIRROR);
-    let _run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     c.batch_execute(
         "BEGIN;
@@ -254,7 +254,7 @@ async fn one_poison_key_in_a_live_batch_of_thousands_is_held_alone() {
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(reviews_wrong(&c).await, 0);
     assert_eq!(
         one_i64(&c, "SELECT count(*) FROM reviews WHERE rating_v2 IS NULL").await,
@@ -397,7 +397,7 @@ async fn a_unique_collision_in_a_rows_target_is_held() {
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(one_i64(&c, &wrong("3000, 4101")).await, 0);
     let s = status_until("two orders held", &spec, &db, |s| held_count(s) == 2).await;
     assert_eq!(held_keys(&s), ["3000", "4101"], "{s}");
@@ -406,7 +406,7 @@ async fn a_unique_collision_in_a_rows_target_is_held() {
     c.batch_execute("UPDATE orders SET items = '[{\"sku\": \"free-3000\", \"qty\": 1}]' WHERE id = 3000; DELETE FROM orders WHERE id = 4101")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(one_i64(&c, &wrong("0")).await, 0);
     status_until("nothing held", &spec, &db, |s| held_count(s) == 0).await;
     assert!(run.still_running());
@@ -446,7 +446,7 @@ reverse = { is_active = "CASE status WHEN 'active' THEN true WHEN 'disabled' THE
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let wrong = "SELECT count(*) FROM users WHERE id <> 42 AND
                    status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END";
     assert_eq!(one_i64(&c, wrong).await, 0);
@@ -467,7 +467,7 @@ reverse = { is_active = "CASE status WHEN 'active' THEN true WHEN 'disabled' THE
     c.batch_execute("UPDATE users SET status = 'disabled' WHERE id = 42")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         one_i64(
             &c,

@@ -107,7 +107,7 @@ async fn invalidate(c: &tokio_postgres::Client, slot: &str) -> usize {
 async fn mirror_then_lose_the_slot(spec: &Spec, db: &Database, c: &tokio_postgres::Client) {
     let run = Run::spawn(spec, db);
     wait_exact("the first run's mirror", c).await;
-    wait_caught_up(c, &spec.object()).await;
+    wait_caught_up(&run, c).await;
     run.sigterm();
     let code = run.exit(Duration::from_secs(20)).await;
     assert_eq!(code.code(), Some(0), "{}", run.stderr());
@@ -162,7 +162,7 @@ async fn a_slot_lost_while_stopped_is_resynced_and_ends_exact() {
     )
     .await;
     write_a_round(&c, 4).await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert!(
         exact(&c).await,
         "not exact after the resync and live writes"
@@ -283,7 +283,7 @@ async fn planted_naive_recovery_misses_the_writes() {
     )
     .await;
     write_a_round(&c, 4).await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let wrong_after = (wrong_status(&c).await, order_items_qty_diff(&c).await);
     assert!(
         wrong_after.0 > 0 && wrong_after.1 > 0,

@@ -118,7 +118,7 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     let slot = spec.object();
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(users_row(&c, 2).await, (Some(true), Some("active".into())));
     // The old version flips is_active: status follows.
     c.execute("UPDATE users SET is_active = false WHERE id = 2", &[])
@@ -128,7 +128,7 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     c.execute("UPDATE users SET status = 'paused' WHERE id = 4", &[])
         .await
         .unwrap();
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         users_row(&c, 2).await,
         (Some(false), Some("disabled".into()))
@@ -157,7 +157,7 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(users_row(&c, 4).await, (Some(false), Some("paused".into())));
     assert_eq!(
         users_row(&c, 1001).await,
@@ -178,7 +178,7 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     let versions = "SELECT md5(string_agg(id || ':' || xmin, ',' ORDER BY id)) FROM users";
     let before: String = c.query_one(versions, &[]).await.unwrap().get(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     let after: String = c.query_one(versions, &[]).await.unwrap().get(0);
     assert_eq!(
         after, before,
@@ -486,7 +486,7 @@ async fn users_under_both_versions(s: SetModeLoad<'_>) -> (Vec<String>, u64, u64
     let mut committed = load.stop().await;
     committed += last_writes_of_both(&db).await;
     wait_backfill_done(&c, &spec.name).await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let lost: Vec<String> = c
         .query(LOST_USERS, &[])
         .await
@@ -883,7 +883,7 @@ async fn orders_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String
         }
         committed += 2;
     }
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let lost: Vec<String> = c
         .query(LOST_ORDERS, &[])
         .await
@@ -1267,7 +1267,7 @@ async fn split_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String>
             committed += 1;
         }
     }
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let lost: Vec<String> = c
         .query(LOST_SPLIT, &[])
         .await
@@ -1328,7 +1328,7 @@ async fn verify_checks_both_directions() {
     c.batch_execute("UPDATE users SET status = 'paused' WHERE id IN (2, 4, 6)")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let out = cli(&["verify"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     run.sigterm();

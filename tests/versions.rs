@@ -219,7 +219,7 @@ async fn pg14_empty_transactions_are_streamed_and_confirmed_past() {
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
     wait_backfill_done(&c, &spec.name).await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
 
     c.batch_execute("SELECT pg_create_logical_replication_slot('probe', 'pgoutput')")
         .await
@@ -322,7 +322,7 @@ async fn own_writes_on(major: u32) -> Option<OwnWrites> {
     .await
     .unwrap();
     mirrored(&c, "a write after the backfill").await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let slot = spec.object();
     let stats = "SELECT coalesce(sum(total_txns), 0)::bigint, coalesce(sum(total_bytes), 0)::bigint \
                  FROM pg_stat_replication_slots WHERE slot_name = $1";
@@ -526,7 +526,7 @@ async fn pg17_slot_columns_and_walshift_status() {
     let slot = spec.object();
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
 
     let columns = "SELECT active, failover, synced, inactive_since IS NULL, invalidation_reason,
                           conflicting, wal_status, confirmed_flush_lsn::text
@@ -768,7 +768,7 @@ async fn pg18_idle_slot_timeout_spares_a_running_slot_and_check_refuses_a_lost_o
     let slot = spec.object();
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     let reason =
         "SELECT invalidation_reason, wal_status FROM pg_replication_slots WHERE slot_name = $1";
 

@@ -41,6 +41,9 @@ pub use walshift_cluster::{Cluster, Database};
 pub use fixtures::{order_items_diff, wrong_status};
 #[allow(unused_imports)]
 pub use process::{Run, Spec};
+// The one "caught up" poller, for the tests that name it here.
+#[allow(unused_imports)]
+pub use mirror::waits::wait_caught_up;
 
 /// The cluster shared by every test of this process, started on first use and removed at exit.
 pub fn shared_cluster() -> &'static Cluster {
@@ -134,26 +137,4 @@ pub async fn wait_backfill_done(client: &tokio_postgres::Client, name: &str) {
         || backfill_done(client, name),
     )
     .await
-}
-
-/// Waits until walshift confirms past a sync message emitted now on `slot`
-/// (`walshift::verify::wait_caught_up`); panics if it has not within 60 s.
-pub async fn wait_caught_up(client: &tokio_postgres::Client, slot: &str) {
-    // The slot must be in use first: right after a backfill, or while a
-    // resync creates a new slot, walshift may not be streaming yet, and a
-    // sync message asked of an idle slot answers at once that nobody reads.
-    let started = std::time::Instant::now();
-    loop {
-        let took = walshift::verify::wait_caught_up(client, slot, Duration::from_secs(60))
-            .await
-            .unwrap();
-        if took.is_some() {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "walshift did not stream from slot {slot} and confirm past a sync message within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
