@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::cli::*;
-use support::fixtures::{ORDERS_MIRROR, USERS_MIRROR};
+use support::fixtures::{USERS_MIRROR, orders_mirror};
 use support::process::{Run, Spec};
 use support::{Database, connect, poll};
 
@@ -36,13 +36,14 @@ fn spec(name: &str, extra: &str) -> Spec {
         name,
         &format!(
             r#"{USERS_MIRROR}
-{ORDERS_MIRROR}
+{orders}
 [[gate]]
 name = "every user has a status"
 sql = "SELECT count(*) = 0 FROM users WHERE status IS NULL"
 
 {extra}
-"#
+"#,
+            orders = orders_mirror()
         ),
     )
 }
@@ -457,7 +458,8 @@ async fn a_cutover_with_another_spec_than_the_runs_is_refused() {
     let other = Spec::new(
         "co-other",
         &format!(
-            "{USERS_MIRROR}\n{ORDERS_MIRROR}\n[[gate]]\nname = \"no users at all\"\nsql = \"SELECT count(*) = 0 FROM users\"\n\n{}",
+            "{USERS_MIRROR}\n{}\n[[gate]]\nname = \"no users at all\"\nsql = \"SELECT count(*) = 0 FROM users\"\n\n{}",
+            orders_mirror(),
             cutover_sql("200ms", 2)
         ),
     );

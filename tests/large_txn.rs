@@ -7,12 +7,12 @@ mod support;
 
 use std::time::Duration;
 
-use support::fixtures::{ORDERS_SKU_MIRROR, SKU_SCHEMA, USERS_MIRROR};
+use support::fixtures::{SKU_SCHEMA, USERS_MIRROR, orders_sku_mirror};
 use support::{Run, Spec};
 
 /// Both shared mirrors, `users.status` and `orders` -> `order_items` without `qty`.
 fn spec_text() -> String {
-    format!("{USERS_MIRROR}{ORDERS_SKU_MIRROR}")
+    format!("{USERS_MIRROR}{}", orders_sku_mirror())
 }
 
 /// Guards "large transactions keep memory bounded" (issue 3): a 20k-key

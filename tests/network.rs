@@ -434,7 +434,7 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
 async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
     let (db, admin) = support::cli::setup(0, 10).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
-    let spec = Spec::new("net-lock", support::fixtures::ORDERS_MIRROR);
+    let spec = Spec::new("net-lock", &support::fixtures::orders_mirror());
     let run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await

@@ -13,7 +13,7 @@ use serde_json::Value;
 use support::{Database, connect, poll, poll_some};
 
 use support::cli::*;
-use support::fixtures::{ORDERS_MIRROR, USERS_MIRROR};
+use support::fixtures::{USERS_MIRROR, orders_mirror};
 use support::process::{Run, Spec};
 /// Whether the backfill of `name` has not (yet) completed every mirror.
 async fn backfill_incomplete(c: &tokio_postgres::Client, name: &str) -> bool {
@@ -320,7 +320,7 @@ fn write_load(db: &Database, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u
 #[tokio::test]
 async fn verify_passes_on_mirrored_data_and_fails_on_corruption_and_gates() {
     let (db, c) = setup(2_000, 500).await;
-    let body = format!("{USERS_MIRROR}{ORDERS_MIRROR}");
+    let body = format!("{USERS_MIRROR}{}", orders_mirror());
     let spec = Spec::new("ops-verify", &body);
     let run = Run::spawn(&spec, &db);
     wait_ready("ready", &spec, &db).await;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::cli::*;
-use support::fixtures::ORDERS_MIRROR;
+use support::fixtures::orders_mirror;
 use support::process::{Run, Spec};
 use support::{Database, poll, poll_some, wait_backfill_done, wait_caught_up};
 
@@ -365,7 +365,7 @@ async fn a_unique_collision_in_a_rows_target_is_held() {
     )
     .await
     .unwrap();
-    let spec = Spec::new("poison-unique", ORDERS_MIRROR);
+    let spec = Spec::new("poison-unique", &orders_mirror());
     let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     // The oracle: every order but the held ones has exactly its line items.

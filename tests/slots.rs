@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use support::cli::{cli, one_i64, status_json};
 use support::fixtures::order_items_qty_diff;
-use support::fixtures::{ORDERS_MIRROR, SCHEMA, USERS_MIRROR};
+use support::fixtures::{SCHEMA, USERS_MIRROR, orders_mirror};
 use support::process::{Run, Spec};
 use support::{Cluster, Database, poll, wait_caught_up, wrong_status};
 
@@ -50,7 +50,7 @@ async fn setup(cluster: &Cluster, hint: &str) -> (Database, tokio_postgres::Clie
 }
 
 fn spec(name: &str, safety: &str) -> Spec {
-    Spec::new(name, &format!("{USERS_MIRROR}{ORDERS_MIRROR}{safety}"))
+    Spec::new(name, &format!("{USERS_MIRROR}{}{safety}", orders_mirror()))
 }
 
 /// Writes of every kind to both sources: updates, inserts, deletes, key by key and in bulk.

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::cli::cli;
+use support::fixtures::orders_sku_mirror;
 use support::process::{Run, Spec};
 use support::{fresh_db, wait_backfill_done, wait_caught_up};
 
@@ -630,17 +631,16 @@ CREATE TABLE order_ack (seq bigserial PRIMARY KEY, id bigint NOT NULL, version t
                         op text NOT NULL, line_no bigint, sku text, skus jsonb);
 ";
 
-const ORDERS_TWO_WAY: &str = r#"
-[[mirror]]
-source = "public.orders"
-target = "public.order_items"
-owner = ["order_id"]
-select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
-"""
-reverse = { items = "(SELECT coalesce(jsonb_agg(jsonb_build_object('sku', t.sku) ORDER BY t.line_no), '[]'::jsonb) FROM public.order_items t WHERE t.order_id = src.id)" }
-"#;
+/// The shared `orders` -> `order_items` mirror without `qty`, and its way back: `items` from
+/// the lines.
+fn orders_two_way() -> String {
+    format!(
+        "{}{}",
+        orders_sku_mirror(),
+        r#"reverse = { items = "(SELECT coalesce(jsonb_agg(jsonb_build_object('sku', t.sku) ORDER BY t.line_no), '[]'::jsonb) FROM public.order_items t WHERE t.order_id = src.id)" }
+"#
+    )
+}
 
 /// The old version: appends a line to a hot order's items, or drops its
 /// last one (or inserts an order with items); acknowledges the skus.
@@ -846,7 +846,7 @@ async fn orders_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String
         "orders{}",
         extra.last().map(|p| format!("-{p}")).unwrap_or_default()
     );
-    let spec = Spec::new(&name, ORDERS_TWO_WAY);
+    let spec = Spec::new(&name, &orders_two_way());
     let run = Run::spawn_with(&spec, &db, extra);
     wait_backfill_done(&c, &spec.name).await;
     let writers: [(Step, u64); 3] = [(old_orders, 2), (new_orders, 2), (note, 1)];

@@ -201,9 +201,8 @@ fn items_spec(name: &str, tail: &str) -> Spec {
     Spec::new(
         name,
         &format!(
-            "[[mirror]]\nsource = \"public.orders\"\ntarget = \"public.order_items\"\nowner = [\"order_id\"]\n\
-             select = \"\"\"\nSELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty\n\
-             FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)\n\"\"\"\n{tail}"
+            "{}{tail}",
+            crate::support::fixtures::orders_mirror().trim_start()
         ),
     )
 }
@@ -472,7 +471,7 @@ async fn the_estimate_is_within_half_of_the_real_backfill() {
         &format!(
             "{}{}",
             crate::support::fixtures::USERS_MIRROR,
-            crate::support::fixtures::ORDERS_MIRROR
+            crate::support::fixtures::orders_mirror()
         ),
     );
     let out = cli(&["check", "--scan", "full"], &spec, &db).await;
