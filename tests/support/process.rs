@@ -2,8 +2,8 @@
 //! one `walshift run` child process every test uses ([`Run`]).
 //!
 //! A run is driven only through its public surface: arguments, environment, signals, exit
-//! code, HTTP, and what it logs. Its stdout and stderr go to one log file per run beside the
-//! spec, so a failing test can show them: every failure that names the run ends with the last
+//! code, HTTP, and what it logs. Its stderr (and its stdout) go to files of their own per run
+//! beside the spec, so a failing test can show them: every failure that names the run ends with the last
 //! [`TAIL_LINES`] lines of that log, and a run dropped while the test panics prints them.
 //! Dropping a run kills it.
 
@@ -58,9 +58,11 @@ impl Spec {
         format!("walshift_{}", self.name.replace('-', "_"))
     }
 
-    fn next_log(&self) -> PathBuf {
+    /// The next run's stderr and stdout files.
+    fn next_log(&self) -> (PathBuf, PathBuf) {
         let n = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
-        self.dir.path().join(format!("walshift-run-{n}.log"))
+        let file = |ext: &str| self.dir.path().join(format!("walshift-run-{n}.{ext}"));
+        (file("stderr"), file("stdout"))
     }
 }
 
@@ -92,13 +94,16 @@ pub struct Summary {
     pub confirmed: String,
 }
 
-/// How to start a `walshift run`: [`Run::on`], then arguments, environment, log format.
+/// How to start a `walshift run`: [`Run::on`], then arguments, environment, global options.
 pub struct Launch<'a> {
     spec: &'a Spec,
     conninfo: String,
+    global: Vec<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    json: bool,
+    /// The caller chose the global options ([`Launch::global`]): `WALSHIFT_TEST_VERBOSE` does
+    /// not add `-v`.
+    own_global: bool,
 }
 
 impl Launch<'_> {
@@ -115,31 +120,38 @@ impl Launch<'_> {
 
     /// `--log-format json`: what [`Run::summary`] and the JSON log readers need.
     pub fn json_log(mut self) -> Self {
-        self.json = true;
+        self.global.extend(["--log-format".into(), "json".into()]);
+        self
+    }
+
+    /// Global options before the subcommand (`--log-format`, `-v`), exactly these: a test that
+    /// checks what a run logs chooses its verbosity itself.
+    pub fn global(mut self, global: &[&str]) -> Self {
+        self.global.extend(global.iter().map(|a| a.to_string()));
+        self.own_global = true;
         self
     }
 
     pub fn spawn(self) -> Run {
-        let log = self.spec.next_log();
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let err = out.try_clone().expect("clone the log file handle");
+        let (log, stdout) = self.spec.next_log();
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+        };
         let mut cmd = Command::new(BIN);
-        if self.json {
-            cmd.args(["--log-format", "json"]);
-        }
-        cmd.arg("run")
+        cmd.args(&self.global)
+            .arg("run")
             .arg(&self.spec.path)
             .args(["--db", &self.conninfo])
             .args(&self.args);
         hermetic(&mut cmd);
-        if std::env::var_os("WALSHIFT_TEST_VERBOSE").is_some() {
+        if !self.own_global && std::env::var_os("WALSHIFT_TEST_VERBOSE").is_some() {
             cmd.arg("-v");
         }
-        cmd.envs(self.env).stdout(out).stderr(err);
+        cmd.envs(self.env).stdout(open(&stdout)).stderr(open(&log));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {BIN} run: {e}"));
@@ -147,6 +159,7 @@ impl Launch<'_> {
             pid: child.id() as i32,
             child: Mutex::new(child),
             log,
+            stdout,
             slot: self.spec.object(),
             addr: OnceLock::new(),
             reported: AtomicBool::new(false),
@@ -159,7 +172,10 @@ impl Launch<'_> {
 pub struct Run {
     child: Mutex<Child>,
     pid: i32,
+    /// Its stderr: what it logs.
     log: PathBuf,
+    /// Its stdout (`walshift run` prints nothing there; tests/logs.rs checks that).
+    stdout: PathBuf,
     slot: String,
     /// Where it serves HTTP, once [`Run::listening`] has read it from the log.
     addr: OnceLock<String>,
@@ -174,9 +190,10 @@ impl Run {
         Launch {
             spec,
             conninfo: conninfo.to_owned(),
+            global: Vec::new(),
             args: Vec::new(),
             env: Vec::new(),
-            json: false,
+            own_global: false,
         }
     }
 
@@ -306,7 +323,7 @@ impl Run {
         self.reported.store(true, Ordering::Relaxed);
     }
 
-    /// Everything the process wrote (stdout and stderr, interleaved as written).
+    /// Everything the process logged (its stderr).
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -314,6 +331,11 @@ impl Run {
     /// [`Run::output`], under the name the operator tests read it by.
     pub fn stderr(&self) -> String {
         self.output()
+    }
+
+    /// What the process wrote on stdout.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
     /// Times `needle` appears in the log.
