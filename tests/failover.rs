@@ -126,14 +126,9 @@ async fn slot_row(c: &tokio_postgres::Client, slot: &str) -> Option<(bool, bool,
     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
 }
 
+/// Whether `slot` exists and a walsender holds it (the mirror tests' `slot_active`, as a bool).
 async fn slot_active(c: &tokio_postgres::Client, slot: &str) -> bool {
-    c.query_opt(
-        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .expect("pg_replication_slots")
-    .is_some_and(|r| r.get(0))
+    support::mirror::waits::slot_active(c, slot).await == Some(true)
 }
 
 /// On 17: the standby's copy of `slot` is synced, not temporary, valid, and has caught up with

@@ -48,17 +48,7 @@ async fn cluster16() -> Option<Cluster> {
 
 async fn setup(cluster: &Cluster, users: i64) -> (Database, tokio_postgres::Client) {
     let db = cluster.fresh_database_named("origins").expect("database");
-    let c = db.connect().await;
-    c.batch_execute(support::fixtures::SCHEMA)
-        .await
-        .expect("schema");
-    c.execute(
-        "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
-        &[&users],
-    )
-    .await
-    .expect("users");
-    (db, c)
+    support::cli::setup_on(db, users, 0).await
 }
 
 async fn mirrored(c: &tokio_postgres::Client, what: &str) {

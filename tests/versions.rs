@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use support::cli::{cli, one_i64, status_json};
-use support::fixtures::{SCHEMA, USERS_MIRROR};
+use support::fixtures::USERS_MIRROR;
 use support::process::{Run, Spec};
 use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up};
 use walshift::conninfo::ConnConfig;
@@ -46,15 +46,7 @@ async fn cluster_of(major: u32, settings: &[(&str, &str)]) -> Option<Cluster> {
 /// A fresh database on `cluster` with the operator schema and `users` rows `1..=users`.
 async fn setup(cluster: &Cluster, hint: &str, users: i64) -> (Database, tokio_postgres::Client) {
     let db = cluster.fresh_database_named(hint).expect("database");
-    let c = db.connect().await;
-    c.batch_execute(SCHEMA).await.expect("schema");
-    c.execute(
-        "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
-        &[&users],
-    )
-    .await
-    .expect("users");
-    (db, c)
+    support::cli::setup_on(db, users, 0).await
 }
 
 async fn mirrored(c: &tokio_postgres::Client, what: &str) {
@@ -68,14 +60,9 @@ async fn text(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
     c.query_one(sql, &[]).await.expect(sql).get(0)
 }
 
+/// Whether `slot` exists and a walsender holds it (the mirror tests' `slot_active`, as a bool).
 async fn slot_active(c: &tokio_postgres::Client, slot: &str) -> bool {
-    c.query_opt(
-        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .expect("pg_replication_slots")
-    .is_some_and(|r| r.get(0))
+    support::mirror::waits::slot_active(c, slot).await == Some(true)
 }
 
 async fn wait_inactive(c: &tokio_postgres::Client, slot: &str) {

@@ -79,7 +79,11 @@ pub async fn status_json(spec: &Spec, db: &Database) -> Value {
 /// A fresh database with the schema and `users` rows `1..=users`, `orders`
 /// `1..=orders` (each with 1-3 line items).
 pub async fn setup(users: i64, orders: i64) -> (Database, tokio_postgres::Client) {
-    let db = fresh_db().await;
+    setup_on(fresh_db().await, users, orders).await
+}
+
+/// [`setup`] on a database of the test's own (another cluster, another major).
+pub async fn setup_on(db: Database, users: i64, orders: i64) -> (Database, tokio_postgres::Client) {
     let c = db.connect().await;
     c.batch_execute(SCHEMA).await.expect("schema");
     c.execute(
