@@ -854,7 +854,7 @@ async fn sigkill_loop_during_backfill_and_load_loses_nothing() {
         eprintln!("round {round}: SIGKILL {after:?} after the spawn ({state:?})");
         let slot = ws.slot().to_owned();
         if std::env::var_os("KILL_LOOP_LOGS").is_some() {
-            eprintln!("{}", ws.output());
+            eprintln!("{}", ws.stderr());
         }
         ws.kill().await;
         // As a supervisor restarts it: at once, its old sessions maybe still there.

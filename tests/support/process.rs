@@ -3,9 +3,9 @@
 //!
 //! A run is driven only through its public surface: arguments, environment, signals, exit
 //! code, HTTP, and what it logs. Its stderr (and its stdout) go to files of their own per run
-//! beside the spec, so a failing test can show them: every failure that names the run ends with the last
-//! [`TAIL_LINES`] lines of that log, and a run dropped while the test panics prints them.
-//! Dropping a run kills it.
+//! beside the spec, so a failing test can show them: every failure that names the run ends with
+//! the last [`TAIL_LINES`] lines of its log, and a run dropped while the test panics prints
+//! them. Dropping a run kills it.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -216,7 +216,7 @@ impl Run {
     ) -> (ExitStatus, String) {
         let run = Run::on(spec, conninfo).json_log().spawn();
         let status = run.exit(timeout).await;
-        let output = run.output();
+        let output = run.stderr();
         run.reported.store(true, Ordering::Relaxed);
         (status, output)
     }
@@ -304,7 +304,7 @@ impl Run {
     pub async fn stop_within(self, within: Duration) -> String {
         self.terminate(within).await;
         self.reported.store(true, Ordering::Relaxed);
-        self.output()
+        self.stderr()
     }
 
     /// SIGTERM; expects exit code 0 within [`STOP_WITHIN`] and the summary as the last line
@@ -324,13 +324,8 @@ impl Run {
     }
 
     /// Everything the process logged (its stderr).
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// [`Run::output`], under the name the operator tests read it by.
     pub fn stderr(&self) -> String {
-        self.output()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// What the process wrote on stdout.
@@ -340,7 +335,7 @@ impl Run {
 
     /// Times `needle` appears in the log.
     pub fn count(&self, needle: &str) -> usize {
-        self.output().matches(needle).count()
+        self.stderr().matches(needle).count()
     }
 
     /// Waits until the log holds `needle` more than `before` times; how long that took, or
@@ -372,7 +367,7 @@ impl Run {
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let text = self.output();
+            let text = self.stderr();
             if let Some(rest) = text.split("listening on http://").nth(1) {
                 let addr = rest.split('/').next().expect("an address").to_string();
                 return self.addr.get_or_init(|| addr).clone();
@@ -399,7 +394,7 @@ impl Run {
     /// Parses the final line: `{"fields": {"message": "walshift run stopped cleanly", ...}}`
     /// (tracing's JSON layout; top-level fields are accepted as well).
     pub fn summary(&self) -> Summary {
-        let output = self.output();
+        let output = self.stderr();
         let Some(last) = output.lines().rev().find(|l| !l.trim().is_empty()) else {
             self.fail("walshift wrote nothing; expected the final summary line")
         };
@@ -437,7 +432,7 @@ impl Run {
 
     /// The last lines of the log, for failure messages.
     pub fn tail(&self) -> String {
-        let output = self.output();
+        let output = self.stderr();
         let lines: Vec<&str> = output.lines().collect();
         lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
     }

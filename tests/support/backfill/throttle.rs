@@ -22,7 +22,7 @@ pub enum ThrottleEvent {
 
 /// The JSON lines of walshift's output (other lines are skipped).
 pub fn log_lines(ws: &Run) -> Vec<Value> {
-    ws.output()
+    ws.stderr()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .collect()
