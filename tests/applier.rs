@@ -552,7 +552,7 @@ const CATCH_UP_ORDERS: i64 = 10_000;
 /// with its keys.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recompute_is_planned_for_its_batch_not_for_an_empty_target() {
-    use support::fixtures::{ORDERS_MIRROR, SCHEMA, order_items_qty_diff};
+    use support::fixtures::{SCHEMA, order_items_qty_diff, orders_mirror};
     use walshift::catalog::MirrorKind;
     use walshift::mirror::sql::{Scope, rows_apply};
 
@@ -567,7 +567,7 @@ async fn a_recompute_is_planned_for_its_batch_not_for_an_empty_target() {
         .await
         .expect("empty target analyzed");
     let name = "catch-up";
-    let spec = Spec::from_str_named(&format!("name = \"{name}\"\n{ORDERS_MIRROR}"), "t.toml")
+    let spec = Spec::from_str_named(&format!("name = \"{name}\"\n{}", orders_mirror()), "t.toml")
         .expect("valid spec");
     let report = catalog::check(&admin, &spec).await.expect("check ran");
     let plans = report.plan.expect("the spec fits").mirrors;

@@ -67,7 +67,7 @@ async fn backfill_under_load(name: &str, setup: &str, mappings: &[Mapping<'_>], 
     let load = Load::start(&s.conninfo(), OPEN_ENDED, load_step);
     load.wait_acked(50, None).await;
 
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let acked_at_start = load.acked();
     let cps = s.wait_done(&ws).await;
     let acked_during = load.acked() - acked_at_start;
@@ -98,7 +98,7 @@ async fn backfill_under_load(name: &str, setup: &str, mappings: &[Mapping<'_>], 
             eprintln!("walshift: {line}");
         }
     }
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards set-mode backfill: `status` NULL, stale or already right on 20k pre-filled users,
@@ -240,7 +240,7 @@ async fn composite_keys_skewed_and_text_parts_under_load() {
         }),
     );
     load.wait_acked(50, None).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     let acked = load.acked();
     load.wait_acked(acked + 100, Some(&ws)).await;
@@ -268,7 +268,7 @@ async fn composite_keys_skewed_and_text_parts_under_load() {
         regions >= 8,
         "only {regions} regions have parcels; the awkward ones are missing"
     );
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards a range-partitioned source: chunks range over the root's key order across
@@ -329,7 +329,7 @@ async fn empty_sources_complete_at_once_and_clear_orphans() {
         after.spec()
     );
     let s = Scenario::new("bf-empty", SETUP, &spec).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     let rows_done: Vec<(i32, bool, i64)> = cps
         .iter()
@@ -357,7 +357,7 @@ async fn empty_sources_complete_at_once_and_clear_orphans() {
     assert_eq!(users.assert_exact(&s.sql, Some(&ws)).await, 2);
     assert_eq!(items.assert_exact(&s.sql, Some(&ws)).await, 2);
     assert_eq!(after.assert_exact(&s.sql, Some(&ws)).await, 500);
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards sparse and skewed bigint keys: 1..100, a dense run from 10^9, a sparse run from
@@ -377,12 +377,12 @@ async fn sparse_skewed_and_extreme_integer_keys() {
     );
     let s = Scenario::new("bf-sparse", SPARSE, &spec).await;
     let rows = s.count("SELECT count(*) FROM public.sparse").await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     wait_caught_up(&ws, &s.sql).await;
     assert_eq!(sparse.assert_exact(&s.sql, Some(&ws)).await, rows);
     assert_exact_progress(&cps[0], rows, SIZE);
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards keys whose text form is awkward, with one row per chunk so every key becomes a stored
@@ -412,14 +412,14 @@ async fn awkward_text_numeric_and_timestamp_keys_as_chunk_bounds() {
     let mut spec: String = mappings.iter().map(SetMirror::spec).collect();
     spec.push_str("[backfill]\nmin_chunk_rows = 1\nmax_chunk_rows = 1\n");
     let s = Scenario::new("bf-awkward", &fixtures::awkward_keys(), &spec).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     wait_caught_up(&ws, &s.sql).await;
     for (m, cp) in mappings.iter().zip(&cps) {
         let rows = m.assert_exact(&s.sql, Some(&ws)).await;
         assert_exact_progress(cp, rows, 1);
     }
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ const WINDOW: Duration = Duration::from_secs(4);
 /// reached) are written, walshift catches up, both are right; then for [`WINDOW`] the
 /// checkpoint stays exactly where it was, and the number of unmapped rows dropped by exactly
 /// the one row the live change fixed.
-async fn history_waits_live_goes_on(s: &Scenario, ws: &support::mirror::Walshift, at: usize) {
+async fn history_waits_live_goes_on(s: &Scenario, ws: &support::process::Run, at: usize) {
     let before = s.checkpoints().await;
     let lower: i64 = before[0]
         .lower_key
@@ -495,7 +495,7 @@ async fn history_waits_live_goes_on(s: &Scenario, ws: &support::mirror::Walshift
 }
 
 /// The end of every throttle scenario: done, caught up, exact, every row counted once.
-async fn finishes_exact(s: &Scenario, ws: &support::mirror::Walshift) {
+async fn finishes_exact(s: &Scenario, ws: &support::process::Run) {
     let cps = s.wait_done(ws).await;
     wait_caught_up(ws, &s.sql).await;
     let rows = STATUS.assert_exact(&s.sql, Some(ws)).await;
@@ -548,7 +548,7 @@ async fn standby_replay_lag_holds_history_not_live_changes() {
     )
     .await;
 
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 600).await;
     on_standby
         .execute("SELECT pg_wal_replay_pause()", &[])
@@ -572,7 +572,7 @@ async fn standby_replay_lag_holds_history_not_live_changes() {
     finishes_exact(&s, &ws).await;
     let commits = wal.stop().await;
     eprintln!("the WAL generator committed {commits} transactions");
-    ws.stop().await;
+    ws.stop_summary().await;
     drop(on_standby);
     drop(standby);
 }
@@ -593,7 +593,7 @@ async fn throttle_query_holds_history_not_live_changes() {
         "throttle_query = \"SELECT value FROM public.throttle_knob\"\nthrottle_query_max = 10\n",
     );
     let s = Scenario::new("bf-knob", &setup, &spec).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 600).await;
 
     s.sql
@@ -612,7 +612,7 @@ async fn throttle_query_holds_history_not_live_changes() {
         .unwrap();
     wait_resumed(&ws, at).await;
     finishes_exact(&s, &ws).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards the retained-WAL throttle (`max_retained_wal`): another logical slot that never
@@ -631,7 +631,7 @@ async fn retained_wal_of_another_slot_holds_history_not_live_changes() {
         &paced_spec("max_retained_wal = \"2MB\"\n"),
     )
     .await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 600).await;
 
     s.sql
@@ -657,7 +657,7 @@ async fn retained_wal_of_another_slot_holds_history_not_live_changes() {
         .unwrap();
     wait_resumed(&ws, at).await;
     finishes_exact(&s, &ws).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 const PAUSED: &str = "paused by the operator";
@@ -680,7 +680,7 @@ async fn ctl_pause_holds_history_across_a_restart_until_resume() {
         "ctl before any run should say to start `walshift run`: {err:?}"
     );
 
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 600).await;
     let (code, out, err) = s.ctl("pause").await;
     assert!(
@@ -692,8 +692,8 @@ async fn ctl_pause_holds_history_across_a_restart_until_resume() {
     history_waits_live_goes_on(&s, &ws, at).await;
 
     let before = s.checkpoints().await;
-    ws.stop().await;
-    let ws = s.start().await;
+    ws.stop_summary().await;
+    let ws = s.start(&[]).await;
     let (at, _) =
         wait_throttled(&ws, &format!("\"{PAUSED} ...\""), |r| r.starts_with(PAUSED)).await;
     let held = assert_still(&s, &ws, at, Duration::from_secs(2)).await;
@@ -706,7 +706,7 @@ async fn ctl_pause_holds_history_across_a_restart_until_resume() {
     );
     wait_resumed(&ws, at).await;
     finishes_exact(&s, &ws).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -730,7 +730,7 @@ async fn sigkill_mid_backfill_resumes_after_the_last_committed_chunk() {
         STATUS.spec()
     );
     let s = Scenario::new("bf-kill", &fixtures::users_null_status(ROWS), &spec).await;
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     s.wait_rows_done(&ws, 1, 8_000).await;
     let slot = ws.slot().to_owned();
     ws.kill().await;
@@ -783,7 +783,7 @@ async fn sigkill_mid_backfill_resumes_after_the_last_committed_chunk() {
     )
     .await;
 
-    let ws = s.start().await;
+    let ws = s.start(&[]).await;
     let cps = s.wait_done(&ws).await;
     wait_caught_up(&ws, &s.sql).await;
 
@@ -817,5 +817,5 @@ async fn sigkill_mid_backfill_resumes_after_the_last_committed_chunk() {
         "besides the three marks every row must equal the mapping: {}",
         diff.report()
     );
-    ws.stop().await;
+    ws.stop_summary().await;
 }

@@ -10,7 +10,7 @@ mod check {
     mod scan;
 }
 
-use support::fixtures::ITEMS_SELECT;
+use support::fixtures::{ITEMS_SELECT, orders_mirror, orders_mirror_with};
 use support::{Cluster, Database, fresh_db};
 use walshift::catalog::{CheckReport, MirrorKind, Problem, check};
 use walshift::ident::QualifiedName;
@@ -39,10 +39,7 @@ set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
 "#;
 
 fn items_spec(select: &str) -> String {
-    format!(
-        "name = \"order-items\"\n[[mirror]]\nsource = \"public.orders\"\ntarget = \
-         \"public.order_items\"\nowner = [\"order_id\"]\nselect = \"\"\"\n{select}\n\"\"\"\n"
-    )
+    format!("name = \"order-items\"{}", orders_mirror_with(select))
 }
 
 /// The notes that ask for the operator's attention: all but the one that, from PostgreSQL 16 on,
@@ -167,11 +164,11 @@ fn assert_mentions(line: &str, parts: &[&str]) {
 #[tokio::test]
 async fn design_example_plans_both_modes() {
     let text = format!(
-        "{USERS_STATUS}\n[[mirror]]\nsource = \"public.orders\"\ntarget = \"public.order_items\"\n\
-         owner = [\"order_id\"]\nselect = \"\"\"\n{ITEMS_SELECT}\n\"\"\"\n\n[backfill]\n\
+        "{USERS_STATUS}{}\n[backfill]\n\
          max_replica_lag = \"5s\"\nmax_rows_per_second = 2\n\n[[gate]]\nname = \"every line item mirrored\"\n\
          sql = \"SELECT (SELECT sum(jsonb_array_length(items)) FROM orders) = (SELECT count(*) FROM order_items)\"\n\n\
-         [cutover]\nsql = \"ALTER TABLE users RENAME COLUMN is_active TO is_active_retired\"\n"
+         [cutover]\nsql = \"ALTER TABLE users RENAME COLUMN is_active TO is_active_retired\"\n",
+        orders_mirror()
     );
     let report = check_db(&format!("{SHOP}{ORDER_ITEMS}"), &text).await;
     let plan = report

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::cli::*;
-use support::fixtures::{ORDERS_MIRROR, USERS_MIRROR};
+use support::fixtures::{USERS_MIRROR, orders_mirror};
+use support::process::{Run, Spec};
 use support::{Database, connect, poll};
 
 /// Independent of walshift: how many rows of each target differ from the
@@ -35,13 +36,14 @@ fn spec(name: &str, extra: &str) -> Spec {
         name,
         &format!(
             r#"{USERS_MIRROR}
-{ORDERS_MIRROR}
+{orders}
 [[gate]]
 name = "every user has a status"
 sql = "SELECT count(*) = 0 FROM users WHERE status IS NULL"
 
 {extra}
-"#
+"#,
+            orders = orders_mirror()
         ),
     )
 }
@@ -202,7 +204,7 @@ fn outcome(out: &Out) -> Value {
 async fn cutover_under_load_switches_exactly_and_loses_nothing() {
     let (db, c) = setup(3_000, 800).await;
     let spec = spec("co-load", &cutover_sql("500ms", 10));
-    let mut run = running(&spec, &db).await;
+    let run = running(&spec, &db).await;
     let load = Load::start(&db, 3, 3_000, 800).await;
 
     // A reader that would notice a lock blocking reads.
@@ -318,7 +320,7 @@ async fn cutover_under_load_switches_exactly_and_loses_nothing() {
 async fn dry_run_rolls_back_and_mirroring_goes_on() {
     let (db, c) = setup(1_000, 300).await;
     let spec = spec("co-dry", &cutover_sql("500ms", 5));
-    let mut run = running(&spec, &db).await;
+    let run = running(&spec, &db).await;
     let load = Load::start(&db, 2, 1_000, 300).await;
     for _ in 0..2 {
         let out = cli(&["cutover", "--dry-run", "--json"], &spec, &db).await;
@@ -352,7 +354,7 @@ async fn dry_run_rolls_back_and_mirroring_goes_on() {
 async fn a_held_lock_makes_cutover_retry_then_give_up_cleanly() {
     let (db, c) = setup(200, 50).await;
     let spec = spec("co-lock", &cutover_sql("100ms", 3));
-    let mut run = running(&spec, &db).await;
+    let run = running(&spec, &db).await;
     let holder = db.connect().await;
     holder
         .batch_execute("BEGIN; UPDATE users SET pad = 'held' WHERE id = 1")
@@ -410,7 +412,7 @@ async fn a_failing_gate_blocks_verify_and_cutover() {
             cutover_sql("200ms", 2)
         ),
     );
-    let mut run = running(&spec, &db).await;
+    let run = running(&spec, &db).await;
     let out = cli(&["verify"], &spec, &db).await;
     assert_eq!(out.code(), Some(1), "{out}");
     let out = cli(&["cutover"], &spec, &db).await;
@@ -452,11 +454,12 @@ async fn postpone_and_allow_cutover() {
 async fn a_cutover_with_another_spec_than_the_runs_is_refused() {
     let (db, c) = setup(100, 20).await;
     let spec = spec("co-other", &cutover_sql("200ms", 2));
-    let mut run = running(&spec, &db).await;
+    let run = running(&spec, &db).await;
     let other = Spec::new(
         "co-other",
         &format!(
-            "{USERS_MIRROR}\n{ORDERS_MIRROR}\n[[gate]]\nname = \"no users at all\"\nsql = \"SELECT count(*) = 0 FROM users\"\n\n{}",
+            "{USERS_MIRROR}\n{}\n[[gate]]\nname = \"no users at all\"\nsql = \"SELECT count(*) = 0 FROM users\"\n\n{}",
+            orders_mirror(),
             cutover_sql("200ms", 2)
         ),
     );

@@ -15,6 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::cli::*;
+use support::process::{Run, Spec};
 use support::{Database, wait_backfill_done, wait_caught_up};
 
 /// pgroll's example: `user_id_v2` keeps only references to users that exist.
@@ -115,7 +116,7 @@ async fn posts_scenario(name: &str, extra: &[&str]) -> (i64, Run, Database) {
     assert_eq!(posts_wrong(&c).await, 0, "the backfill reads users");
     let txns = users_and_posts_load(&c, 6).await;
     assert!(txns > 100, "the load ran: {txns} transactions");
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     (posts_wrong(&c).await, run, db)
 }
 
@@ -123,7 +124,7 @@ async fn posts_scenario(name: &str, extra: &[&str]) -> (i64, Run, Database) {
 /// every post pointing at them.
 #[tokio::test]
 async fn posts_follow_their_users_under_load() {
-    let (wrong, mut run, db) = posts_scenario("depends-posts", &[]).await;
+    let (wrong, run, db) = posts_scenario("depends-posts", &[]).await;
     assert_eq!(wrong, 0, "posts left stale by user changes");
     assert!(run.still_running(), "{}", run.stderr());
     // The oracle agrees with walshift's verify.
@@ -135,11 +136,11 @@ async fn posts_follow_their_users_under_load() {
     c.batch_execute("DELETE FROM users WHERE id = 77; INSERT INTO posts VALUES (999999, 77, 'p')")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     c.batch_execute("INSERT INTO users VALUES (77, 'late')")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         one_i64(&c, "SELECT user_id_v2 FROM posts WHERE id = 999999").await,
         77
@@ -244,13 +245,13 @@ async fn likes_scenario(name: &str, extra: &[&str]) -> (i64, Run) {
         };
         c.batch_execute(&sql).await.unwrap();
     }
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     (likes_wrong(&c).await, run)
 }
 
 #[tokio::test]
 async fn likes_follow_their_comments_kind_under_load() {
-    let (wrong, mut run) = likes_scenario("depends-likes", &[]).await;
+    let (wrong, run) = likes_scenario("depends-likes", &[]).await;
     assert_eq!(wrong, 0, "likes left on the wrong side");
     assert!(run.still_running(), "{}", run.stderr());
 }
@@ -292,7 +293,7 @@ set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.i
         out.stdout.contains("depends = [{ table = \"public.users\""),
         "{out}"
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     assert!(
         run.stderr()
@@ -420,14 +421,14 @@ source = "public.posts"
 set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.id = user_id) THEN user_id END" }
 "#;
     let before = Spec::new("depends-later", undeclared);
-    let mut run = Run::spawn(&before, &db);
+    let run = Run::spawn(&before, &db);
     wait_backfill_done(&c, &before.name).await;
     streaming(&c, &before.object()).await;
     // Users arrive that posts point at; nothing watches users yet.
     c.batch_execute("INSERT INTO users SELECT g, 'late' FROM generate_series(2, 400, 2) g")
         .await
         .unwrap();
-    wait_caught_up(&c, &before.object()).await;
+    wait_caught_up(&run, &c).await;
     assert!(posts_wrong(&c).await > 0, "undeclared, the posts go stale");
     run.sigterm();
     run.exit(Duration::from_secs(30)).await;
@@ -448,6 +449,6 @@ set = { user_id_v2 = "CASE WHEN EXISTS (SELECT 1 FROM public.users WHERE users.i
     .await;
     wait_backfill_done(&c, &after.name).await;
     streaming(&c, &after.object()).await;
-    wait_caught_up(&c, &after.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(posts_wrong(&c).await, 0, "the history was recomputed");
 }

@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::cli::{Run, Spec, cli, one_i64, status_json};
+use support::cli::{cli, one_i64, status_json};
 use support::fixtures::{SCHEMA, USERS_MIRROR};
+use support::process::{Run, Spec};
 use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up, wrong_status};
 use tokio::sync::watch;
 
@@ -125,14 +126,9 @@ async fn slot_row(c: &tokio_postgres::Client, slot: &str) -> Option<(bool, bool,
     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
 }
 
+/// Whether `slot` exists and a walsender holds it (the mirror tests' `slot_active`, as a bool).
 async fn slot_active(c: &tokio_postgres::Client, slot: &str) -> bool {
-    c.query_opt(
-        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .expect("pg_replication_slots")
-    .is_some_and(|r| r.get(0))
+    support::mirror::waits::slot_active(c, slot).await == Some(true)
 }
 
 /// On 17: the standby's copy of `slot` is synced, not temporary, valid, and has caught up with
@@ -277,7 +273,7 @@ async fn failover_on(major: u32) {
 
     let spec = Spec::new(&format!("fo{major}"), USERS_MIRROR);
     let slot = spec.object();
-    let mut first = Run::spawn(&spec, &db);
+    let first = Run::spawn(&spec, &db);
     poll(
         None,
         "the backfill's mirror",
@@ -286,7 +282,7 @@ async fn failover_on(major: u32) {
     )
     .await;
     wait_backfill_done(&c, &spec.name).await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&first, &c).await;
 
     let on_primary = slot_row(&c, &slot).await.expect("walshift's slot");
     assert_eq!(
@@ -367,7 +363,7 @@ async fn failover_on(major: u32) {
 
     // walshift again, against the new primary.
     let restarted = Instant::now();
-    let mut second = Run::spawn(&spec, &on_standby_db);
+    let second = Run::spawn(&spec, &on_standby_db);
     poll(
         None,
         "walshift streaming from the new primary",
@@ -376,7 +372,7 @@ async fn failover_on(major: u32) {
     )
     .await;
     let streaming = restarted.elapsed();
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&second, &c).await;
     let caught_up = restarted.elapsed();
 
     // The load goes on against the new primary for a while, then stops.
@@ -399,7 +395,7 @@ async fn failover_on(major: u32) {
     if !failover_slots {
         wait_backfill_done(&c, &spec.name).await;
     }
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&second, &c).await;
     assert_eq!(
         wrong_status(&c).await,
         0,
@@ -495,13 +491,13 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     let spec = Spec::new("fo17-follow", USERS_MIRROR);
     let slot = spec.object();
     let both = host_list(&db.conninfo(), &on_standby_db.conninfo());
-    let run = support::spawn_run(&spec.path, &both, &[]);
+    let run = Run::on(&spec, &both).spawn();
     wait_backfill_done(&c, &spec.name).await;
     poll(None, "the stream", Duration::from_secs(30), || async {
         slot_active(&c, &slot).await
     })
     .await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     wait_synced_copy(&c, &on_standby_db, &slot).await;
 
     // status and check, given both hosts, ask the standby about its copy.
@@ -576,13 +572,13 @@ async fn pg17_one_run_follows_the_promotion_through_its_host_list() {
     .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer");
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         wrong_status(&c).await,
         0,
         "users.status is not the mapping of is_active on the new primary"
     );
-    let log = support::stop_run(run).await;
+    let log = run.stop_within(Duration::from_secs(20)).await;
     how_it_resumed(true, &log, &c, &spec, &on_standby_db).await;
     eprintln!(
         "FAILOVER PostgreSQL 17: one run followed the promotion through its host list, streaming \

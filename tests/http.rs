@@ -8,14 +8,14 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::Value;
-use support::cli::{Spec, cli, command};
+use support::cli::cli;
 use support::fixtures::USERS_MIRROR;
-use support::http::{Reply, get};
+use support::http::get;
+use support::process::{Run, Spec};
 use support::{Database, poll, poll_some};
 
 /// The label the run gives the `users` mirror (log lines, `/history`, the page).
@@ -43,85 +43,24 @@ const METRICS: &[&str] = &[
     "walshift_held_keys",
 ];
 
-/// A `walshift run --listen 127.0.0.1:0` child and the address it serves;
-/// killed on drop, its log shown if the test fails.
-struct Run {
-    child: tokio::process::Child,
-    log: PathBuf,
-    addr: String,
+/// `walshift run --listen 127.0.0.1:0 <extra>`, once it says where it serves.
+async fn serve(spec: &Spec, db: &Database, extra: &[&str]) -> Run {
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let run = Run::spawn_with(spec, db, &args);
+    run.listening().await;
+    run
 }
 
-impl Run {
-    async fn start(spec: &Spec, db: &Database, extra: &[&str]) -> Run {
-        static RUNS: AtomicU32 = AtomicU32::new(0);
-        let n = RUNS.fetch_add(1, Ordering::Relaxed);
-        let log = spec.dir.path().join(format!("run-{n}.log"));
-        let file = std::fs::File::create(&log).expect("run log");
-        let mut args = vec!["run", "--listen", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        let mut cmd = command(&args, &spec.path, db);
-        cmd.stdout(Stdio::from(file.try_clone().expect("clone")))
-            .stderr(Stdio::from(file));
-        let mut child = cmd.spawn().expect("spawn walshift run");
-        // The run logs the address it bound (port 0: the kernel chose).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("listening on http://").nth(1) {
-                break rest.split('/').next().expect("an address").to_string();
-            }
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!("walshift run exited ({status}) before listening:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "walshift run did not say where it listens within 20 s:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Run { child, log, addr }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        get(&self.addr, path)
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}\n--- run log\n{}", self.log()))
-    }
-
-    async fn metrics(&self) -> Metrics {
-        let r = self.get("/metrics").await;
-        assert_eq!(r.code, 200, "{r}");
-        assert!(
-            r.content_type.starts_with("text/plain"),
-            "Prometheus text: {r}"
-        );
-        Metrics(r.body)
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.id().expect("run still running") as i32;
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    }
-
-    async fn exit(&mut self, timeout: Duration) -> ExitStatus {
-        tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("walshift run did not exit in {timeout:?}:\n{}", self.log()))
-            .expect("wait for walshift run")
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- walshift run log\n{}", self.log());
-        }
-    }
+/// One scrape of the run's `/metrics`, checked to be Prometheus text.
+async fn metrics(run: &Run) -> Metrics {
+    let r = run.get("/metrics").await;
+    assert_eq!(r.code, 200, "{r}");
+    assert!(
+        r.content_type.starts_with("text/plain"),
+        "Prometheus text: {r}"
+    );
+    Metrics(r.body)
 }
 
 /// One HTTP answer.
@@ -167,14 +106,14 @@ async fn wait_ready(run: &Run) {
 async fn metrics_are_documented_and_move_with_writes() {
     let (db, c) = setup(2_000).await;
     let spec = Spec::new("http-metrics", USERS_MIRROR);
-    let run = Run::start(&spec, &db, &[]).await;
+    let run = serve(&spec, &db, &[]).await;
     // Gauges appear once measured: within a second or two of streaming.
     let m = poll_some(
         None,
         "every documented metric on /metrics",
         Duration::from_secs(30),
         || async {
-            let m = run.metrics().await;
+            let m = metrics(&run).await;
             METRICS
                 .iter()
                 .all(|name| m.0.contains(&format!("# TYPE {name} ")))
@@ -211,7 +150,7 @@ async fn metrics_are_documented_and_move_with_writes() {
         "the backfill to finish",
         Duration::from_secs(60),
         || async {
-            let m = run.metrics().await;
+            let m = metrics(&run).await;
             (m.value("walshift_backfill_rows_total{mirror=\"1\"}") >= 2_000.0).then_some(m)
         },
     )
@@ -224,7 +163,7 @@ async fn metrics_are_documented_and_move_with_writes() {
     wait_ready(&run).await;
 
     // Live writes: 100 row changes in 10 transactions.
-    let before = run.metrics().await;
+    let before = metrics(&run).await;
     for i in 0..10 {
         c.execute(
             "UPDATE users SET is_active = NOT is_active WHERE id > $1 AND id <= $1 + 10",
@@ -238,7 +177,7 @@ async fn metrics_are_documented_and_move_with_writes() {
         "the metrics to move",
         Duration::from_secs(30),
         || async {
-            let m = run.metrics().await;
+            let m = metrics(&run).await;
             let moved = |name: &str, by: f64| m.value(name) >= before.value(name) + by;
             (moved("walshift_changes_received_total", 100.0)
                 && moved("walshift_transactions_received_total", 10.0)
@@ -293,7 +232,7 @@ async fn metrics_are_documented_and_move_with_writes() {
 async fn healthz_follows_the_replication_session() {
     let (db, c) = setup(100).await;
     let spec = Spec::new("http-health", USERS_MIRROR);
-    let mut run = Run::start(&spec, &db, &[]).await;
+    let run = serve(&spec, &db, &[]).await;
     poll(None, "/healthz 200", Duration::from_secs(30), || async {
         run.get("/healthz").await.code == 200
     })
@@ -325,7 +264,7 @@ async fn healthz_follows_the_replication_session() {
         || async { run.get("/healthz").await.code == 200 },
     )
     .await;
-    let m = run.metrics().await;
+    let m = metrics(&run).await;
     assert!(m.value("walshift_reconnects_total") >= 1.0, "{}", m.0);
     assert!(
         m.value("walshift_errors_total{kind=\"retry\"}") >= 1.0,
@@ -333,7 +272,7 @@ async fn healthz_follows_the_replication_session() {
         m.0
     );
 
-    let addr = run.addr.clone();
+    let addr = run.listening().await;
     run.sigterm();
     assert_eq!(run.exit(Duration::from_secs(15)).await.code(), Some(0));
     let after = get(&addr, "/healthz").await;
@@ -355,7 +294,7 @@ async fn readyz_is_what_wait_waits_for() {
         "http-ready",
         &format!("{USERS_MIRROR}\n[backfill]\nmax_rows_per_second = 4000\n"),
     );
-    let run = Run::start(&spec, &db, &["--ready-max-lag", "2s"]).await;
+    let run = serve(&spec, &db, &["--ready-max-lag", "2s"]).await;
     // Pause as soon as the state exists.
     poll(
         None,
@@ -383,7 +322,7 @@ async fn readyz_is_what_wait_waits_for() {
         "the paused throttle gauge",
         Duration::from_secs(10),
         || async {
-            run.metrics()
+            metrics(&run)
                 .await
                 .value("walshift_backfill_throttled{reason=\"paused\"}")
                 == 1.0
@@ -406,7 +345,7 @@ async fn readyz_is_what_wait_waits_for() {
     );
     let out = cli(&["wait", "--timeout", "20s", "--max-lag", "2s"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "wait must agree: ready\n{out}");
-    let m = run.metrics().await;
+    let m = metrics(&run).await;
     assert_eq!(
         m.value("walshift_backfill_throttled{reason=\"paused\"}"),
         0.0
@@ -444,7 +383,7 @@ fn shape(v: &Value, at: &str, out: &mut BTreeSet<String>) {
 async fn status_is_the_status_json_of_the_cli() {
     let (db, _c) = setup(500).await;
     let spec = Spec::new("http-status", USERS_MIRROR);
-    let run = Run::start(&spec, &db, &[]).await;
+    let run = serve(&spec, &db, &[]).await;
     wait_ready(&run).await;
     let http = run.get("/status").await;
     assert_eq!(http.code, 200, "{http}");
@@ -476,7 +415,7 @@ async fn status_is_the_status_json_of_the_cli() {
     assert_eq!(http["phase"], "mirroring");
     assert_eq!(
         http["run"]["pid"].as_u64(),
-        run.child.id().map(u64::from),
+        Some(run.pid() as u64),
         "the run's own pid"
     );
 
@@ -522,7 +461,7 @@ async fn status_is_the_status_json_of_the_cli() {
 async fn the_page_is_served_self_contained() {
     let (db, _c) = setup(10).await;
     let spec = Spec::new("http-page", USERS_MIRROR);
-    let run = Run::start(&spec, &db, &[]).await;
+    let run = serve(&spec, &db, &[]).await;
     let page = run.get("/").await;
     assert_eq!(page.code, 200, "{page}");
     assert!(page.content_type.starts_with("text/html"), "{page}");
@@ -661,7 +600,7 @@ async fn the_page_shows_live_numbers_in_a_browser() {
     let browser = chromium();
     let (db, c) = setup(3_000).await;
     let spec = Spec::new("http-browser", USERS_MIRROR);
-    let run = Run::start(&spec, &db, &[]).await;
+    let run = serve(&spec, &db, &[]).await;
     wait_ready(&run).await;
     // Some live traffic, and a few seconds of lag history for the chart.
     for i in 0..5 {
@@ -673,7 +612,7 @@ async fn the_page_shows_live_numbers_in_a_browser() {
         .unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let url = format!("http://{}/", run.addr);
+    let url = format!("http://{}/", run.listening().await);
     let profile = tempfile::tempdir().expect("profile dir");
 
     let (dom, console, stderr) = chromium_on(&url, &["--dump-dom"], profile.path()).await;
@@ -754,9 +693,9 @@ async fn batch_window_collects_commits_into_fewer_batches() {
     ] {
         let (db, c) = setup(50).await;
         let spec = Spec::new(name, USERS_MIRROR);
-        let run = Run::start(&spec, &db, &["--batch-window", window]).await;
+        let run = serve(&spec, &db, &["--batch-window", window]).await;
         wait_ready(&run).await;
-        let before = run.metrics().await.value(BATCHES);
+        let before = metrics(&run).await.value(BATCHES);
         for id in 1..=20i64 {
             c.execute(
                 "UPDATE users SET is_active = NOT is_active WHERE id = $1",
@@ -781,7 +720,7 @@ async fn batch_window_collects_commits_into_fewer_batches() {
             },
         )
         .await;
-        let batches = run.metrics().await.value(BATCHES) - before;
+        let batches = metrics(&run).await.value(BATCHES) - before;
         assert!(
             fits(batches),
             "--batch-window {window}: twenty commits 20 ms apart went in {batches} batches"

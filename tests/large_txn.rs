@@ -5,11 +5,14 @@
 
 mod support;
 
-use support::fixtures::{ORDERS_SKU_MIRROR, SKU_SCHEMA, USERS_MIRROR};
+use std::time::Duration;
+
+use support::fixtures::{SKU_SCHEMA, USERS_MIRROR, orders_sku_mirror};
+use support::{Run, Spec};
 
 /// Both shared mirrors, `users.status` and `orders` -> `order_items` without `qty`.
 fn spec_text() -> String {
-    format!("name = \"large-txn\"\n{USERS_MIRROR}{ORDERS_SKU_MIRROR}")
+    format!("{USERS_MIRROR}{}", orders_sku_mirror())
 }
 
 /// Guards "large transactions keep memory bounded" (issue 3): a 20k-key
@@ -26,10 +29,8 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         ))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("spec.toml");
-    std::fs::write(&spec, spec_text()).unwrap();
-    let child = support::spawn_run(&spec, &db.conninfo(), &["--max-txn-keys", "100"]);
+    let spec = Spec::new("large-txn", &spec_text());
+    let run = Run::spawn_with(&spec, &db, &["--max-txn-keys", "100"]);
     support::wait_backfill_done(&client, "large-txn").await;
 
     // One transaction: 20k new users, every order rewritten, 500 deleted.
@@ -43,7 +44,7 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         )
         .await
         .unwrap();
-    support::wait_caught_up(&client, "walshift_large_txn").await;
+    support::wait_caught_up(&run, &client).await;
 
     assert_eq!(support::wrong_status(&client).await, 0);
     assert_eq!(
@@ -58,7 +59,7 @@ async fn huge_transaction_falls_back_to_a_whole_mirror_pass_and_stays_exact() {
         .get(0);
     assert_eq!(items, 2500 * 2);
 
-    let stderr = support::stop_run(child).await;
+    let stderr = run.stop_within(Duration::from_secs(20)).await;
     assert!(
         stderr.contains("recomputed whole mirrors"),
         "the overflow path must have run:\n{stderr}"

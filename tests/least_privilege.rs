@@ -6,11 +6,14 @@
 
 mod support;
 
-use support::fixtures::{ORDERS_SKU_MIRROR, SKU_SCHEMA, USERS_MIRROR};
+use std::time::Duration;
+
+use support::fixtures::{SKU_SCHEMA, USERS_MIRROR, orders_sku_mirror};
+use support::{Run, Spec};
 
 /// Both shared mirrors, `users.status` and `orders` -> `order_items` without `qty`.
 fn spec_text() -> String {
-    format!("name = \"least-priv\"\n{USERS_MIRROR}{ORDERS_SKU_MIRROR}")
+    format!("{USERS_MIRROR}{}", orders_sku_mirror())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,12 +43,10 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         .await
         .unwrap();
     let conninfo = format!("{} user={role}", db.conninfo());
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("spec.toml");
-    std::fs::write(&spec, spec_text()).unwrap();
+    let spec = Spec::new("least-priv", &spec_text());
 
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
-        .args(["check", spec.to_str().unwrap(), "--db", &conninfo])
+        .args(["check", spec.path.to_str().unwrap(), "--db", &conninfo])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&check.stdout);
@@ -58,7 +59,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         "{out}"
     );
 
-    let child = support::spawn_run(&spec, &conninfo, &[]);
+    let run = Run::on(&spec, &conninfo).spawn();
     support::wait_backfill_done(&admin, "least-priv").await;
     admin
         .batch_execute(
@@ -70,7 +71,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         )
         .await
         .unwrap();
-    support::wait_caught_up(&admin, "walshift_least_priv").await;
+    support::wait_caught_up(&run, &admin).await;
     assert_eq!(support::wrong_status(&admin).await, 0);
     assert_eq!(support::order_items_diff(&admin).await, 0);
     let origins: i64 = admin
@@ -83,7 +84,7 @@ async fn a_role_without_origin_rights_still_mirrors_exactly_and_says_so() {
         .get(0);
     assert_eq!(origins, 0, "the role could not create an origin");
 
-    let stderr = support::stop_run(child).await;
+    let stderr = run.stop_within(Duration::from_secs(20)).await;
     assert!(
         stderr.contains("replication origin functions are not permitted"),
         "run says it works without its origin:\n{stderr}"

@@ -7,12 +7,12 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::cli::Spec;
 use support::fixtures::USERS_MIRROR;
+use support::process::{Run, Spec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");
 
@@ -28,22 +28,11 @@ async fn short_run(name: &str, global: &[&str]) -> Output {
     .await
     .expect("schema");
     let spec = Spec::new(name, USERS_MIRROR);
-    let child = tokio::process::Command::new(BIN)
-        .args(global)
-        .arg("run")
-        .arg(&spec.path)
-        .args(["--db", &db.conninfo()])
-        .env_remove("RUST_LOG")
-        .env_remove("WALSHIFT_DB")
+    let run = Run::on(&spec, &db.conninfo())
+        .global(global)
         // Any free port for run's HTTP server, so runs in parallel do not collide.
         .env("WALSHIFT_LISTEN", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn walshift run");
-    let pid = child.id().expect("running") as i32;
+        .spawn();
     c.execute(
         "UPDATE users SET is_active = NOT is_active WHERE id = 3",
         &[],
@@ -52,7 +41,7 @@ async fn short_run(name: &str, global: &[&str]) -> Output {
     .expect("a live write");
     // Backfill and live mirroring both done: every status matches.
     let client = &c;
-    support::poll(None, "walshift run to mirror", Duration::from_secs(30), || async move {
+    support::poll(Some(&run), "walshift run to mirror", Duration::from_secs(30), || async move {
         client
             .query_one(
                 "SELECT count(*) FROM users
@@ -65,19 +54,13 @@ async fn short_run(name: &str, global: &[&str]) -> Output {
     .await;
     // A watermark round trip, so the periodic paths log too.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .expect("walshift run stops within 20 s of SIGTERM")
-        .expect("walshift run output");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "walshift run did not stop cleanly:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    // It must stop cleanly (exit 0) within 20 s of SIGTERM.
+    run.terminate(Duration::from_secs(20)).await;
+    Output {
+        status: run.exited().expect("exited"),
+        stdout: run.stdout().into_bytes(),
+        stderr: run.stderr().into_bytes(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,11 +17,11 @@ use support::mirror::workloads::{
     orders_step, quoted_step, shop_ddl, shop_spec, shop_step, tags_step, txn, users_step,
 };
 use support::mirror::{
-    LoadOptions, OPEN_ENDED, Scenario, Step, Walshift, assert_load, confirmed_at_least,
-    dedicated_cluster, fresh_db_on, settled_updates, step, terminate_walshift_sessions,
-    wait_active, wait_caught_up, wait_inactive,
+    LoadOptions, OPEN_ENDED, Scenario, Step, assert_load, confirmed_at_least, dedicated_cluster,
+    fresh_db_on, settled_updates, step, terminate_walshift_sessions, wait_active, wait_caught_up,
+    wait_inactive,
 };
-use support::{Cluster, poll};
+use support::{Cluster, Run, poll};
 use tokio_postgres::Client;
 
 // ---------------------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ async fn set_mode_status_follows_concurrent_writes() {
     wait_caught_up(&ws, &s.sql).await;
     let rows = STATUS.assert_exact(&s.sql, Some(&ws)).await;
     assert!(rows >= 50, "the load left only {rows} users");
-    let (summary, _) = ws.stop().await;
+    let (summary, _) = ws.stop_summary().await;
     assert!(summary.rows_written > 0, "{summary:?}");
 }
 
@@ -64,7 +64,7 @@ async fn set_mode_int_to_bigint_with_key_updates() {
         .count("SELECT count(*) FROM accounts WHERE id > 2147483000")
         .await;
     assert!(near_max > 0, "no key near int max survived the load");
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards rows mode, one-to-many: items are added, removed (renumbering later lines),
@@ -82,7 +82,7 @@ async fn rows_mode_order_items_follow_items_edits() {
     wait_caught_up(&ws, &s.sql).await;
     let rows = ORDER_ITEMS.assert_exact(&s.sql, Some(&ws)).await;
     assert!(rows >= 50, "the load left only {rows} order items");
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards two rows-mode mirrors on one source split by a discriminator: rows whose `kind`
@@ -102,7 +102,7 @@ async fn rows_mode_split_by_discriminator_moves_rows_between_targets() {
     let a = EVENTS_A.assert_exact(&s.sql, Some(&ws)).await;
     let b = EVENTS_B.assert_exact(&s.sql, Some(&ws)).await;
     assert!(a >= 10 && b >= 10, "too few rows to mean much: a={a} b={b}");
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards a mapping that reads the column it writes (idempotent array merge) while the
@@ -119,7 +119,7 @@ async fn set_mode_array_merge_reading_its_own_output() {
     wait_caught_up(&ws, &s.sql).await;
     let rows = TAGS.assert_exact(&s.sql, Some(&ws)).await;
     assert!(rows >= 50, "the load left only {rows} profiles");
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards quoted names (`"My Schema"."Order Items"`, mixed case and spaces), NULLs in every
@@ -168,7 +168,7 @@ async fn quoted_names_nulls_key_updates_and_truncate() {
         "the load missed a case: items of moved orders {moved}, NULL SKUs {null_skus}, \
          NULL names {null_names}, NULL item counts {null_counts}"
     );
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ async fn race_a_commit_not_yet_visible(cluster: &Arc<Cluster>, barrier: bool) {
             ));
         }
     }
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards I5: walshift's own writes come back through the stream marked with its origin and
@@ -383,7 +383,7 @@ async fn own_writes_are_not_echoed_and_noop_recomputes_write_nothing() {
     )
     .await;
     wait_caught_up(&ws, &s.sql).await;
-    ws.stop().await;
+    ws.stop_summary().await;
     // Every session that wrote is gone, so its statistics are flushed: one version per row.
     let base = settled_updates(&s.sql, N).await;
 
@@ -399,7 +399,7 @@ async fn own_writes_are_not_echoed_and_noop_recomputes_write_nothing() {
     assert_eq!(stats.acked, N as u64, "{stats:?}");
     wait_caught_up(&ws, &s.sql).await;
     STATUS.assert_exact(&s.sql, Some(&ws)).await;
-    let (summary, _) = ws.stop().await;
+    let (summary, _) = ws.stop_summary().await;
     assert_eq!(
         summary.keys, N as u64,
         "N updates of distinct keys must be exactly N keys of work: walshift's own writes \
@@ -437,7 +437,7 @@ async fn own_writes_are_not_echoed_and_noop_recomputes_write_nothing() {
     assert_eq!(stats.acked, M as u64, "{stats:?}");
     wait_caught_up(&ws, &s.sql).await;
     STATUS.assert_exact(&s.sql, Some(&ws)).await;
-    let (summary, _) = ws.stop().await;
+    let (summary, _) = ws.stop_summary().await;
     assert_eq!(summary.keys, M as u64, "{summary:?}");
     assert_eq!(
         summary.rows_written, 0,
@@ -550,10 +550,10 @@ async fn sigkill_mid_load_then_restart_loses_nothing() {
         .count("SELECT count(*) FROM order_items WHERE order_id = 100001")
         .await;
     assert_eq!(lines, 2, "the order whose batch was in flight at the kill");
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
-async fn assert_shop_exact(client: &Client, ws: &Walshift) {
+async fn assert_shop_exact(client: &Client, ws: &Run) {
     let users = STATUS.assert_exact(client, Some(ws)).await;
     let items = ORDER_ITEMS.assert_exact(client, Some(ws)).await;
     assert!(
@@ -599,7 +599,7 @@ async fn terminated_sessions_reconnect_by_themselves() {
     eprintln!("{stats:?}");
     wait_caught_up(&ws, &s.sql).await;
     assert_shop_exact(&s.sql, &ws).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards reconnecting across a server restart in the middle of a run (a dedicated
@@ -632,7 +632,7 @@ async fn server_restart_mid_run_resumes() {
     wait_active(&ws, &s.sql).await;
     wait_caught_up(&ws, &s.sql).await;
     assert_shop_exact(&s.sql, &ws).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 }
 
 /// Guards SIGTERM and resume: under load, SIGTERM ends walshift with exit code 0 within a few
@@ -645,7 +645,7 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes_exactly() {
     let ws = s.start(&[]).await;
     let load = s.load(OPEN_ENDED, step(|r| txn(r, users_step)));
     load.wait_acked(300, Some(&ws)).await;
-    let (summary, took) = ws.stop().await;
+    let (summary, took) = ws.stop_summary().await;
     assert!(
         took < Duration::from_secs(5),
         "SIGTERM took {took:?} to stop walshift"
@@ -660,7 +660,7 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes_exactly() {
     load.stop().await;
     wait_caught_up(&ws, &s.sql).await;
     STATUS.assert_exact(&s.sql, Some(&ws)).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 
     // Updates of K distinct, existing keys while walshift is stopped.
     let updated = s
@@ -676,7 +676,7 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes_exactly() {
     let ws = s.start(&[]).await;
     wait_caught_up(&ws, &s.sql).await;
     STATUS.assert_exact(&s.sql, Some(&ws)).await;
-    let (summary, _) = ws.stop().await;
+    let (summary, _) = ws.stop_summary().await;
     assert_eq!(
         summary.keys, updated as u64,
         "the restarted run should recompute exactly the {updated} keys written while it was \
@@ -696,8 +696,7 @@ async fn a_spec_that_does_not_fit_exits_1_and_creates_nothing() {
     }
     .spec();
     let s = Scenario::new("broken", USERS_DDL, &spec).await;
-    let (status, output) =
-        Walshift::run_to_exit(&s.spec, &s.conninfo(), Duration::from_secs(30)).await;
+    let (status, output) = Run::run_to_exit(&s.spec, &s.conninfo(), Duration::from_secs(30)).await;
     assert_eq!(
         status.code(),
         Some(1),
@@ -717,7 +716,7 @@ async fn a_spec_that_does_not_fit_exits_1_and_creates_nothing() {
             && errors[1].contains("nothing was created"),
         "expected one problem naming column state, then the summary; output:\n{output}"
     );
-    let name = s.spec.object_name();
+    let name = s.spec.object();
     let left = s
         .sql
         .query_one(
@@ -822,7 +821,10 @@ async fn sigkill_loop_during_backfill_and_load_loses_nothing() {
         None => Vec::new(),
     };
     for round in 1..=kills {
-        let ws = Walshift::spawn(&s.spec, &s.conninfo(), &extra);
+        let ws = Run::on(&s.spec, &s.conninfo())
+            .json_log()
+            .args(&extra)
+            .spawn();
         let after = Duration::from_millis(rng.int(1_500, 4_500) as u64);
         tokio::time::sleep(after).await;
         if let Some(status) = ws.exited() {
@@ -852,7 +854,7 @@ async fn sigkill_loop_during_backfill_and_load_loses_nothing() {
         eprintln!("round {round}: SIGKILL {after:?} after the spawn ({state:?})");
         let slot = ws.slot().to_owned();
         if std::env::var_os("KILL_LOOP_LOGS").is_some() {
-            eprintln!("{}", ws.output());
+            eprintln!("{}", ws.stderr());
         }
         ws.kill().await;
         // As a supervisor restarts it: at once, its old sessions maybe still there.
@@ -893,5 +895,5 @@ async fn sigkill_loop_during_backfill_and_load_loses_nothing() {
     .await;
     wait_caught_up(&ws, &s.sql).await;
     assert_shop_exact(&s.sql, &ws).await;
-    ws.stop().await;
+    ws.stop_summary().await;
 }

@@ -15,10 +15,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::cli::Spec;
 use support::fixtures::{SCHEMA, USERS_MIRROR};
 use support::network::relay::Relay;
 use support::network::{Writer, credentials, refusing_port, run_on, server_socket, via_relay};
+use support::process::Spec;
 use support::{Cluster, Database, fresh_db, poll, shared_cluster, wrong_status};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::ReplicationClient;
@@ -166,7 +166,7 @@ async fn no_fitting_host_is_one_line_naming_every_host() {
     );
 
     let spec = Spec::new("net-none-fits", USERS_MIRROR);
-    let out = tokio::process::Command::new(support::cli::BIN)
+    let out = tokio::process::Command::new(support::process::BIN)
         .args(["check"])
         .arg(&spec.path)
         .args(["--db", &conninfo])
@@ -202,7 +202,7 @@ async fn run_finds_the_primary_behind_a_dead_host_and_a_standby() {
         credentials(&db)
     );
     let spec = Spec::new("net-multi-host", USERS_MIRROR);
-    let mut run = run_on(&spec, &conninfo, &[]);
+    let run = run_on(&spec, &conninfo, &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -253,7 +253,7 @@ async fn black_holes_under_load_end_exact() {
     let (db, admin) = support::cli::setup(3000, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-load", USERS_MIRROR);
-    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -285,7 +285,7 @@ async fn black_holes_under_load_end_exact() {
     let txns = writer.finish().await;
     assert!(txns > 100, "the writer committed only {txns} transactions");
     support::wait_backfill_done(&admin, &spec.name).await;
-    support::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&run, &admin).await;
     // The judge: every row's status is the mapping of its is_active, by a
     // query of the test's own, and every row written is there.
     assert_eq!(wrong_status(&admin).await, 0);
@@ -334,7 +334,7 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
     let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-bound", USERS_MIRROR);
-    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -371,7 +371,7 @@ async fn a_black_holed_stream_is_noticed_within_its_bound() {
         .execute("UPDATE users SET is_active = NOT is_active", &[])
         .await
         .unwrap();
-    support::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&run, &admin).await;
     assert_eq!(wrong_status(&admin).await, 0);
     run.stop().await;
 }
@@ -387,7 +387,7 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
     let (db, admin) = support::cli::setup(10, 0).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
     let spec = Spec::new("net-plant", USERS_MIRROR);
-    let mut run = run_on(
+    let run = run_on(
         &spec,
         &via_relay(&db, relay.port(), SHORT),
         &["--unsafe-plant", "no-receive-timeout"],
@@ -434,8 +434,8 @@ async fn planted_without_the_receive_timeout_a_black_holed_stream_hangs() {
 async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
     let (db, admin) = support::cli::setup(0, 10).await;
     let relay = Relay::start(server_socket(shared_cluster())).await;
-    let spec = Spec::new("net-lock", support::fixtures::ORDERS_MIRROR);
-    let mut run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
+    let spec = Spec::new("net-lock", &support::fixtures::orders_mirror());
+    let run = run_on(&spec, &via_relay(&db, relay.port(), SHORT), &[]);
     run.wait_log(" streaming slot=", 0, Duration::from_secs(60))
         .await
         .expect("walshift streams");
@@ -468,7 +468,7 @@ async fn a_statement_waiting_on_a_lock_is_not_a_dead_link() {
     assert_eq!(run.count("dead link"), 0, "{}", run.stderr());
     assert_eq!(run.count(" streaming slot="), 1, "{}", run.stderr());
     holder.batch_execute("COMMIT").await.unwrap();
-    support::wait_caught_up(&admin, &spec.object()).await;
+    support::wait_caught_up(&run, &admin).await;
     // The mapping by the test's own SQL, both ways, as multisets.
     let diff = support::fixtures::order_items_qty_diff(&admin).await;
     assert_eq!(diff, 0);

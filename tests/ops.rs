@@ -13,7 +13,8 @@ use serde_json::Value;
 use support::{Database, connect, poll, poll_some};
 
 use support::cli::*;
-use support::fixtures::{ORDERS_MIRROR, USERS_MIRROR};
+use support::fixtures::{USERS_MIRROR, orders_mirror};
+use support::process::{Run, Spec};
 /// Whether the backfill of `name` has not (yet) completed every mirror.
 async fn backfill_incomplete(c: &tokio_postgres::Client, name: &str) -> bool {
     if one_i64(
@@ -89,7 +90,7 @@ async fn wait_user_mirrored(what: &str, c: &tokio_postgres::Client, id: i64) {
 }
 
 /// SIGTERM, then the run must exit 0 within 10 s.
-async fn stop_cleanly(run: &mut Run) {
+async fn stop_cleanly(run: &Run) {
     run.sigterm();
     let code = run.exit(Duration::from_secs(10)).await;
     assert_eq!(code.code(), Some(0), "run: {}", run.stderr());
@@ -130,7 +131,7 @@ async fn status_before_any_run_is_not_started() {
 async fn wait_returns_only_after_the_backfill_is_done() {
     let (db, c) = setup(50_000, 0).await;
     let spec = capped_users_spec("ops-wait", 10_000);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     let started = Instant::now();
     let mut waiter = command(&["wait", "--timeout", "60s"], &spec.path, &db)
         .spawn()
@@ -187,7 +188,7 @@ async fn wait_returns_only_after_the_backfill_is_done() {
     assert!(stdout.contains("ready"), "{stdout}");
     assert_eq!(support::wrong_status(&c).await, 0);
 
-    stop_cleanly(&mut run).await;
+    stop_cleanly(&run).await;
     let out = cli(&["wait", "--timeout", "2s"], &spec, &db).await;
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(
@@ -205,10 +206,10 @@ async fn wait_returns_only_after_the_backfill_is_done() {
 async fn wait_after_a_restart_returns_only_once_the_backlog_is_applied() {
     let (db, c) = setup(200_000, 0).await;
     let spec = Spec::new("ops-restart", USERS_MIRROR);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     let out = cli(&["wait", "--timeout", "60s"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}\nrun:\n{}", run.stderr());
-    stop_cleanly(&mut run).await;
+    stop_cleanly(&run).await;
     // The backlog: every user flips three times while no run reads the slot.
     for _ in 0..3 {
         c.batch_execute("UPDATE users SET is_active = NOT is_active")
@@ -219,7 +220,7 @@ async fn wait_after_a_restart_returns_only_once_the_backlog_is_applied() {
         support::wrong_status(&c).await > 0,
         "the backlog is not applied yet"
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     let out = cli(
         &["wait", "--timeout", "120s", "--max-lag", "1s"],
         &spec,
@@ -232,7 +233,7 @@ async fn wait_after_a_restart_returns_only_once_the_backlog_is_applied() {
         wrong, 0,
         "wait said ready with {wrong} users not yet mirrored: {out}"
     );
-    stop_cleanly(&mut run).await;
+    stop_cleanly(&run).await;
 }
 
 /// Guards `status` while a run mirrors: phase `mirroring`, run alive with its
@@ -242,14 +243,10 @@ async fn wait_after_a_restart_returns_only_once_the_backlog_is_applied() {
 async fn status_while_running_shows_live_run_lag_and_slot() {
     let (db, c) = setup(1_000, 0).await;
     let spec = Spec::new("ops-status", USERS_MIRROR);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     let s = wait_ready("phase mirroring with lag < 1s", &spec, &db).await;
     assert_eq!(s["run"]["alive"], true, "{s}");
-    assert_eq!(
-        s["run"]["pid"].as_i64(),
-        run.child.id().map(i64::from),
-        "{s}"
-    );
+    assert_eq!(s["run"]["pid"].as_i64(), Some(i64::from(run.pid())), "{s}");
     assert_eq!(s["slot"]["exists"], true, "{s}");
     assert_eq!(s["slot"]["active"], true, "{s}");
     assert_eq!(s["slot"]["name"], spec.object(), "{s}");
@@ -275,7 +272,7 @@ async fn status_while_running_shows_live_run_lag_and_slot() {
     assert!(text.stdout.contains("mirroring"), "{text}");
     assert!(text.stdout.contains("alive"), "{text}");
     assert!(text.stdout.contains(" active"), "{text}");
-    stop_cleanly(&mut run).await;
+    stop_cleanly(&run).await;
     let s = status_json(&spec, &db).await;
     assert_eq!(s["phase"], "stopped", "{s}");
     assert_eq!(s["run"]["alive"], false, "{s}");
@@ -323,9 +320,9 @@ fn write_load(db: &Database, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u
 #[tokio::test]
 async fn verify_passes_on_mirrored_data_and_fails_on_corruption_and_gates() {
     let (db, c) = setup(2_000, 500).await;
-    let body = format!("{USERS_MIRROR}{ORDERS_MIRROR}");
+    let body = format!("{USERS_MIRROR}{}", orders_mirror());
     let spec = Spec::new("ops-verify", &body);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_ready("ready", &spec, &db).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -435,7 +432,7 @@ async fn verify_passes_on_mirrored_data_and_fails_on_corruption_and_gates() {
     assert_eq!(out.code(), Some(1), "a gate with two rows: {out}");
     assert!(out.stdout.contains("FAILED"), "{out}");
 
-    stop_cleanly(&mut run).await;
+    stop_cleanly(&run).await;
 }
 
 /// What walshift objects of `spec` remain, one word each.
@@ -468,7 +465,7 @@ async fn leftovers(c: &tokio_postgres::Client, spec: &Spec) -> Vec<String> {
 async fn cleanup_refuses_while_alive_and_leaves_nothing() {
     let (db, c) = setup(500, 0).await;
     let spec = Spec::new("ops-cleanup", USERS_MIRROR);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_ready("ready", &spec, &db).await;
     let refused = cli(&["cleanup"], &spec, &db).await;
     assert_eq!(refused.code(), Some(2), "{refused}");
@@ -480,13 +477,13 @@ async fn cleanup_refuses_while_alive_and_leaves_nothing() {
     );
     assert_eq!(leftovers(&c, &spec).await.len(), 4);
 
-    stop_cleanly(&mut run).await;
+    stop_cleanly(&run).await;
     let out = cli(&["cleanup"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(leftovers(&c, &spec).await, Vec::<String>::new(), "{out}");
 
     // Again, forced, with the run alive.
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_ready("ready again", &spec, &db).await;
     let out = cli(&["cleanup", "--force"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
@@ -522,7 +519,7 @@ fn rows_done(s: &Value) -> i64 {
 async fn ctl_pause_stops_backfill_but_not_mirroring() {
     let (db, c) = setup(50_000, 0).await;
     let spec = capped_users_spec("ops-ctl", 5_000);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_under_way("the backfill under way", &spec, &db).await;
     let out = cli(&["ctl", "pause"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
@@ -575,7 +572,7 @@ async fn ctl_pause_stops_backfill_but_not_mirroring() {
         |s| s["backfill"]["paused"] == false && rows_done(s) > last,
     )
     .await;
-    stop_cleanly(&mut run).await;
+    stop_cleanly(&run).await;
 }
 
 /// Guards `ctl set`: from another process, through the database, a running
@@ -587,7 +584,7 @@ async fn ctl_pause_stops_backfill_but_not_mirroring() {
 async fn ctl_set_changes_a_running_backfill() {
     let (db, _c) = setup(30_000, 0).await;
     let spec = capped_users_spec("ops-set", 500);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_under_way("the capped backfill under way", &spec, &db).await;
 
     let bad = cli(&["ctl", "set", "max_rows_per_second=fast"], &spec, &db).await;
@@ -656,7 +653,7 @@ async fn ctl_set_changes_a_running_backfill() {
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains("chunk_target_time=100ms"), "{out}");
     assert!(!out.stdout.contains("max_rows_per_second"), "{out}");
-    stop_cleanly(&mut run).await;
+    stop_cleanly(&run).await;
 }
 
 /// Guards `[safety] max_retained_wal` with `drop-slot`: when one long
@@ -681,7 +678,7 @@ async fn safety_drops_the_slot_past_max_retained_wal() {
             "{USERS_MIRROR}\n[safety]\nmax_retained_wal = \"4MB\"\non_max_retained_wal = \"drop-slot\"\n"
         ),
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_ready("ready", &spec, &db).await;
     let conninfo = db.conninfo();
     let big = tokio::spawn(async move {
@@ -727,15 +724,13 @@ async fn safety_drops_the_slot_past_max_retained_wal() {
 async fn status_without_a_live_run_shows_no_stale_figures() {
     let (db, _c) = setup(2_000, 0).await;
     let spec = capped_users_spec("ops-stale", 200);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_under_way("the backfill under way", &spec, &db).await;
     status_until("a lag measured", Duration::from_secs(15), &spec, &db, |s| {
         s["lag"]["seconds"].as_f64().is_some()
     })
     .await;
-    let pid = run.child.id().expect("running") as i32;
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    run.sigkill();
     run.exit(Duration::from_secs(10)).await;
     let s = status_until("the run dead", Duration::from_secs(15), &spec, &db, |s| {
         s["run"]["alive"] == false

@@ -15,8 +15,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{Run, Spec, cli, one_i64};
+use support::cli::{cli, one_i64};
 use support::fixtures::USERS_MIRROR;
+use support::process::{Run, Spec};
 use support::{Cluster, Database, poll};
 
 /// Users whose `status` differs from the mapping of `is_active`.
@@ -47,17 +48,7 @@ async fn cluster16() -> Option<Cluster> {
 
 async fn setup(cluster: &Cluster, users: i64) -> (Database, tokio_postgres::Client) {
     let db = cluster.fresh_database_named("origins").expect("database");
-    let c = db.connect().await;
-    c.batch_execute(support::fixtures::SCHEMA)
-        .await
-        .expect("schema");
-    c.execute(
-        "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
-        &[&users],
-    )
-    .await
-    .expect("users");
-    (db, c)
+    support::cli::setup_on(db, users, 0).await
 }
 
 async fn mirrored(c: &tokio_postgres::Client, what: &str) {
@@ -80,14 +71,10 @@ async fn a_new_origin_appearing_mid_run_loses_no_write() {
     };
     let (db, c) = setup(&cluster, 20_000).await;
     let spec = Spec::new("orig", USERS_MIRROR);
-    let mut cmd = support::cli::command(&["run"], &spec.path, &db);
-    let log = spec.dir.path().join("run.stderr");
-    let file = std::fs::File::create(&log).expect("log");
-    cmd.env("WALSHIFT_ORIGIN_POLL_MS", "3000")
-        .stdout(file.try_clone().expect("clone"))
-        .stderr(file);
-    let mut child = cmd.spawn().expect("spawn walshift run");
-    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let run = Run::on(&spec, &db.conninfo())
+        .env("WALSHIFT_ORIGIN_POLL_MS", "3000")
+        .spawn();
+    let stderr = || run.stderr();
 
     mirrored(&c, "the backfill").await;
     let check = cli(&["check"], &spec, &db).await;
@@ -151,8 +138,7 @@ async fn a_new_origin_appearing_mid_run_loses_no_write() {
 
     let out = cli(&["verify"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "verify: {}", out.stderr);
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    drop(run);
     feed.batch_execute("SELECT pg_replication_origin_session_reset()")
         .await
         .ok();
@@ -178,7 +164,7 @@ async fn an_existing_other_origin_keeps_every_change_decoded() {
         "check names the other origin:\n{}",
         check.stdout
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
     let feed = db.connect().await;
     feed.batch_execute(

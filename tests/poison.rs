@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::cli::*;
-use support::fixtures::ORDERS_MIRROR;
+use support::fixtures::orders_mirror;
+use support::process::{Run, Spec};
 use support::{Database, poll, poll_some, wait_backfill_done, wait_caught_up};
 
 /// `reviews.rating_v2 = CAST(rating AS integer)`, one review rated `'4.5'`.
@@ -95,7 +96,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
     let c = db.connect().await;
     c.batch_execute(REVIEWS).await.unwrap();
     let spec = Spec::new("poison-rating", REVIEWS_MIRROR);
-    let mut run = Run::spawn_with(&spec, &db, &["--listen", "127.0.0.1:0"]);
+    let run = Run::spawn_with(&spec, &db, &["--listen", "127.0.0.1:0"]);
     let addr = run.listening().await;
     wait_backfill_done(&c, &spec.name).await;
     assert_eq!(reviews_wrong(&c).await, 0, "every other review is mirrored");
@@ -121,7 +122,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
         .await
         .unwrap()
         .get(0);
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         reviews_wrong(&c).await,
         0,
@@ -189,7 +190,7 @@ async fn a_rating_the_mapping_cannot_take_is_held_and_everything_else_goes_on() 
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         one_i64(&c, "SELECT rating_v2::int8 FROM reviews WHERE id = 7777").await,
         4
@@ -220,7 +221,7 @@ async fn planted_no_isolation_stops_everything() {
     let c = db.connect().await;
     c.batch_execute(REVIEWS).await.unwrap();
     let spec = Spec::new("poison-planted", REVIEWS_MIRROR);
-    let mut run = Run::spawn_with(&spec, &db, &["--unsafe-plant", "no-isolation"]);
+    let run = Run::spawn_with(&spec, &db, &["--unsafe-plant", "no-isolation"]);
     let status = run.exit(Duration::from_secs(60)).await;
     assert!(!status.success(), "{}", run.stderr());
     assert!(
@@ -242,7 +243,7 @@ async fn one_poison_key_in_a_live_batch_of_thousands_is_held_alone() {
     .await
     .unwrap();
     let spec = Spec::new("poison-batch", REVIEWS_MIRROR);
-    let _run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     c.batch_execute(
         "BEGIN;
@@ -253,7 +254,7 @@ async fn one_poison_key_in_a_live_batch_of_thousands_is_held_alone() {
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(reviews_wrong(&c).await, 0);
     assert_eq!(
         one_i64(&c, "SELECT count(*) FROM reviews WHERE rating_v2 IS NULL").await,
@@ -285,7 +286,7 @@ source = "public.scores"
 set = { grade_v2 = "upper(grade)" }
 "#,
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     let wrong =
         "SELECT count(*) FROM scores WHERE id <> 1234 AND grade_v2 IS DISTINCT FROM upper(grade)";
@@ -364,8 +365,8 @@ async fn a_unique_collision_in_a_rows_target_is_held() {
     )
     .await
     .unwrap();
-    let spec = Spec::new("poison-unique", ORDERS_MIRROR);
-    let mut run = Run::spawn(&spec, &db);
+    let spec = Spec::new("poison-unique", &orders_mirror());
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     // The oracle: every order but the held ones has exactly its line items.
     let wrong = |held: &'static str| {
@@ -396,7 +397,7 @@ async fn a_unique_collision_in_a_rows_target_is_held() {
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(one_i64(&c, &wrong("3000, 4101")).await, 0);
     let s = status_until("two orders held", &spec, &db, |s| held_count(s) == 2).await;
     assert_eq!(held_keys(&s), ["3000", "4101"], "{s}");
@@ -405,7 +406,7 @@ async fn a_unique_collision_in_a_rows_target_is_held() {
     c.batch_execute("UPDATE orders SET items = '[{\"sku\": \"free-3000\", \"qty\": 1}]' WHERE id = 3000; DELETE FROM orders WHERE id = 4101")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(one_i64(&c, &wrong("0")).await, 0);
     status_until("nothing held", &spec, &db, |s| held_count(s) == 0).await;
     assert!(run.still_running());
@@ -435,7 +436,7 @@ set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
 reverse = { is_active = "CASE status WHEN 'active' THEN true WHEN 'disabled' THEN false END" }
 "#,
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     // The new version writes status: 'paused' (no old form) and others.
     c.batch_execute(
@@ -445,7 +446,7 @@ reverse = { is_active = "CASE status WHEN 'active' THEN true WHEN 'disabled' THE
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let wrong = "SELECT count(*) FROM users WHERE id <> 42 AND
                    status IS DISTINCT FROM CASE WHEN is_active THEN 'active' ELSE 'disabled' END";
     assert_eq!(one_i64(&c, wrong).await, 0);
@@ -466,7 +467,7 @@ reverse = { is_active = "CASE status WHEN 'active' THEN true WHEN 'disabled' THE
     c.batch_execute("UPDATE users SET status = 'disabled' WHERE id = 42")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         one_i64(
             &c,

@@ -12,8 +12,8 @@ mod support;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::cli::Spec;
 use support::fixtures::USERS_MIRROR;
+use support::process::Spec;
 use walshift_cluster::{Cluster, Database};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walshift");

@@ -12,9 +12,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{Run, Spec, cli, one_i64, status_json};
+use support::cli::{cli, one_i64, status_json};
 use support::fixtures::order_items_qty_diff;
-use support::fixtures::{ORDERS_MIRROR, SCHEMA, USERS_MIRROR};
+use support::fixtures::{SCHEMA, USERS_MIRROR, orders_mirror};
+use support::process::{Run, Spec};
 use support::{Cluster, Database, poll, wait_caught_up, wrong_status};
 
 /// A cluster whose slots lose WAL past 1 MB, for one test.
@@ -49,7 +50,7 @@ async fn setup(cluster: &Cluster, hint: &str) -> (Database, tokio_postgres::Clie
 }
 
 fn spec(name: &str, safety: &str) -> Spec {
-    Spec::new(name, &format!("{USERS_MIRROR}{ORDERS_MIRROR}{safety}"))
+    Spec::new(name, &format!("{USERS_MIRROR}{}{safety}", orders_mirror()))
 }
 
 /// Writes of every kind to both sources: updates, inserts, deletes, key by key and in bulk.
@@ -104,9 +105,9 @@ async fn invalidate(c: &tokio_postgres::Client, slot: &str) -> usize {
 /// Runs until mirrored and caught up, stops cleanly, then makes writes and loses the slot:
 /// writes before and after the invalidation, all of them only in the lost slot's WAL.
 async fn mirror_then_lose_the_slot(spec: &Spec, db: &Database, c: &tokio_postgres::Client) {
-    let mut run = Run::spawn(spec, db);
+    let run = Run::spawn(spec, db);
     wait_exact("the first run's mirror", c).await;
-    wait_caught_up(c, &spec.object()).await;
+    wait_caught_up(&run, c).await;
     run.sigterm();
     let code = run.exit(Duration::from_secs(20)).await;
     assert_eq!(code.code(), Some(0), "{}", run.stderr());
@@ -150,7 +151,7 @@ async fn a_slot_lost_while_stopped_is_resynced_and_ends_exact() {
         .unwrap()
         .get(0);
 
-    let mut run = Run::spawn_with(&spec, &db, &["--listen", "127.0.0.1:0"]);
+    let run = Run::spawn_with(&spec, &db, &["--listen", "127.0.0.1:0"]);
     let addr = run.listening().await;
     wait_exact("the resynced mirror", &c).await;
     poll(
@@ -161,7 +162,7 @@ async fn a_slot_lost_while_stopped_is_resynced_and_ends_exact() {
     )
     .await;
     write_a_round(&c, 4).await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     assert!(
         exact(&c).await,
         "not exact after the resync and live writes"
@@ -233,7 +234,7 @@ async fn on_slot_lost_stop_exits_and_leaves_things_intact() {
         .unwrap()
         .get(0);
 
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     let code = run.exit(Duration::from_secs(30)).await;
     let stderr = run.stderr();
     assert_eq!(code.code(), Some(2), "{stderr}");
@@ -273,7 +274,7 @@ async fn planted_naive_recovery_misses_the_writes() {
     mirror_then_lose_the_slot(&spec, &db, &c).await;
     let wrong_before = (wrong_status(&c).await, order_items_qty_diff(&c).await);
 
-    let mut run = Run::spawn_with(&spec, &db, &["--unsafe-plant", "no-resync"]);
+    let run = Run::spawn_with(&spec, &db, &["--unsafe-plant", "no-resync"]);
     poll(
         None,
         "the planted run streaming from a new slot",
@@ -282,7 +283,7 @@ async fn planted_naive_recovery_misses_the_writes() {
     )
     .await;
     write_a_round(&c, 4).await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let wrong_after = (wrong_status(&c).await, order_items_qty_diff(&c).await);
     assert!(
         wrong_after.0 > 0 && wrong_after.1 > 0,

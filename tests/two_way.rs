@@ -6,7 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{Run, Spec, cli};
+use support::cli::cli;
+use support::fixtures::orders_sku_mirror;
+use support::process::{Run, Spec};
 use support::{fresh_db, wait_backfill_done, wait_caught_up};
 
 const USERS: &str = "
@@ -117,7 +119,7 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     let slot = spec.object();
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(users_row(&c, 2).await, (Some(true), Some("active".into())));
     // The old version flips is_active: status follows.
     c.execute("UPDATE users SET is_active = false WHERE id = 2", &[])
@@ -127,7 +129,7 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     c.execute("UPDATE users SET status = 'paused' WHERE id = 4", &[])
         .await
         .unwrap();
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(
         users_row(&c, 2).await,
         (Some(false), Some("disabled".into()))
@@ -156,7 +158,7 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     assert_eq!(users_row(&c, 4).await, (Some(false), Some("paused".into())));
     assert_eq!(
         users_row(&c, 1001).await,
@@ -177,14 +179,13 @@ async fn set_mode_follows_the_shape_each_write_changed() {
     let versions = "SELECT md5(string_agg(id || ':' || xmin, ',' ORDER BY id)) FROM users";
     let before: String = c.query_one(versions, &[]).await.unwrap().get(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     let after: String = c.query_one(versions, &[]).await.unwrap().get(0);
     assert_eq!(
         after, before,
         "walshift kept writing users after it caught up"
     );
     // cleanup removes walshift's objects, the key table's rows with them.
-    let mut run = run;
     run.sigterm();
     run.exit(Duration::from_secs(20)).await;
     let out = cli(&["cleanup"], &spec, &db).await;
@@ -401,8 +402,9 @@ async fn last_writes_of_both(db: &support::Database) -> u64 {
     HOT
 }
 
-/// How a set-mode scenario runs.
-struct Scenario<'a> {
+/// How one set-mode load of [`users_under_both_versions`] runs (its parameters; the mirror
+/// tests' scenario builder is `support::mirror::Scenario`).
+struct SetModeLoad<'a> {
     /// Users before walshift starts (backfilled).
     users: i64,
     /// Extra spec text (e.g. a slow `[backfill]`).
@@ -418,7 +420,7 @@ struct Scenario<'a> {
 /// Runs both versions and the renamer against users, then the last writes
 /// of both; returns the users whose last acknowledged write does not hold,
 /// the transactions committed and the conflicts logged.
-async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
+async fn users_under_both_versions(s: SetModeLoad<'_>) -> (Vec<String>, u64, u64) {
     SPREAD.store(
         (s.users / HOT as i64).max(1),
         std::sync::atomic::Ordering::Relaxed,
@@ -473,9 +475,7 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
     match s.kill_after {
         Some(after) => {
             tokio::time::sleep(after).await;
-            let pid = run.child.id().expect("run is running") as i32;
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            run.sigkill();
             run.exit(Duration::from_secs(10)).await;
             log.push_str(&run.stderr());
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -487,7 +487,7 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
     let mut committed = load.stop().await;
     committed += last_writes_of_both(&db).await;
     wait_backfill_done(&c, &spec.name).await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let lost: Vec<String> = c
         .query(LOST_USERS, &[])
         .await
@@ -524,7 +524,7 @@ async fn users_under_both_versions(s: Scenario<'_>) -> (Vec<String>, u64, u64) {
     (lost, committed, conflicts_logged(&log))
 }
 
-const HOT_USERS: Scenario<'static> = Scenario {
+const HOT_USERS: SetModeLoad<'static> = SetModeLoad {
     users: HOT as i64,
     spec: "",
     extra: &[],
@@ -559,14 +559,14 @@ async fn set_mode_last_acknowledged_write_holds_under_both_versions() {
 /// bugs it guards against.
 #[tokio::test]
 async fn set_mode_test_fails_with_direction_or_conflict_rule_planted_wrong() {
-    let (lost, _, _) = users_under_both_versions(Scenario {
+    let (lost, _, _) = users_under_both_versions(SetModeLoad {
         extra: &["--unsafe-plant", "recompute-every-write"],
         seconds: 4,
         ..HOT_USERS
     })
     .await;
     assert!(!lost.is_empty(), "recomputing on every write lost nothing?");
-    let (lost, committed, _) = users_under_both_versions(Scenario {
+    let (lost, committed, _) = users_under_both_versions(SetModeLoad {
         extra: &["--unsafe-plant", "earlier-write-wins"],
         ..HOT_USERS
     })
@@ -577,7 +577,7 @@ async fn set_mode_test_fails_with_direction_or_conflict_rule_planted_wrong() {
 
 /// A backfill slower than the load: the new version writes keys before the
 /// backfill reaches them.
-const BACKFILLING: Scenario<'static> = Scenario {
+const BACKFILLING: SetModeLoad<'static> = SetModeLoad {
     users: 30_000,
     spec: "[backfill]\nmax_rows_per_second = 2500\nmax_chunk_rows = 500\n",
     seconds: 8,
@@ -589,7 +589,7 @@ const BACKFILLING: Scenario<'static> = Scenario {
 /// and started again: exact all the same.
 #[tokio::test]
 async fn set_mode_backfill_and_sigkill_under_both_versions() {
-    let (lost, committed, conflicts) = users_under_both_versions(Scenario {
+    let (lost, committed, conflicts) = users_under_both_versions(SetModeLoad {
         kill_after: Some(Duration::from_secs(3)),
         ..BACKFILLING
     })
@@ -607,7 +607,7 @@ async fn set_mode_backfill_and_sigkill_under_both_versions() {
 /// reached them lose those writes: the test sees it.
 #[tokio::test]
 async fn set_mode_backfill_test_fails_with_chunks_ignoring_marks() {
-    let (lost, _, _) = users_under_both_versions(Scenario {
+    let (lost, _, _) = users_under_both_versions(SetModeLoad {
         extra: &["--unsafe-plant", "chunks-ignore-marks"],
         ..BACKFILLING
     })
@@ -631,17 +631,16 @@ CREATE TABLE order_ack (seq bigserial PRIMARY KEY, id bigint NOT NULL, version t
                         op text NOT NULL, line_no bigint, sku text, skus jsonb);
 ";
 
-const ORDERS_TWO_WAY: &str = r#"
-[[mirror]]
-source = "public.orders"
-target = "public.order_items"
-owner = ["order_id"]
-select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
-"""
-reverse = { items = "(SELECT coalesce(jsonb_agg(jsonb_build_object('sku', t.sku) ORDER BY t.line_no), '[]'::jsonb) FROM public.order_items t WHERE t.order_id = src.id)" }
-"#;
+/// The shared `orders` -> `order_items` mirror without `qty`, and its way back: `items` from
+/// the lines.
+fn orders_two_way() -> String {
+    format!(
+        "{}{}",
+        orders_sku_mirror(),
+        r#"reverse = { items = "(SELECT coalesce(jsonb_agg(jsonb_build_object('sku', t.sku) ORDER BY t.line_no), '[]'::jsonb) FROM public.order_items t WHERE t.order_id = src.id)" }
+"#
+    )
+}
 
 /// The old version: appends a line to a hot order's items, or drops its
 /// last one (or inserts an order with items); acknowledges the skus.
@@ -847,8 +846,8 @@ async fn orders_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String
         "orders{}",
         extra.last().map(|p| format!("-{p}")).unwrap_or_default()
     );
-    let spec = Spec::new(&name, ORDERS_TWO_WAY);
-    let mut run = Run::spawn_with(&spec, &db, extra);
+    let spec = Spec::new(&name, &orders_two_way());
+    let run = Run::spawn_with(&spec, &db, extra);
     wait_backfill_done(&c, &spec.name).await;
     let writers: [(Step, u64); 3] = [(old_orders, 2), (new_orders, 2), (note, 1)];
     let load = Load::start(&db.conninfo(), &writers, Duration::from_millis(1)).await;
@@ -884,7 +883,7 @@ async fn orders_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String
         }
         committed += 2;
     }
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let lost: Vec<String> = c
         .query(LOST_ORDERS, &[])
         .await
@@ -1240,7 +1239,7 @@ async fn split_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String>
         extra.last().map(|p| format!("-{p}")).unwrap_or_default()
     );
     let spec = Spec::new(&name, &split_spec());
-    let mut run = Run::spawn_with(&spec, &db, extra);
+    let run = Run::spawn_with(&spec, &db, extra);
     wait_backfill_done(&c, &spec.name).await;
     let writers: [(Step, u64); 2] = [(old_split, 2), (new_split, 2)];
     let load = Load::start(&db.conninfo(), &writers, Duration::from_millis(1)).await;
@@ -1268,7 +1267,7 @@ async fn split_under_both_versions(extra: &[&str], seconds: u64) -> (Vec<String>
             committed += 1;
         }
     }
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let lost: Vec<String> = c
         .query(LOST_SPLIT, &[])
         .await
@@ -1324,12 +1323,12 @@ async fn verify_checks_both_directions() {
     .await
     .unwrap();
     let spec = Spec::new("verify-two-way", USERS_TWO_WAY);
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     c.batch_execute("UPDATE users SET status = 'paused' WHERE id IN (2, 4, 6)")
         .await
         .unwrap();
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let out = cli(&["verify"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     run.sigterm();
@@ -1384,7 +1383,7 @@ CREATE TABLE cutover_check AS SELECT count(*) AS lost FROM ({lost}) AS l;
 "
         ),
     );
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     wait_backfill_done(&c, &spec.name).await;
     let writers: [(Step, u64); 3] = [(old_version, 2), (new_version, 2), (rename, 1)];
     let load = Load::start(&db.conninfo(), &writers, Duration::from_millis(2)).await;

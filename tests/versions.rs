@@ -10,8 +10,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{Run, Spec, cli, one_i64, status_json};
-use support::fixtures::{SCHEMA, USERS_MIRROR};
+use support::cli::{cli, one_i64, status_json};
+use support::fixtures::USERS_MIRROR;
+use support::process::{Run, Spec};
 use support::{Cluster, Database, majors, poll, wait_backfill_done, wait_caught_up};
 use walshift::conninfo::ConnConfig;
 use walshift::replication::{ReplicationClient, SlotOptions, SnapshotAction, proto};
@@ -45,15 +46,7 @@ async fn cluster_of(major: u32, settings: &[(&str, &str)]) -> Option<Cluster> {
 /// A fresh database on `cluster` with the operator schema and `users` rows `1..=users`.
 async fn setup(cluster: &Cluster, hint: &str, users: i64) -> (Database, tokio_postgres::Client) {
     let db = cluster.fresh_database_named(hint).expect("database");
-    let c = db.connect().await;
-    c.batch_execute(SCHEMA).await.expect("schema");
-    c.execute(
-        "INSERT INTO users (id, is_active) SELECT g, g % 3 = 0 FROM generate_series(1, $1::bigint) g",
-        &[&users],
-    )
-    .await
-    .expect("users");
-    (db, c)
+    support::cli::setup_on(db, users, 0).await
 }
 
 async fn mirrored(c: &tokio_postgres::Client, what: &str) {
@@ -67,14 +60,9 @@ async fn text(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
     c.query_one(sql, &[]).await.expect(sql).get(0)
 }
 
+/// Whether `slot` exists and a walsender holds it (the mirror tests' `slot_active`, as a bool).
 async fn slot_active(c: &tokio_postgres::Client, slot: &str) -> bool {
-    c.query_opt(
-        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .expect("pg_replication_slots")
-    .is_some_and(|r| r.get(0))
+    support::mirror::waits::slot_active(c, slot).await == Some(true)
 }
 
 async fn wait_inactive(c: &tokio_postgres::Client, slot: &str) {
@@ -218,7 +206,7 @@ async fn pg14_empty_transactions_are_streamed_and_confirmed_past() {
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
     wait_backfill_done(&c, &spec.name).await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
 
     c.batch_execute("SELECT pg_create_logical_replication_slot('probe', 'pgoutput')")
         .await
@@ -321,7 +309,7 @@ async fn own_writes_on(major: u32) -> Option<OwnWrites> {
     .await
     .unwrap();
     mirrored(&c, "a write after the backfill").await;
-    wait_caught_up(&c, &spec.object()).await;
+    wait_caught_up(&run, &c).await;
     let slot = spec.object();
     let stats = "SELECT coalesce(sum(total_txns), 0)::bigint, coalesce(sum(total_bytes), 0)::bigint \
                  FROM pg_stat_replication_slots WHERE slot_name = $1";
@@ -525,7 +513,7 @@ async fn pg17_slot_columns_and_walshift_status() {
     let slot = spec.object();
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
 
     let columns = "SELECT active, failover, synced, inactive_since IS NULL, invalidation_reason,
                           conflicting, wal_status, confirmed_flush_lsn::text
@@ -673,7 +661,7 @@ async fn origin_limit_on(major: u32, setting: &str, limit: i64) {
     }
 
     // run makes the same check first, so it refuses before creating anything.
-    let mut run = Run::spawn(&spec, &db);
+    let run = Run::spawn(&spec, &db);
     let status = run.exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(1), "run must refuse:\n{}", run.stderr());
     assert!(
@@ -767,7 +755,7 @@ async fn pg18_idle_slot_timeout_spares_a_running_slot_and_check_refuses_a_lost_o
     let slot = spec.object();
     let run = Run::spawn(&spec, &db);
     mirrored(&c, "the backfill").await;
-    wait_caught_up(&c, &slot).await;
+    wait_caught_up(&run, &c).await;
     let reason =
         "SELECT invalidation_reason, wal_status FROM pg_replication_slots WHERE slot_name = $1";
 

@@ -4,7 +4,8 @@
 //! and samples the rest; `--scan off` skips it; and nothing is left behind
 //! (judged with SQL of the test's own).
 
-use crate::support::cli::{Out, Spec, cli};
+use crate::support::cli::{Out, cli};
+use crate::support::process::Spec;
 use crate::support::{Database, fresh_db};
 use crate::{Trace, trace};
 
@@ -200,9 +201,8 @@ fn items_spec(name: &str, tail: &str) -> Spec {
     Spec::new(
         name,
         &format!(
-            "[[mirror]]\nsource = \"public.orders\"\ntarget = \"public.order_items\"\nowner = [\"order_id\"]\n\
-             select = \"\"\"\nSELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty\n\
-             FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)\n\"\"\"\n{tail}"
+            "{}{tail}",
+            crate::support::fixtures::orders_mirror().trim_start()
         ),
     )
 }
@@ -471,14 +471,14 @@ async fn the_estimate_is_within_half_of_the_real_backfill() {
         &format!(
             "{}{}",
             crate::support::fixtures::USERS_MIRROR,
-            crate::support::fixtures::ORDERS_MIRROR
+            crate::support::fixtures::orders_mirror()
         ),
     );
     let out = cli(&["check", "--scan", "full"], &spec, &db).await;
     assert_eq!(out.code(), Some(0), "{out}");
     let estimated = estimates(&out.stdout);
     assert_eq!(estimated.len(), 2, "{out}");
-    let mut run = crate::support::cli::Run::spawn(&spec, &db);
+    let run = crate::support::process::Run::spawn(&spec, &db);
     crate::support::wait_backfill_done(&admin, "eta").await;
     run.sigterm();
     run.exit(std::time::Duration::from_secs(20)).await;

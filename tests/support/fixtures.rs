@@ -30,16 +30,27 @@ source = "public.users"
 set = { status = "CASE WHEN is_active THEN 'active' ELSE 'disabled' END" }
 "#;
 
-pub const ORDERS_MIRROR: &str = r#"
+/// The one text of the `orders` -> `order_items` mirror (rows mode, owned by `order_id`), with
+/// `select` as its mapping: [`orders_mirror`] and [`orders_sku_mirror`] are it with the shared
+/// selects, and tests that need a variant (another select, a `reverse`) build it from this.
+pub fn orders_mirror_with(select: &str) -> String {
+    format!(
+        r#"
 [[mirror]]
 source = "public.orders"
 target = "public.order_items"
 owner  = ["order_id"]
 select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku, (i.v->>'qty')::int AS qty
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
+{select}
 """
-"#;
+"#
+    )
+}
+
+/// The `orders` -> `order_items` mirror of [`SCHEMA`]: its `select` is [`ITEMS_SELECT`].
+pub fn orders_mirror() -> String {
+    orders_mirror_with(ITEMS_SELECT)
+}
 
 /// [`SCHEMA`] without `users.pad` and `order_items.qty`, and with nullable columns.
 pub const SKU_SCHEMA: &str = "
@@ -48,17 +59,10 @@ CREATE TABLE orders (id bigint PRIMARY KEY, items jsonb NOT NULL);
 CREATE TABLE order_items (order_id bigint, line_no bigint, sku text, PRIMARY KEY (order_id, line_no));
 ";
 
-/// [`ORDERS_MIRROR`] for [`SKU_SCHEMA`]: its `select` is [`ITEMS_SKU_SELECT`].
-pub const ORDERS_SKU_MIRROR: &str = r#"
-[[mirror]]
-source = "public.orders"
-target = "public.order_items"
-owner  = ["order_id"]
-select = """
-SELECT src.id AS order_id, i.n AS line_no, i.v->>'sku' AS sku
-FROM jsonb_array_elements(src.items) WITH ORDINALITY AS i(v, n)
-"""
-"#;
+/// [`orders_mirror`] for [`SKU_SCHEMA`]: its `select` is [`ITEMS_SKU_SELECT`].
+pub fn orders_sku_mirror() -> String {
+    orders_mirror_with(ITEMS_SKU_SELECT)
+}
 
 /// Counts the `users` rows whose `status` is not the set mapping of `is_active`
 /// (`CASE WHEN is_active THEN 'active' ELSE 'disabled' END`): 0 once walshift has mirrored them.

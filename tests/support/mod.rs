@@ -5,11 +5,13 @@
 //!
 //! - [`fixtures`]: the schemas, specs and oracles many tests share (`users.status`,
 //!   `orders` -> `order_items`).
-//! - [`cli`]: the binary's one-shot commands and the `walshift run` child of the operator tests
-//!   ([`cli::Run`]); [`http`], [`majors`]: its HTTP side, other PostgreSQL majors.
-//! - [`mirror`]: the `walshift run` child the mirror scenarios watch ([`mirror::Walshift`]),
-//!   write loads, the waits that define "caught up", exact comparisons; [`backfill`] builds
-//!   its backfill scenarios on it.
+//! - [`process`]: a spec in a temporary directory and the one `walshift run` child process
+//!   every test uses ([`Run`]: a log file per run, killed on drop, its log's tail with every
+//!   failure, the final summary, signals, HTTP).
+//! - [`cli`]: the binary's one-shot commands; [`http`], [`majors`]: its HTTP side, other
+//!   PostgreSQL majors.
+//! - [`mirror`]: write loads, the waits that define "caught up", exact comparisons;
+//!   [`backfill`] builds its backfill scenarios on it.
 //! - [`network`]: a relay that breaks links, and runs through it; [`two_way`]: a rolling
 //!   deploy's writers.
 //!
@@ -26,21 +28,22 @@ pub mod network;
 /// `benches/support/page.rs` (a symlink): the benches write their reports as pages of the
 /// documentation, and `tests/docs.rs` checks those pages.
 pub mod page;
+pub mod process;
 pub mod two_way;
 
 use std::future::Future;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-use tokio::io::AsyncReadExt;
 
 pub use walshift_cluster::{Cluster, Database};
 
 // The users and order_items oracles, for the tests that name them here.
 #[allow(unused_imports)]
 pub use fixtures::{order_items_diff, wrong_status};
-use mirror::Walshift;
+#[allow(unused_imports)]
+pub use process::{Run, Spec};
+// The one "caught up" poller, for the tests that name it here.
+#[allow(unused_imports)]
+pub use mirror::waits::wait_caught_up;
 
 /// The cluster shared by every test of this process, started on first use and removed at exit.
 pub fn shared_cluster() -> &'static Cluster {
@@ -73,12 +76,7 @@ pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
 /// polls, and panics after `timeout`, naming `what` was awaited. With `ws`, it checks before each
 /// poll that that `walshift run` is alive, so a crashed binary fails the test at once with its
 /// output, and a timeout fails with that output too.
-pub async fn poll_some<T, F, Fut>(
-    ws: Option<&Walshift>,
-    what: &str,
-    timeout: Duration,
-    mut poll: F,
-) -> T
+pub async fn poll_some<T, F, Fut>(ws: Option<&Run>, what: &str, timeout: Duration, mut poll: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -105,7 +103,7 @@ where
 }
 
 /// [`poll_some`] for a condition: until `cond` holds.
-pub async fn poll<F, Fut>(ws: Option<&Walshift>, what: &str, timeout: Duration, mut cond: F)
+pub async fn poll<F, Fut>(ws: Option<&Run>, what: &str, timeout: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -139,61 +137,4 @@ pub async fn wait_backfill_done(client: &tokio_postgres::Client, name: &str) {
         || backfill_done(client, name),
     )
     .await
-}
-
-/// Waits until walshift confirms past a sync message emitted now on `slot`
-/// (`walshift::verify::wait_caught_up`); panics if it has not within 60 s.
-pub async fn wait_caught_up(client: &tokio_postgres::Client, slot: &str) {
-    // The slot must be in use first: right after a backfill, or while a
-    // resync creates a new slot, walshift may not be streaming yet, and a
-    // sync message asked of an idle slot answers at once that nobody reads.
-    let started = std::time::Instant::now();
-    loop {
-        let took = walshift::verify::wait_caught_up(client, slot, Duration::from_secs(60))
-            .await
-            .unwrap();
-        if took.is_some() {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "walshift did not stream from slot {slot} and confirm past a sync message within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `walshift run SPEC --db CONNINFO --listen off` plus `extra` as a child process: stderr piped,
-/// killed on drop. End it with [`stop_run`].
-pub fn spawn_run(spec: &Path, conninfo: &str, extra: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
-        .arg("run")
-        .arg(spec)
-        .args(["--db", conninfo, "--listen", "off"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-/// Stops a [`spawn_run`] child: SIGTERM, then it must exit with success within 20 s (its stderr
-/// in the failure message otherwise). Returns everything it wrote to stderr.
-pub async fn stop_run(mut child: tokio::process::Child) -> String {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
-    assert!(status.success(), "{stderr}");
-    stderr
 }

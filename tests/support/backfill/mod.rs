@@ -1,9 +1,10 @@
-//! Helpers for `tests/backfill.rs`: a pre-filled scenario, the checkpoint table as the test
-//! reads it, `walshift ctl`, dedicated clusters, and writing as walshift's own origin. The
-//! pre-fills are in `fixtures`, the throttle log and the "stays still" window in `throttle`.
+//! Helpers for `tests/backfill.rs`: the checkpoint table as the test reads it, `walshift ctl`,
+//! dedicated clusters, and writing as walshift's own origin, on the one scenario builder
+//! ([`Scenario`], given the old shape created and pre-filled). The pre-fills are in `fixtures`,
+//! the throttle log and the "stays still" window in `throttle`.
 //!
 //! ```text
-//!  fixtures (DDL + pre-fill, new shape deliberately wrong) ─▶ Scenario ─▶ Walshift (binary)
+//!  fixtures (DDL + pre-fill, new shape deliberately wrong) ─▶ Scenario ─▶ Run (binary)
 //!                                                                  │
 //!  walshift.backfill (name, mirror, lower_key, done, rows_done, chunks) ◀── checkpoints()
 //!  stderr JSON lines "backfill throttled" {reason} / "backfill resumed" ◀── throttle::throttle_events
@@ -15,76 +16,36 @@
 pub mod fixtures;
 pub mod throttle;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use crate::support::cli::cli;
 use crate::support::mirror::compare::{RowsMirror, SetMirror};
-use crate::support::mirror::{SpecFile, Walshift, wait_active};
-use crate::support::poll;
-use crate::support::{Database, backfill_done};
+use crate::support::process::Run;
+use crate::support::{backfill_done, poll};
 
-// Dedicated clusters (reconfigured, or with a standby or slots of their own), databases on them
-// and counts: the same as the mirror scenarios'.
+// The one scenario builder, dedicated clusters (reconfigured, or with a standby or slots of their
+// own), databases on them and counts: the same as the mirror scenarios'.
 #[allow(unused_imports)]
-pub use crate::support::mirror::{count, dedicated_cluster, fresh_db_on};
+pub use crate::support::mirror::{Scenario, count, dedicated_cluster, fresh_db_on};
 
 /// How long a whole backfill may take in these scenarios (debug build, small tables).
 pub const BACKFILL_WITHIN: Duration = Duration::from_secs(60);
 
-/// A database with the old shape created and pre-filled, a spec, and a client.
-pub struct Scenario {
-    pub db: Database,
-    pub sql: Client,
-    pub spec: SpecFile,
-    pub name: String,
-}
-
+/// The backfill scenarios' own reads and commands, on the one scenario builder.
 impl Scenario {
-    pub async fn new(name: &str, setup: &str, spec: &str) -> Scenario {
-        Scenario::on(crate::support::fresh_db().await, name, setup, spec).await
-    }
-
-    pub async fn on(db: Database, name: &str, setup: &str, spec: &str) -> Scenario {
-        let sql = db.connect().await;
-        sql.batch_execute(setup)
-            .await
-            .unwrap_or_else(|e| panic!("create and fill the old shape: {e:?}"));
-        Scenario {
-            spec: SpecFile::new(name, spec),
-            db,
-            sql,
-            name: name.to_owned(),
-        }
-    }
-
-    pub fn conninfo(&self) -> String {
-        self.db.conninfo()
-    }
-
-    /// Spawns `walshift run` and waits until it streams from its slot.
-    pub async fn start(&self) -> Walshift {
-        let ws = Walshift::spawn(&self.spec, &self.conninfo(), &[]);
-        wait_active(&ws, &self.sql).await;
-        ws
-    }
-
-    pub async fn count(&self, sql: &str) -> i64 {
-        count(&self.sql, sql).await
-    }
-
     /// Every mirror's checkpoint row, by mirror number.
     pub async fn checkpoints(&self) -> Vec<Checkpoint> {
-        checkpoints(&self.sql, &self.name)
+        checkpoints(&self.sql, &self.spec.name)
             .await
             .unwrap_or_else(|e| panic!("read walshift.backfill: {e:?}"))
     }
 
     /// Until every mirror's backfill is done (`bool_and(done)` of the contract); returns the
     /// checkpoints.
-    pub async fn wait_done(&self, ws: &Walshift) -> Vec<Checkpoint> {
-        let (sql, name) = (&self.sql, self.name.as_str());
+    pub async fn wait_done(&self, ws: &Run) -> Vec<Checkpoint> {
+        let (sql, name) = (&self.sql, self.spec.name.as_str());
         poll(
             Some(ws),
             &format!("the backfill of {name} to be done"),
@@ -98,8 +59,8 @@ impl Scenario {
     }
 
     /// Until `rows_done` of `mirror` reaches `rows`; returns the checkpoints.
-    pub async fn wait_rows_done(&self, ws: &Walshift, mirror: i32, rows: i64) -> Vec<Checkpoint> {
-        let (sql, name) = (&self.sql, self.name.as_str());
+    pub async fn wait_rows_done(&self, ws: &Run, mirror: i32, rows: i64) -> Vec<Checkpoint> {
+        let (sql, name) = (&self.sql, self.spec.name.as_str());
         poll(
             Some(ws),
             &format!("mirror {mirror} of {name} to have backfilled {rows} rows"),
@@ -117,22 +78,8 @@ impl Scenario {
 
     /// `walshift ctl SPEC <action> --db ...`: exit code, stdout, stderr.
     pub async fn ctl(&self, action: &str) -> (Option<i32>, String, String) {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_walshift"))
-            .arg("ctl")
-            .arg(self.spec.path())
-            .arg(action)
-            .args(["--db", &self.conninfo()])
-            .env_remove("RUST_LOG")
-            .env_remove("WALSHIFT_DB")
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("run walshift ctl {action}: {e}"));
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = cli(&["ctl", action], &self.spec, &self.db).await;
+        (out.code(), out.stdout, out.stderr)
     }
 }
 
@@ -183,7 +130,7 @@ impl Mapping<'_> {
 
     /// Rows compared; fails the test, with the differing rows and walshift's output, unless the
     /// new shape is exactly the mapping of the old.
-    pub async fn assert_exact(&self, client: &Client, ws: &Walshift) -> i64 {
+    pub async fn assert_exact(&self, client: &Client, ws: &Run) -> i64 {
         match self {
             Mapping::Set(m) => m.assert_exact(client, Some(ws)).await,
             Mapping::Rows(m) => m.assert_exact(client, Some(ws)).await,
@@ -236,7 +183,7 @@ pub async fn wait_sessions_gone(s: &Scenario) {
 /// makes it a marker for "this range was copied". walshift must not be running (it holds the
 /// origin): call [`wait_sessions_gone`] first.
 pub async fn tamper_as_walshift(s: &Scenario, ids: &[i64]) {
-    let origin = s.spec.object_name();
+    let origin = s.spec.object();
     let session = s.db.connect().await;
     session
         .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{Checkpoint, Scenario};
 use crate::support::Database;
-use crate::support::mirror::Walshift;
+use crate::support::process::Run;
 
 /// How long a throttle (or its end) may take to show in the log: signals are read every
 /// 500 ms, and a standby's replay lag needs a status reply to move.
@@ -21,8 +21,8 @@ pub enum ThrottleEvent {
 }
 
 /// The JSON lines of walshift's output (other lines are skipped).
-pub fn log_lines(ws: &Walshift) -> Vec<Value> {
-    ws.output()
+pub fn log_lines(ws: &Run) -> Vec<Value> {
+    ws.stderr()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .collect()
@@ -37,7 +37,7 @@ pub fn field<'v>(line: &'v Value, key: &str) -> Option<&'v str> {
 }
 
 /// "backfill throttled" (with its reason) and "backfill resumed", in order.
-pub fn throttle_events(ws: &Walshift) -> Vec<ThrottleEvent> {
+pub fn throttle_events(ws: &Run) -> Vec<ThrottleEvent> {
     log_lines(ws)
         .iter()
         .filter_map(|l| match field(l, "message") {
@@ -53,7 +53,7 @@ pub fn throttle_events(ws: &Walshift) -> Vec<ThrottleEvent> {
 /// Until the log says "backfill throttled" with a reason `matches` accepts; returns the
 /// event's index and reason.
 pub async fn wait_throttled(
-    ws: &Walshift,
+    ws: &Run,
     what: &str,
     matches: impl Fn(&str) -> bool,
 ) -> (usize, String) {
@@ -82,7 +82,7 @@ pub async fn wait_throttled(
 }
 
 /// Until the log says "backfill resumed" after event `after`.
-pub async fn wait_resumed(ws: &Walshift, after: usize) {
+pub async fn wait_resumed(ws: &Run, after: usize) {
     let deadline = Instant::now() + THROTTLE_WITHIN;
     loop {
         ws.ensure_running();
@@ -100,7 +100,7 @@ pub async fn wait_resumed(ws: &Walshift, after: usize) {
     }
 }
 
-fn resumed_after(ws: &Walshift, after: usize) -> bool {
+fn resumed_after(ws: &Run, after: usize) -> bool {
     throttle_events(ws)
         .iter()
         .skip(after + 1)
@@ -112,7 +112,7 @@ fn resumed_after(ws: &Walshift, after: usize) -> bool {
 /// checkpoints it held at.
 pub async fn assert_still(
     s: &Scenario,
-    ws: &Walshift,
+    ws: &Run,
     after: usize,
     window: Duration,
 ) -> Vec<Checkpoint> {

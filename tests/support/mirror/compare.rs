@@ -4,7 +4,7 @@
 use tokio_postgres::Client;
 
 use super::load::describe;
-use super::process::Walshift;
+use crate::support::process::Run;
 
 /// Differing rows shown in a failure message.
 const SAMPLE: i64 = 20;
@@ -59,7 +59,7 @@ pub struct Diff {
 impl Diff {
     /// Fails the test, with the first differing rows and walshift's output, unless exact.
     /// Returns the number of rows compared.
-    pub fn assert_exact(&self, ws: Option<&Walshift>) -> i64 {
+    pub fn assert_exact(&self, ws: Option<&Run>) -> i64 {
         if self.differing != 0 {
             let message = self.report();
             match ws {
@@ -125,7 +125,7 @@ impl SetMirror<'_> {
         }
     }
 
-    pub async fn assert_exact(&self, client: &Client, ws: Option<&Walshift>) -> i64 {
+    pub async fn assert_exact(&self, client: &Client, ws: Option<&Run>) -> i64 {
         self.diff(client).await.assert_exact(ws)
     }
 }
@@ -179,7 +179,7 @@ impl RowsMirror<'_> {
         }
     }
 
-    pub async fn assert_exact(&self, client: &Client, ws: Option<&Walshift>) -> i64 {
+    pub async fn assert_exact(&self, client: &Client, ws: Option<&Run>) -> i64 {
         self.diff(client).await.assert_exact(ws)
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
-use super::process::Walshift;
+use crate::support::process::Run;
 
 /// SplitMix64: small, fast, and good enough to shuffle a workload. Seeded per task from the
 /// load's seed, which is printed (set `WALSHIFT_TEST_SEED` to repeat a run's choices).
@@ -139,7 +139,7 @@ impl Load {
 
     /// Until at least `n` transactions were acknowledged (a mid-load action happens "under
     /// load" only if the load has really started and keeps going afterwards).
-    pub async fn wait_acked(&self, n: u64, ws: Option<&Walshift>) {
+    pub async fn wait_acked(&self, n: u64, ws: Option<&Run>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.check_failure();

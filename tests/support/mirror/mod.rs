@@ -1,9 +1,10 @@
-//! Helpers for `tests/mirror.rs`: the real `walshift` binary as a child process, a concurrent
-//! write load, the waits that define "caught up", and exact comparisons of the new shape with
-//! the mapping evaluated by Postgres over the old.
+//! Helpers for `tests/mirror.rs`: a concurrent write load, the waits that define "caught up",
+//! and exact comparisons of the new shape with the mapping evaluated by Postgres over the old,
+//! around the real `walshift` binary as a child process ([`crate::support::process::Run`],
+//! JSON logs).
 //!
 //! ```text
-//!  SpecFile (tempdir) ──▶ Walshift (child, stderr to a file) ──▶ slot walshift_<name>
+//!  Spec (tempdir) ──▶ Run (child, log to a file) ──────────────▶ slot walshift_<name>
 //!                                                                   │
 //!  Load: N tasks, one connection each, random SQL ──WAL──▶ ........ ┘
 //!                                                                   ▼
@@ -17,7 +18,6 @@
 
 pub mod compare;
 pub mod load;
-pub mod process;
 pub mod scenario;
 pub mod sessions;
 pub mod waits;
@@ -28,8 +28,6 @@ pub mod workloads;
 pub use compare::SetMirror;
 #[allow(unused_imports)]
 pub use load::{Load, LoadOptions, LoadStats, Rng, Step};
-#[allow(unused_imports)]
-pub use process::{SpecFile, Walshift};
 #[allow(unused_imports)]
 pub use scenario::{
     OPEN_ENDED, Scenario, assert_load, count, dedicated_cluster, fresh_db_on, step,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use super::load::{Load, LoadOptions, LoadStats, Rng, Step};
-use super::process::{SpecFile, Walshift};
 use super::waits::wait_active;
+use crate::support::process::{Run, Spec};
 use crate::support::{Cluster, Database};
 
 /// A load that runs until stopped (mid-load actions need it to keep going afterwards).
@@ -17,11 +17,13 @@ pub const OPEN_ENDED: LoadOptions = LoadOptions {
     reconnect: false,
 };
 
-/// A database with the old and new shapes created, a spec file, and a client.
+/// The one scenario builder of the mirror and backfill tests: a database with the shapes
+/// created (and, for a backfill, the old one pre-filled) by `ddl`, a spec, and a client.
+/// [`crate::support::backfill`] adds the backfill's checkpoint reads and `walshift ctl` to it.
 pub struct Scenario {
     pub db: Database,
     pub sql: Client,
-    pub spec: SpecFile,
+    pub spec: Spec,
 }
 
 impl Scenario {
@@ -33,9 +35,9 @@ impl Scenario {
         let sql = db.connect().await;
         sql.batch_execute(ddl)
             .await
-            .unwrap_or_else(|e| panic!("create the shapes: {e:?}"));
+            .unwrap_or_else(|e| panic!("create (and fill) the shapes: {e:?}"));
         Scenario {
-            spec: SpecFile::new(name, spec),
+            spec: Spec::new(name, spec),
             db,
             sql,
         }
@@ -46,8 +48,11 @@ impl Scenario {
     }
 
     /// Spawns walshift and waits until it streams from its slot.
-    pub async fn start(&self, extra: &[&str]) -> Walshift {
-        let ws = Walshift::spawn(&self.spec, &self.conninfo(), extra);
+    pub async fn start(&self, extra: &[&str]) -> Run {
+        let ws = Run::on(&self.spec, &self.conninfo())
+            .json_log()
+            .args(extra)
+            .spawn();
         wait_active(&ws, &self.sql).await;
         ws
     }

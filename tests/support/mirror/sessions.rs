@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::process::Walshift;
 use super::scenario::count;
 use crate::support::poll;
+use crate::support::process::Run;
 
 /// Waits until no other session of this database remains (a backend flushes its statistics
 /// before it leaves pg_stat_activity), then expects `n_tup_upd` of users to be `expected`.
@@ -58,7 +58,7 @@ pub async fn settled_updates(client: &Client, expected: i64) -> i64 {
 /// one SQL session are there (between two sessions, e.g. while it backs off after a deadlock
 /// with the application, there are none). Returns the pids it terminated, the walsender's
 /// among them.
-pub async fn terminate_walshift_sessions(client: &Client, ws: &Walshift) -> Vec<i32> {
+pub async fn terminate_walshift_sessions(client: &Client, ws: &Run) -> Vec<i32> {
     // The MATERIALIZED CTE keeps pg_terminate_backend above the datname filter: written in the
     // view's WHERE, it can be pushed below the join with pg_database and reach other databases.
     let sql = "WITH w AS MATERIALIZED (

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::process::Walshift;
 use crate::support::poll;
+use crate::support::process::Run;
 
 /// Startup: check, setup, connect, START_REPLICATION.
 pub const ACTIVE_WITHIN: Duration = Duration::from_secs(30);
@@ -48,7 +48,7 @@ pub async fn slot_streaming(client: &Client, slot: &str) -> bool {
 }
 
 /// Until walshift streams from its slot (see [`slot_streaming`]).
-pub async fn wait_active(ws: &Walshift, client: &Client) {
+pub async fn wait_active(ws: &Run, client: &Client) {
     let slot = ws.slot();
     poll(
         Some(ws),
@@ -70,10 +70,24 @@ pub async fn wait_inactive(client: &Client, slot: &str) {
     .await;
 }
 
-/// The contract's "caught up": emit a non-transactional message at L, then wait until the
-/// slot's `confirmed_flush_lsn >= L`. walshift confirms a keepalive's position only when nothing
-/// is pending, so every change committed before L is then applied. Returns L.
-pub async fn wait_caught_up(ws: &Walshift, client: &Client) -> String {
+/// The one "caught up" poller, the contract's: once walshift uses its slot, emit a
+/// non-transactional message at L, then wait until the slot's `confirmed_flush_lsn >= L`.
+/// walshift confirms a keepalive's position only when nothing is pending, so every change
+/// committed before L is then applied. Returns L. Fails at once, with the run's log, if the run
+/// exits; after [`CAUGHT_UP_WITHIN`] without a walshift on the slot, or as long again after L
+/// without the confirmation.
+///
+/// The slot must be in use first: right after a backfill, or while a resync creates a new slot,
+/// walshift may not be streaming yet, and a slot created after L would be past it at once.
+pub async fn wait_caught_up(run: &Run, client: &Client) -> String {
+    let slot = run.slot();
+    poll(
+        Some(run),
+        &format!("walshift to use slot {slot} before the sync message"),
+        CAUGHT_UP_WITHIN,
+        || async move { slot_active(client, slot).await == Some(true) },
+    )
+    .await;
     let lsn: String = client
         .query_one(
             "SELECT pg_logical_emit_message(false, 'test', 'sync')::text",
@@ -82,18 +96,17 @@ pub async fn wait_caught_up(ws: &Walshift, client: &Client) -> String {
         .await
         .unwrap_or_else(|e| panic!("emit the sync message: {e}"))
         .get(0);
-    let slot = ws.slot();
     let target = lsn.as_str();
     let what = format!("slot {slot} to confirm {lsn}");
     let deadline = Instant::now() + CAUGHT_UP_WITHIN;
     loop {
-        ws.ensure_running();
+        run.ensure_running();
         if confirmed_at_least(client, slot, target).await {
             return lsn;
         }
         if Instant::now() >= deadline {
             let state = slot_state(client, slot).await;
-            ws.fail(&format!(
+            run.fail(&format!(
                 "timed out after {CAUGHT_UP_WITHIN:?} waiting for {what}; slot now: {state}"
             ));
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use walshift_cluster::{Cluster, Database};
 
-use crate::support::cli::{Run, Spec, command_on};
+use crate::support::process::{Run, Spec};
 
 /// The unix socket of `cluster`'s server.
 pub fn server_socket(cluster: &Cluster) -> PathBuf {
@@ -47,11 +47,10 @@ pub fn refusing_port() -> u16 {
 /// A `walshift run` child on `conninfo` (through a relay, several hosts), logging at
 /// `RUST_LOG=info`, its output in a file; killed on drop, the log shown if the test fails.
 pub fn run_on(spec: &Spec, conninfo: &str, extra: &[&str]) -> Run {
-    let mut args = vec!["run"];
-    args.extend_from_slice(extra);
-    let mut cmd = command_on(&args, &spec.path, conninfo);
-    cmd.env("RUST_LOG", "info");
-    Run::start(spec, cmd)
+    Run::on(spec, conninfo)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .spawn()
 }
 
 /// Inserts and updates on `users` from its own session (not through the
