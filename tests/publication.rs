@@ -14,8 +14,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{Run, Spec, cli, one_i64};
-use support::{Database, fresh_db, poll, wait_caught_up};
+use support::cli::{cli, one_i64};
+use support::{Database, Run, Spec, fresh_db, poll, wait_caught_up};
 
 /// Accounts with a team each; `name_v2` reads both (a dependency on teams).
 const SCHEMA: &str = "
@@ -95,11 +95,11 @@ async fn write_a_round(c: &tokio_postgres::Client, round: i64) {
 async fn mirrored(spec: &Spec, db: &Database, c: &tokio_postgres::Client) {
     let run = Run::spawn(spec, db);
     // The publication is set up (and any hand-made list widened) before the stream starts.
-    wait_caught_up(c, &spec.object()).await;
+    wait_caught_up(&run, c).await;
     for round in 1..=3 {
         write_a_round(c, round).await;
     }
-    wait_caught_up(c, &spec.object()).await;
+    wait_caught_up(&run, c).await;
     poll(
         None,
         "every account mirrored",
@@ -226,7 +226,7 @@ async fn check_says_how_to_make_a_listed_table_replica_identity_full() {
     }
     let one_way = Spec::new("members", MEMBERS_ONE_WAY);
     let run = Run::spawn(&one_way, &db);
-    wait_caught_up(&c, &one_way.object()).await;
+    wait_caught_up(&run, &c).await;
     run.stop().await;
     let pubname = one_way.object();
     assert_eq!(
@@ -285,7 +285,7 @@ async fn check_says_how_to_make_a_listed_table_replica_identity_full() {
     )
     .await
     .unwrap();
-    wait_caught_up(&c, &two_way.object()).await;
+    wait_caught_up(&run, &c).await;
     poll(
         None,
         "both shapes to agree",
