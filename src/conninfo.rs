@@ -583,36 +583,36 @@ fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, ConnConfigError> {
             ));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    None => {
-                        return Err(ConnConfigError::Syntax(format!(
-                            "unterminated quoted value for {key:?}"
-                        )));
-                    }
-                    Some('\\') => {
-                        if let Some(c) = chars.next() {
-                            value.push(c);
-                        }
-                    }
-                    Some('\'') => break,
-                    Some(c) => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    if let Some(c) = chars.next() {
-                        value.push(c);
-                    }
-                } else {
-                    value.push(c);
-                }
-            }
-        }
+        let value = parse_value(&mut chars, &key)?;
         out.push((key, value));
+    }
+}
+
+/// One value of the `key = value` form: single quoted, or a bare word; a
+/// backslash escapes the next character in either.
+fn parse_value(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    key: &str,
+) -> Result<String, ConnConfigError> {
+    let mut value = String::new();
+    if chars.next_if_eq(&'\'').is_none() {
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+            let c = if c == '\\' { chars.next() } else { Some(c) };
+            value.extend(c);
+        }
+        return Ok(value);
+    }
+    loop {
+        match chars.next() {
+            None => {
+                return Err(ConnConfigError::Syntax(format!(
+                    "unterminated quoted value for {key:?}"
+                )));
+            }
+            Some('\\') => value.extend(chars.next()),
+            Some('\'') => return Ok(value),
+            Some(c) => value.push(c),
+        }
     }
 }
 

@@ -57,16 +57,19 @@ pub async fn in_order<T, E>(mut steps: Vec<Step<'_, T, E>>) -> Result<Vec<T>, Fa
             if i >= send_until {
                 break;
             }
-            if answer.is_none() {
-                match step.as_mut().poll(cx) {
-                    Poll::Ready(r) => {
-                        if first_pass && r.is_err() {
-                            send_until = i + 1;
-                        }
-                        *answer = Some(r);
-                    }
-                    Poll::Pending => waiting = true,
+            if answer.is_some() {
+                continue;
+            }
+            match step.as_mut().poll(cx) {
+                Poll::Ready(r) => {
+                    send_until = if first_pass && r.is_err() {
+                        i + 1
+                    } else {
+                        send_until
+                    };
+                    *answer = Some(r);
                 }
+                Poll::Pending => waiting = true,
             }
         }
         first_pass = false;

@@ -534,36 +534,45 @@ impl Checker<'_> {
                     });
                 }
             }
-            match &m.mode {
-                MirrorMode::Set { .. } => {}
-                MirrorMode::Rows { target, owner, .. } => {
-                    if *target == m.source {
-                        self.problems.push(FieldProblem {
-                            at,
-                            message: format!(
-                                "mirror #{}: target is the source itself; rows mode writes a \
-                                 different table (use set for new columns of the same rows)",
-                                m.number
-                            ),
-                        });
-                    }
-                    // Each mirror deletes the rows it owns that its select no
-                    // longer yields; two mirrors sharing owner columns of one
-                    // target would delete each other's rows.
-                    let owner_set = owner.iter().map(String::as_str).collect();
-                    if let Some(other) = owned.insert((target, owner_set), m.number) {
-                        self.problems.push(FieldProblem {
-                            at,
-                            message: format!(
-                                "mirror #{}: writes {target} with the same owner columns as \
-                                 mirror #{other}; each would delete the other's rows, so give \
-                                 each mirror its own owner columns",
-                                m.number
-                            ),
-                        });
-                    }
-                }
+            if let MirrorMode::Rows { target, owner, .. } = &m.mode {
+                self.rows_target(m, target, owner, &mut owned);
             }
+        }
+    }
+
+    /// A rows mirror's target: not its source, and its owner columns its own.
+    fn rows_target<'m>(
+        &mut self,
+        m: &Mirror,
+        target: &'m QualifiedName,
+        owner: &'m [String],
+        owned: &mut BTreeMap<(&'m QualifiedName, BTreeSet<&'m str>), usize>,
+    ) {
+        let at = Some((m.line, 1));
+        if *target == m.source {
+            self.problems.push(FieldProblem {
+                at,
+                message: format!(
+                    "mirror #{}: target is the source itself; rows mode writes a \
+                     different table (use set for new columns of the same rows)",
+                    m.number
+                ),
+            });
+        }
+        // Each mirror deletes the rows it owns that its select no longer
+        // yields; two mirrors sharing owner columns of one target would
+        // delete each other's rows.
+        let owner_set = owner.iter().map(String::as_str).collect();
+        if let Some(other) = owned.insert((target, owner_set), m.number) {
+            self.problems.push(FieldProblem {
+                at,
+                message: format!(
+                    "mirror #{}: writes {target} with the same owner columns as \
+                     mirror #{other}; each would delete the other's rows, so give \
+                     each mirror its own owner columns",
+                    m.number
+                ),
+            });
         }
     }
 
