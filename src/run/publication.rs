@@ -189,26 +189,21 @@ pub async fn wanted(client: &Client, plan: &Plan) -> Result<Vec<Listed>, String>
     Ok(out)
 }
 
-/// `(schema, name) -> column list` of what the publication lists now.
-const PUBLISHED_15: &str = "\
-SELECT n.nspname::text, c.relname::text,
-       CASE WHEN r.prattrs IS NULL THEN NULL ELSE
-         ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
-               WHERE a.attrelid = r.prrelid AND a.attnum = ANY(r.prattrs::int2[]) ORDER BY a.attnum)
-       END
+/// `(schema, name) -> column list` of what the publication lists now, with
+/// `{lists}` the column list's expression (NULL before 15).
+const PUBLISHED: &str = "\
+SELECT n.nspname::text, c.relname::text, {lists}
 FROM pg_catalog.pg_publication_rel AS r
 JOIN pg_catalog.pg_publication AS p ON p.oid = r.prpubid
 JOIN pg_catalog.pg_class AS c ON c.oid = r.prrelid
 JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
 WHERE p.pubname = $1";
 
-const PUBLISHED_14: &str = "\
-SELECT n.nspname::text, c.relname::text, NULL::text[]
-FROM pg_catalog.pg_publication_rel AS r
-JOIN pg_catalog.pg_publication AS p ON p.oid = r.prpubid
-JOIN pg_catalog.pg_class AS c ON c.oid = r.prrelid
-JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-WHERE p.pubname = $1";
+const LISTS_15: &str = "\
+CASE WHEN r.prattrs IS NULL THEN NULL ELSE
+  ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+        WHERE a.attrelid = r.prrelid AND a.attnum = ANY(r.prattrs::int2[]) ORDER BY a.attnum)
+END";
 
 type Published = HashMap<(String, String), Option<Vec<String>>>;
 
@@ -217,13 +212,14 @@ async fn published(
     pubname: &str,
     version_num: u32,
 ) -> Result<Published, tokio_postgres::Error> {
-    let sql = if version_num >= COLUMN_LISTS_SINCE {
-        PUBLISHED_15
+    let lists = if version_num >= COLUMN_LISTS_SINCE {
+        LISTS_15
     } else {
-        PUBLISHED_14
+        "NULL::text[]"
     };
+    let sql = PUBLISHED.replace("{lists}", lists);
     Ok(client
-        .query(sql, &[&pubname])
+        .query(&sql, &[&pubname])
         .await?
         .iter()
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
