@@ -14,6 +14,7 @@
 
 mod conn;
 mod echo;
+mod pace;
 pub mod proto;
 mod stream;
 

@@ -359,17 +359,6 @@ enum Wake {
 /// How much room a read gets.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// The pause before reading again after a read that got less than a quarter
-/// of [`READ_CHUNK`]. The walsender flushes every message it writes, so a
-/// reader that reads as soon as the socket is readable wakes once per
-/// message: a million times for a million-row backfill's echoes, nearly all
-/// of walshift's CPU in `perf`. Waiting this long lets the socket buffers
-/// gather what arrives meanwhile, at most this much latency for a change. A
-/// read that fills most of the room does not pause: the stream is busy.
-/// During the pause the socket is out of the reactor, or the walsender's
-/// flushes would wake the thread all the same (net::socket::Raw).
-const COALESCE: Duration = Duration::from_millis(4);
-
 /// Reads into `buf`, first making room for [`READ_CHUNK`] bytes once less
 /// than a quarter of that is left. Not on every read: the frames handed over
 /// share the buffer they were read into, so a fresh buffer per small read
@@ -397,11 +386,25 @@ impl Reader {
         // waits, nothing more is read: memory stays bounded by the channel.
         let mut pending: Option<Vec<Item>> = None;
         let mut ending = false;
-        // Set after a read that left the buffer far from full: the next read
-        // waits until then (see [`COALESCE`]).
+        // Set after a read: the next read waits until then (pace.rs).
         let mut quiet_until: Option<tokio::time::Instant> = None;
+        // The last read: when it was, and the bytes it got (its messages
+        // are counted as they are decoded).
+        let mut last_read = tokio::time::Instant::now();
+        let mut just_read: Option<(usize, Duration)> = None;
         loop {
-            self.decode_buffered(&mut pending, &mut ending).await;
+            let frames = self.decode_buffered(&mut pending, &mut ending).await;
+            if let Some((bytes, since)) = just_read.take()
+                && let Some(pause) = super::pace::after_read(bytes, frames, since)
+            {
+                quiet_until = Some(tokio::time::Instant::now() + pause);
+                // Else every message the walsender flushes meanwhile wakes
+                // the thread, read or not (net::socket::Raw).
+                if let Err(e) = self.socket.detach() {
+                    ending = true;
+                    pending = Some(vec![Err(e.into())]);
+                }
+            }
             if ending && pending.is_none() {
                 return;
             }
@@ -471,16 +474,10 @@ impl Reader {
                     pending = Some(vec![Err(ReplicationError::Closed)]);
                 }
                 Wake::Read(Ok(n)) => {
-                    self.last_heard = tokio::time::Instant::now();
-                    if n < READ_CHUNK / 4 {
-                        quiet_until = Some(tokio::time::Instant::now() + COALESCE);
-                        // Else every message the walsender flushes meanwhile
-                        // wakes the thread, read or not (net::socket::Raw).
-                        if let Err(e) = self.socket.detach() {
-                            ending = true;
-                            pending = Some(vec![Err(e.into())]);
-                        }
-                    }
+                    let now = tokio::time::Instant::now();
+                    self.last_heard = now;
+                    just_read = Some((n, now - last_read));
+                    last_read = now;
                 }
                 Wake::Read(Err(e)) => {
                     ending = true;
@@ -492,29 +489,38 @@ impl Reader {
 
     /// Decodes what is already buffered, handing batches over directly while
     /// the consumer has room; what it has no room for waits in `pending`.
-    /// A frame that ends the stream (or fails) sets `ending`.
-    async fn decode_buffered(&mut self, pending: &mut Option<Vec<Item>>, ending: &mut bool) {
+    /// A frame that ends the stream (or fails) sets `ending`. Returns the
+    /// number of frames decoded.
+    async fn decode_buffered(
+        &mut self,
+        pending: &mut Option<Vec<Item>>,
+        ending: &mut bool,
+    ) -> usize {
         let mut batch: Vec<Item> = Vec::new();
+        let mut frames = 0;
         while pending.is_none() && !*ending {
-            match proto::read_frame(&mut self.read_buf) {
-                Ok(Some(frame)) => match self.handle(frame).await {
-                    Ok(FrameResult::Event(ev)) => batch.push(Ok(ev)),
-                    Ok(FrameResult::Nothing) => {}
-                    Ok(FrameResult::End(r)) => {
-                        *ending = true;
-                        if let Err(e) = r {
-                            batch.push(Err(e));
-                        }
-                    }
-                    Err(e) => {
-                        *ending = true;
-                        batch.push(Err(e));
-                    }
-                },
+            let frame = match proto::read_frame(&mut self.read_buf) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
                     *ending = true;
                     batch.push(Err(e.into()));
+                    break;
+                }
+            };
+            frames += 1;
+            match self.handle(frame).await {
+                Ok(FrameResult::Event(ev)) => batch.push(Ok(ev)),
+                Ok(FrameResult::Nothing) => {}
+                Ok(FrameResult::End(r)) => {
+                    *ending = true;
+                    if let Err(e) = r {
+                        batch.push(Err(e));
+                    }
+                }
+                Err(e) => {
+                    *ending = true;
+                    batch.push(Err(e));
                 }
             }
             if batch.len() >= BATCH {
@@ -524,6 +530,7 @@ impl Reader {
         if !batch.is_empty() {
             *pending = self.hand_over(batch);
         }
+        frames
     }
 
     /// Nothing arrived within the receive timeout: the link is dead. Its
